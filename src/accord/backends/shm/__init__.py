@@ -1,0 +1,1 @@
+"""The shared-memory backend (one machine)."""

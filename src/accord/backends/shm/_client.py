@@ -1,0 +1,303 @@
+"""A process's side of the shm backend: write flags, snapshots, connection.
+
+One `ShmClient` per share per process (see `client_for`), shared by every
+`Share` handle and proxy of that share in the process and by all its
+threads.  After `fork()` the child gets a fresh one: a socket or a client
+slot is never shared between two processes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+from ..._errors import CoordinatorLost, ShareClosed
+from . import _control, _transport
+from ._atomic import fetch_add, load, store
+from ._segment import Segment
+from ._snapshots import SnapshotReader
+
+# A coordinator that has not beaten for this long is checked for life.
+STALE_NS = 1_000_000_000
+_REPLY_POLL = 0.25
+
+_INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
+PENDING = _control.PENDING
+APPLIED = _control.APPLIED
+dumps = pickle.dumps
+pack_length = struct.Struct("<I").pack
+
+
+class ShareInfo:
+    """Everything a process needs to attach to a share (picklable)."""
+
+    __slots__ = ("key", "name", "pid", "socket_path", "stem")
+
+    def __init__(self, name: str, stem: str, socket_path: str, key: bytes, pid: int) -> None:
+        self.name = name
+        self.stem = stem
+        self.socket_path = socket_path
+        self.key = key
+        self.pid = pid
+
+    def __reduce__(self):
+        return ShareInfo, (self.name, self.stem, self.socket_path, self.key, self.pid)
+
+
+class ShmClient:
+    def __init__(self, info: ShareInfo) -> None:
+        self.info = info
+        try:
+            self.control = Segment.attach(f"{info.stem}~control")
+        except FileNotFoundError:
+            raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
+        _control.check_header(self.control.buf)
+        self.ctrl = self.control.buf
+        self.snapshots = SnapshotReader(self.control, info.stem)
+        self._send_lock = threading.Lock()  # a write's flags and its send, together
+        self._recv_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._id = -1
+        self._intent = 0
+        self._seq = 0
+        self._next_reply = 0
+        self._buffer = _transport.FrameBuffer()
+        self._replies: dict[int, tuple] = {}
+        self.deferred: list[tuple] = []
+        self._last_verified = 0
+        self.lost: CoordinatorLost | None = None
+        self.owner_process = None  # the Popen, in the process that started it
+
+    # -- the connection --------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        self._check_lost()
+        try:
+            sock, client_id = _transport.connect(self.info.socket_path, self.info.key)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise self._lose("its socket is gone") from None
+        except OSError as exc:
+            raise self._lose(f"cannot connect: {exc}") from None
+        self._sock, self._id = sock, client_id
+        self._intent = _control.intent_offset(client_id)
+        self._seq = 0
+        return sock
+
+    def _lose(self, why: str) -> CoordinatorLost:
+        if load(self.ctrl, _control.CLOSED):
+            self.lost = ShareClosed(f"share {self.info.name!r} is closed")
+        else:
+            self.lost = CoordinatorLost(
+                f"the coordinator of share {self.info.name!r} (pid {self.info.pid}) is gone: {why}"
+            )
+        return self.lost
+
+    def _check_lost(self) -> None:
+        if self.lost is not None:
+            raise type(self.lost)(*self.lost.args)
+
+    def check_alive(self) -> None:
+        """Raise CoordinatorLost if the coordinator has died or the share closed.
+
+        Cheap (one load) while the coordinator's heartbeat is fresh.
+        """
+        if self.lost is not None:
+            self._check_lost()
+        now = time.monotonic_ns()
+        if now - load(self.ctrl, _control.HEARTBEAT) < STALE_NS:
+            return
+        if now - self._last_verified < STALE_NS // 5:
+            return
+        self._last_verified = now
+        if load(self.ctrl, _control.CLOSED):
+            raise self._lose("closed")
+        if not _pid_alive(self.info.pid, self.owner_process):
+            raise self._lose("its process has exited")
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply=False):
+        """Queue one command; with `reply`, wait for and return its reply.
+
+        `writes` are the flag slots this command raises (the first one is the
+        object's WHOLE slot); `reads` the slots whose earlier writes must be
+        applied before the command runs.  Targets are taken before this
+        command's own increments, so it never waits for itself: a write
+        waits for every earlier write to its object, by any process.
+        """
+        if self.deferred:
+            self.raise_deferred()
+        buf = self.ctrl
+        with self._send_lock:
+            sock = self._sock or self._connect()
+            waits = []
+            for s in reads:
+                waits.append(s)
+                waits.append(load(buf, PENDING + 8 * s))
+            seq = self._seq + 1
+            if writes:
+                # Record the intent before raising the flags: if this process
+                # dies before the send, the coordinator credits exactly the
+                # flags the mask says were raised.
+                intent = self._intent
+                count = len(writes)
+                _INTENTS[count].pack_into(buf, intent, seq, 0, count, *writes)
+                old = fetch_add(buf, PENDING + 8 * writes[0], 1)
+                store(buf, intent + 8, 1)
+                waits.append(writes[0])
+                waits.append(old)
+                for i in range(1, count):
+                    fetch_add(buf, PENDING + 8 * writes[i], 1)
+                    store(buf, intent + 8, (2 << i) - 1)
+            if reply:
+                self._next_reply += 1
+                reply_id = self._next_reply
+            else:
+                reply_id = 0
+            payload = dumps((op, reply_id, waits, writes, *fields), 5)
+            try:
+                sock.sendall(pack_length(len(payload)) + payload)
+            except OSError as exc:
+                raise self._lose(f"send failed ({exc})") from None
+            self._seq = seq
+        if reply:
+            return self._await(reply_id)
+        return None
+
+    # -- receiving -------------------------------------------------------------
+
+    def _await(self, reply_id: int) -> tuple:
+        while True:
+            with self._recv_lock:
+                found = self._replies.pop(reply_id, None)
+                if found is not None:
+                    return found
+                sock = self._sock
+                if sock is None:
+                    raise self._lose("disconnected")
+                sock.settimeout(_REPLY_POLL)
+                try:
+                    chunk = sock.recv(1 << 16)
+                except TimeoutError:
+                    chunk = None
+                except OSError as exc:
+                    raise self._lose(f"receive failed ({exc})") from None
+                if chunk == b"":
+                    raise self._lose("connection closed")
+                if chunk is None:
+                    self._last_verified = 0
+                    self.check_alive()
+                    continue
+                self._buffer.feed(chunk)
+                for data in self._buffer.frames():
+                    message = pickle.loads(data)
+                    if message[0] == 0:
+                        self.deferred.append(message)
+                    else:
+                        self._replies[message[0]] = message
+                found = self._replies.pop(reply_id, None)
+                if found is not None:
+                    return found
+
+    def raise_deferred(self) -> None:
+        """Raise the first error of an earlier fire-and-forget command."""
+        from ...share._remote import rebuild_error
+
+        if self.deferred:
+            message = self.deferred.pop(0)
+            raise rebuild_error(message[2], message[3], deferred=True)
+
+    # -- reading ---------------------------------------------------------------
+
+    def applied_all(self, slots) -> bool:
+        buf = self.ctrl
+        for s in slots:
+            if load(buf, APPLIED + 8 * s) < load(buf, PENDING + 8 * s):
+                return False
+        return True
+
+    def read(self, name: str):
+        """The committed object `name` (shared with other reads: do not mutate)."""
+        if (
+            self.lost is not None
+            or time.monotonic_ns() - load(self.ctrl, _control.HEARTBEAT) >= STALE_NS
+        ):
+            self.check_alive()
+        return self.snapshots.read(name)
+
+    # -- lifetime ------------------------------------------------------------
+
+    def disconnect(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        self.disconnect()
+        self.snapshots.close()
+        self.control.close()
+
+    def _after_fork(self) -> None:
+        # The parent's socket and client slot stay the parent's.
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._id = -1
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._buffer = _transport.FrameBuffer()
+        self._replies = {}
+        self.deferred = []
+        self.owner_process = None
+
+
+def _pid_alive(pid: int, process) -> bool:
+    if process is not None:
+        return process.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+_clients: dict[str, ShmClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(info: ShareInfo) -> ShmClient:
+    """This process's client of the share described by `info`."""
+    client = _clients.get(info.stem)
+    if client is None or client.info.pid != info.pid:
+        with _clients_lock:
+            client = _clients.get(info.stem)
+            if client is None or client.info.pid != info.pid:
+                client = ShmClient(info)
+                _clients[info.stem] = client
+    return client
+
+
+def forget(info: ShareInfo) -> None:
+    client = _clients.pop(info.stem, None)
+    if client is not None:
+        client.close()
+
+
+def _after_fork_in_child() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    for client in _clients.values():
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,203 @@
+"""Committed snapshots in shared memory, readable by every process.
+
+Each shared name has a segment holding its latest pickled snapshot behind a
+seqlock (version odd while the coordinator writes it).  An index segment maps
+names to segments; it is itself a seqlocked snapshot, found through the index
+generation in the control segment.  A segment that must grow is replaced by
+a new one (new name), the index is updated, and the old one is unlinked:
+readers that still map it keep a consistent, older snapshot until they next
+look at the index.
+
+Only the coordinator writes (`SnapshotWriter`); every process reads
+(`SnapshotReader`), keeping the object it last unpickled per name and
+version, so reading an unchanged object costs two version loads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import struct
+
+from . import _control
+from ._atomic import load, store
+from ._segment import Segment
+
+_LENGTH = struct.Struct("<Q")
+HEADER = 16  # version, length
+MIN_SIZE = 4096
+MISSING = object()
+
+
+def index_name(stem: str, generation: int) -> str:
+    return f"{stem}~index{generation}"
+
+
+def _write(seg: Segment, data: bytes) -> None:
+    buf = seg.buf
+    version = load(buf, 0)
+    store(buf, 0, version + 1)  # odd: writing
+    buf[HEADER : HEADER + len(data)] = data
+    _LENGTH.pack_into(buf, 8, len(data))
+    store(buf, 0, version + 2)
+
+
+def _read(seg: Segment, known_version: int) -> tuple[int, bytes | None]:
+    """(version, data); data is None when the version is `known_version`."""
+    buf = seg.buf
+    while True:
+        version = load(buf, 0)
+        if version == known_version:
+            return version, None
+        if version & 1:
+            os.sched_yield()
+            continue
+        (length,) = _LENGTH.unpack_from(buf, 8)
+        data = buf[HEADER : HEADER + length]
+        if load(buf, 0) == version:
+            return version, data
+
+
+class SnapshotWriter:
+    """The coordinator's side: write, replace and delete snapshots.
+
+    Every change raises the control segment's commit counter, which lets a
+    reader that saw no change skip the index and the segment entirely.
+    """
+
+    def __init__(self, control: Segment, stem: str) -> None:
+        self._control = control
+        self._stem = stem
+        self._ids = itertools.count()
+        self._segments: dict[str, Segment] = {}
+        self._index_gen = 0
+        self._index = Segment.create(index_name(stem, 0), MIN_SIZE)
+        self._write_index()
+
+    def _new_segment(self, size: int) -> Segment:
+        return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
+
+    def write(self, name: str, data: bytes) -> None:
+        seg = self._segments.get(name)
+        if seg is None or HEADER + len(data) > seg.size:
+            new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
+            _write(new, data)
+            self._segments[name] = new
+            self._write_index()  # before the old one goes, so readers find the new
+            if seg is not None:
+                seg.unlink()
+                seg.close()
+        else:
+            _write(seg, data)
+        self._committed()
+
+    def _committed(self) -> None:
+        buf = self._control.buf
+        store(buf, _control.COMMITS, load(buf, _control.COMMITS) + 1)
+
+    def delete(self, name: str) -> None:
+        seg = self._segments.pop(name, None)
+        if seg is not None:
+            self._write_index()
+            seg.unlink()
+            seg.close()
+        self._committed()
+
+    def _write_index(self) -> None:
+        data = pickle.dumps({n: s.name for n, s in self._segments.items()})
+        if HEADER + len(data) > self._index.size:
+            old = self._index
+            self._index_gen += 1
+            self._index = Segment.create(
+                index_name(self._stem, self._index_gen), 2 * (HEADER + len(data))
+            )
+            _write(self._index, data)
+            # The generation names the index segment: readers re-resolve it.
+            store(self._control.buf, _control.INDEX_GEN, self._index_gen)
+            old.unlink()
+            old.close()
+        else:
+            _write(self._index, data)
+
+    def close(self) -> None:
+        for seg in [*self._segments.values(), self._index]:
+            seg.unlink()
+            seg.close()
+        self._segments.clear()
+
+
+class _Cached:
+    __slots__ = ("commits", "obj", "segment", "version")
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.version = -1
+        self.commits = -1
+        self.obj = None
+
+
+class SnapshotReader:
+    """A process's view of the committed snapshots (safe to use from threads).
+
+    `read(name)` returns the committed object (shared with later reads of
+    the same version: callers must not mutate it) or MISSING.
+    """
+
+    def __init__(self, control: Segment, stem: str) -> None:
+        self._control = control.buf
+        self._stem = stem
+        self._index_gen = -1
+        self._index_seg: Segment | None = None
+        self._index_version = -1
+        self._index: dict[str, str] = {}
+        self._cache: dict[str, _Cached] = {}
+
+    def _refresh_index(self) -> dict[str, str]:
+        gen = load(self._control, _control.INDEX_GEN)
+        while gen != self._index_gen:
+            try:
+                seg = Segment.attach(index_name(self._stem, gen))
+            except FileNotFoundError:  # replaced while we looked
+                gen = load(self._control, _control.INDEX_GEN)
+                continue
+            # The old mapping is not closed here: another thread may be
+            # reading it.  It is unmapped when the last reference goes.
+            self._index_seg, self._index_gen, self._index_version = seg, gen, -1
+        version, data = _read(self._index_seg, self._index_version)
+        if data is not None:
+            self._index = pickle.loads(data)
+            self._index_version = version
+        return self._index
+
+    def read(self, name: str):
+        commits = load(self._control, _control.COMMITS)
+        cached = self._cache.get(name)
+        if cached is not None and cached.commits == commits:
+            return cached.obj  # nothing was committed since we last looked
+        while True:
+            segname = self._refresh_index().get(name)
+            if segname is None:
+                self._cache.pop(name, None)
+                return MISSING
+            cached = self._cache.get(name)
+            if cached is None or cached.segment.name != segname:
+                try:
+                    cached = _Cached(Segment.attach(segname))
+                except FileNotFoundError:
+                    continue  # replaced while we looked: read the index again
+                self._cache[name] = cached  # (the old mapping goes with its last user)
+            version, data = _read(cached.segment, cached.version)
+            if data is not None:
+                cached.obj = pickle.loads(data)
+                cached.version = version
+            cached.commits = commits
+            return cached.obj
+
+    def close(self) -> None:
+        for cached in self._cache.values():
+            cached.segment.close()
+        self._cache.clear()
+        if self._index_seg is not None:
+            self._index_seg.close()
+            self._index_seg = None

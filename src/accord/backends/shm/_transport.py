@@ -1,0 +1,141 @@
+"""Authenticated framed messages over Unix domain sockets.
+
+Sockets live in a directory private to the user (0700, checked to be ours),
+and every connection proves knowledge of the share's key with an HMAC
+challenge in both directions, as `multiprocessing.connection` does, before a
+single byte is unpickled.  Messages are length-prefixed frames, so the
+coordinator can read many queued writes with one `recv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import re
+import socket
+import stat
+import struct
+import tempfile
+from pathlib import Path
+
+from ..._errors import AccordError
+
+_LENGTH = struct.Struct("<I")
+_ID = struct.Struct("<I")
+_CHALLENGE = 32
+HANDSHAKE_TIMEOUT = 5.0
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+
+
+class AuthenticationError(AccordError):
+    """The other end of a connection does not hold the share's key."""
+
+
+def runtime_dir() -> Path:
+    """This user's private directory for sockets and keys (created 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base) or not os.access(base, os.W_OK):
+        base = tempfile.gettempdir()
+    path = Path(base) / f"accord-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise AccordError(f"{path} is not a directory owned by you; remove it and retry")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def frame(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameBuffer:
+    """Accumulates received bytes and splits them into frames."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._data += chunk
+
+    def frames(self) -> list[bytes]:
+        data = self._data
+        out = []
+        pos = 0
+        end = len(data)
+        while end - pos >= 4:
+            (length,) = _LENGTH.unpack_from(data, pos)
+            if end - pos - 4 < length:
+                break
+            out.append(bytes(data[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if pos:
+            del data[:pos]
+        return out
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed during the handshake")
+        data += chunk
+    return data
+
+
+def _mac(key: bytes, role: bytes, challenge: bytes) -> bytes:
+    return hmac.new(key, role + challenge, "sha256").digest()
+
+
+def listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file is created 0600
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    return sock
+
+
+def accept(listener: socket.socket, key: bytes, client_id: int) -> socket.socket:
+    """Accept one connection and authenticate it; returns a blocking socket."""
+    sock, _ = listener.accept()
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        challenge = os.urandom(_CHALLENGE)
+        sock.sendall(challenge)
+        answer = _recv_exact(sock, 32 + _CHALLENGE)
+        if not hmac.compare_digest(answer[:32], _mac(key, b"client", challenge)):
+            raise AuthenticationError("a client presented the wrong key")
+        sock.sendall(_mac(key, b"coordinator", answer[32:]) + _ID.pack(client_id))
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def connect(path: Path | str, key: bytes, timeout: float = HANDSHAKE_TIMEOUT):
+    """Connect and authenticate both ways; returns (socket, client id)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        challenge = _recv_exact(sock, _CHALLENGE)
+        mine = os.urandom(_CHALLENGE)
+        sock.sendall(_mac(key, b"client", challenge) + mine)
+        answer = _recv_exact(sock, 32 + _ID.size)
+        if not hmac.compare_digest(answer[:32], _mac(key, b"coordinator", mine)):
+            raise AuthenticationError(f"the process behind {path} does not hold the share's key")
+        sock.settimeout(None)
+        return sock, _ID.unpack(answer[32:])[0]
+    except BaseException:
+        sock.close()
+        raise

@@ -1,0 +1,420 @@
+"""The coordinator: the one process of a share that applies every write.
+
+It keeps a mirror of every shared object, runs each client's commands in the
+order the client sent them (and after every write to the same object that
+was queued before them, by any process), and commits a snapshot of each
+changed object to shared memory — in batches: when a reader is waiting, or
+when a commit window has passed since the object first changed.
+
+Run as ``python -m accord.share._coordinator`` by `Share`; it reads its
+configuration as JSON on stdin, prints READY when it listens, and exits when
+the owner closes the share or dies.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+
+import cloudpickle
+
+from ..backends.shm import _control
+from ..backends.shm._server import Peer, ShmServer
+from . import _protocol as P
+from ._remote import Unreadable, pack_error
+from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
+
+HEARTBEAT_S = 0.1
+
+
+class _Lock:
+    __slots__ = ("owner", "waiters")
+
+    def __init__(self) -> None:
+        self.owner: tuple[int, int] | None = None
+        self.waiters: deque[tuple[Peer, int, int, float]] = deque()
+
+
+class Coordinator:
+    def __init__(self, server: ShmServer, owner_pid: int, window: float) -> None:
+        self.server = server
+        self.owner_pid = owner_pid
+        self.window = window
+        self.mirror: dict[str, object] = {}
+        self.received = [0] * _control.SLOTS  # increments applied, per slot
+        self.uncommitted: dict[int, set[str]] = {}  # slot -> names not yet committed
+        self.dirty: dict[str, float] = {}  # name -> when it first changed
+        self.dirty_slots: dict[str, set[int]] = {}
+        self.commit_cost: dict[str, float] = {}
+        self.queues: dict[int, deque] = {}
+        self.peers: dict[int, Peer] = {}
+        self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
+        self.error_sent: set[int] = set()
+        self.locks: dict[str, _Lock] = {}
+        self.stopping = False
+        self.handlers = {
+            P.ASSIGN: self.op_assign,
+            P.DELETE: self.op_delete,
+            P.AUGMENT: self.op_augment,
+            P.CALL: self.op_call,
+            P.APPLY: self.op_apply,
+            P.BARRIER: self.op_barrier,
+            P.FLUSH: self.op_flush,
+            P.ACQUIRE: self.op_acquire,
+            P.RELEASE: self.op_release,
+            P.SHUTDOWN: self.op_shutdown,
+            P.NAMES: self.op_names,
+        }
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        last_beat = 0.0
+        while not self.stopping:
+            for peer, frames in self.server.poll(self._timeout()):
+                if frames is None:
+                    self.peer_left(peer)
+                else:
+                    self.peers[peer.id] = peer
+                    self.queues.setdefault(peer.id, deque()).extend(frames)
+            self.process()
+            if self.stopping:
+                break
+            now = time.monotonic()
+            self.commit_due(now)
+            self.expire_lock_waits(now)
+            if now - last_beat >= HEARTBEAT_S / 2:
+                last_beat = now
+                self.server.heartbeat()
+                if os.getppid() != self.owner_pid:
+                    break  # the owner died without closing: nobody can close now
+        self.server.close()
+
+    def _timeout(self) -> float:
+        timeout = HEARTBEAT_S
+        if self.dirty:
+            now = time.monotonic()
+            for name, since in self.dirty.items():
+                timeout = min(timeout, max(0.0, since + self._window(name) - now))
+        for lock in self.locks.values():
+            for *_, deadline in lock.waiters:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        return timeout
+
+    def _window(self, name: str) -> float:
+        # Spend at most about a tenth of the time committing: a big object is
+        # committed less often, so appending to it costs what appending to a
+        # small one does.  Readers that wait ask for a commit (BARRIER).
+        return max(self.window, 10 * self.commit_cost.get(name, 0.0))
+
+    def process(self) -> None:
+        """Run every queued command whose waits are met, per client in order."""
+        received = self.received
+        progress = True
+        while progress:
+            progress = False
+            for peer_id, queue in list(self.queues.items()):
+                while queue:
+                    message = queue[0]
+                    if type(message) is bytes:
+                        try:
+                            message = queue[0] = pickle.loads(message)
+                        except Exception:
+                            # Only an authenticated peer can send; a garbled
+                            # frame means a broken client: cut it off.
+                            print(
+                                "accord: dropping a client that sent a garbled command",
+                                file=sys.stderr,
+                            )
+                            queue.clear()
+                            self.server.drop(self.peers[peer_id])
+                            break
+                    waits = message[2]
+                    if waits and (
+                        received[waits[0]] < waits[1]
+                        or (len(waits) > 2 and not self.satisfied(waits))
+                    ):
+                        break
+                    queue.popleft()
+                    self.execute(self.peers[peer_id], message)
+                    progress = True
+                    if self.stopping:
+                        return
+                if not queue:
+                    del self.queues[peer_id]
+                    if peer_id in self.departed:
+                        self.finish_departure(peer_id)
+
+    def satisfied(self, waits) -> bool:
+        received = self.received
+        return all(received[waits[i]] >= waits[i + 1] for i in range(0, len(waits), 2))
+
+    def execute(self, peer: Peer, message: tuple) -> None:
+        op, reply_id, _waits, writes = message[:4]
+        try:
+            result = self.handlers[op](peer, message)
+            status = P.OK
+        except Exception as exc:
+            result = pack_error(exc)
+            status = P.ERROR
+        if writes:
+            self.credit(message[4][0], writes)
+        if reply_id and result is not _no_reply:
+            self.reply(peer, reply_id, status, result)
+        elif status == P.ERROR:
+            self.report(peer, result)
+
+    def credit(self, name: str | None, writes) -> None:
+        received = self.received
+        if name is not None:
+            if name not in self.dirty:
+                self.dirty[name] = time.monotonic()
+                self.dirty_slots[name] = set()
+            self.dirty_slots[name].update(writes)
+        for s in writes:
+            received[s] += 1
+            if name is not None:
+                self.uncommitted.setdefault(s, set()).add(name)
+            elif s not in self.uncommitted:
+                self.server.set_applied(s, received[s])
+
+    # -- replies ---------------------------------------------------------------
+
+    def reply(self, peer: Peer, reply_id: int, status: int, result) -> None:
+        self.error_sent.discard(peer.id)  # it reads its socket now
+        if peer.id in self.departed:
+            return
+        if status == P.OK:
+            try:
+                if type(result) in PLAIN or is_plain(result):
+                    payload = pickle.dumps((reply_id, P.OK, result), 5)
+                else:
+                    payload = cloudpickle.dumps((reply_id, P.OK, result), 5)
+            except Exception as exc:
+                payload = cloudpickle.dumps((reply_id, P.ERROR, *pack_error(exc)), 5)
+        else:
+            payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
+        self.server.send(peer, payload)
+
+    def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
+        """Send the error of a fire-and-forget command (one until it is read)."""
+        if peer.id in self.error_sent or peer.id in self.departed:
+            print(f"accord: error in a fire-and-forget command:\n{error[1]}", file=sys.stderr)
+            return
+        self.error_sent.add(peer.id)
+        self.server.send(peer, cloudpickle.dumps((0, P.ERROR, *error), 5))
+
+    # -- commits ---------------------------------------------------------------
+
+    def commit(self, name: str) -> None:
+        started = time.perf_counter()
+        if name in self.mirror:
+            value = self.mirror[name]
+            try:
+                data = dumps(value)
+            except Exception as exc:
+                print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
+                data = dumps(
+                    Unreadable(
+                        f"share.{name} can no longer be serialized ({type(exc).__name__}: "
+                        f"{exc}); a method stored something unpicklable in it"
+                    )
+                )
+            self.server.snapshots.write(name, data)
+        else:
+            self.server.snapshots.delete(name)
+        self.commit_cost[name] = time.perf_counter() - started
+        self.dirty.pop(name, None)
+        for s in self.dirty_slots.pop(name, ()):
+            names = self.uncommitted.get(s)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.uncommitted[s]
+                    self.server.set_applied(s, self.received[s])
+
+    def commit_due(self, now: float) -> None:
+        for name, since in list(self.dirty.items()):
+            if now - since >= self._window(name):
+                self.commit(name)
+
+    # -- departures ------------------------------------------------------------
+
+    def peer_left(self, peer: Peer) -> None:
+        # Read the intent now, before the client slot can be reused.
+        self.departed[peer.id] = self.server.lost_intent(peer)
+        self.error_sent.discard(peer.id)
+        for name, lock in list(self.locks.items()):
+            lock.waiters = deque(w for w in lock.waiters if w[0].id != peer.id)
+            if lock.owner is not None and lock.owner[0] == peer.id:
+                self.hand_over(name, lock)
+        if peer.id not in self.queues:
+            self.finish_departure(peer.id)
+
+    def finish_departure(self, peer_id: int) -> None:
+        """Credit the flags a dead client raised for a write it never sent."""
+        lost = self.departed.pop(peer_id, ())
+        if lost:
+            self.credit(None, lost)
+        peer = self.peers.pop(peer_id, None)
+        if peer is not None:
+            self.server.drop(peer)
+
+    # -- paths -----------------------------------------------------------------
+
+    def resolve(self, path: tuple):
+        try:
+            obj = self.mirror[path[0]]
+        except KeyError:
+            raise AttributeError(f"share has no attribute {path[0]!r}") from None
+        for i in range(1, len(path), 2):
+            key = path[i + 1]
+            obj = getattr(obj, key) if path[i] == P.ATTR else obj[key]
+        return obj
+
+    def get_place(self, place: tuple):
+        return self.resolve(place)
+
+    def set_place(self, place: tuple, value) -> None:
+        if len(place) == 1:
+            self.mirror[place[0]] = value
+            return
+        parent = self.resolve(place[:-2])
+        if place[-2] == P.ATTR:
+            setattr(parent, place[-1], value)
+        else:
+            parent[place[-1]] = value
+
+    # -- commands --------------------------------------------------------------
+
+    def op_assign(self, peer, message):
+        self.set_place(message[4], unpack(message[5]))
+
+    def op_delete(self, peer, message):
+        place = message[4]
+        if len(place) == 1:
+            if self.mirror.pop(place[0], _missing) is _missing:
+                raise AttributeError(f"share has no attribute {place[0]!r}")
+            return
+        parent = self.resolve(place[:-2])
+        if place[-2] == P.ATTR:
+            delattr(parent, place[-1])
+        else:
+            del parent[place[-1]]
+
+    def op_augment(self, peer, message):
+        place, op, operand = message[4:7]
+        if op not in P.INPLACE:
+            raise ValueError(f"unknown in-place operator {op!r}")
+        current = self.get_place(place)
+        self.set_place(place, getattr(operator, op)(current, unpack(operand)))
+
+    def op_call(self, peer, message):
+        path, method, packed = message[4:7]
+        args, kwargs = unpack_call(packed)
+        return getattr(self.resolve(path), method)(*args, **kwargs)
+
+    def op_apply(self, peer, message):
+        path, packed, replace = message[4:7]
+        fn, args, kwargs = cloudpickle.loads(packed)
+        result = fn(self.resolve(path), *args, **kwargs)
+        if replace:
+            self.set_place(path, result)
+        return result
+
+    def op_barrier(self, peer, message):
+        waits = message[2]
+        for i in range(0, len(waits), 2):
+            for name in list(self.uncommitted.get(waits[i], ())):
+                self.commit(name)
+
+    def op_flush(self, peer, message):
+        for name in list(self.dirty):
+            self.commit(name)
+
+    def op_names(self, peer, message):
+        return sorted(self.mirror)
+
+    def op_acquire(self, peer, message):
+        name, token, timeout = message[4:7]
+        lock = self.locks.setdefault(name, _Lock())
+        if lock.owner is None:
+            lock.owner = (peer.id, token)
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        lock.waiters.append((peer, message[1], token, deadline))
+        return _no_reply
+
+    def op_release(self, peer, message):
+        name, token = message[4:6]
+        lock = self.locks.get(name)
+        if lock is None or lock.owner != (peer.id, token):
+            raise RuntimeError(f"release of lock {name!r}, which this thread does not hold")
+        self.hand_over(name, lock)
+
+    def hand_over(self, name: str, lock: _Lock) -> None:
+        lock.owner = None
+        while lock.waiters:
+            peer, reply_id, token, _deadline = lock.waiters.popleft()
+            if peer.id in self.departed:
+                continue
+            lock.owner = (peer.id, token)
+            self.reply(peer, reply_id, P.OK, True)
+            return
+        del self.locks[name]
+
+    def expire_lock_waits(self, now: float) -> None:
+        for lock in self.locks.values():
+            if any(w[3] <= now for w in lock.waiters):
+                keep = deque()
+                for waiter in lock.waiters:
+                    if waiter[3] <= now:
+                        self.reply(waiter[0], waiter[1], P.OK, False)
+                    else:
+                        keep.append(waiter)
+                lock.waiters = keep
+
+    def op_shutdown(self, peer, message):
+        self.stopping = True
+
+
+_missing = object()
+
+
+class _NoReply:
+    """A handler's result when it answers later (a lock not yet free)."""
+
+
+_no_reply = _NoReply()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
+    config = json.loads(sys.stdin.readline())
+    sys.path[:] = config["sys_path"]
+    try:
+        server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
+    except Exception as exc:
+        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
+        sys.exit(1)
+    print("READY", flush=True)
+    coordinator = Coordinator(server, config["owner_pid"], config["window"])
+    try:
+        coordinator.run()
+    except BaseException:
+        traceback.print_exc()
+        server.close()
+        raise
+
+
+if __name__ == "__main__":
+    main()

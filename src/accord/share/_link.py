@@ -1,0 +1,266 @@
+"""The operations behind a `Share` and its proxies.
+
+`Link` turns "read share.obj.x", "call share.lst.append(3)", "share.c += 1"
+into the backend's three verbs: wait for write flags, read a committed
+snapshot, send a command.  Every read first makes sure that the writes to
+what it reads, queued by any process before it, are applied; every write
+raises the flags of what it writes before it is queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+import cloudpickle
+
+from .._errors import ShareClosed, UnshareableError
+from ..backends.shm import _control
+from ..backends.shm._client import ShareInfo, ShmClient, client_for
+from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
+from ..backends.shm._snapshots import MISSING
+from . import _protocol as P
+from ._methods import LOCAL, QUEUE, Access, method_access, property_access
+from ._proxy import BoundMethod, Proxy, unwrap
+from ._remote import Unreadable, rebuild_error
+from ._serialize import pack, pack_call
+from ._values import is_value, private
+
+_MAX_WRITE_SLOTS = _control.INTENT_SLOTS
+
+
+def describe(path: tuple) -> str:
+    """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
+    text = f"share.{path[0]}"
+    for i in range(1, len(path), 2):
+        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
+    return text
+
+
+def _attr_of(path: tuple) -> str | None:
+    # The first attribute step decides which attribute flag a path uses.
+    return path[2] if len(path) >= 3 and path[1] == P.ATTR else None
+
+
+class Link:
+    __slots__ = (
+        "_client",
+        "_methods",
+        "_proxies",
+        "_read_slots",
+        "_write_slots",
+        "closed",
+        "info",
+    )
+
+    def __init__(self, info: ShareInfo) -> None:
+        self.info = info
+        self._client: ShmClient | None = None
+        self.closed = False
+        # Memos of pure functions of a path (and the object's class).
+        self._read_slots: dict = {}
+        self._write_slots: dict = {}
+        self._methods: dict = {}
+        self._proxies: dict = {}
+
+    def proxy(self, path: tuple) -> Proxy:
+        proxy = self._proxies.get(path)
+        if proxy is None:
+            proxy = Proxy(self, path)
+            if len(self._proxies) < 10_000:
+                self._proxies[path] = proxy
+        return proxy
+
+    @property
+    def client(self) -> ShmClient:
+        if self.closed:
+            raise ShareClosed("this share handle was closed")
+        client = self._client
+        if client is None or client.lost is not None:
+            client = self._client = client_for(self.info)
+        return client
+
+    # -- flags -----------------------------------------------------------------
+
+    def read_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
+        key = (path, access)
+        slots = self._read_slots.get(key)
+        if slots is None:
+            slots = self._read_slots[key] = self._compute_read_slots(path, access)
+        return slots
+
+    def write_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
+        key = (path, access)
+        slots = self._write_slots.get(key)
+        if slots is None:
+            slots = self._write_slots[key] = self._compute_write_slots(path, access)
+        return slots
+
+    @staticmethod
+    def _compute_read_slots(path: tuple, access: Access | None) -> tuple[int, ...]:
+        name = path[0]
+        attr = _attr_of(path)
+        if attr is not None:
+            return (slot_of(name, attr), slot_of(name, UNKNOWN))
+        if access is not None and access.reads is not None and len(path) == 1:
+            return (*(slot_of(name, a) for a in access.reads), slot_of(name, UNKNOWN))
+        return (slot_of(name, WHOLE),)
+
+    @staticmethod
+    def _compute_write_slots(path: tuple, access: Access | None) -> tuple[int, ...]:
+        name = path[0]
+        attr = _attr_of(path)
+        if attr is not None:
+            return (slot_of(name, WHOLE), slot_of(name, attr))
+        if (
+            access is not None
+            and access.writes is not None
+            and len(path) == 1
+            and len(access.writes) < _MAX_WRITE_SLOTS
+        ):
+            return (slot_of(name, WHOLE), *(slot_of(name, a) for a in sorted(access.writes)))
+        return (slot_of(name, WHOLE), slot_of(name, UNKNOWN))
+
+    def wait_for(self, slots: tuple[int, ...]) -> None:
+        """Return once every write to `slots` queued before now is committed."""
+        client = self.client
+        if client.applied_all(slots):
+            return
+        self.request(P.BARRIER, (), reads=slots)
+
+    # -- commands --------------------------------------------------------------
+
+    def send(self, op: int, fields: tuple, writes: tuple = ()) -> None:
+        self.client.send(op, fields, writes)
+
+    def request(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = ()):
+        reply = self.client.send(op, fields, writes, reads, reply=True)
+        if reply[1] == P.OK:
+            return reply[2]
+        raise rebuild_error(reply[2], reply[3])
+
+    # -- reading ---------------------------------------------------------------
+
+    def peek(self, path: tuple):
+        """The object at `path` in the latest commit, without waiting; MISSING
+        if there is none (it may be pending)."""
+        obj = self.client.read(path[0])
+        if obj is MISSING or type(obj) is Unreadable:
+            return MISSING
+        try:
+            for i in range(1, len(path), 2):
+                key = path[i + 1]
+                obj = getattr(obj, key) if path[i] == P.ATTR else obj[key]
+        except Exception:
+            return MISSING
+        return obj
+
+    def value_at(self, path: tuple):
+        """The committed object at `path` (call `wait_for` first). Shared with
+        the snapshot cache: do not mutate it."""
+        obj = self.client.read(path[0])
+        if obj is MISSING:
+            raise AttributeError(f"share has no attribute {path[0]!r}")
+        if type(obj) is Unreadable:
+            raise UnshareableError(obj.message)
+        for i in range(1, len(path), 2):
+            key = path[i + 1]
+            obj = getattr(obj, key) if path[i] == P.ATTR else obj[key]
+        return obj
+
+    def value(self, path: tuple):
+        """The current value at `path`, committed, after waiting for writes."""
+        self.wait_for(self.read_slots(path))
+        return self.value_at(path)
+
+    def get(self, path: tuple):
+        """What reading `path` gives the user: a value, or a proxy."""
+        client = self.client
+        if client.applied_all(self.read_slots(path)):
+            # Nothing pending: the latest commit is current; read it once.
+            obj = self.value_at(path)
+            if is_value(obj):
+                return obj
+            return copy.deepcopy(obj) if isinstance(obj, tuple) else self.proxy(path)
+        obj = self.peek(path)
+        if obj is not MISSING and not is_value(obj) and not isinstance(obj, tuple):
+            # A container: its proxy waits for writes when it is used.
+            return self.proxy(path)
+        obj = self.value(path)
+        if is_value(obj):
+            return obj
+        if isinstance(obj, tuple):
+            return copy.deepcopy(obj)
+        return self.proxy(path)
+
+    def attribute(self, path: tuple, attr: str):
+        """``proxy.attr``: a bound method, a property's value, or get()."""
+        obj = self.peek(path)
+        if obj is MISSING:
+            obj = self.value(path)
+        cls = type(obj)
+        memo = self._methods.get((path, attr))
+        if memo is not None and memo[0] is cls:
+            return memo[1]
+        access = method_access(cls, attr)
+        if access is not None and attr not in getattr(obj, "__dict__", ()):
+            method = BoundMethod(self, path, attr, access)
+            if len(self._methods) < 10_000:
+                self._methods[(path, attr)] = (cls, method)
+            return method
+        prop = property_access(cls, attr)
+        if prop is not None:
+            if prop.kind == LOCAL:
+                self.wait_for(self.read_slots(path, prop))
+                return private(getattr(self.value_at(path), attr))
+            return self.request(P.CALL, (path, "__getattribute__", (attr,)), self.write_slots(path))
+        return self.get((*path, P.ATTR, attr))
+
+    def item(self, path: tuple, key):
+        """``proxy[key]``: a value or a proxy."""
+        obj = self.peek(path)
+        if isinstance(obj, collections.defaultdict) and key not in obj:
+            # Reading a missing key inserts it: only the coordinator may.
+            packed = pack_call((key,), {}, lambda: f"key of {describe(path)}")
+            value = self.request(P.CALL, (path, "__getitem__", packed), self.write_slots(path))
+            return value if is_value(value) else self.proxy((*path, P.ITEM, key))
+        return self.get((*path, P.ITEM, key))
+
+    # -- writing ---------------------------------------------------------------
+
+    def assign(self, place: tuple, value) -> None:
+        value = unwrap(value)
+        packed = pack(value, lambda: describe(place))
+        self.send(P.ASSIGN, (place, packed), self.write_slots(place))
+
+    def delete(self, place: tuple) -> None:
+        self.request(P.DELETE, (place,), self.write_slots(place))
+
+    def augment(self, place: tuple, op: str, operand) -> None:
+        operand = unwrap(operand)
+        self.send(
+            P.AUGMENT,
+            (place, op, pack(operand, lambda: f"operand of {describe(place)} {op}")),
+            self.write_slots(place),
+        )
+
+    def call(self, path: tuple, name: str, args: tuple, kwargs: dict, access: Access):
+        if access.kind == LOCAL:
+            self.wait_for(self.read_slots(path, access))
+            return private(getattr(self.value_at(path), name)(*args, **kwargs))
+        if kwargs or any(type(a) is Proxy for a in args):
+            args = tuple(unwrap(a) for a in args)
+            kwargs = {k: unwrap(v) for k, v in kwargs.items()}
+        packed = pack_call(args, kwargs, lambda: f"arguments of {describe(path)}.{name}()")
+        writes = self.write_slots(path, access)
+        if access.kind == QUEUE:
+            self.send(P.CALL, (path, name, packed), writes)
+            return None
+        return self.request(P.CALL, (path, name, packed), writes)
+
+    def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
+        try:
+            packed = cloudpickle.dumps((fn, args, kwargs), 5)
+        except Exception as exc:
+            raise UnshareableError(f"cannot send {fn!r} to the coordinator: {exc}") from exc
+        return self.request(P.APPLY, (path, packed, replace), self.write_slots(path))

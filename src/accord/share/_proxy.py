@@ -1,0 +1,219 @@
+"""Proxies: live handles on objects inside a share.
+
+``share.results`` (a list), ``share.cfg["model"]`` (a dict inside a dict),
+``share.stats.items`` — each is a `Proxy` holding the share's link and the
+path to the object.  Nothing is cached in it: every use reads the committed
+state (after the writes queued before it) or sends a command, so a proxy
+kept in a variable stays current.  Operators that only read (``==``,
+``len``, ``in``, iteration, ``+``) work on a private copy of the value;
+in-place operators (``+=``, ``|=``) are atomic commands.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from . import _protocol as P
+from ._augmented import DONE, Augmenting, is_augmented
+from ._values import private
+
+
+class Proxy:
+    """A live handle on a mutable object inside a share (see module doc)."""
+
+    __slots__ = ("_accord_link", "_accord_path")
+
+    def __init__(self, link, path: tuple) -> None:
+        object.__setattr__(self, "_accord_link", link)
+        object.__setattr__(self, "_accord_path", path)
+
+    # -- attributes and items ------------------------------------------------
+
+    def __getattribute__(self, attr: str):
+        # __getattribute__, not __getattr__: the fallback after a failed
+        # normal lookup costs an exception, and this is the hot path.
+        if attr[0] == "_":
+            return object.__getattribute__(self, attr)
+        link = object.__getattribute__(self, "_accord_link")
+        path = object.__getattribute__(self, "_accord_path")
+        if is_augmented():
+            place = (*path, P.ATTR, attr)
+            return Augmenting(lambda op, operand: link.augment(place, op, operand))
+        return link.attribute(path, attr)
+
+    def __setattr__(self, attr: str, value) -> None:
+        if value is DONE:
+            return  # the second half of `proxy.attr += x`, already applied
+        if attr[0] == "_":
+            raise AttributeError(f"cannot set private attribute {attr!r} through a proxy")
+        self._accord_link.assign((*self._accord_path, P.ATTR, attr), value)
+
+    def __delattr__(self, attr: str) -> None:
+        self._accord_link.delete((*self._accord_path, P.ATTR, attr))
+
+    def __getitem__(self, key):
+        link, path = self._accord_link, self._accord_path
+        if is_augmented():
+            place = (*path, P.ITEM, key)
+            return Augmenting(lambda op, operand: link.augment(place, op, operand))
+        if isinstance(key, slice):
+            return private(link.value(path)[key])
+        return link.item(path, key)
+
+    def __setitem__(self, key, value) -> None:
+        if value is DONE:
+            return
+        self._accord_link.assign((*self._accord_path, P.ITEM, key), value)
+
+    def __delitem__(self, key) -> None:
+        self._accord_link.delete((*self._accord_path, P.ITEM, key))
+
+    # -- reading operators ---------------------------------------------------
+
+    def _accord_value(self):
+        return self._accord_link.value(self._accord_path)
+
+    def __len__(self) -> int:
+        return len(self._accord_value())
+
+    def __iter__(self):
+        return iter(private(list(self._accord_value())))
+
+    def __reversed__(self):
+        return iter(private(list(reversed(self._accord_value()))))
+
+    def __contains__(self, item) -> bool:
+        return unwrap(item) in self._accord_value()
+
+    def __bool__(self) -> bool:
+        return bool(self._accord_value())
+
+    def __repr__(self) -> str:
+        return repr(self._accord_value())
+
+    def __str__(self) -> str:
+        return str(self._accord_value())
+
+    def __format__(self, spec: str) -> str:
+        return format(self._accord_value(), spec)
+
+    def __dir__(self):
+        return dir(self._accord_value())
+
+    __hash__ = None  # a live mutable object is not hashable
+
+    def __call__(self, *args, **kwargs):
+        return self._accord_link.attribute(self._accord_path, "__call__")(*args, **kwargs)
+
+    # -- in-place operators: one atomic command ------------------------------
+
+    def _accord_augment(self, op: str, other):
+        self._accord_link.augment(self._accord_path, op, other)
+        return self
+
+    def __iadd__(self, other):
+        return self._accord_augment("iadd", other)
+
+    def __isub__(self, other):
+        return self._accord_augment("isub", other)
+
+    def __imul__(self, other):
+        return self._accord_augment("imul", other)
+
+    def __iand__(self, other):
+        return self._accord_augment("iand", other)
+
+    def __ior__(self, other):
+        return self._accord_augment("ior", other)
+
+    def __ixor__(self, other):
+        return self._accord_augment("ixor", other)
+
+    # -- pickling: a proxy travels as (share, path) --------------------------
+
+    def __reduce__(self):
+        from ._share import Share
+
+        return _rebuild, (Share._attach(self._accord_link.info), self._accord_path)
+
+    def __copy__(self):
+        return private(self._accord_value())
+
+    def __deepcopy__(self, memo):
+        return private(self._accord_value())
+
+
+def _rebuild(share, path: tuple) -> Proxy:
+    return Proxy(share._link, path)
+
+
+def _reading(op):
+    def method(self, *args):
+        return private(op(self._accord_value(), *(unwrap(a) for a in args)))
+
+    method.__name__ = f"__{op.__name__.strip('_')}__"
+    return method
+
+
+def _reflected(op):
+    def method(self, other):
+        return private(op(unwrap(other), self._accord_value()))
+
+    return method
+
+
+for _name, _op in {
+    "__eq__": operator.eq,
+    "__ne__": operator.ne,
+    "__lt__": operator.lt,
+    "__le__": operator.le,
+    "__gt__": operator.gt,
+    "__ge__": operator.ge,
+    "__add__": operator.add,
+    "__sub__": operator.sub,
+    "__mul__": operator.mul,
+    "__truediv__": operator.truediv,
+    "__floordiv__": operator.floordiv,
+    "__mod__": operator.mod,
+    "__and__": operator.and_,
+    "__or__": operator.or_,
+    "__xor__": operator.xor,
+    "__neg__": operator.neg,
+}.items():
+    setattr(Proxy, _name, _reading(_op))
+for _name, _op in {
+    "__radd__": operator.add,
+    "__rsub__": operator.sub,
+    "__rmul__": operator.mul,
+    "__rand__": operator.and_,
+    "__ror__": operator.or_,
+    "__rxor__": operator.xor,
+}.items():
+    setattr(Proxy, _name, _reflected(_op))
+
+
+class BoundMethod:
+    """``share.lst.append``: calling it runs the method where its `Access` says."""
+
+    __slots__ = ("_access", "_link", "_name", "_path")
+
+    def __init__(self, link, path: tuple, name: str, access) -> None:
+        self._link = link
+        self._path = path
+        self._name = name
+        self._access = access
+
+    def __call__(self, *args, **kwargs):
+        return self._link.call(self._path, self._name, args, kwargs, self._access)
+
+    def __repr__(self) -> str:
+        from ._link import describe
+
+        return f"<shared method {describe(self._path)}.{self._name} ({self._access.kind})>"
+
+
+def unwrap(value):
+    """A proxy passed as a value stands for a copy of its current value."""
+    if isinstance(value, Proxy):
+        return private(value._accord_value())
+    return value

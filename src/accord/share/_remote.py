@@ -1,0 +1,42 @@
+"""Carrying results and exceptions from the coordinator back to a caller."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+
+import cloudpickle
+
+from .._errors import AccordError, RemoteTraceback
+
+
+class RemoteError(AccordError):
+    """An exception on the coordinator that could not be sent back as itself."""
+
+
+class Unreadable:
+    """Committed in place of a snapshot that could not be serialized."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def pack_error(exc: BaseException) -> tuple[bytes, str]:
+    """(pickled exception, formatted traceback) of an exception raised here."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        data = cloudpickle.dumps(exc)
+        pickle.loads(data)  # an exception whose __init__ takes other args fails here
+    except Exception:
+        data = cloudpickle.dumps(RemoteError(f"{type(exc).__qualname__}: {exc}"))
+    return data, tb
+
+
+def rebuild_error(data: bytes, tb: str, deferred: bool = False) -> BaseException:
+    exc = pickle.loads(data)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    if deferred:
+        exc.add_note(
+            "(raised on the coordinator by an earlier fire-and-forget call of this process)"
+        )
+    return exc

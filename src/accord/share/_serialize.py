@@ -1,0 +1,103 @@
+"""How values cross process boundaries.
+
+Plain values (numbers, strings, bytes, None, and tuples of them) go through
+the C pickler as they are; everything else through cloudpickle, so lambdas,
+local functions and classes defined in ``__main__`` can be shared.  A value
+that cannot be serialized is refused where it is assigned, with the path of
+the part that failed.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+
+from .._errors import UnshareableError
+
+PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def is_plain(value) -> bool:
+    kind = type(value)
+    if kind in PLAIN:
+        return True
+    if kind is tuple or kind is frozenset:
+        return all(is_plain(v) for v in value)
+    return False
+
+
+def pack(value, where):
+    """`(value,)` for a plain value, else its cloudpickle bytes.
+
+    `where` is a zero-argument callable naming the value for error messages
+    (called only on error: formatting it for every write would cost more
+    than the write).
+    """
+    if type(value) in PLAIN or is_plain(value):
+        return (value,)
+    return dumps_checked(value, where)
+
+
+def unpack(packed):
+    return packed[0] if type(packed) is tuple else pickle.loads(packed)
+
+
+def pack_call(args: tuple, kwargs: dict, where):
+    """Arguments of a call: the args tuple itself when plain, else bytes."""
+    if not kwargs and (
+        (len(args) == 1 and type(args[0]) in PLAIN) or all(type(a) in PLAIN for a in args)
+    ):
+        return args
+    return dumps_checked((args, kwargs), where)
+
+
+def unpack_call(packed) -> tuple[tuple, dict]:
+    if type(packed) is tuple:
+        return packed, {}
+    return pickle.loads(packed)
+
+
+def dumps(value) -> bytes:
+    """Serialize a snapshot: the C pickler when it can, else cloudpickle."""
+    try:
+        return pickle.dumps(value, 5)
+    except Exception:
+        return cloudpickle.dumps(value, 5)
+
+
+def dumps_checked(value, where) -> bytes:
+    try:
+        return cloudpickle.dumps(value, 5)
+    except Exception as exc:
+        path, reason = _find_culprit(value, where(), exc)
+        raise UnshareableError(
+            f"cannot share {path}: {reason}. Share only values that can be pickled "
+            "(no open files, locks, sockets, threads or generators); keep such "
+            "resources local to each process."
+        ) from exc
+
+
+def _find_culprit(value, where: str, exc: Exception, depth: int = 0) -> tuple[str, str]:
+    """The innermost attribute or item of `value` that does not pickle."""
+    if depth < 8:
+        for label, part in _parts(value):
+            try:
+                cloudpickle.dumps(part, 5)
+            except Exception as inner:
+                return _find_culprit(part, f"{where}{label}", inner, depth + 1)
+    return where, f"{type(exc).__name__}: {exc}"
+
+
+def _parts(value):
+    if isinstance(value, dict):
+        for k, v in list(value.items())[:1000]:
+            yield f"[{k!r}]", v
+    elif isinstance(value, list | tuple | set | frozenset):
+        for i, v in enumerate(list(value)[:1000]):
+            yield f"[{i}]", v
+    else:
+        state = getattr(value, "__dict__", None)
+        if isinstance(state, dict):
+            for k, v in state.items():
+                yield f".{k}", v

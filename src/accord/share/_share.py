@@ -1,0 +1,392 @@
+"""`Share`: the container users put objects in."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+
+from .._errors import AccordError, CoordinatorLost
+from ..backends.shm import _transport
+from ..backends.shm._client import ShareInfo, client_for, forget
+from ..backends.shm._server import remove_leftovers
+from . import _protocol as P
+from ._augmented import DONE, Augmenting, is_augmented
+from ._link import Link
+from ._proxy import Proxy
+from ._values import private
+
+START_TIMEOUT = 30.0
+_MISSING = object()
+
+# Attribute names that are the Share's own API; shared objects with these
+# names are reached with share["name"].
+RESERVED = frozenset(
+    {"close", "flush", "apply", "update", "lock", "get", "connect", "coordinator_pid"}
+)
+
+
+class Share:
+    """A set of named Python objects shared by processes on one machine.
+
+    Assign any picklable object as an attribute; every process the share is
+    handed to (as an argument, through ``multiprocessing`` or
+    ``concurrent.futures``, or by ``Share.connect(name)``) reads and changes
+    the same object::
+
+        >>> from accord import Share
+        >>> with Share() as share:
+        ...     share.counter = 0
+        ...     share.results = []
+        ...     share.counter += 1          # one atomic command
+        ...     share.results.append("a")   # queued, returns at once
+        ...     share.results.pop()          # waits for the value
+        ...     share.counter
+        'a'
+        1
+
+    Guarantees (for every process, on every object):
+
+    * **No lost updates**: each write — assignment, ``+=`` and the other
+      augmented assignments, item assignment, method call — is applied once,
+      by the share's coordinator, in the order each process issued it.
+    * **No stale reads**: a read includes every write to what it reads that
+      any process queued before the read began.
+    * **Values and errors come back**: a method that returns a value runs on
+      the coordinator and returns its result; its exception is raised here,
+      with the coordinator's traceback as ``__cause__``.  A method that
+      returns nothing is fire-and-forget; its error is raised by this
+      process's next blocking operation or `flush()`.
+    * **Nothing hangs**: if the coordinator dies, operations raise
+      `CoordinatorLost` within about a second.
+
+    The process that creates a share owns it: `close()` (or leaving the
+    ``with`` block, or interpreter exit) stops its coordinator and removes
+    every shared-memory segment and socket it made.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid")
+
+    def __init__(self, name: str | None = None, *, commit_window: float = 0.002) -> None:
+        """Create a share and start its coordinator.
+
+        `name` lets unrelated processes of the same user attach with
+        ``Share.connect(name)``; it must be unique among live shares.
+        `commit_window` is the longest time (seconds) a changed object waits
+        to be committed when no reader asks for it.
+        """
+        if name is None:
+            name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
+        elif not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"invalid share name {name!r}: use 1-48 letters, digits, '_', '.', '-'"
+                " starting with a letter or digit"
+            )
+        if commit_window < 0:
+            raise ValueError("commit_window must be >= 0")
+        info, process = _start_coordinator(name, commit_window)
+        object.__setattr__(self, "_link", Link(info))
+        object.__setattr__(self, "_owner_pid", os.getpid())
+        client_for(info).owner_process = process
+        object.__setattr__(
+            self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
+        )
+
+    @classmethod
+    def connect(cls, name: str) -> Share:
+        """Attach to the live share created elsewhere with ``Share(name=name)``."""
+        if not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"invalid share name {name!r}")
+        key_file = _transport.runtime_dir() / f"{name}.key"
+        try:
+            record = json.loads(key_file.read_text())
+        except FileNotFoundError:
+            raise AccordError(f"no share named {name!r} is running for this user") from None
+        info = ShareInfo(
+            name, record["stem"], record["socket"], bytes.fromhex(record["key"]), record["pid"]
+        )
+        share = cls._attach(info)
+        share._link.client.check_alive()
+        return share
+
+    @classmethod
+    def _attach(cls, info: ShareInfo) -> Share:
+        share = object.__new__(cls)
+        object.__setattr__(share, "_link", Link(info))
+        object.__setattr__(share, "_owner_pid", None)
+        object.__setattr__(share, "_finalizer", None)
+        return share
+
+    def __reduce__(self):
+        return Share._attach, (self._link.info,)
+
+    # -- the shared names ----------------------------------------------------
+
+    def __getattribute__(self, name: str):
+        # __getattribute__, not __getattr__: see Proxy.__getattribute__.
+        if name[0] == "_" or name in RESERVED:
+            return object.__getattribute__(self, name)
+        link = object.__getattribute__(self, "_link")
+        if is_augmented():
+            return Augmenting(lambda op, operand: link.augment((name,), op, operand))
+        return link.get((name,))
+
+    def __setattr__(self, name: str, value) -> None:
+        if value is DONE:
+            return  # the second half of `share.x += y`, already applied
+        if name in RESERVED or name.startswith("_"):
+            raise AttributeError(
+                f"{name!r} is {'part of the Share API' if name in RESERVED else 'private'}; "
+                f"store it with share[{name!r}] = ..."
+            )
+        self._link.assign((name,), value)
+
+    def __delattr__(self, name: str) -> None:
+        self._link.delete((name,))
+
+    def __getitem__(self, name: str):
+        link = self._link
+        if is_augmented():
+            return Augmenting(lambda op, operand: link.augment((name,), op, operand))
+        return link.get((_check_name(name),))
+
+    def __setitem__(self, name: str, value) -> None:
+        if value is DONE:
+            return
+        self._link.assign((_check_name(name),), value)
+
+    def __delitem__(self, name: str) -> None:
+        self._link.delete((_check_name(name),))
+
+    def __contains__(self, name: str) -> bool:
+        link = self._link
+        link.wait_for(link.read_slots((name,)))
+        try:
+            link.value_at((name,))
+        except AttributeError:
+            return False
+        return True
+
+    def __iter__(self):
+        """The names in the share, sorted."""
+        return iter(self._link.request(P.NAMES, ()))
+
+    def __repr__(self) -> str:
+        info = self._link.info
+        return f"<accord.Share {info.name!r} coordinator pid {info.pid}>"
+
+    # -- API -------------------------------------------------------------------
+
+    @property
+    def coordinator_pid(self) -> int:
+        """Process id of the coordinator (for monitoring)."""
+        return self._link.info.pid
+
+    def flush(self) -> None:
+        """Wait until every write this process queued is applied and visible."""
+        client = self._link.client
+        client.raise_deferred()
+        self._link.request(P.FLUSH, ())
+        client.raise_deferred()  # errors of fire-and-forget calls before the flush
+
+    def get(self, name, default=_MISSING):
+        """A private copy of a shared object (a name or a proxy), current as of now."""
+        path = _path_of(name)
+        try:
+            return private(self._link.value(path))
+        except (AttributeError, KeyError, IndexError):
+            if default is _MISSING:
+                raise
+            return default
+
+    def apply(self, target, fn, /, *args, **kwargs):
+        """Run ``fn(obj, *args, **kwargs)`` on the coordinator, atomically.
+
+        `target` is a name or a proxy.  No other write to any object runs
+        while `fn` does; mutations of `obj` persist; `fn`'s result is
+        returned.  Use it for read-modify-write across statements::
+
+            share.apply("stock", lambda s, n: s.take(n) if s.count >= n else None, 3)
+        """
+        return self._link.apply(_path_of(target), fn, args, kwargs, replace=False)
+
+    def update(self, target, fn, /, *args, **kwargs):
+        """Replace the object by ``fn(obj, *args, **kwargs)``, atomically; return it.
+
+        The form for immutable values: ``share.update("best", max, score)``.
+        """
+        return self._link.apply(_path_of(target), fn, args, kwargs, replace=True)
+
+    def lock(self, name: str) -> ShareLock:
+        """A lock with this name, held across all processes of the share.
+
+        ``with share.lock("stock"): ...`` excludes other holders of the same
+        lock (not writers that do not take it).  It is released if its
+        holder's process dies.
+        """
+        return ShareLock(self._link, name)
+
+    def close(self) -> None:
+        """Stop using the share.  In the creating process: stop the coordinator
+        and remove its shared memory and socket (pending writes are dropped;
+        call `flush()` first to wait for them)."""
+        link = self._link
+        if link.closed:
+            return
+        if self._owner_pid == os.getpid() and self._finalizer is not None:
+            self._finalizer()
+        link.closed = True
+
+    def __enter__(self) -> Share:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class ShareLock:
+    """A named lock held across the processes of a share.
+
+    Returned by `Share.lock`; use it as a context manager, or call
+    `acquire(timeout=...)` and `release()`.  Each thread holds it on its own
+    behalf; it is not reentrant.
+    """
+
+    def __init__(self, link: Link, name: str) -> None:
+        self._link = link
+        self._name = name
+        self._tokens = threading.local()
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        if getattr(self._tokens, "token", None) is not None:
+            raise RuntimeError(f"lock {self._name!r} is already held by this thread")
+        token = secrets.randbits(63)
+        granted = self._link.request(P.ACQUIRE, (self._name, token, timeout))
+        if granted:
+            self._tokens.token = token
+        return granted
+
+    def release(self) -> None:
+        token = getattr(self._tokens, "token", None)
+        if token is None:
+            raise RuntimeError(f"lock {self._name!r} is not held by this thread")
+        self._tokens.token = None
+        self._link.send(P.RELEASE, (self._name, token))
+
+    def __enter__(self) -> ShareLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"share names are non-empty strings, not {name!r}")
+    return name
+
+
+def _path_of(target) -> tuple:
+    if isinstance(target, Proxy):
+        return target._accord_path
+    return (_check_name(target),)
+
+
+# -- the coordinator process ----------------------------------------------------
+
+
+def _start_coordinator(name: str, window: float):
+    runtime = _transport.runtime_dir()
+    socket_path = runtime / f"{name}.sock"
+    key_file = runtime / f"{name}.key"
+    stem = f"accord.{os.getuid()}.{name}"
+    if key_file.exists() or socket_path.exists():
+        _refuse_if_alive(name, key_file)
+        remove_leftovers(stem, str(socket_path))
+    key = secrets.token_bytes(32)
+    config = {
+        "stem": stem,
+        "socket_path": str(socket_path),
+        "key": key.hex(),
+        "owner_pid": os.getpid(),
+        "sys_path": [p or os.getcwd() for p in sys.path],
+        "window": window,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "accord.share._coordinator"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        close_fds=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
+    )
+    try:
+        process.stdin.write(json.dumps(config).encode() + b"\n")
+        process.stdin.close()
+        line = _readline(process, START_TIMEOUT)
+    except BaseException:
+        process.kill()
+        process.wait()
+        remove_leftovers(stem, str(socket_path))
+        raise
+    finally:
+        process.stdout.close()
+    if line.strip() != b"READY":
+        process.kill()
+        process.wait()
+        remove_leftovers(stem, str(socket_path))
+        raise AccordError(
+            f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
+        )
+    record = {"stem": stem, "socket": str(socket_path), "key": key.hex(), "pid": process.pid}
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return ShareInfo(name, stem, str(socket_path), key, process.pid), process
+
+
+def _readline(process: subprocess.Popen, timeout: float) -> bytes:
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        raise AccordError(f"the coordinator did not start within {timeout} s")
+    return process.stdout.readline()
+
+
+def _refuse_if_alive(name: str, key_file: Path) -> None:
+    try:
+        record = json.loads(key_file.read_text())
+        pid = record["pid"]
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return  # nobody home: leftovers of a dead share
+    try:
+        Share.connect(name)
+    except (CoordinatorLost, AccordError, OSError):
+        return
+    raise AccordError(
+        f"a share named {name!r} is already running (coordinator pid {pid}); "
+        f"attach to it with Share.connect({name!r}) or choose another name"
+    )
+
+
+def _shutdown(info: ShareInfo, process: subprocess.Popen, owner_pid: int) -> None:
+    """Stop the coordinator and remove everything it made (owner only)."""
+    if os.getpid() != owner_pid:
+        return  # a forked child must not close its parent's share
+    if process.poll() is None:
+        with contextlib.suppress(CoordinatorLost, OSError):
+            client_for(info).send(P.SHUTDOWN, (), reply=True)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    forget(info)
+    remove_leftovers(info.stem, info.socket_path)

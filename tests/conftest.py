@@ -1,0 +1,89 @@
+"""Test harness: the spawn-backend option and the leftover checks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from accord import Share
+from accord.backends.shm._transport import runtime_dir
+
+SPAWN_BACKENDS = ("fork", "forkserver", "spawn")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--spawn-backend",
+        default="all",
+        choices=[*SPAWN_BACKENDS, "all"],
+        help="how tests that start workers start them (default: every backend)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "spawn_backend" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("spawn_backend")
+        metafunc.parametrize("spawn_backend", SPAWN_BACKENDS if chosen == "all" else [chosen])
+
+
+@pytest.fixture
+def ctx(spawn_backend):
+    """The multiprocessing context of the backend under test."""
+    return multiprocessing.get_context(spawn_backend)
+
+
+@pytest.fixture
+def share():
+    with Share() as s:
+        yield s
+
+
+def _our_segments() -> list[str]:
+    stem = f"accord.{os.getuid()}."
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(stem))
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the whole suite: no segment, socket, key file or coordinator."""
+    before_segments = set(_our_segments())
+    before_files = set(os.listdir(runtime_dir()))
+    yield
+    multiprocessing.active_children()  # reap finished workers
+    left_segments = set(_our_segments()) - before_segments
+    left_files = set(os.listdir(runtime_dir())) - before_files
+    assert not left_segments, f"shared memory left in /dev/shm: {sorted(left_segments)}"
+    assert not left_files, f"sockets or keys left in {runtime_dir()}: {sorted(left_files)}"
+    # The forkserver and the resource tracker are the standard library's
+    # helpers, which live as long as this interpreter; anything else is ours.
+    strays = {pid: _cmdline(pid) for pid in _children()}
+    strays = {p: c for p, c in strays.items() if not any(h in c for h in _STDLIB_HELPERS)}
+    assert not strays, f"processes left running: {strays}"
+
+
+_STDLIB_HELPERS = ("forkserver", "resource_tracker")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "forkserver (gone)"
