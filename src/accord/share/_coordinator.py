@@ -58,7 +58,6 @@ class Coordinator:
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
         self.error_sent: set[int] = set()
         self.locks: dict[str, _Lock] = {}
-        self.stopping = False
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -69,7 +68,6 @@ class Coordinator:
             P.FLUSH: self.op_flush,
             P.ACQUIRE: self.op_acquire,
             P.RELEASE: self.op_release,
-            P.SHUTDOWN: self.op_shutdown,
             P.NAMES: self.op_names,
         }
 
@@ -77,7 +75,7 @@ class Coordinator:
 
     def run(self) -> None:
         last_beat = 0.0
-        while not self.stopping:
+        while True:
             for peer, frames in self.server.poll(self._timeout()):
                 if frames is None:
                     self.peer_left(peer)
@@ -85,8 +83,6 @@ class Coordinator:
                     self.peers[peer.id] = peer
                     self.queues.setdefault(peer.id, deque()).extend(frames)
             self.process()
-            if self.stopping:
-                break
             now = time.monotonic()
             self.commit_due(now)
             self.expire_lock_waits(now)
@@ -145,8 +141,6 @@ class Coordinator:
                     queue.popleft()
                     self.execute(self.peers[peer_id], message)
                     progress = True
-                    if self.stopping:
-                        return
                 if not queue:
                     del self.queues[peer_id]
                     if peer_id in self.departed:
@@ -383,9 +377,6 @@ class Coordinator:
                         keep.append(waiter)
                 lock.waiters = keep
 
-    def op_shutdown(self, peer, message):
-        self.stopping = True
-
 
 _missing = object()
 
@@ -397,8 +388,17 @@ class _NoReply:
 _no_reply = _NoReply()
 
 
+class _Stop(BaseException):
+    """Raised by SIGTERM: the owner closes the share."""
+
+
+def _stop(signum, frame):
+    raise _Stop
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
+    signal.signal(signal.SIGTERM, _stop)
     config = json.loads(sys.stdin.readline())
     sys.path[:] = config["sys_path"]
     try:
@@ -410,11 +410,14 @@ def main() -> None:
     coordinator = Coordinator(server, config["owner_pid"], config["window"])
     try:
         coordinator.run()
+    except _Stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.close()
     except BaseException:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         traceback.print_exc()
         server.close()
         raise
-
 
 if __name__ == "__main__":
     main()

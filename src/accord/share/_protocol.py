@@ -15,7 +15,6 @@ BARRIER = 6  # (): reply once the waits are applied and committed
 FLUSH = 7  # (): reply once everything before it is committed
 ACQUIRE = 8  # (lock name, owner token)
 RELEASE = 9  # (lock name, owner token)
-SHUTDOWN = 10  # (): the owner closes the share
 NAMES = 11  # (): reply with the sorted names in the share
 
 ATTR = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -380,9 +379,9 @@ def _shutdown(info: ShareInfo, process: subprocess.Popen, owner_pid: int) -> Non
     """Stop the coordinator and remove everything it made (owner only)."""
     if os.getpid() != owner_pid:
         return  # a forked child must not close its parent's share
+    # A signal, not a command: it must work even when every queue is stuck.
     if process.poll() is None:
-        with contextlib.suppress(CoordinatorLost, OSError):
-            client_for(info).send(P.SHUTDOWN, (), reply=True)
+        process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -52,6 +52,7 @@ class ShmServer:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.peers: dict[int, Peer] = {}
+        self.closed = False
         self._inbox = bytearray(1 << 20)  # reused: no allocation per recv
         self._inbox_view = memoryview(self._inbox)
         self._free_ids = list(range(_control.CLIENTS - 1, -1, -1))
@@ -145,6 +146,9 @@ class ShmServer:
     # -- lifetime ------------------------------------------------------------
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         store(self.control.buf, _control.CLOSED, 1)
         for peer in list(self.peers.values()):
             self.drop(peer)

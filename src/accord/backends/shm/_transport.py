@@ -131,7 +131,12 @@ def connect(path: Path | str, key: bytes, timeout: float = HANDSHAKE_TIMEOUT):
         challenge = _recv_exact(sock, _CHALLENGE)
         mine = os.urandom(_CHALLENGE)
         sock.sendall(_mac(key, b"client", challenge) + mine)
-        answer = _recv_exact(sock, 32 + _ID.size)
+        try:
+            answer = _recv_exact(sock, 32 + _ID.size)
+        except ConnectionError:
+            raise AuthenticationError(
+                f"the coordinator behind {path} refused the connection: wrong key"
+            ) from None
         if not hmac.compare_digest(answer[:32], _mac(key, b"coordinator", mine)):
             raise AuthenticationError(f"the process behind {path} does not hold the share's key")
         sock.settimeout(None)
