@@ -218,7 +218,8 @@ class Coordinator:
                 data = dumps(
                     Unreadable(
                         f"share.{name} can no longer be serialized ({type(exc).__name__}: "
-                        f"{exc}); a method stored something unpicklable in it"
+                        f"{exc}): a method stored something unpicklable in it; "
+                        f"repair it with share.apply({name!r}, fn) or assign it anew"
                     )
                 )
             self.server.snapshots.write(name, data)
