@@ -244,7 +244,7 @@ def test_wrong_key_is_refused(share):
 def test_unserializable_state_from_a_method_is_reported_not_hung(share):
     share.box = Box()
     share.box.put_lock()
-    with pytest.raises(UnshareableError, match="share.box can no longer be serialized"):
+    with pytest.raises(UnshareableError, match=r"share\.box can no longer be serialized"):
         len(share.box.items)
     share.apply("box", Box.clear)  # the way back the error message names
     assert share.box.items == []

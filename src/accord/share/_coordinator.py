@@ -420,5 +420,6 @@ def main() -> None:
         server.close()
         raise
 
+
 if __name__ == "__main__":
     main()
