@@ -32,6 +32,7 @@ from ._remote import Unreadable, pack_error
 from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
 
 HEARTBEAT_S = 0.1
+STUCK_S = 2.0
 
 
 class _Lock:
@@ -57,6 +58,7 @@ class Coordinator:
         self.peers: dict[int, Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
         self.error_sent: set[int] = set()
+        self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
         self.handlers = {
             P.ASSIGN: self.op_assign,
@@ -137,7 +139,9 @@ class Coordinator:
                         received[waits[0]] < waits[1]
                         or (len(waits) > 2 and not self.satisfied(waits))
                     ):
+                        self.note_blocked(peer_id, waits)
                         break
+                    self.blocked_since.pop(peer_id, None)
                     queue.popleft()
                     self.execute(self.peers[peer_id], message)
                     progress = True
@@ -145,6 +149,29 @@ class Coordinator:
                     del self.queues[peer_id]
                     if peer_id in self.departed:
                         self.finish_departure(peer_id)
+
+    def note_blocked(self, peer_id: int, waits) -> None:
+        """Unblock a command whose waits have not moved for STUCK_S seconds.
+
+        Every raised flag is followed at once by its command, or credited
+        when its process dies; a wait that stays unmet for seconds means a
+        flag was lost (a process stopped or killed at the worst instant).
+        Waiting on would hang every reader of that object: credit it, say so.
+        """
+        now = time.monotonic()
+        since = self.blocked_since.setdefault(peer_id, now)
+        if now - since < STUCK_S:
+            return
+        del self.blocked_since[peer_id]
+        for i in range(0, len(waits), 2):
+            slot, target = waits[i], waits[i + 1]
+            if self.received[slot] < target:
+                print(
+                    f"accord: write flag {slot} stuck for {STUCK_S:.0f} s "
+                    f"({self.received[slot]} < {target}); crediting it",
+                    file=sys.stderr,
+                )
+                self.credit(None, (slot,) * (target - self.received[slot]))
 
     def satisfied(self, waits) -> bool:
         received = self.received

@@ -141,19 +141,20 @@ class ShmClient:
                 waits.append(load(buf, PENDING + 8 * s))
             seq = self._seq + 1
             if writes:
-                # Record the intent before raising the flags: if this process
-                # dies before the send, the coordinator credits exactly the
-                # flags the mask says were raised.
+                # Record the intent before raising each flag: if this process
+                # dies before the send, the coordinator credits the flags the
+                # mask names.  (Dying between a mask bit and its flag credits
+                # one flag too many: a later read may then not wait for one
+                # write.  The other order would make readers wait forever.)
                 intent = self._intent
                 count = len(writes)
-                _INTENTS[count].pack_into(buf, intent, seq, 0, count, *writes)
+                _INTENTS[count].pack_into(buf, intent, seq, 1, count, *writes)
                 old = fetch_add(buf, PENDING + 8 * writes[0], 1)
-                store(buf, intent + 8, 1)
                 waits.append(writes[0])
                 waits.append(old)
                 for i in range(1, count):
-                    fetch_add(buf, PENDING + 8 * writes[i], 1)
                     store(buf, intent + 8, (2 << i) - 1)
+                    fetch_add(buf, PENDING + 8 * writes[i], 1)
             if reply:
                 self._next_reply += 1
                 reply_id = self._next_reply

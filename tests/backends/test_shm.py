@@ -1,0 +1,82 @@
+"""The shm backend's parts on their own: atomics, segments, snapshots, framing."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import secrets
+import stat
+
+import pytest
+
+from accord.backends.shm import _control
+from accord.backends.shm._atomic import fetch_add, load, store
+from accord.backends.shm._segment import Segment, leftovers
+from accord.backends.shm._snapshots import MISSING, SnapshotReader, SnapshotWriter
+from accord.backends.shm._transport import FrameBuffer, frame
+
+
+def test_atomics():
+    buf = mmap.mmap(-1, 64)
+    assert fetch_add(buf, 8, 5) == 0
+    assert fetch_add(buf, 8, 1) == 5
+    assert load(buf, 8) == 6
+    store(buf, 16, 2**64 - 1)
+    assert load(buf, 16) == 2**64 - 1
+    with pytest.raises(IndexError):
+        load(buf, 60)
+    with pytest.raises(IndexError):
+        load(buf, 3)
+
+
+@pytest.fixture
+def stem():
+    name = f"accord.{os.getuid()}.test-{secrets.token_hex(4)}"
+    yield name
+    for left in leftovers(name + "~"):
+        Segment.attach(left).unlink()
+
+
+def test_segments_are_private_and_unlinked(stem):
+    seg = Segment.create(stem + "~x", 4096)
+    assert stat.S_IMODE(os.stat(f"/dev/shm/{stem}~x").st_mode) == 0o600
+    other = Segment.attach(stem + "~x")
+    other.buf[0] = 7
+    assert seg.buf[0] == 7
+    seg.unlink()
+    assert leftovers(stem + "~") == []
+    with pytest.raises(FileNotFoundError):
+        Segment.attach(stem + "~x")
+
+
+def test_snapshots_round_trip_grow_and_delete(stem):
+    control = Segment.create(stem + "~control", _control.SIZE)
+    _control.init_header(control.buf, os.getpid())
+    writer = SnapshotWriter(control, stem)
+    reader = SnapshotReader(Segment.attach(stem + "~control"), stem)
+    assert reader.read("a") is MISSING
+    writer.write("a", pickle.dumps([1, 2]))
+    first = reader.read("a")
+    assert first == [1, 2]
+    assert reader.read("a") is first  # unchanged: the cached object, no unpickling
+    writer.write("a", pickle.dumps(list(range(100_000))))  # outgrows its segment
+    assert reader.read("a") == list(range(100_000))
+    for i in range(300):  # outgrows the index
+        writer.write(f"name-{i}", pickle.dumps(i))
+    assert reader.read("name-299") == 299
+    writer.delete("a")
+    assert reader.read("a") is MISSING
+    writer.close()
+    control.unlink()
+    assert leftovers(stem + "~") == []
+
+
+def test_frames_split_across_chunks():
+    data = frame(b"one") + frame(b"") + frame(b"three" * 1000)
+    buffer = FrameBuffer()
+    got = []
+    for i in range(0, len(data), 7):
+        buffer.feed(data[i : i + 7])
+        got += buffer.frames()
+    assert got == [b"one", b"", b"three" * 1000]

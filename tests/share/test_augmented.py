@@ -1,0 +1,71 @@
+"""Augmented assignments on a share are recognised, and nothing else is."""
+
+from __future__ import annotations
+
+from accord.share._augmented import DONE, is_augmented
+
+
+class Probe:
+    """Records, for each attribute or item read, whether it starts `x op= y`."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __getattr__(self, name):
+        self.seen.append((name, is_augmented()))
+        return _Marker() if self.seen[-1][1] else 1
+
+    def __getitem__(self, key):
+        self.seen.append((key, is_augmented()))
+        return _Marker() if self.seen[-1][1] else 1
+
+    def __setattr__(self, name, value):
+        if name == "seen":
+            object.__setattr__(self, name, value)
+
+    def __setitem__(self, key, value):
+        pass
+
+
+class _Marker:
+    def __iadd__(self, other):
+        return DONE
+
+    __ior__ = __isub__ = __imul__ = __iadd__
+
+
+def f(x):
+    return x
+
+
+def test_recognised_forms():
+    p = Probe()
+    p.a += 1
+    p.b |= {2}
+    p.c -= f(3) * 2 if p.flag else 0
+    p["k"] += 1
+    p.d[1] if False else None
+    assert ("a", True) in p.seen
+    assert ("b", True) in p.seen
+    assert ("c", True) in p.seen
+    assert ("flag", False) in p.seen
+    assert ("k", True) in p.seen
+
+
+def test_plain_reads_are_not_augmented():
+    p = Probe()
+    x = p.a
+    y = p["k"] + 1
+    p.b = p.c + 1
+    z = getattr(p, "d")  # noqa: B009
+    assert all(not augmented for _, augmented in p.seen), p.seen
+    assert (x, y, z) == (1, 2, 1)
+
+
+def test_verdict_survives_specialisation():
+    # The adaptive interpreter rewrites hot instructions; the verdict must not change.
+    p = Probe()
+    for _ in range(100):
+        p["k"] += 1
+        p.a += 1
+    assert all(augmented for _, augmented in p.seen)
