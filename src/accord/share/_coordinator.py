@@ -33,6 +33,7 @@ from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
 
 HEARTBEAT_S = 0.1
 STUCK_S = 2.0
+SPIN_S = 0.0002
 
 
 class _Lock:
@@ -77,8 +78,14 @@ class Coordinator:
 
     def run(self) -> None:
         last_beat = 0.0
+        last_input = 0.0
         while True:
-            for peer, frames in self.server.poll(self._timeout()):
+            # Right after input, poll without sleeping for a moment: a client
+            # waiting for a reply usually sends its next command within tens
+            # of microseconds, and waking a sleeping process costs about that.
+            busy = time.monotonic() - last_input < SPIN_S
+            for peer, frames in self.server.poll(0 if busy else self._timeout()):
+                last_input = time.monotonic()
                 if frames is None:
                     self.peer_left(peer)
                 else:

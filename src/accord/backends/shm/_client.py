@@ -24,7 +24,6 @@ from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
 STALE_NS = 1_000_000_000
-_REPLY_POLL = 0.25
 
 _INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
 PENDING = _control.PENDING
@@ -60,7 +59,8 @@ class ShmClient:
         self.ctrl = self.control.buf
         self.snapshots = SnapshotReader(self.control, info.stem)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
-        self._recv_lock = threading.Lock()
+        self._replies_ready = threading.Condition()
+        self._reading = False
         self._sock: socket.socket | None = None
         self._id = -1
         self._intent = 0
@@ -173,37 +173,45 @@ class ShmClient:
     # -- receiving -------------------------------------------------------------
 
     def _await(self, reply_id: int) -> tuple:
-        while True:
-            with self._recv_lock:
+        """Wait for the reply `reply_id`.  One thread at a time reads the
+        socket (blocking: a dead coordinator closes it, which wakes us at
+        once) and hands other threads' replies over."""
+        with self._replies_ready:
+            while True:
                 found = self._replies.pop(reply_id, None)
                 if found is not None:
                     return found
+                if not self._reading:
+                    self._reading = True
+                    break
+                self._replies_ready.wait()
+        try:
+            while True:
                 sock = self._sock
                 if sock is None:
                     raise self._lose("disconnected")
-                sock.settimeout(_REPLY_POLL)
                 try:
                     chunk = sock.recv(1 << 16)
-                except TimeoutError:
-                    chunk = None
                 except OSError as exc:
                     raise self._lose(f"receive failed ({exc})") from None
-                if chunk == b"":
+                if not chunk:
                     raise self._lose("connection closed")
-                if chunk is None:
-                    self._last_verified = 0
-                    self.check_alive()
-                    continue
                 self._buffer.feed(chunk)
-                for data in self._buffer.frames():
-                    message = pickle.loads(data)
-                    if message[0] == 0:
-                        self.deferred.append(message)
-                    else:
-                        self._replies[message[0]] = message
-                found = self._replies.pop(reply_id, None)
+                with self._replies_ready:
+                    for data in self._buffer.frames():
+                        message = pickle.loads(data)
+                        if message[0] == 0:
+                            self.deferred.append(message)
+                        else:
+                            self._replies[message[0]] = message
+                    found = self._replies.pop(reply_id, None)
+                    self._replies_ready.notify_all()
                 if found is not None:
                     return found
+        finally:
+            with self._replies_ready:
+                self._reading = False
+                self._replies_ready.notify_all()
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""
@@ -250,7 +258,8 @@ class ShmClient:
             self._sock = None
         self._id = -1
         self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
+        self._replies_ready = threading.Condition()
+        self._reading = False
         self._buffer = _transport.FrameBuffer()
         self._replies = {}
         self.deferred = []

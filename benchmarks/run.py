@@ -1,0 +1,272 @@
+"""accord against the alternatives, in one run, on this machine.
+
+    make bench            # or: python benchmarks/run.py [--quick]
+
+Each row times one operation per implementation and prints microseconds per
+operation and the ratio to accord (>1: accord is that many times faster).
+Counters also print whether the final value was exact.  Absolute numbers
+depend on the machine; compare ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import multiprocessing.managers
+import sys
+import time
+import warnings
+
+from accord import Share
+
+warnings.filterwarnings("ignore")  # suitkaise's resource-tracker chatter
+
+try:
+    from suitkaise.processing import Share as SkShare
+except ImportError:  # pip install -e ".[bench]"
+    SkShare = None
+
+CTX = multiprocessing.get_context("fork")  # suitkaise's Share cannot be pickled for spawn
+
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, x):
+        self.items.append(x)
+        return len(self.items)
+
+
+class StackManager(multiprocessing.managers.BaseManager):
+    pass
+
+
+StackManager.register("Stack", Stack)
+
+
+def per_op(fn, n: int) -> float:
+    """Microseconds per call of fn() over n calls."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Table:
+    def __init__(self, title: str):
+        self.title = title
+        self.rows: list[tuple[str, float | None, str]] = []
+
+    def add(self, name: str, us: float | None, note: str = "") -> None:
+        self.rows.append((name, us, note))
+
+    def print(self) -> None:
+        base = self.rows[0][1]
+        print(f"\n### {self.title}\n")
+        print("| implementation | µs/op | accord is × faster | note |")
+        print("|---|---:|---:|---|")
+        for name, us, note in self.rows:
+            if us is None:
+                print(f"| {name} | n/a |  | {note} |")
+                continue
+            print(f"| {name} | {us:.2f} | {us / base:.1f}× | {note} |")
+        sys.stdout.flush()
+
+
+def bench_read(n: int) -> None:
+    table = Table("Read of an unchanged object")
+    with Share() as share:
+        share.x = 42
+        share.d = {f"k{i}": i for i in range(50)}
+        share.flush()
+        share.x  # noqa: B018  (warm the snapshot cache)
+        table.add("accord `share.x`", per_op(lambda: share.x, n))
+        table.add("accord `share.d['k7']`", per_op(lambda: share.d["k7"], n))
+    with multiprocessing.Manager() as manager:
+        md = manager.dict({"x": 42})
+        table.add("Manager dict get", per_op(lambda: md["x"], n // 20))
+        ns = manager.Namespace(x=42)
+        table.add("Manager Namespace attribute", per_op(lambda: ns.x, n // 20))
+    value = CTX.Value("i", 42)
+
+    def value_read():
+        with value.get_lock():
+            return value.value
+
+    table.add("multiprocessing.Value + lock", per_op(value_read, n))
+    if SkShare is not None:
+        sk = SkShare()
+        sk.x = 42
+        table.add("suitkaise Share `sk.x`", per_op(lambda: sk.x, n // 20))
+        sk.exit()
+    else:
+        table.add("suitkaise Share", None, "not installed")
+    table.print()
+
+
+def bench_append(n: int) -> None:
+    table = Table("Fire-and-forget append (including the final flush)")
+    with Share() as share:
+        share.lst = []
+        share.flush()
+
+        def accord_appends():
+            lst = share.lst
+            for i in range(n):
+                lst.append(i)
+            share.flush()
+
+        def accord_appends_chained():
+            for i in range(n):
+                share.lst.append(i)
+            share.flush()
+
+        table.add("accord `proxy.append(i)`", timed(accord_appends) / n * 1e6)
+        table.add("accord `share.lst.append(i)`", timed(accord_appends_chained) / n * 1e6)
+    with multiprocessing.Manager() as manager:
+        ml = manager.list()
+        table.add("Manager list append", per_op(lambda: ml.append(1), n // 10))
+    if SkShare is not None:
+        sk = SkShare()
+        sk.lst = []
+        table.add("suitkaise Share append", per_op(lambda: sk.lst.append(1), max(50, n // 200)))
+        sk.exit()
+    table.print()
+
+
+def bench_call(n: int) -> None:
+    table = Table("Blocking method call that returns a value (user class)")
+    with Share() as share:
+        share.stack = Stack()
+        table.add("accord `share.stack.push(i)`", per_op(lambda: share.stack.push(1), n))
+    with StackManager() as manager:
+        stack = manager.Stack()
+        table.add("BaseManager proxy `.push(i)`", per_op(lambda: stack.push(1), n))
+    if SkShare is not None:
+        sk = SkShare()
+        sk.stack = Stack()
+        table.add("suitkaise Share `.push(i)`", per_op(lambda: sk.stack.push(1), max(50, n // 10)))
+        sk.exit()
+    table.print()
+
+
+def _accord_incr(share, n, go):
+    go.wait()
+    for _ in range(n):
+        share.counter += 1
+    share.flush()
+
+
+def _manager_incr(ns, lock, n, go):
+    go.wait()
+    for _ in range(n):
+        with lock:
+            ns.counter += 1
+
+
+def _manager_incr_unlocked(ns, n, go):
+    go.wait()
+    for _ in range(n):
+        ns.counter += 1
+
+
+def _value_incr(value, n, go):
+    go.wait()
+    for _ in range(n):
+        with value.get_lock():
+            value.value += 1
+
+
+def _sk_incr(share, n, go):
+    go.wait()
+    for _ in range(n):
+        share.counter += 1
+
+
+def run_counter(target, args, processes: int, n: int) -> float:
+    """Wall time per increment with `processes` workers doing n each."""
+    go = CTX.Event()
+    procs = [CTX.Process(target=target, args=(*args, n, go)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    start = time.perf_counter()
+    go.set()
+    for p in procs:
+        p.join()
+    return (time.perf_counter() - start) / (processes * n) * 1e6
+
+
+def bench_counter(n: int) -> None:
+    for processes in (1, 2, 4):
+        table = Table(f"`counter += 1` from {processes} process(es), {n} each")
+        total = processes * n
+        with Share() as share:
+            share.counter = 0
+            us = run_counter(_accord_incr, (share,), processes, n)
+            table.add("accord `share.counter += 1`", us, f"exact: {share.counter == total}")
+        with multiprocessing.Manager() as manager:
+            ns = manager.Namespace(counter=0)
+            lock = manager.Lock()
+            us = run_counter(_manager_incr, (ns, lock), processes, max(1, n // 10))
+            table.add("Manager Namespace + Manager Lock", us, f"exact: {ns.counter == total // 10}")
+            ns.counter = 0
+            us = run_counter(_manager_incr_unlocked, (ns,), processes, max(1, n // 10))
+            table.add("Manager Namespace, no lock", us, f"exact: {ns.counter == total // 10}")
+        value = CTX.Value("i", 0)
+        us = run_counter(_value_incr, (value,), processes, n)
+        table.add("multiprocessing.Value + its lock", us, f"exact: {value.value == total}")
+        if SkShare is not None:
+            sk = SkShare()
+            sk.counter = 0
+            k = max(10, n // 50)
+            us = run_counter(_sk_incr, (sk,), processes, k)
+            table.add("suitkaise Share", us, f"exact: {sk.counter == processes * k}")
+            sk.exit()
+        table.print()
+
+
+def bench_big_append(n: int) -> None:
+    table = Table("Append onto a list that already holds 0 / 10k / 200k items")
+    for size in (0, 10_000, 200_000):
+        with Share() as share:
+            share.lst = list(range(size))
+            share.flush()
+
+            def appends():
+                lst = share.lst
+                for i in range(n):
+                    lst.append(i)
+                share.flush()
+
+            us = timed(appends) / n * 1e6
+            assert len(share.lst) == size + n
+            table.add(f"accord, {size} items", us)
+    for size in (0, 200_000):
+        with multiprocessing.Manager() as manager:
+            ml = manager.list(range(size))
+            table.add(f"Manager list, {size} items", per_op(lambda: ml.append(1), n // 10))  # noqa: B023
+    table.print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    print(f"# accord benchmarks ({time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]})")
+    bench_read(int(100_000 * scale))
+    bench_append(int(50_000 * scale))
+    bench_call(int(2_000 * scale))
+    bench_counter(int(5_000 * scale))
+    bench_big_append(int(50_000 * scale))
+
+
+if __name__ == "__main__":
+    main()
