@@ -30,6 +30,7 @@ from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
 from ._remote import Unreadable, pack_error
 from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
+from ._values import is_value
 
 HEARTBEAT_S = 0.1
 STUCK_S = 2.0
@@ -55,6 +56,7 @@ class Coordinator:
         self.dirty: dict[str, float] = {}  # name -> when it first changed
         self.dirty_slots: dict[str, set[int]] = {}
         self.commit_cost: dict[str, float] = {}
+        self.types: dict[str, tuple] = {}  # name -> (type, generation, is value)
         self.queues: dict[int, deque] = {}
         self.peers: dict[int, Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
@@ -256,7 +258,7 @@ class Coordinator:
                         f"repair it with share.apply({name!r}, fn) or assign it anew"
                     )
                 )
-            self.server.snapshots.write(name, data)
+            self.server.snapshots.write(name, data, self.kind(name, value))
         else:
             self.server.snapshots.delete(name)
         self.commit_cost[name] = time.perf_counter() - started
@@ -268,6 +270,15 @@ class Coordinator:
                 if not names:
                     del self.uncommitted[s]
                     self.server.set_applied(s, self.received[s])
+
+    def kind(self, name: str, value) -> tuple[int, bool]:
+        """(type generation, is an immutable value): changes only when the
+        object's type does, so readers can route calls without unpickling."""
+        known = self.types.get(name)
+        if known is None or known[0] is not type(value):
+            generation = known[1] + 1 if known is not None else 0
+            known = self.types[name] = (type(value), generation, is_value(value))
+        return known[1], known[2]
 
     def commit_due(self, now: float) -> None:
         for name, since in list(self.dirty.items()):

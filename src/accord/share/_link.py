@@ -176,25 +176,37 @@ class Link:
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
         client = self.client
-        if client.applied_all(self.read_slots(path)):
-            # Nothing pending: the latest commit is current; read it once.
-            obj = self.value_at(path)
-            if is_value(obj):
-                return obj
-            return copy.deepcopy(obj) if isinstance(obj, tuple) else self.proxy(path)
-        obj = self.peek(path)
-        if obj is not MISSING and not is_value(obj) and not isinstance(obj, tuple):
-            # A container: its proxy waits for writes when it is used.
-            return self.proxy(path)
+        if len(path) == 1:
+            if client.applied_all(self.read_slots(path)):
+                # No write pending, and nothing committed since our last read:
+                # what we hold is current.  (Flags first, then the snapshot.)
+                client.check_alive()
+                obj = client.snapshots.unchanged(path[0])
+                if obj is not MISSING and type(obj) is not Unreadable:
+                    return obj if is_value(obj) else self._not_value(path, obj)
+            kind = client.kind(path[0])
+            if kind is not MISSING and not kind[1][1]:
+                # A shared container: its proxy waits for writes when used,
+                # so `share.lst.append(x)` never waits for other writers.
+                return self.proxy(path)
+        # A value, or something inside an object: wait for the writes queued
+        # before now (an item may be gone), then read.
         obj = self.value(path)
-        if is_value(obj):
-            return obj
-        if isinstance(obj, tuple):
-            return copy.deepcopy(obj)
-        return self.proxy(path)
+        return obj if is_value(obj) else self._not_value(path, obj)
+
+    def _not_value(self, path: tuple, obj):
+        # A tuple holding mutable things is handed out as a copy; anything
+        # else mutable as a proxy, so that writes through it are shared.
+        return copy.deepcopy(obj) if isinstance(obj, tuple) else self.proxy(path)
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
+        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        if kind is not MISSING:
+            cls = kind[0]
+            memo = self._methods.get((path, attr))
+            if memo is not None and memo[0] is cls:
+                return memo[1]
         obj = self.peek(path)
         if obj is MISSING:
             obj = self.value(path)
@@ -218,7 +230,8 @@ class Link:
 
     def item(self, path: tuple, key):
         """``proxy[key]``: a value or a proxy."""
-        obj = self.peek(path)
+        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        obj = self.peek(path) if kind is MISSING or kind[0] is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.
             packed = pack_call((key,), {}, lambda: f"key of {describe(path)}")

@@ -26,6 +26,7 @@ from ._snapshots import SnapshotReader
 STALE_NS = 1_000_000_000
 
 _INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
+monotonic_ns = time.monotonic_ns
 PENDING = _control.PENDING
 APPLIED = _control.APPLIED
 dumps = pickle.dumps
@@ -108,7 +109,7 @@ class ShmClient:
         """
         if self.lost is not None:
             self._check_lost()
-        now = time.monotonic_ns()
+        now = monotonic_ns()
         if now - load(self.ctrl, _control.HEARTBEAT) < STALE_NS:
             return
         if now - self._last_verified < STALE_NS // 5:
@@ -229,6 +230,15 @@ class ShmClient:
             if load(buf, APPLIED + 8 * s) < load(buf, PENDING + 8 * s):
                 return False
         return True
+
+    def kind(self, name: str):
+        """(type, (type generation, is value)) of the committed `name`, or MISSING."""
+        if (
+            self.lost is not None
+            or time.monotonic_ns() - load(self.ctrl, _control.HEARTBEAT) >= STALE_NS
+        ):
+            self.check_alive()
+        return self.snapshots.kind(name)
 
     def read(self, name: str):
         """The committed object `name` (shared with other reads: do not mutate)."""

@@ -71,6 +71,7 @@ class SnapshotWriter:
         self._stem = stem
         self._ids = itertools.count()
         self._segments: dict[str, Segment] = {}
+        self._kinds: dict[str, tuple] = {}
         self._index_gen = 0
         self._index = Segment.create(index_name(stem, 0), MIN_SIZE)
         self._write_index()
@@ -78,18 +79,28 @@ class SnapshotWriter:
     def _new_segment(self, size: int) -> Segment:
         return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, kind: tuple = ()) -> None:
+        """Commit `data` as the snapshot of `name`.
+
+        `kind` is a small tuple describing the object (its type generation
+        and whether it is an immutable value); it is kept in the index, so
+        readers learn what an object is without unpickling it.
+        """
         seg = self._segments.get(name)
         if seg is None or HEADER + len(data) > seg.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
             _write(new, data)
             self._segments[name] = new
+            self._kinds[name] = kind
             self._write_index()  # before the old one goes, so readers find the new
             if seg is not None:
                 seg.unlink()
                 seg.close()
         else:
             _write(seg, data)
+            if self._kinds.get(name) != kind:
+                self._kinds[name] = kind
+                self._write_index()
         self._committed()
 
     def _committed(self) -> None:
@@ -98,6 +109,7 @@ class SnapshotWriter:
 
     def delete(self, name: str) -> None:
         seg = self._segments.pop(name, None)
+        self._kinds.pop(name, None)
         if seg is not None:
             self._write_index()
             seg.unlink()
@@ -105,7 +117,7 @@ class SnapshotWriter:
         self._committed()
 
     def _write_index(self) -> None:
-        data = pickle.dumps({n: s.name for n, s in self._segments.items()})
+        data = pickle.dumps({n: (s.name, *self._kinds[n]) for n, s in self._segments.items()})
         if HEADER + len(data) > self._index.size:
             old = self._index
             self._index_gen += 1
@@ -128,12 +140,13 @@ class SnapshotWriter:
 
 
 class _Cached:
-    __slots__ = ("commits", "obj", "segment", "version")
+    __slots__ = ("commits", "kind", "obj", "segment", "version")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
         self.version = -1
         self.commits = -1
+        self.kind: tuple | None = None  # the index's kind when obj was read
         self.obj = None
 
 
@@ -150,10 +163,10 @@ class SnapshotReader:
         self._index_gen = -1
         self._index_seg: Segment | None = None
         self._index_version = -1
-        self._index: dict[str, str] = {}
+        self._index: dict[str, tuple] = {}
         self._cache: dict[str, _Cached] = {}
 
-    def _refresh_index(self) -> dict[str, str]:
+    def _refresh_index(self) -> dict[str, tuple]:
         gen = load(self._control, _control.INDEX_GEN)
         while gen != self._index_gen:
             try:
@@ -176,10 +189,11 @@ class SnapshotReader:
         if cached is not None and cached.commits == commits:
             return cached.obj  # nothing was committed since we last looked
         while True:
-            segname = self._refresh_index().get(name)
-            if segname is None:
+            entry = self._refresh_index().get(name)
+            if entry is None:
                 self._cache.pop(name, None)
                 return MISSING
+            segname = entry[0]
             cached = self._cache.get(name)
             if cached is None or cached.segment.name != segname:
                 try:
@@ -192,7 +206,34 @@ class SnapshotReader:
                 cached.obj = pickle.loads(data)
                 cached.version = version
             cached.commits = commits
+            cached.kind = entry[1:]
             return cached.obj
+
+    def unchanged(self, name: str):
+        """The object last read for `name` if nothing was committed since
+        (so it is the latest commit), else MISSING.  One load."""
+        cached = self._cache.get(name)
+        if cached is not None and cached.commits == load(self._control, _control.COMMITS):
+            return cached.obj
+        return MISSING
+
+    def kind(self, name: str):
+        """(type of the committed object, its kind tuple), or MISSING — from
+        the index and the object last read, without unpickling when the
+        object's type has not changed since."""
+        cached = self._cache.get(name)
+        if cached is not None and cached.commits == load(self._control, _control.COMMITS):
+            return type(cached.obj), cached.kind  # nothing committed since we looked
+        entry = self._refresh_index().get(name)
+        if entry is None:
+            return MISSING
+        cached = self._cache.get(name)
+        if cached is None or cached.kind != entry[1:]:
+            obj = self.read(name)
+            if obj is MISSING:
+                return MISSING
+            return type(obj), entry[1:]
+        return type(cached.obj), entry[1:]
 
     def close(self) -> None:
         for cached in self._cache.values():
