@@ -70,13 +70,13 @@ class Table:
     def print(self) -> None:
         base = self.rows[0][1]
         print(f"\n### {self.title}\n")
-        print("| implementation | µs/op | accord is × faster | note |")
+        print("| implementation | µs/op | accord is x faster | note |")
         print("|---|---:|---:|---|")
         for name, us, note in self.rows:
             if us is None:
                 print(f"| {name} | n/a |  | {note} |")
                 continue
-            print(f"| {name} | {us:.2f} | {us / base:.1f}× | {note} |")
+            print(f"| {name} | {us:.2f} | {us / base:.1f}x | {note} |")
         sys.stdout.flush()
 
 
