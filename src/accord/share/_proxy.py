@@ -17,6 +17,18 @@ from . import _protocol as P
 from ._augmented import DONE, Augmenting, is_augmented
 from ._values import private
 
+_get = object.__getattribute__
+
+
+def _value(proxy: Proxy):
+    """The committed value behind a proxy, after the writes queued before now."""
+    return _get(proxy, "_accord_link").value(_get(proxy, "_accord_path"))
+
+
+def _augment(proxy: Proxy, op: str, other):
+    _get(proxy, "_accord_link").augment(_get(proxy, "_accord_path"), op, other)
+    return proxy
+
 
 class Proxy:
     """A live handle on a mutable object inside a share (see module doc)."""
@@ -33,9 +45,9 @@ class Proxy:
         # __getattribute__, not __getattr__: the fallback after a failed
         # normal lookup costs an exception, and this is the hot path.
         if attr[0] == "_":
-            return object.__getattribute__(self, attr)
-        link = object.__getattribute__(self, "_accord_link")
-        path = object.__getattribute__(self, "_accord_path")
+            return _get(self, attr)
+        link = _get(self, "_accord_link")
+        path = _get(self, "_accord_path")
         if is_augmented():
             place = (*path, P.ATTR, attr)
             return Augmenting(lambda op, operand: link.augment(place, op, operand))
@@ -46,13 +58,13 @@ class Proxy:
             return  # the second half of `proxy.attr += x`, already applied
         if attr[0] == "_":
             raise AttributeError(f"cannot set private attribute {attr!r} through a proxy")
-        self._accord_link.assign((*self._accord_path, P.ATTR, attr), value)
+        _get(self, "_accord_link").assign((*_get(self, "_accord_path"), P.ATTR, attr), value)
 
     def __delattr__(self, attr: str) -> None:
-        self._accord_link.delete((*self._accord_path, P.ATTR, attr))
+        _get(self, "_accord_link").delete((*_get(self, "_accord_path"), P.ATTR, attr))
 
     def __getitem__(self, key):
-        link, path = self._accord_link, self._accord_path
+        link, path = _get(self, "_accord_link"), _get(self, "_accord_path")
         if is_augmented():
             place = (*path, P.ITEM, key)
             return Augmenting(lambda op, operand: link.augment(place, op, operand))
@@ -63,84 +75,82 @@ class Proxy:
     def __setitem__(self, key, value) -> None:
         if value is DONE:
             return
-        self._accord_link.assign((*self._accord_path, P.ITEM, key), value)
+        _get(self, "_accord_link").assign((*_get(self, "_accord_path"), P.ITEM, key), value)
 
     def __delitem__(self, key) -> None:
-        self._accord_link.delete((*self._accord_path, P.ITEM, key))
+        _get(self, "_accord_link").delete((*_get(self, "_accord_path"), P.ITEM, key))
 
     # -- reading operators ---------------------------------------------------
 
-    def _accord_value(self):
-        return self._accord_link.value(self._accord_path)
-
     def __len__(self) -> int:
-        return len(self._accord_value())
+        return len(_value(self))
 
     def __iter__(self):
-        return iter(private(list(self._accord_value())))
+        return iter(private(list(_value(self))))
 
     def __reversed__(self):
-        return iter(private(list(reversed(self._accord_value()))))
+        return iter(private(list(reversed(_value(self)))))
 
     def __contains__(self, item) -> bool:
-        return unwrap(item) in self._accord_value()
+        return unwrap(item) in _value(self)
 
     def __bool__(self) -> bool:
-        return bool(self._accord_value())
+        return bool(_value(self))
 
     def __repr__(self) -> str:
-        return repr(self._accord_value())
+        return repr(_value(self))
 
     def __str__(self) -> str:
-        return str(self._accord_value())
+        return str(_value(self))
 
     def __format__(self, spec: str) -> str:
-        return format(self._accord_value(), spec)
+        return format(_value(self), spec)
 
     def __dir__(self):
-        return dir(self._accord_value())
+        return dir(_value(self))
 
     __hash__ = None  # a live mutable object is not hashable
 
     def __call__(self, *args, **kwargs):
-        return self._accord_link.attribute(self._accord_path, "__call__")(*args, **kwargs)
+        return _get(self, "_accord_link").attribute(_get(self, "_accord_path"), "__call__")(
+            *args, **kwargs
+        )
 
     # -- in-place operators: one atomic command ------------------------------
 
-    def _accord_augment(self, op: str, other):
-        self._accord_link.augment(self._accord_path, op, other)
-        return self
-
     def __iadd__(self, other):
-        return self._accord_augment("iadd", other)
+        return _augment(self, "iadd", other)
 
     def __isub__(self, other):
-        return self._accord_augment("isub", other)
+        return _augment(self, "isub", other)
 
     def __imul__(self, other):
-        return self._accord_augment("imul", other)
+        return _augment(self, "imul", other)
 
     def __iand__(self, other):
-        return self._accord_augment("iand", other)
+        return _augment(self, "iand", other)
 
     def __ior__(self, other):
-        return self._accord_augment("ior", other)
+        return _augment(self, "ior", other)
 
     def __ixor__(self, other):
-        return self._accord_augment("ixor", other)
+        return _augment(self, "ixor", other)
 
     # -- pickling: a proxy travels as (share, path) --------------------------
 
     def __reduce__(self):
         from ._share import Share
 
-        return _rebuild, (Share._attach(self._accord_link.info), self._accord_path)
+        return _rebuild, (
+            Share._attach(_get(self, "_accord_link").info),
+            _get(self, "_accord_path"),
+        )
 
     def __copy__(self):
-        return private(self._accord_value())
+        return private(_value(self))
 
     def __deepcopy__(self, memo):
-        return private(self._accord_value())
+        return private(_value(self))
 
 
 def _rebuild(share, path: tuple) -> Proxy:
@@ -149,7 +159,7 @@ def _rebuild(share, path: tuple) -> Proxy:
 
 def _reading(op):
     def method(self, *args):
-        return private(op(self._accord_value(), *(unwrap(a) for a in args)))
+        return private(op(_value(self), *(unwrap(a) for a in args)))
 
     method.__name__ = f"__{op.__name__.strip('_')}__"
     return method
@@ -157,7 +167,7 @@ def _reading(op):
 
 def _reflected(op):
     def method(self, other):
-        return private(op(unwrap(other), self._accord_value()))
+        return private(op(unwrap(other), _value(self)))
 
     return method
 
@@ -215,5 +225,5 @@ class BoundMethod:
 def unwrap(value):
     """A proxy passed as a value stands for a copy of its current value."""
     if isinstance(value, Proxy):
-        return private(value._accord_value())
+        return private(_value(value))
     return value

@@ -24,6 +24,7 @@ from ._values import private
 
 START_TIMEOUT = 30.0
 _MISSING = object()
+_get = object.__getattribute__  # self._link would run Share.__getattribute__
 
 # Attribute names that are the Share's own API; shared objects with these
 # names are reached with share["name"].
@@ -131,8 +132,8 @@ class Share:
     def __getattribute__(self, name: str):
         # __getattribute__, not __getattr__: see Proxy.__getattribute__.
         if name[0] == "_" or name in RESERVED:
-            return object.__getattribute__(self, name)
-        link = object.__getattribute__(self, "_link")
+            return _get(self, name)
+        link = _get(self, "_link")
         if is_augmented():
             return Augmenting(lambda op, operand: link.augment((name,), op, operand))
         return link.get((name,))
@@ -145,13 +146,13 @@ class Share:
                 f"{name!r} is {'part of the Share API' if name in RESERVED else 'private'}; "
                 f"store it with share[{name!r}] = ..."
             )
-        self._link.assign((name,), value)
+        _get(self, "_link").assign((name,), value)
 
     def __delattr__(self, name: str) -> None:
         self._link.delete((name,))
 
     def __getitem__(self, name: str):
-        link = self._link
+        link = _get(self, "_link")
         if is_augmented():
             return Augmenting(lambda op, operand: link.augment((name,), op, operand))
         return link.get((_check_name(name),))
@@ -159,7 +160,7 @@ class Share:
     def __setitem__(self, name: str, value) -> None:
         if value is DONE:
             return
-        self._link.assign((_check_name(name),), value)
+        _get(self, "_link").assign((_check_name(name),), value)
 
     def __delitem__(self, name: str) -> None:
         self._link.delete((_check_name(name),))
