@@ -310,3 +310,37 @@ def test_big_objects_grow_their_segments(share):
     share.big.append(-1)
     assert share.big[-1] == -1
     assert len(share.big) == 100_001
+
+
+class Split:
+    def __init__(self):
+        self.n = 0
+        self.values = []
+
+    def add_value(self, x):
+        self.values.append(x)
+
+
+def test_reads_wait_only_for_writes_to_what_they_read(monkeypatch):
+    from accord.share import _protocol as P
+    from accord.share._link import Link
+
+    share = Share(commit_window=60)  # nothing is committed unless a reader asks
+
+    barriers = []
+    original = Link.request
+
+    def counting(self, op, fields, writes=(), reads=()):
+        if op == P.BARRIER:
+            barriers.append(reads)
+        return original(self, op, fields, writes, reads)
+
+    share.stats = Split()
+    share.flush()
+    monkeypatch.setattr(Link, "request", counting)
+    share.stats.add_value(1)  # writes `values` only
+    assert share.stats.n == 0
+    assert barriers == []  # reading n did not wait for the write to values
+    assert share.stats.values == [1]
+    assert len(barriers) == 1  # reading values did
+    share.close()

@@ -31,7 +31,16 @@ def _augment(proxy: Proxy, op: str, other):
 
 
 class Proxy:
-    """A live handle on a mutable object inside a share (see module doc)."""
+    """A live handle on a mutable object inside a share (see module doc).
+
+    >>> from accord import Share
+    >>> with Share() as share:
+    ...     share.cfg = {"model": {"lr": 1.0}}
+    ...     model = share.cfg["model"]      # a Proxy, not a copy
+    ...     model["lr"] = 0.1               # written through to the share
+    ...     share.cfg
+    {'model': {'lr': 0.1}}
+    """
 
     __slots__ = ("_accord_link", "_accord_path")
 

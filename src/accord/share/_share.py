@@ -256,7 +256,16 @@ class ShareLock:
 
     Returned by `Share.lock`; use it as a context manager, or call
     `acquire(timeout=...)` and `release()`.  Each thread holds it on its own
-    behalf; it is not reentrant.
+    behalf; it is not reentrant; it is released if its holder's process dies.
+
+        >>> from accord import Share
+        >>> with Share() as share:
+        ...     share.stock = 3
+        ...     with share.lock("stock"):
+        ...         if share.stock > 0:
+        ...             share.stock -= 1
+        ...     share.stock
+        2
     """
 
     def __init__(self, link: Link, name: str) -> None:
