@@ -20,6 +20,7 @@ from ..backends.shm._client import ShareInfo, ShmClient, client_for
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
 from . import _protocol as P
+from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
 from ._remote import Unreadable, rebuild_error
@@ -173,17 +174,36 @@ class Link:
         self.wait_for(self.read_slots(path))
         return self.value_at(path)
 
+    def get_name(self, name: str):
+        """``share.name``: a proxy for a container, else the value — or, for
+        the read that starts ``share.name += x``, the marker that turns it
+        into one AUGMENT command."""
+        path = (name,)
+        client = self.client
+        client.check_alive()
+        cached = client.snapshots.unchanged(name)
+        if cached is not None:
+            is_plain_value = cached.kind[1]
+        else:
+            kind = client.kind(name)
+            is_plain_value = kind is MISSING or kind[1][1]
+        if not is_plain_value:
+            # A container: its proxy's own += is atomic; no bytecode check.
+            return self.proxy(path)
+        if is_augmented(3):
+            return Augmenting(lambda op, operand: self.augment(path, op, operand))
+        if client.applied_all(self.read_slots(path)):
+            # No write pending (checked first), and nothing committed since
+            # our last read (checked after): what we hold is current.
+            cached = client.snapshots.unchanged(name)
+            if cached is not None and type(cached.obj) is not Unreadable:
+                return cached.obj
+        return self.get(path)
+
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
         client = self.client
         if len(path) == 1:
-            if client.applied_all(self.read_slots(path)):
-                # No write pending, and nothing committed since our last read:
-                # what we hold is current.  (Flags first, then the snapshot.)
-                client.check_alive()
-                obj = client.snapshots.unchanged(path[0])
-                if obj is not MISSING and type(obj) is not Unreadable:
-                    return obj if is_value(obj) else self._not_value(path, obj)
             kind = client.kind(path[0])
             if kind is not MISSING and not kind[1][1]:
                 # A shared container: its proxy waits for writes when used,

@@ -133,13 +133,10 @@ class Share:
         # __getattribute__, not __getattr__: see Proxy.__getattribute__.
         if name[0] == "_" or name in RESERVED:
             return _get(self, name)
-        link = _get(self, "_link")
-        if is_augmented():
-            return Augmenting(lambda op, operand: link.augment((name,), op, operand))
-        return link.get((name,))
+        return _get(self, "_link").get_name(name)
 
     def __setattr__(self, name: str, value) -> None:
-        if value is DONE:
+        if value is DONE or _is_own_proxy(self, name, value):
             return  # the second half of `share.x += y`, already applied
         if name in RESERVED or name.startswith("_"):
             raise AttributeError(
@@ -158,7 +155,7 @@ class Share:
         return link.get((_check_name(name),))
 
     def __setitem__(self, name: str, value) -> None:
-        if value is DONE:
+        if value is DONE or _is_own_proxy(self, name, value):
             return
         _get(self, "_link").assign((_check_name(name),), value)
 
@@ -295,6 +292,16 @@ class ShareLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _is_own_proxy(share: Share, name: str, value) -> bool:
+    # `share.lst += [1]` reads a proxy, applies += to it (one AUGMENT
+    # command) and stores the proxy back: that store must do nothing.
+    return (
+        type(value) is Proxy
+        and _get(value, "_accord_path") == (name,)
+        and _get(value, "_accord_link") is _get(share, "_link")
+    )
 
 
 def _check_name(name) -> str:

@@ -209,13 +209,13 @@ class SnapshotReader:
             cached.kind = entry[1:]
             return cached.obj
 
-    def unchanged(self, name: str):
-        """The object last read for `name` if nothing was committed since
-        (so it is the latest commit), else MISSING.  One load."""
+    def unchanged(self, name: str) -> _Cached | None:
+        """What was last read for `name` (.obj, .kind) if nothing was
+        committed since — so it is the latest commit — else None.  One load."""
         cached = self._cache.get(name)
         if cached is not None and cached.commits == load(self._control, _control.COMMITS):
-            return cached.obj
-        return MISSING
+            return cached
+        return None
 
     def kind(self, name: str):
         """(type of the committed object, its kind tuple), or MISSING — from
