@@ -236,7 +236,12 @@ class Link:
             return memo[1]
         access = method_access(cls, attr)
         if access is not None and attr not in getattr(obj, "__dict__", ()):
-            method = BoundMethod(self, path, attr, access)
+            slots = (
+                self.read_slots(path, access)
+                if access.kind == LOCAL
+                else self.write_slots(path, access)
+            )
+            method = BoundMethod(self, path, attr, access.kind, slots)
             if len(self._methods) < 10_000:
                 self._methods[(path, attr)] = (cls, method)
             return method
@@ -277,19 +282,28 @@ class Link:
             self.write_slots(place),
         )
 
-    def call(self, path: tuple, name: str, args: tuple, kwargs: dict, access: Access):
-        if access.kind == LOCAL:
-            self.wait_for(self.read_slots(path, access))
+    def call(self, method: BoundMethod, args: tuple, kwargs: dict):
+        path, name, kind = method.path, method.name, method.kind
+        if kind == LOCAL:
+            self.wait_for(method.slots)
             return private(getattr(self.value_at(path), name)(*args, **kwargs))
-        if kwargs or any(type(a) is Proxy for a in args):
+        if kwargs or Proxy in map(type, args):
             args = tuple(unwrap(a) for a in args)
             kwargs = {k: unwrap(v) for k, v in kwargs.items()}
         packed = pack_call(args, kwargs, lambda: f"arguments of {describe(path)}.{name}()")
-        writes = self.write_slots(path, access)
-        if access.kind == QUEUE:
-            self.send(P.CALL, (path, name, packed), writes)
+        if kind == QUEUE:
+            self.client.send(P.CALL, (path, name, packed), method.slots)
             return None
-        return self.request(P.CALL, (path, name, packed), writes)
+        return self.request(P.CALL, (path, name, packed), method.slots)
+
+    def known_method(self, path: tuple, attr: str) -> BoundMethod | None:
+        """The bound method `attr` of the object at `path` if we made it
+        before and the object's type has not changed since."""
+        memo = self._methods.get((path, attr))
+        if memo is None or len(path) != 1:
+            return None
+        kind = self.client.kind(path[0])
+        return memo[1] if kind is not MISSING and kind[0] is memo[0] else None
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
         try:

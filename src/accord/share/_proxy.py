@@ -57,6 +57,9 @@ class Proxy:
             return _get(self, attr)
         link = _get(self, "_accord_link")
         path = _get(self, "_accord_path")
+        method = link.known_method(path, attr)
+        if method is not None:
+            return method  # (a method is never the target of `x.attr += y`)
         if is_augmented():
             place = (*path, P.ATTR, attr)
             return Augmenting(lambda op, operand: link.augment(place, op, operand))
@@ -212,23 +215,26 @@ for _name, _op in {
 
 
 class BoundMethod:
-    """``share.lst.append``: calling it runs the method where its `Access` says."""
+    """``share.lst.append``: calling it runs the method where its kind says
+    (LOCAL, QUEUE or CALL, see `_methods`), with the flag slots it reads
+    (LOCAL) or writes (QUEUE, CALL) worked out once."""
 
-    __slots__ = ("_access", "_link", "_name", "_path")
+    __slots__ = ("kind", "link", "name", "path", "slots")
 
-    def __init__(self, link, path: tuple, name: str, access) -> None:
-        self._link = link
-        self._path = path
-        self._name = name
-        self._access = access
+    def __init__(self, link, path: tuple, name: str, kind: str, slots: tuple) -> None:
+        self.link = link
+        self.path = path
+        self.name = name
+        self.kind = kind
+        self.slots = slots
 
     def __call__(self, *args, **kwargs):
-        return self._link.call(self._path, self._name, args, kwargs, self._access)
+        return self.link.call(self, args, kwargs)
 
     def __repr__(self) -> str:
         from ._link import describe
 
-        return f"<shared method {describe(self._path)}.{self._name} ({self._access.kind})>"
+        return f"<shared method {describe(self.path)}.{self.name} ({self.kind})>"
 
 
 def unwrap(value):
