@@ -259,3 +259,42 @@ class Box:
 
     def clear(self):
         self.items.clear()
+
+
+def _increment_after(share, ready, go, done):
+    share.counter += 0  # attached to the first coordinator
+    share.flush()
+    ready.set()
+    go.wait(60)
+    share.counter += 1
+    share.flush()
+    done.set()
+
+
+def test_restart_from_the_last_committed_state(ctx):
+    share = Share()
+    share.counter = 5
+    share.lst = [1, 2]
+    share.flush()
+    lst = share.lst  # a proxy kept across the restart
+    ready, go, done = ctx.Event(), ctx.Event(), ctx.Event()
+    worker = ctx.Process(target=_increment_after, args=(share, ready, go, done))
+    worker.start()
+    assert ready.wait(60)
+    with pytest.raises(Exception, match="is running"):
+        share.restart()
+    old_pid = share.coordinator_pid
+    _kill_coordinator(share)
+    with pytest.raises(CoordinatorLost):
+        share.lst.pop()
+    assert share.restart() == []
+    assert share.coordinator_pid != old_pid
+    assert share.counter == 5
+    assert lst == [1, 2]
+    go.set()  # the worker's next write reaches the new coordinator
+    assert done.wait(60)
+    worker.join(60)
+    assert share.counter == 6
+    stem = _stem(share)
+    share.close()
+    assert leftovers(stem + "~") == []

@@ -280,6 +280,16 @@ class Coordinator:
             known = self.types[name] = (type(value), generation, is_value(value))
         return known[1], known[2]
 
+    def restore(self, snapshots: dict[str, bytes]) -> None:
+        """Start from committed snapshots (a restart): load and commit each."""
+        for name, data in snapshots.items():
+            try:
+                self.mirror[name] = pickle.loads(data)
+            except Exception as exc:
+                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                continue
+            self.commit(name)
+
     def commit_due(self, now: float) -> None:
         for name, since in list(self.dirty.items()):
             if now - since >= self._window(name):
@@ -445,16 +455,20 @@ def _stop(signum, frame):
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     signal.signal(signal.SIGTERM, _stop)
-    config = json.loads(sys.stdin.readline())
+    config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
+    # After a restart, the owner sends the last committed state (pickled
+    # snapshots, from our own predecessor) behind the configuration.
+    restored = pickle.loads(sys.stdin.buffer.read()) if config.get("restore") else {}
     try:
         server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
     except Exception as exc:
         print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
         sys.exit(1)
-    print("READY", flush=True)
     coordinator = Coordinator(server, config["owner_pid"], config["window"])
     try:
+        coordinator.restore(restored)
+        print("READY", flush=True)  # only now may anyone read or connect
         coordinator.run()
     except _Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 
 import cloudpickle
 
-from .._errors import ShareClosed, UnshareableError
+from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from ..backends.shm import _control
 from ..backends.shm._client import ShareInfo, ShmClient, client_for
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
+from ..backends.shm._transport import runtime_dir
 from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
@@ -78,8 +80,36 @@ class Link:
             raise ShareClosed("this share handle was closed")
         client = self._client
         if client is None or client.lost is not None:
+            if client is not None:
+                self._follow_restart()
             client = self._client = client_for(self.info)
         return client
+
+    def rebind(self, info: ShareInfo) -> None:
+        """Point at a new incarnation of the share (after a restart)."""
+        self.info = info
+        self._client = None
+        self._methods.clear()
+
+    def _follow_restart(self) -> bool:
+        """If the owner restarted the share, its key file names the new
+        coordinator: attach to that one (True).  Else keep failing (False)."""
+        try:
+            record = json.loads((runtime_dir() / f"{self.info.name}.key").read_text())
+        except (OSError, ValueError):
+            return False
+        if record.get("pid") == self.info.pid:
+            return False
+        self.rebind(
+            ShareInfo(
+                self.info.name,
+                record["stem"],
+                record["socket"],
+                bytes.fromhex(record["key"]),
+                record["pid"],
+            )
+        )
+        return True
 
     # -- flags -----------------------------------------------------------------
 
@@ -132,10 +162,20 @@ class Link:
     # -- commands --------------------------------------------------------------
 
     def send(self, op: int, fields: tuple, writes: tuple = ()) -> None:
-        self.client.send(op, fields, writes)
+        try:
+            self.client.send(op, fields, writes)
+        except CoordinatorLost as exc:
+            if not (getattr(exc, "undelivered", False) and self._follow_restart()):
+                raise
+            self.client.send(op, fields, writes)  # to the restarted coordinator
 
     def request(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = ()):
-        reply = self.client.send(op, fields, writes, reads, reply=True)
+        try:
+            reply = self.client.send(op, fields, writes, reads, reply=True)
+        except CoordinatorLost as exc:
+            if not (getattr(exc, "undelivered", False) and self._follow_restart()):
+                raise
+            reply = self.client.send(op, fields, writes, reads, reply=True)
         if reply[1] == P.OK:
             return reply[2]
         raise rebuild_error(reply[2], reply[3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import secrets
 import select
 import subprocess
@@ -29,7 +30,7 @@ _get = object.__getattribute__  # self._link would run Share.__getattribute__
 # Attribute names that are the Share's own API; shared objects with these
 # names are reached with share["name"].
 RESERVED = frozenset(
-    {"close", "flush", "apply", "update", "lock", "get", "connect", "coordinator_pid"}
+    {"close", "flush", "apply", "update", "lock", "get", "connect", "coordinator_pid", "restart"}
 )
 
 
@@ -72,7 +73,7 @@ class Share:
     every shared-memory segment and socket it made.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid")
+    __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid", "_window")
 
     def __init__(self, name: str | None = None, *, commit_window: float = 0.002) -> None:
         """Create a share and start its coordinator.
@@ -94,6 +95,10 @@ class Share:
         info, process = _start_coordinator(name, commit_window)
         object.__setattr__(self, "_link", Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
+        object.__setattr__(self, "_window", commit_window)
+        self._adopt(info, process)
+
+    def _adopt(self, info: ShareInfo, process: subprocess.Popen) -> None:
         client_for(info).owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
@@ -122,6 +127,7 @@ class Share:
         object.__setattr__(share, "_link", Link(info))
         object.__setattr__(share, "_owner_pid", None)
         object.__setattr__(share, "_finalizer", None)
+        object.__setattr__(share, "_window", None)
         return share
 
     def __reduce__(self):
@@ -241,6 +247,34 @@ class Share:
             self._finalizer()
         link.closed = True
 
+    def restart(self) -> list[str]:
+        """Start a new coordinator from the last committed state.
+
+        For the creating process, after `CoordinatorLost`.  Every object is
+        restored as it was last committed; writes the dead coordinator had
+        applied but not yet committed (at most a commit window's worth,
+        2 ms by default) are lost, and so is an object it died while
+        committing — its name is returned.  Proxies of this share keep
+        working; other processes reattach on their next operation.
+        """
+        if self._owner_pid != os.getpid():
+            raise AccordError("only the process that created a share can restart it")
+        link = self._link
+        client = client_for(link.info)
+        if client.owner_process is not None and client.owner_process.poll() is None:
+            raise AccordError(
+                f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
+                "a share whose coordinator died"
+            )
+        restored, lost = client.snapshots.salvage()
+        self._finalizer.detach()
+        forget(link.info)
+        remove_leftovers(link.info.stem, link.info.socket_path)
+        info, process = _start_coordinator(link.info.name, self._window, restored)
+        link.rebind(info)
+        self._adopt(info, process)
+        return lost
+
     def __enter__(self) -> Share:
         return self
 
@@ -319,14 +353,14 @@ def _path_of(target) -> tuple:
 # -- the coordinator process ----------------------------------------------------
 
 
-def _start_coordinator(name: str, window: float):
+def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | None = None):
     runtime = _transport.runtime_dir()
     socket_path = runtime / f"{name}.sock"
     key_file = runtime / f"{name}.key"
     stem = f"accord.{os.getuid()}.{name}"
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name, key_file)
-        remove_leftovers(stem, str(socket_path))
+        remove_leftovers(stem, str(socket_path))  # a dead share's, of this name
     key = secrets.token_bytes(32)
     config = {
         "stem": stem,
@@ -335,6 +369,7 @@ def _start_coordinator(name: str, window: float):
         "owner_pid": os.getpid(),
         "sys_path": [p or os.getcwd() for p in sys.path],
         "window": window,
+        "restore": restore is not None,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "accord.share._coordinator"],
@@ -345,6 +380,8 @@ def _start_coordinator(name: str, window: float):
     )
     try:
         process.stdin.write(json.dumps(config).encode() + b"\n")
+        if restore is not None:
+            process.stdin.write(pickle.dumps(restore, 5))
         process.stdin.close()
         line = _readline(process, START_TIMEOUT)
     except BaseException:

@@ -81,22 +81,29 @@ class ShmClient:
         try:
             sock, client_id = _transport.connect(self.info.socket_path, self.info.key)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise self._lose("its socket is gone") from None
+            raise self._lose("its socket is gone", undelivered=True) from None
         except OSError as exc:
-            raise self._lose(f"cannot connect: {exc}") from None
+            raise self._lose(f"cannot connect: {exc}", undelivered=True) from None
         self._sock, self._id = sock, client_id
         self._intent = _control.intent_offset(client_id)
         self._seq = 0
         return sock
 
-    def _lose(self, why: str) -> CoordinatorLost:
+    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
+        """Record that the coordinator is gone; the error to raise.
+
+        `undelivered` marks an error raised before the command left this
+        process: it may safely be sent again to a restarted coordinator.
+        """
         if load(self.ctrl, _control.CLOSED):
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         else:
             self.lost = CoordinatorLost(
                 f"the coordinator of share {self.info.name!r} (pid {self.info.pid}) is gone: {why}"
             )
-        return self.lost
+        error = type(self.lost)(*self.lost.args)
+        error.undelivered = undelivered
+        return error
 
     def _check_lost(self) -> None:
         if self.lost is not None:
@@ -165,7 +172,7 @@ class ShmClient:
             try:
                 sock.sendall(pack_length(len(payload)) + payload)
             except OSError as exc:
-                raise self._lose(f"send failed ({exc})") from None
+                raise self._lose(f"send failed ({exc})", undelivered=True) from None
             self._seq = seq
         if reply:
             return self._await(reply_id)

@@ -235,6 +235,38 @@ class SnapshotReader:
             return type(obj), entry[1:]
         return type(cached.obj), entry[1:]
 
+    def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str]]:
+        """Every committed snapshot as bytes, for a restart after the
+        coordinator died: ({name: data}, [names lost mid-commit])."""
+        found: dict[str, bytes] = {}
+        lost: list[str] = []
+        index = self._settled(
+            Segment.attach(index_name(self._stem, load(self._control, _control.INDEX_GEN))), tries
+        )
+        for name, (segname, *_kind) in (pickle.loads(index) if index else {}).items():
+            try:
+                data = self._settled(Segment.attach(segname), tries)
+            except FileNotFoundError:
+                data = None
+            if data is None:
+                lost.append(name)
+            else:
+                found[name] = data
+        return found, lost
+
+    @staticmethod
+    def _settled(seg: Segment, tries: int) -> bytes | None:
+        # A writer that died mid-commit leaves the version odd for ever.
+        for _ in range(tries):
+            version = load(seg.buf, 0)
+            if version & 1:
+                continue
+            (length,) = _LENGTH.unpack_from(seg.buf, 8)
+            data = seg.buf[HEADER : HEADER + length]
+            if load(seg.buf, 0) == version:
+                return data
+        return None
+
     def close(self) -> None:
         for cached in self._cache.values():
             cached.segment.close()
