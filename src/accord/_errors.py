@@ -11,10 +11,9 @@ class CoordinatorLost(AccordError):
     """The share's coordinator is gone: it died, or the share was closed.
 
     Raised by every pending and later operation on the share within about a
-    second of the coordinator's death.  Committed state is lost with the
-    coordinator's shared memory only when the share is closed; to recover,
-    create a new `Share` and reassign what you need (keep a checkpoint with
-    `share.get(...)` if the data matters).
+    second of the coordinator's death.  To recover, the creating process
+    calls `Share.restart()`, which starts a new coordinator from the last
+    committed state; other processes follow it on their next operation.
     """
 
 

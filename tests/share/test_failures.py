@@ -93,8 +93,7 @@ def test_pending_call_fails_when_the_coordinator_dies(share):
 
     thread = threading.Thread(target=slow_call)
     thread.start()
-    assert _wait_until(lambda: share._link.client._next_reply >= 1)
-    time.sleep(0.2)  # let the command reach the coordinator (not a sync with a result)
+    assert _wait_until(lambda: share._link.client._next_reply >= 1)  # the call is under way
     started = time.monotonic()
     _kill_coordinator(share)
     thread.join(10)

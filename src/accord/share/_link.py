@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 
 import cloudpickle
 
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from ..backends.shm import _control
-from ..backends.shm._client import ShareInfo, ShmClient, client_for
+from ..backends.shm._client import ShareInfo, ShmClient, client_for, load_record
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
-from ..backends.shm._transport import runtime_dir
 from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
@@ -94,21 +92,10 @@ class Link:
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new
         coordinator: attach to that one (True).  Else keep failing (False)."""
-        try:
-            record = json.loads((runtime_dir() / f"{self.info.name}.key").read_text())
-        except (OSError, ValueError):
+        info = load_record(self.info.name)
+        if info is None or info.pid == self.info.pid:
             return False
-        if record.get("pid") == self.info.pid:
-            return False
-        self.rebind(
-            ShareInfo(
-                self.info.name,
-                record["stem"],
-                record["socket"],
-                bytes.fromhex(record["key"]),
-                record["pid"],
-            )
-        )
+        self.rebind(info)
         return True
 
     # -- flags -----------------------------------------------------------------

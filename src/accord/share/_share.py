@@ -11,11 +11,10 @@ import subprocess
 import sys
 import threading
 import weakref
-from pathlib import Path
 
 from .._errors import AccordError, CoordinatorLost
 from ..backends.shm import _transport
-from ..backends.shm._client import ShareInfo, client_for, forget
+from ..backends.shm._client import ShareInfo, client_for, forget, load_record, save_record
 from ..backends.shm._server import remove_leftovers
 from . import _protocol as P
 from ._augmented import DONE, Augmenting, is_augmented
@@ -109,14 +108,9 @@ class Share:
         """Attach to the live share created elsewhere with ``Share(name=name)``."""
         if not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
             raise ValueError(f"invalid share name {name!r}")
-        key_file = _transport.runtime_dir() / f"{name}.key"
-        try:
-            record = json.loads(key_file.read_text())
-        except FileNotFoundError:
-            raise AccordError(f"no share named {name!r} is running for this user") from None
-        info = ShareInfo(
-            name, record["stem"], record["socket"], bytes.fromhex(record["key"]), record["pid"]
-        )
+        info = load_record(name)
+        if info is None:
+            raise AccordError(f"no share named {name!r} is running for this user")
         share = cls._attach(info)
         share._link.client.check_alive()
         return share
@@ -359,7 +353,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     key_file = runtime / f"{name}.key"
     stem = f"accord.{os.getuid()}.{name}"
     if key_file.exists() or socket_path.exists():
-        _refuse_if_alive(name, key_file)
+        _refuse_if_alive(name)
         remove_leftovers(stem, str(socket_path))  # a dead share's, of this name
     key = secrets.token_bytes(32)
     config = {
@@ -398,11 +392,9 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
         raise AccordError(
             f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
         )
-    record = {"stem": stem, "socket": str(socket_path), "key": key.hex(), "pid": process.pid}
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    return ShareInfo(name, stem, str(socket_path), key, process.pid), process
+    info = ShareInfo(name, stem, str(socket_path), key, process.pid)
+    save_record(info)
+    return info, process
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:
@@ -412,12 +404,14 @@ def _readline(process: subprocess.Popen, timeout: float) -> bytes:
     return process.stdout.readline()
 
 
-def _refuse_if_alive(name: str, key_file: Path) -> None:
+def _refuse_if_alive(name: str) -> None:
+    info = load_record(name)
+    if info is None:
+        return
+    pid = info.pid
     try:
-        record = json.loads(key_file.read_text())
-        pid = record["pid"]
         os.kill(pid, 0)
-    except (OSError, ValueError, KeyError):
+    except OSError:
         return  # nobody home: leftovers of a dead share
     try:
         Share.connect(name)

@@ -8,6 +8,7 @@ slot is never shared between two processes.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -47,6 +48,26 @@ class ShareInfo:
 
     def __reduce__(self):
         return ShareInfo, (self.name, self.stem, self.socket_path, self.key, self.pid)
+
+
+def load_record(name: str) -> ShareInfo | None:
+    """The live incarnation of share `name` from its key file, if any."""
+    try:
+        record = json.loads((_transport.runtime_dir() / f"{name}.key").read_text())
+        return ShareInfo(
+            name, record["stem"], record["socket"], bytes.fromhex(record["key"]), record["pid"]
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_record(info: ShareInfo) -> None:
+    """Publish `info` (key included) to this user's processes: a 0600 file."""
+    record = {"stem": info.stem, "socket": info.socket_path, "key": info.key.hex(), "pid": info.pid}
+    path = _transport.runtime_dir() / f"{info.name}.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
 
 
 class ShmClient:
@@ -240,20 +261,12 @@ class ShmClient:
 
     def kind(self, name: str):
         """(type, (type generation, is value)) of the committed `name`, or MISSING."""
-        if (
-            self.lost is not None
-            or time.monotonic_ns() - load(self.ctrl, _control.HEARTBEAT) >= STALE_NS
-        ):
-            self.check_alive()
+        self.check_alive()
         return self.snapshots.kind(name)
 
     def read(self, name: str):
         """The committed object `name` (shared with other reads: do not mutate)."""
-        if (
-            self.lost is not None
-            or time.monotonic_ns() - load(self.ctrl, _control.HEARTBEAT) >= STALE_NS
-        ):
-            self.check_alive()
+        self.check_alive()
         return self.snapshots.read(name)
 
     # -- lifetime ------------------------------------------------------------
