@@ -46,7 +46,11 @@ StackManager.register("Stack", Stack)
 
 
 def per_op(fn, n: int) -> float:
-    """Microseconds per call of fn() over n calls."""
+    """Microseconds per call of fn() over n calls, after a warm-up (first
+    calls import modules, analyse methods, fill caches — for every
+    implementation alike)."""
+    for _ in range(min(50, n)):
+        fn()
     start = time.perf_counter()
     for _ in range(n):
         fn()
