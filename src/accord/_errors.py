@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class AccordError(Exception):
-    """Base class of every error accord raises itself."""
+    """Base class of every error accord raises itself.
+
+    >>> from accord import AccordError, Share
+    >>> try:
+    ...     Share.connect("no-such-share")
+    ... except AccordError as exc:
+    ...     print(exc)
+    no share named 'no-such-share' is running for this user
+    """
 
 
 class CoordinatorLost(AccordError):
@@ -14,11 +22,35 @@ class CoordinatorLost(AccordError):
     second of the coordinator's death.  To recover, the creating process
     calls `Share.restart()`, which starts a new coordinator from the last
     committed state; other processes follow it on their next operation.
+
+        >>> import os, signal
+        >>> from accord import CoordinatorLost, Share
+        >>> with Share() as share:
+        ...     share.items = [1, 2]
+        ...     share.flush()
+        ...     os.kill(share.coordinator_pid, signal.SIGKILL)
+        ...     try:
+        ...         while True:
+        ...             share.flush()  # raises once the coordinator is gone
+        ...     except CoordinatorLost:
+        ...         print("lost", share.restart(), share.items)
+        lost [] [1, 2]
     """
 
 
 class ShareClosed(CoordinatorLost):
-    """The share was closed with `close()`; it cannot be used any more."""
+    """The share was closed with `close()`; it cannot be used any more.
+
+    >>> from accord import Share, ShareClosed
+    >>> share = Share()
+    >>> share.x = 1
+    >>> share.close()
+    >>> try:
+    ...     share.x
+    ... except ShareClosed:
+    ...     print("closed")
+    closed
+    """
 
 
 class UnshareableError(AccordError, TypeError):
@@ -26,6 +58,15 @@ class UnshareableError(AccordError, TypeError):
 
     Raised at assignment time; the message names the attribute (down to the
     nested attribute or item that failed) and the reason.
+
+        >>> import threading
+        >>> from accord import Share, UnshareableError
+        >>> with Share() as share:
+        ...     try:
+        ...         share.cfg = {"guard": threading.Lock()}
+        ...     except UnshareableError as exc:
+        ...         print(exc)  # doctest: +ELLIPSIS
+        cannot share share.cfg['guard']: TypeError: cannot pickle '_thread.lock' object...
     """
 
 
@@ -34,6 +75,15 @@ class RemoteTraceback(Exception):
 
     Attached as ``__cause__`` of the exception re-raised in the caller, so
     tracebacks show where on the coordinator the error happened.
+
+        >>> from accord import RemoteTraceback, Share
+        >>> with Share() as share:
+        ...     share.items = []
+        ...     try:
+        ...         share.items.pop()
+        ...     except IndexError as exc:
+        ...         print(isinstance(exc.__cause__, RemoteTraceback), "pop" in str(exc.__cause__))
+        True True
     """
 
     def __init__(self, tb: str) -> None:

@@ -104,19 +104,15 @@ class ShmServer:
             conn.close()
             return
         client_id = self._free_ids.pop()
+        # A new client starts with a clean intent record — cleaned before the
+        # handshake hands it the id, after which it may write there at once.
+        start = _control.intent_offset(client_id)
+        self.control.buf[start : start + _control.INTENT_SIZE] = bytes(_control.INTENT_SIZE)
         try:
             sock = _transport.accept(self.listener, self.key, client_id)
-        except (BlockingIOError, InterruptedError):
+        except (OSError, _transport.AuthenticationError):  # BlockingIOError included
             self._free_ids.append(client_id)
             return
-        except (OSError, _transport.AuthenticationError):
-            self._free_ids.append(client_id)
-            return
-        # A new client starts with a clean intent record.
-        self.control.buf[
-            _control.intent_offset(client_id) : _control.intent_offset(client_id)
-            + _control.INTENT_SIZE
-        ] = bytes(_control.INTENT_SIZE)
         sock.setblocking(False)
         peer = Peer(sock, client_id)
         self.peers[client_id] = peer
