@@ -47,6 +47,7 @@ class Link:
     __slots__ = (
         "_client",
         "_methods",
+        "_names",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -63,6 +64,7 @@ class Link:
         self._write_slots: dict = {}
         self._methods: dict = {}
         self._proxies: dict = {}
+        self._names: dict = {}  # name -> (path, read slots)
 
     def proxy(self, path: tuple) -> Proxy:
         proxy = self._proxies.get(path)
@@ -205,8 +207,11 @@ class Link:
         """``share.name``: a proxy for a container, else the value — or, for
         the read that starts ``share.name += x``, the marker that turns it
         into one AUGMENT command."""
-        path = (name,)
         client = self.client
+        named = self._names.get(name)
+        if named is None:
+            named = self._names[name] = ((name,), self.read_slots((name,)))
+        path, slots = named
         client.check_alive()
         cached = client.snapshots.unchanged(name)
         if cached is not None:
@@ -219,12 +224,15 @@ class Link:
             return self.proxy(path)
         if is_augmented(3):
             return Augmenting(lambda op, operand: self.augment(path, op, operand))
-        if client.applied_all(self.read_slots(path)):
+        if (
+            cached is not None
+            and client.applied_all(slots)
+            and client.snapshots.still_current(cached)
+            and type(cached.obj) is not Unreadable
+        ):
             # No write pending (checked first), and nothing committed since
             # our last read (checked after): what we hold is current.
-            cached = client.snapshots.unchanged(name)
-            if cached is not None and type(cached.obj) is not Unreadable:
-                return cached.obj
+            return cached.obj
         return self.get(path)
 
     def get(self, path: tuple):
