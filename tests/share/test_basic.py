@@ -344,3 +344,21 @@ def test_reads_wait_only_for_writes_to_what_they_read(monkeypatch):
     assert share.stats.values == [1]
     assert len(barriers) == 1  # reading values did
     share.close()
+
+
+class Holder:
+    def __init__(self, share):
+        self.share = share  # a handle on the very share this object lives in
+
+    def reach_back(self):
+        self.calls = 1  # a write: this method runs on the coordinator
+        return self.share.other
+
+
+def test_using_the_share_from_its_own_coordinator_fails_instead_of_hanging(share):
+    share.other = 1
+    share.holder = Holder(share)
+    with pytest.raises(AccordError, match="its own coordinator"):
+        share.holder.reach_back()
+    with pytest.raises(AccordError, match="its own coordinator"):
+        share.apply("other", lambda value, s: s.other, share)

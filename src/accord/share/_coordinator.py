@@ -25,6 +25,7 @@ from collections import deque
 
 import cloudpickle
 
+from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
 from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
@@ -457,6 +458,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
+    _shm_client.coordinating = config["stem"]
     # After a restart, the owner sends the last committed state (pickled
     # snapshots, from our own predecessor) behind the configuration.
     restored = pickle.loads(sys.stdin.buffer.read()) if config.get("restore") else {}

@@ -90,12 +90,22 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Multi-phase initialisation (PEP 489) with no module state: importable in
+ * sub-interpreters, including those with their own GIL. */
+static PyModuleDef_Slot slots[] = {
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_atomic", "Atomic 64-bit operations on shared memory.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_atomic", "Atomic 64-bit operations on shared memory.", 0, methods,
+    slots,
 };
 
 PyMODINIT_FUNC
 PyInit__atomic(void)
 {
-    return PyModule_Create(&module);
+    return PyModuleDef_Init(&module);
 }

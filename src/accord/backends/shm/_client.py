@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..._errors import CoordinatorLost, ShareClosed
+from ..._errors import AccordError, CoordinatorLost, ShareClosed
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
 from ._segment import Segment
@@ -315,8 +315,19 @@ _clients: dict[str, ShmClient] = {}
 _clients_lock = threading.Lock()
 
 
+# Set in a coordinator process: the share it coordinates.  Using that share
+# from inside its own coordinator (a method that reaches back into the share)
+# would wait for itself for ever; it is refused instead.
+coordinating: str | None = None
+
+
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
+    if info.stem == coordinating:
+        raise AccordError(
+            f"share {info.name!r} cannot be used by code running on its own coordinator "
+            "(a shared object's method or an apply() function): it would wait for itself"
+        )
     client = _clients.get(info.stem)
     if client is None or client.info.pid != info.pid:
         with _clients_lock:
