@@ -47,6 +47,8 @@ def is_augmented(depth: int = 2) -> bool:
     key = (frame.f_code, frame.f_lasti)
     verdict = _verdicts.get(key)
     if verdict is None:
+        if len(_verdicts) >= 100_000:
+            _verdicts.clear()  # code compiled at run time would grow it for ever
         verdict = _verdicts[key] = _analyse(frame.f_code, frame.f_lasti)
     return verdict
 

@@ -142,7 +142,7 @@ class Coordinator:
                                 file=sys.stderr,
                             )
                             queue.clear()
-                            self.server.drop(self.peers[peer_id])
+                            self.peer_left(self.peers[peer_id])
                             break
                     waits = message[2]
                     if waits and (

@@ -38,6 +38,18 @@ def describe(path: tuple) -> str:
     return text
 
 
+_MEMO_LIMIT = 10_000
+
+
+def _remember(memo: dict, key, value):
+    """memo[key] = value, forgetting everything once the memo is full (paths
+    with item keys are unbounded: `share.d[i]` for a million i)."""
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def _attr_of(path: tuple) -> str | None:
     # The first attribute step decides which attribute flag a path uses.
     return path[2] if len(path) >= 3 and path[1] == P.ATTR else None
@@ -69,9 +81,7 @@ class Link:
     def proxy(self, path: tuple) -> Proxy:
         proxy = self._proxies.get(path)
         if proxy is None:
-            proxy = Proxy(self, path)
-            if len(self._proxies) < 10_000:
-                self._proxies[path] = proxy
+            proxy = _remember(self._proxies, path, Proxy(self, path))
         return proxy
 
     @property
@@ -106,14 +116,14 @@ class Link:
         key = (path, access)
         slots = self._read_slots.get(key)
         if slots is None:
-            slots = self._read_slots[key] = self._compute_read_slots(path, access)
+            slots = _remember(self._read_slots, key, self._compute_read_slots(path, access))
         return slots
 
     def write_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
         key = (path, access)
         slots = self._write_slots.get(key)
         if slots is None:
-            slots = self._write_slots[key] = self._compute_write_slots(path, access)
+            slots = _remember(self._write_slots, key, self._compute_write_slots(path, access))
         return slots
 
     @staticmethod
@@ -210,7 +220,7 @@ class Link:
         client = self.client
         named = self._names.get(name)
         if named is None:
-            named = self._names[name] = ((name,), self.read_slots((name,)))
+            named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
         client.check_alive()
         cached = client.snapshots.unchanged(name)
@@ -277,8 +287,7 @@ class Link:
                 else self.write_slots(path, access)
             )
             method = BoundMethod(self, path, attr, access.kind, slots)
-            if len(self._methods) < 10_000:
-                self._methods[(path, attr)] = (cls, method)
+            _remember(self._methods, (path, attr), (cls, method))
             return method
         prop = property_access(cls, attr)
         if prop is not None:

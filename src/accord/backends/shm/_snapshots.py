@@ -79,7 +79,7 @@ class SnapshotWriter:
     def _new_segment(self, size: int) -> Segment:
         return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
 
-    def write(self, name: str, data: bytes, kind: tuple = ()) -> None:
+    def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
         """Commit `data` as the snapshot of `name`.
 
         `kind` is a small tuple describing the object (its type generation
