@@ -218,6 +218,13 @@ def test_get_returns_a_private_copy(share):
     copy[0].append(2)
     assert share.lst == [[1]]
     assert share.get(share.lst[0]) == [1]
+    share.flat = [1, 2]
+    share.d = {"a": 1}
+    for copy in (share.get("flat"), list(share.flat)):
+        copy.append(3)
+    share.get("d")["b"] = 2
+    assert share.flat == [1, 2]  # the snapshot cache was not touched either
+    assert share.d == {"a": 1}
 
 
 def test_apply_runs_atomically_on_the_coordinator(share):

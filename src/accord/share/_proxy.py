@@ -98,7 +98,7 @@ class Proxy:
         return len(_value(self))
 
     def __iter__(self):
-        return iter(private(list(_value(self))))
+        return iter(private(list(_value(self))))  # a copy: safe to mutate while iterating
 
     def __reversed__(self):
         return iter(private(list(reversed(_value(self)))))

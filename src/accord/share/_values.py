@@ -51,7 +51,14 @@ def is_value(value) -> bool:
 
 
 def private(value):
-    """`value` itself if immutable, else a deep copy the caller may change."""
+    """`value` itself if immutable, else a copy the caller may change: a
+    shallow one for a list, set or dict of plain values, else a deep one."""
     if is_value(value):
         return value
+    kind = type(value)
+    if kind is list or kind is set:
+        if all(type(v) in PLAIN for v in value):
+            return kind(value)
+    elif kind is dict and all(type(v) in PLAIN for v in value.values()):
+        return dict(value)  # keys are hashable, so plain or immutable anyway
     return copy.deepcopy(value)
