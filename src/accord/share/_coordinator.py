@@ -25,11 +25,11 @@ from collections import deque
 
 import cloudpickle
 
+from .._remote import Unreadable, pack_error
 from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
 from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
-from ._remote import Unreadable, pack_error
 from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
 from ._values import is_value
 

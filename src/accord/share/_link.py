@@ -15,6 +15,7 @@ import copy
 import cloudpickle
 
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
+from .._remote import Unreadable, rebuild_error
 from ..backends.shm import _control
 from ..backends.shm._client import ShareInfo, ShmClient, client_for, load_record
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
@@ -23,7 +24,6 @@ from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._remote import Unreadable, rebuild_error
 from ._serialize import pack, pack_call
 from ._values import is_value, private
 

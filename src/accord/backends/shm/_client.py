@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._remote import rebuild_error
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
 from ._segment import Segment
@@ -244,8 +245,6 @@ class ShmClient:
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""
-        from ...share._remote import rebuild_error
-
         if self.deferred:
             message = self.deferred.pop(0)
             raise rebuild_error(message[2], message[3], deferred=True)

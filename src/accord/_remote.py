@@ -1,4 +1,4 @@
-"""Carrying results and exceptions from the coordinator back to a caller."""
+"""Carrying exceptions from the coordinator back to a caller (every layer uses it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import traceback
 
 import cloudpickle
 
-from .._errors import AccordError, RemoteTraceback
+from ._errors import AccordError, RemoteTraceback
 
 
 class RemoteError(AccordError):
