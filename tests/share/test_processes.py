@@ -227,3 +227,23 @@ def test_connect_by_name_from_an_unrelated_process(tmp_path):
         assert sorted(share.log) == sorted(list(range(100)) * 2)
         with pytest.raises(Exception, match="already running"):
             Share(name="test-connect")
+
+
+def _clients_after_using(share):
+    from accord.backends.shm import _client
+
+    share.hits += 1
+    share.flush()
+    return sorted(_client._clients)
+
+
+def test_long_lived_workers_let_go_of_closed_shares(ctx):
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        first = Share()
+        first.hits = 0
+        assert ex.submit(_clients_after_using, first).result() == [first._link.info.stem]
+        first.close()
+        with Share() as second:
+            second.hits = 0
+            # The worker's client of the closed share is gone once it attaches anew.
+            assert ex.submit(_clients_after_using, second).result() == [second._link.info.stem]

@@ -332,9 +332,20 @@ def client_for(info: ShareInfo) -> ShmClient:
         with _clients_lock:
             client = _clients.get(info.stem)
             if client is None or client.info.pid != info.pid:
+                _sweep_closed()
                 client = ShmClient(info)
                 _clients[info.stem] = client
     return client
+
+
+def _sweep_closed() -> None:
+    # A long-lived worker may see many shares come and go: let go of the
+    # sockets and mappings of those that were closed (or whose coordinator
+    # was replaced).  Runs only when a new client is made.
+    for stem, client in list(_clients.items()):
+        if client.lost is not None or load(client.ctrl, _control.CLOSED):
+            del _clients[stem]
+            client.close()
 
 
 def forget(info: ShareInfo) -> None:
