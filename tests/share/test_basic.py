@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from accord import AccordError, Proxy, RemoteTraceback, Share, UnshareableError
+from accord import AccordError, Proxy, RemoteTraceback, Share, ShareClosed, UnshareableError
 
 
 class Stats:
@@ -369,3 +369,15 @@ def test_using_the_share_from_its_own_coordinator_fails_instead_of_hanging(share
         share.holder.reach_back()
     with pytest.raises(AccordError, match="its own coordinator"):
         share.apply("other", lambda value, s: s.other, share)
+
+
+def test_a_handle_on_a_closed_share_says_so_after_others_come_and_go():
+    first = Share()
+    first.x = 1
+    other_handle = Share._attach(first._link.info)  # as a worker would hold it
+    assert other_handle.x == 1
+    first.close()
+    with Share() as second:
+        second.y = 2  # attaching anew sweeps the closed share's client away
+        with pytest.raises(ShareClosed):
+            other_handle.x  # noqa: B018

@@ -276,6 +276,8 @@ class ShmClient:
             sock.close()
 
     def close(self) -> None:
+        if self.lost is None:  # handles still holding this client re-resolve the share
+            self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
         self.snapshots.close()
         self.control.close()
