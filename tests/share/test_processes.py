@@ -247,3 +247,32 @@ def test_long_lived_workers_let_go_of_closed_shares(ctx):
             second.hits = 0
             # The worker's client of the closed share is gone once it attaches anew.
             assert ex.submit(_clients_after_using, second).result() == [second._link.info.stem]
+
+
+def test_share_used_from_a_subinterpreter(share):
+    # The groundwork of the sub-interpreter worker backend: a sub-interpreter
+    # unpickles the share and reaches the coordinator like any process.
+    interpreters = pytest.importorskip("_xxsubinterpreters")
+    import pickle
+
+    share.counter = 0
+    share.items = []
+    interp = interpreters.create()
+    channel = interpreters.channel_create()
+    try:
+        interpreters.run_string(
+            interp,
+            "import pickle, _xxsubinterpreters as interpreters\n"
+            "share = pickle.loads(payload)\n"
+            "for i in range(50):\n"
+            "    share.counter += 1\n"
+            "    share.items.append(i)\n"
+            "interpreters.channel_send(channel, pickle.dumps(share.counter))\n",
+            shared={"payload": pickle.dumps(share), "channel": channel},
+        )
+        assert pickle.loads(interpreters.channel_recv(channel)) == 50
+    finally:
+        interpreters.destroy(interp)
+        interpreters.channel_destroy(channel)
+    assert share.counter == 50
+    assert share.items == list(range(50))
