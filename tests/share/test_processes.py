@@ -276,3 +276,44 @@ def test_share_used_from_a_subinterpreter(share):
         interpreters.channel_destroy(channel)
     assert share.counter == 50
     assert share.items == list(range(50))
+
+
+def test_objects_of_the_main_script_sent_from_spawned_workers(tmp_path):
+    # In a spawned worker the script is `__mp_main__`, a module the
+    # coordinator cannot import: its classes and functions must go by value.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "main_objects.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing
+            from accord import Share
+
+            class Point:
+                def __init__(self, x):
+                    self.x = x
+
+            def double(value):
+                return value * 2
+
+            def work(share):
+                share.points.append(Point(7))
+                return share.update("n", double)
+
+            if __name__ == "__main__":
+                with Share() as share:
+                    share.points = []
+                    share.n = 1
+                    with multiprocessing.get_context("spawn").Pool(1) as pool:
+                        print(pool.apply(work, (share,)), share.points[0].x)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "7"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import collections
 import copy
 
-import cloudpickle
-
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
 from ..backends.shm import _control
@@ -24,7 +22,7 @@ from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._serialize import pack, pack_call
+from ._serialize import cloudpickle_dumps, pack, pack_call
 from ._values import is_value, private
 
 _MAX_WRITE_SLOTS = _control.INTENT_SLOTS
@@ -351,7 +349,7 @@ class Link:
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
         try:
-            packed = cloudpickle.dumps((fn, args, kwargs), 5)
+            packed = cloudpickle_dumps((fn, args, kwargs))
         except Exception as exc:
             raise UnshareableError(f"cannot send {fn!r} to the coordinator: {exc}") from exc
         return self.request(P.APPLY, (path, packed, replace), self.write_slots(path))

@@ -10,6 +10,7 @@ the part that failed.
 from __future__ import annotations
 
 import pickle
+import sys
 
 import cloudpickle
 
@@ -66,9 +67,26 @@ def dumps(value) -> bytes:
         return cloudpickle.dumps(value, 5)
 
 
+_by_value: set[str] = set()
+
+
+def cloudpickle_dumps(value) -> bytes:
+    """cloudpickle, with the script's own module pickled by value everywhere.
+
+    cloudpickle ships what is defined in ``__main__`` by value, but in a
+    worker started by spawn or forkserver the script runs as ``__mp_main__``,
+    which cloudpickle would ship by reference — a module the coordinator
+    cannot import.
+    """
+    if "__mp_main__" not in _by_value and "__mp_main__" in sys.modules:
+        cloudpickle.register_pickle_by_value(sys.modules["__mp_main__"])
+        _by_value.add("__mp_main__")
+    return cloudpickle.dumps(value, 5)
+
+
 def dumps_checked(value, where) -> bytes:
     try:
-        return cloudpickle.dumps(value, 5)
+        return cloudpickle_dumps(value)
     except Exception as exc:
         path, reason = _find_culprit(value, where(), exc)
         raise UnshareableError(

@@ -1,0 +1,32 @@
+"""The examples run, and end with what they promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("demo.py", "10000 games from 4 processes, none lost."),
+        ("connect_by_name.py", "30 signatures from 3 unrelated processes"),
+        ("read_modify_write.py", "sold 100 tickets of 100 from 6 processes, none twice"),
+        ("recover.py", "restarted (coordinator pid"),
+    ],
+)
+def test_example(script, expected):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
