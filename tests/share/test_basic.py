@@ -381,3 +381,26 @@ def test_a_handle_on_a_closed_share_says_so_after_others_come_and_go():
         second.y = 2  # attaching anew sweeps the closed share's client away
         with pytest.raises(ShareClosed):
             other_handle.x  # noqa: B018
+
+
+def test_builtin_protocols_on_proxies_give_private_results(share):
+    share.d = {"a": [1], "b": 2}
+    assert share.d.keys() == {"a", "b"}
+    assert list(share.d.items()) == [("a", [1]), ("b", 2)]
+    assert dict(share.d) == {"a": [1], "b": 2}
+    assert set(share.d) == {"a", "b"}
+    list(share.d.values())[0].append("local only")
+    assert share.d["a"] == [1]
+    share.lst = [3, 1, 2]
+    assert list(reversed(share.lst)) == [2, 1, 3]
+    assert sorted(share.lst) == [1, 2, 3]
+    assert list(share.lst.__reversed__()) == [2, 1, 3]
+    share.s = {1, 2}
+    assert share.s | {3} == {1, 2, 3}
+    assert 3 not in share.s
+    share.bag = collections.deque([1, 2])
+    assert share.bag.popleft() == 1
+    assert list(share.bag) == [2]
+    share.raw = bytearray(b"ab")
+    share.raw.append(99)
+    assert bytes(share.raw) == b"abc"

@@ -61,4 +61,19 @@ def private(value):
             return kind(value)
     elif kind is dict and all(type(v) in PLAIN for v in value.values()):
         return dict(value)  # keys are hashable, so plain or immutable anyway
-    return copy.deepcopy(value)
+    elif kind in _DICT_VIEWS:
+        # keys()/values()/items(): the same view, of a private copy.
+        return _DICT_VIEWS[kind](private(dict(value.mapping)))
+    try:
+        return copy.deepcopy(value)
+    except TypeError:
+        if hasattr(value, "__next__"):  # an iterator over the snapshot
+            return iter(private(list(value)))
+        raise
+
+
+_DICT_VIEWS = {
+    type({}.keys()): dict.keys,
+    type({}.values()): dict.values,
+    type({}.items()): dict.items,
+}
