@@ -389,7 +389,7 @@ def test_builtin_protocols_on_proxies_give_private_results(share):
     assert list(share.d.items()) == [("a", [1]), ("b", 2)]
     assert dict(share.d) == {"a": [1], "b": 2}
     assert set(share.d) == {"a", "b"}
-    list(share.d.values())[0].append("local only")
+    next(iter(share.d.values())).append("local only")
     assert share.d["a"] == [1]
     share.lst = [3, 1, 2]
     assert list(reversed(share.lst)) == [2, 1, 3]
