@@ -404,3 +404,27 @@ def test_builtin_protocols_on_proxies_give_private_results(share):
     share.raw = bytearray(b"ab")
     share.raw.append(99)
     assert bytes(share.raw) == b"abc"
+
+
+class Temperature:
+    def __init__(self):
+        self._celsius = 0.0
+
+    @property
+    def fahrenheit(self):
+        return self._celsius * 9 / 5 + 32
+
+    @fahrenheit.setter
+    def fahrenheit(self, value):
+        self._celsius = (value - 32) * 5 / 9
+
+
+def test_property_setters_and_their_reads_are_ordered():
+    # A big commit window: only the flags can make the read see the write.
+    with Share(commit_window=60) as share:
+        share.t = Temperature()
+        share.t.fahrenheit = 212
+        assert share.t.fahrenheit == 212
+        share.t.fahrenheit += 18
+        assert share.t.fahrenheit == 230
+        assert share.t._celsius == 110

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import inspect
 
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
@@ -46,6 +47,27 @@ def _remember(memo: dict, key, value):
         memo.clear()
     memo[key] = value
     return value
+
+
+_setters: dict[tuple[type, str], bool] = {}
+
+
+def _setting_runs_code(cls: type, attr: str) -> bool:
+    key = (cls, attr)
+    found = _setters.get(key)
+    if found is None:
+        try:
+            member = inspect.getattr_static(cls, attr)
+        except AttributeError:
+            member = None
+        found = _remember(
+            _setters,
+            key,
+            hasattr(type(member), "__set__")
+            or hasattr(type(member), "__delete__")
+            or getattr(cls, "__setattr__", object.__setattr__) is not object.__setattr__,
+        )
+    return found
 
 
 def _attr_of(path: tuple) -> str | None:
@@ -308,20 +330,31 @@ class Link:
 
     # -- writing ---------------------------------------------------------------
 
+    def place_slots(self, place: tuple) -> tuple[int, ...]:
+        """The flags a write to `place` raises.  Assigning to a property (or
+        to any attribute of a class with its own __setattr__) runs code that
+        may write other attributes: that counts as a write to the whole."""
+        attr = _attr_of(place)
+        if attr is not None:
+            kind = self.client.kind(place[0])
+            if kind is not MISSING and _setting_runs_code(kind[0], attr):
+                return self.write_slots(place[:1])
+        return self.write_slots(place)
+
     def assign(self, place: tuple, value) -> None:
         value = unwrap(value)
         packed = pack(value, lambda: describe(place))
-        self.send(P.ASSIGN, (place, packed), self.write_slots(place))
+        self.send(P.ASSIGN, (place, packed), self.place_slots(place))
 
     def delete(self, place: tuple) -> None:
-        self.request(P.DELETE, (place,), self.write_slots(place))
+        self.request(P.DELETE, (place,), self.place_slots(place))
 
     def augment(self, place: tuple, op: str, operand) -> None:
         operand = unwrap(operand)
         self.send(
             P.AUGMENT,
             (place, op, pack(operand, lambda: f"operand of {describe(place)} {op}")),
-            self.write_slots(place),
+            self.place_slots(place),
         )
 
     def call(self, method: BoundMethod, args: tuple, kwargs: dict):

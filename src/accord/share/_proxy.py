@@ -18,6 +18,7 @@ from ._augmented import DONE, Augmenting, is_augmented
 from ._values import private
 
 _get = object.__getattribute__
+_OWN = ("_accord_", "__")  # every other name is the shared object's
 
 
 def _value(proxy: Proxy):
@@ -53,7 +54,7 @@ class Proxy:
     def __getattribute__(self, attr: str):
         # __getattribute__, not __getattr__: the fallback after a failed
         # normal lookup costs an exception, and this is the hot path.
-        if attr[0] == "_":
+        if attr.startswith(_OWN):  # the proxy's own slots, and dunders
             return _get(self, attr)
         link = _get(self, "_accord_link")
         path = _get(self, "_accord_path")
@@ -68,8 +69,8 @@ class Proxy:
     def __setattr__(self, attr: str, value) -> None:
         if value is DONE:
             return  # the second half of `proxy.attr += x`, already applied
-        if attr[0] == "_":
-            raise AttributeError(f"cannot set private attribute {attr!r} through a proxy")
+        if attr.startswith(_OWN):
+            raise AttributeError(f"cannot set {attr!r} through a proxy")
         _get(self, "_accord_link").assign((*_get(self, "_accord_path"), P.ATTR, attr), value)
 
     def __delattr__(self, attr: str) -> None:
