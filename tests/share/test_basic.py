@@ -428,3 +428,30 @@ def test_property_setters_and_their_reads_are_ordered():
         share.t.fahrenheit += 18
         assert share.t.fahrenheit == 230
         assert share.t._celsius == 110
+
+
+def test_classes_with_slots_defined_where_they_are_shipped_by_value(share):
+    import dataclasses
+
+    class Slotted:  # local: cloudpickle ships it by value, and back again
+        __slots__ = ("a", "items")
+
+        def __init__(self):
+            self.a = 1
+            self.items = []
+
+        def push(self, x):
+            self.items.append(x)
+
+    @dataclasses.dataclass(slots=True)
+    class Point:
+        x: int
+        y: int
+
+    share.s = Slotted()
+    share.s.push(3)
+    share.s.a += 2
+    assert (share.s.a, share.s.items) == (3, [3])
+    share.p = Point(1, 2)
+    share.p.x += 10
+    assert share.get("p") == Point(11, 2)

@@ -30,7 +30,7 @@ from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
 from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
-from ._serialize import PLAIN, dumps, is_plain, unpack, unpack_call
+from ._serialize import PLAIN, cloudpickle_dumps, dumps, is_plain, unpack, unpack_call
 from ._values import is_value
 
 HEARTBEAT_S = 0.1
@@ -227,7 +227,7 @@ class Coordinator:
                 if type(result) in PLAIN or is_plain(result):
                     payload = pickle.dumps((reply_id, P.OK, result), 5)
                 else:
-                    payload = cloudpickle.dumps((reply_id, P.OK, result), 5)
+                    payload = cloudpickle_dumps((reply_id, P.OK, result))
             except Exception as exc:
                 payload = cloudpickle.dumps((reply_id, P.ERROR, *pack_error(exc)), 5)
         else:

@@ -9,6 +9,7 @@ the part that failed.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 
@@ -64,10 +65,32 @@ def dumps(value) -> bytes:
     try:
         return pickle.dumps(value, 5)
     except Exception:
-        return cloudpickle.dumps(value, 5)
+        return cloudpickle_dumps(value)
 
 
 _by_value: set[str] = set()
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, keeping the ``__slots__`` of classes it ships by value.
+
+    cloudpickle 3 rebuilds such a class without its slots, so its instances
+    grow a ``__dict__`` and no longer unpickle where the original class
+    lives.  Passing ``__slots__`` to the rebuilt class keeps them (this leans
+    on cloudpickle's reducer for dynamic classes, hence the version pin).
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, type) and "__slots__" in vars(obj):
+            from cloudpickle import cloudpickle as internals
+
+            if not internals._should_pickle_by_reference(obj):
+                reduced = list(internals._dynamic_class_reduce(obj))
+                args = list(reduced[1])
+                args[3] = {**args[3], "__slots__": obj.__slots__}
+                reduced[1] = tuple(args)
+                return tuple(reduced)
+        return super().reducer_override(obj)
 
 
 def cloudpickle_dumps(value) -> bytes:
@@ -81,7 +104,9 @@ def cloudpickle_dumps(value) -> bytes:
     if "__mp_main__" not in _by_value and "__mp_main__" in sys.modules:
         cloudpickle.register_pickle_by_value(sys.modules["__mp_main__"])
         _by_value.add("__mp_main__")
-    return cloudpickle.dumps(value, 5)
+    with io.BytesIO() as buffer:
+        _Pickler(buffer, protocol=5).dump(value)
+        return buffer.getvalue()
 
 
 def dumps_checked(value, where) -> bytes:
@@ -101,7 +126,7 @@ def _find_culprit(value, where: str, exc: Exception, depth: int = 0) -> tuple[st
     if depth < 8:
         for label, part in _parts(value):
             try:
-                cloudpickle.dumps(part, 5)
+                cloudpickle_dumps(part)
             except Exception as inner:
                 return _find_culprit(part, f"{where}{label}", inner, depth + 1)
     return where, f"{type(exc).__name__}: {exc}"
