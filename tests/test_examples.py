@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
     [
         ("demo.py", "10000 games from 4 processes, none lost."),
         ("connect_by_name.py", "30 signatures from 3 unrelated processes"),
-        ("read_modify_write.py", "sold 100 tickets of 100 from 6 processes, none twice"),
+        ("read_modify_write.py", "sell_with_lock: sold 100 tickets of 100 from 3 processes"),
         ("recover.py", "restarted (coordinator pid"),
     ],
 )

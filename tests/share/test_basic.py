@@ -455,3 +455,13 @@ def test_classes_with_slots_defined_where_they_are_shipped_by_value(share):
     share.p = Point(1, 2)
     share.p.x += 10
     assert share.get("p") == Point(11, 2)
+
+
+def test_setdefault_and_get_hand_out_the_live_item(share):
+    share.groups = {}
+    share.groups.setdefault("a", []).append(1)
+    share.groups.setdefault("a", []).append(2)
+    share.groups.get("a").append(3)
+    assert share.groups == {"a": [1, 2, 3]}
+    assert share.groups.get("missing", []) == []
+    assert share.groups.get("missing") is None

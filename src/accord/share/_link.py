@@ -23,7 +23,7 @@ from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._serialize import cloudpickle_dumps, pack, pack_call
+from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from ._values import is_value, private
 
 _MAX_WRITE_SLOTS = _control.INTENT_SLOTS
@@ -68,6 +68,11 @@ def _setting_runs_code(cls: type, attr: str) -> bool:
             or getattr(cls, "__setattr__", object.__setattr__) is not object.__setattr__,
         )
     return found
+
+
+def _is_item_of(mapping: dict, args: tuple, result) -> bool:
+    """Did d.get(key) return the (mutable) item itself, to be handed out live?"""
+    return bool(args) and is_plain(args[0]) and args[0] in mapping and not is_value(result)
 
 
 def _attr_of(path: tuple) -> str | None:
@@ -361,7 +366,11 @@ class Link:
         path, name, kind = method.path, method.name, method.kind
         if kind == LOCAL:
             self.wait_for(method.slots)
-            return private(getattr(self.value_at(path), name)(*args, **kwargs))
+            obj = self.value_at(path)
+            result = getattr(obj, name)(*args, **kwargs)
+            if name == "get" and isinstance(obj, dict) and _is_item_of(obj, args, result):
+                return self.proxy((*path, P.ITEM, args[0]))
+            return private(result)
         if kwargs or Proxy in map(type, args):
             args = tuple(unwrap(a) for a in args)
             kwargs = {k: unwrap(v) for k, v in kwargs.items()}
@@ -369,7 +378,11 @@ class Link:
         if kind == QUEUE:
             self.client.send(P.CALL, (path, name, packed), method.slots)
             return None
-        return self.request(P.CALL, (path, name, packed), method.slots)
+        result = self.request(P.CALL, (path, name, packed), method.slots)
+        if name == "setdefault" and args and is_plain(args[0]) and not is_value(result):
+            # d.setdefault(k, []).append(x): the result must be the live item.
+            return self.proxy((*path, P.ITEM, args[0]))
+        return result
 
     def known_method(self, path: tuple, attr: str) -> BoundMethod | None:
         """The bound method `attr` of the object at `path` if we made it
