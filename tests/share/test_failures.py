@@ -14,6 +14,7 @@ import time
 import pytest
 
 from accord import CoordinatorLost, Share, ShareClosed, UnshareableError
+from accord.backends.shm._client import _pid_alive
 from accord.backends.shm._segment import leftovers
 from accord.backends.shm._transport import AuthenticationError, connect, runtime_dir
 from accord.share._coordinator import STUCK_S
@@ -48,7 +49,7 @@ def test_close_removes_every_resource():
     assert leftovers(stem + "~") == []
     assert not (runtime_dir() / "test-close.sock").exists()
     assert not (runtime_dir() / "test-close.key").exists()
-    assert _wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert _wait_until(lambda: not _pid_alive(pid, None))
     with pytest.raises(ShareClosed):
         share.blob  # noqa: B018
     share.close()  # idempotent
@@ -204,7 +205,7 @@ def test_owner_killed_with_sigkill_leaves_nothing():
     owner.kill()
     owner.wait(10)
     owner.stdout.close()
-    assert _wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert _wait_until(lambda: not _pid_alive(pid, None))
     assert leftovers(stem + "~") == []
     assert not (runtime_dir() / "test-owner-killed.key").exists()
 
@@ -221,7 +222,7 @@ def test_interpreter_exit_without_close_cleans_up():
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     pid = int(out)
-    assert _wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert _wait_until(lambda: not _pid_alive(pid, None))
     assert leftovers(f"accord.{os.getuid()}.test-exit~") == []
 
 
@@ -299,3 +300,31 @@ def test_restart_from_the_last_committed_state(ctx):
     stem = _stem(share)
     share.close()
     assert leftovers(stem + "~") == []
+
+
+def test_leftovers_of_shares_whose_owner_and_coordinator_were_killed_are_swept():
+    owner = _run(
+        """
+        import threading
+        from accord import Share
+        share = Share(name="test-abandoned")
+        share.data = [1, 2, 3]
+        share.flush()
+        print(share.coordinator_pid, flush=True)
+        threading.Event().wait()
+        """
+    )
+    coordinator = int(owner.stdout.readline())
+    os.kill(coordinator, signal.SIGKILL)  # first, so that it cannot clean up
+    owner.kill()
+    owner.wait(10)
+    owner.stdout.close()
+    assert _wait_until(lambda: not _pid_alive(coordinator, None))
+    stem = f"accord.{os.getuid()}.test-abandoned"
+    assert leftovers(stem + "~")
+    assert (runtime_dir() / "test-abandoned.key").exists()
+    with Share():  # any new share sweeps what dead shares left
+        pass
+    assert leftovers(stem + "~") == []
+    assert not (runtime_dir() / "test-abandoned.key").exists()
+    assert not (runtime_dir() / "test-abandoned.sock").exists()

@@ -14,7 +14,14 @@ import weakref
 
 from .._errors import AccordError, CoordinatorLost
 from ..backends.shm import _transport
-from ..backends.shm._client import ShareInfo, client_for, forget, load_record, save_record
+from ..backends.shm._client import (
+    ShareInfo,
+    abandoned_records,
+    client_for,
+    forget,
+    load_record,
+    save_record,
+)
 from ..backends.shm._server import remove_leftovers
 from . import _protocol as P
 from ._augmented import DONE, Augmenting, is_augmented
@@ -355,6 +362,8 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
         remove_leftovers(stem, str(socket_path))  # a dead share's, of this name
+    for dead in abandoned_records():  # and those of other dead shares of this user
+        remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)
     config = {
         "stem": stem,

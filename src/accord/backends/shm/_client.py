@@ -64,11 +64,34 @@ def load_record(name: str) -> ShareInfo | None:
 
 def save_record(info: ShareInfo) -> None:
     """Publish `info` (key included) to this user's processes: a 0600 file."""
-    record = {"stem": info.stem, "socket": info.socket_path, "key": info.key.hex(), "pid": info.pid}
+    record = {
+        "stem": info.stem,
+        "socket": info.socket_path,
+        "key": info.key.hex(),
+        "pid": info.pid,
+        "owner": os.getpid(),
+    }
     path = _transport.runtime_dir() / f"{info.name}.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
+
+
+def abandoned_records() -> list[ShareInfo]:
+    """Shares of this user whose coordinator and owner are both gone (killed
+    before anyone could clean up): their files and segments can go."""
+    found = []
+    for path in _transport.runtime_dir().glob("*.key"):
+        try:
+            record = json.loads(path.read_text())
+            pid, owner = record["pid"], record.get("owner", 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        if not _pid_alive(pid, None) and not (owner and _pid_alive(owner, None)):
+            info = load_record(path.stem)
+            if info is not None:
+                found.append(info)
+    return found
 
 
 class ShmClient:
