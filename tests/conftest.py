@@ -10,8 +10,11 @@ import pytest
 
 from accord import Share
 from accord.backends.shm._transport import runtime_dir
+from accord.spawn import _interpreters
 
-SPAWN_BACKENDS = ("fork", "forkserver", "spawn")
+SPAWN_BACKENDS = ("fork", "forkserver", "spawn", "subinterpreter")
+# The backends that work on this Python (sub-interpreters need CPython 3.11+).
+AVAILABLE = tuple(b for b in SPAWN_BACKENDS if b != "subinterpreter" or _interpreters.available())
 
 
 def pytest_addoption(parser):
@@ -19,20 +22,31 @@ def pytest_addoption(parser):
         "--spawn-backend",
         default="all",
         choices=[*SPAWN_BACKENDS, "all"],
-        help="how tests that start workers start them (default: every backend)",
+        help="how tests that start workers start them (default: every backend this Python has)",
     )
 
 
 def pytest_generate_tests(metafunc):
     if "spawn_backend" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("spawn_backend")
-        metafunc.parametrize("spawn_backend", SPAWN_BACKENDS if chosen == "all" else [chosen])
+        metafunc.parametrize("spawn_backend", AVAILABLE if chosen == "all" else [chosen])
 
 
 @pytest.fixture
 def ctx(spawn_backend):
-    """The multiprocessing context of the backend under test."""
+    """Process, Event and Queue of the backend under test (a multiprocessing context)."""
+    if spawn_backend == "subinterpreter":
+        from interpreter_context import InterpreterContext
+
+        return InterpreterContext()
     return multiprocessing.get_context(spawn_backend)
+
+
+@pytest.fixture
+def separate_processes(spawn_backend):
+    """For tests that kill a worker: a sub-interpreter cannot be killed alone."""
+    if spawn_backend == "subinterpreter":
+        pytest.skip("kills a worker: sub-interpreters share their process and cannot be killed")
 
 
 @pytest.fixture

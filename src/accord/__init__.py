@@ -8,18 +8,30 @@
 1
 """
 
-from ._errors import AccordError, CoordinatorLost, RemoteTraceback, ShareClosed, UnshareableError
+from ._errors import (
+    AccordError,
+    CoordinatorLost,
+    RemoteTraceback,
+    ShareClosed,
+    TaskTimeout,
+    UnshareableError,
+    WorkerLost,
+)
 from .share import Proxy, Share, ShareLock
+from .spawn import Pool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccordError",
     "CoordinatorLost",
+    "Pool",
     "Proxy",
     "RemoteTraceback",
     "Share",
     "ShareClosed",
     "ShareLock",
+    "TaskTimeout",
     "UnshareableError",
+    "WorkerLost",
 ]

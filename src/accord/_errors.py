@@ -92,3 +92,37 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class WorkerLost(AccordError):
+    """A pool worker died while running a task; the pool replaced it.
+
+    Raised by the task's future when its worker was killed, crashed or
+    called ``os._exit`` (after its retries, if any, are spent).  The pool
+    keeps working with a new worker.
+
+        >>> import os
+        >>> from accord import Pool, WorkerLost
+        >>> with Pool(workers=1) as pool:
+        ...     try:
+        ...         pool.submit(os._exit, 3).result()
+        ...     except WorkerLost as exc:
+        ...         print(exc)  # doctest: +ELLIPSIS
+        ...     print(pool.submit(abs, -2).result())
+        worker process ... exited with code 3 while running _exit(3); it was replaced
+        2
+    """
+
+
+class TaskTimeout(AccordError, TimeoutError):
+    """A task ran longer than its ``timeout=``; its worker was ended and replaced.
+
+    >>> import time
+    >>> from accord import Pool, TaskTimeout
+    >>> with Pool(workers=1) as pool:
+    ...     try:
+    ...         pool.submit(time.sleep, 30, timeout=0.2).result()
+    ...     except TaskTimeout as exc:
+    ...         print(exc)
+    sleep(30) ran longer than its timeout of 0.2 s; its worker was ended and replaced
+    """

@@ -113,7 +113,7 @@ def _append_forever(share, started):
         i += 1
 
 
-def test_worker_killed_mid_write_corrupts_nothing(share, ctx):
+def test_worker_killed_mid_write_corrupts_nothing(share, ctx, separate_processes):
     share.n = 0
     share.lst = []
     started = ctx.Event()
@@ -148,7 +148,7 @@ class _DiesOnSend:
         os._exit(0)
 
 
-def test_flags_of_a_write_never_sent_are_credited(share, ctx):
+def test_flags_of_a_write_never_sent_are_credited(share, ctx, separate_processes):
     share.lst = []
     p = ctx.Process(target=_die_between_flag_and_send, args=(share,))
     p.start()
@@ -160,7 +160,7 @@ def test_flags_of_a_write_never_sent_are_credited(share, ctx):
     assert time.monotonic() - started < STUCK_S * 0.75
 
 
-def test_lock_of_a_killed_holder_is_released(share, ctx):
+def test_lock_of_a_killed_holder_is_released(share, ctx, separate_processes):
     ready = ctx.Event()
     p = ctx.Process(target=_hold_lock_forever, args=(share, ready))
     p.start()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from accord import RemoteTraceback, Share
+from accord import Pool, RemoteTraceback, Share
 
 WORKERS = 4
 PER_WORKER = 250
@@ -67,15 +67,19 @@ def test_exact_counters_from_four_processes(share, ctx):
         assert mine == list(range(PER_WORKER))
 
 
-def test_pool_map_and_process_pool_executor(share, ctx):
+def test_pools_of_accord_and_of_the_standard_library(share, ctx, spawn_backend):
     share.results = []
     share.counter = 0
-    with ctx.Pool(WORKERS) as pool:
+    with Pool(WORKERS, backend=spawn_backend) as pool:
         assert all(pool.map(_task, [(share, i) for i in range(100)]))
-    with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
-        assert all(ex.map(_task, [(share, i) for i in range(100, 200)]))
-    assert share.counter == 200
-    assert sorted(share.results) == sorted(i * i for i in range(200))
+    if spawn_backend != "subinterpreter":
+        with ctx.Pool(WORKERS) as pool:
+            assert all(pool.map(_task, [(share, i) for i in range(100, 200)]))
+        with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
+            assert all(ex.map(_task, [(share, i) for i in range(200, 300)]))
+    n = share.counter
+    assert n == (100 if spawn_backend == "subinterpreter" else 300)
+    assert sorted(share.results) == sorted(i * i for i in range(n))
 
 
 def _take_all(share, n):
@@ -90,11 +94,11 @@ def _take_from_empty(share):
     return None
 
 
-def test_return_values_and_remote_errors_in_workers(share, ctx):
+def test_return_values_and_remote_errors_in_workers(share, spawn_backend):
     share.tally = Tally()
     for i in range(40):
         share.tally.record(i)
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+    with Pool(2, backend=spawn_backend) as ex:
         taken = [f.result() for f in [ex.submit(_take_all, share, 20) for _ in range(2)]]
         assert sorted(taken[0] + taken[1]) == list(range(40))  # each value once
         assert ex.submit(_take_from_empty, share).result() == (
@@ -237,8 +241,8 @@ def _clients_after_using(share):
     return sorted(_client._clients)
 
 
-def test_long_lived_workers_let_go_of_closed_shares(ctx):
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+def test_long_lived_workers_let_go_of_closed_shares(spawn_backend):
+    with Pool(1, backend=spawn_backend) as ex:
         first = Share()
         first.hits = 0
         assert ex.submit(_clients_after_using, first).result() == [first._link.info.stem]

@@ -1,0 +1,202 @@
+"""Starting and stopping one worker: a child process or a sub-interpreter.
+
+Each worker is joined to the pool by one end of a ``socketpair`` (a Unix
+socket: no TCP, nothing another user could reach).  The pool only ever sees
+`WorkerHandle`: the descriptor of its end, whether the worker can be killed,
+and how it ended.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+
+from . import _interpreters
+from ._worker import INTERPRETER_BOOT, serve_process
+
+_PATIENCE_S = 5.0
+
+#: Every backend; the pool's `backend=` takes one of these names.
+BACKENDS = ("forkserver", "spawn", "fork", "subinterpreter")
+
+# The pool's ends of every socket.  A worker started by fork inherits all of
+# them; it must close them, or a worker would keep another worker's socket
+# open and that worker would never see the end of its stream.
+_parent_ends: dict[int, socket.socket] = {}
+
+
+def _close_parent_ends() -> None:
+    for end in _parent_ends.values():
+        # detach(): the child's copy of the socket object must not close the
+        # descriptor number again later, when it may name something else.
+        fd = end.detach()
+        if fd >= 0:
+            os.close(fd)
+    _parent_ends.clear()
+
+
+os.register_at_fork(after_in_child=_close_parent_ends)
+
+
+def default_backend() -> str:
+    """The platform's safe choice: forkserver on Linux (as Python 3.14), else spawn."""
+    if sys.platform.startswith("linux"):
+        return "forkserver"
+    return "spawn"
+
+
+def check_backend(name: str | None) -> str:
+    if name is None:
+        return default_backend()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "subinterpreter" and not _interpreters.available():
+        raise ValueError(
+            "backend='subinterpreter' needs CPython 3.11 or later with sub-interpreters; "
+            "use 'forkserver' or 'spawn'"
+        )
+    if name != "subinterpreter" and name not in multiprocessing.get_all_start_methods():
+        raise ValueError(
+            f"backend {name!r} is not available on this platform; "
+            f"choose one of {', '.join(multiprocessing.get_all_start_methods())}"
+        )
+    return name
+
+
+class WorkerHandle:
+    """One started worker, as the pool sees it."""
+
+    fd: int
+    ident: str
+
+    def kill(self) -> None:
+        """End the worker now, wherever it is (if the backend can)."""
+        raise NotImplementedError
+
+    def reap(self, timeout: float) -> str:
+        """Wait up to `timeout` for the worker to end; say how it ended."""
+        raise NotImplementedError
+
+    def _register(self, end: socket.socket) -> None:
+        self._end = end
+        self.fd = end.fileno()
+        end.setblocking(False)
+        _parent_ends[self.fd] = end
+
+    def close(self) -> None:
+        """Close the pool's end: the worker sees the end of its stream and stops."""
+        if self._end.fileno() >= 0:
+            _parent_ends.pop(self.fd, None)
+            self._end.close()
+
+
+class ProcessHandle(WorkerHandle):
+    """A worker process started by fork, forkserver or spawn."""
+
+    def __init__(self, method: str, initializer: bytes | None) -> None:
+        ctx = multiprocessing.get_context(method)
+        ours, theirs = socket.socketpair()
+        self._register(ours)
+        child = multiprocessing.connection.Connection(theirs.detach())
+        # Not a daemon: a task may start processes of its own.  The pool
+        # closes its workers at exit (see _pool._close_at_exit).
+        self.process = ctx.Process(
+            target=serve_process, args=(child, initializer), name="accord-worker"
+        )
+        self.process.start()
+        child.close()
+        self.ident = f"process {self.process.pid} ({method})"
+
+    def kill(self) -> None:
+        if self.process.exitcode is None:
+            try:
+                self.process.kill()
+            except (OSError, ValueError):
+                pass
+
+    def reap(self, timeout: float) -> str:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.kill()
+            self.process.join(timeout)
+        code = self.process.exitcode
+        if code is None:
+            return "did not end"
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with code {code}"
+
+
+class InterpreterHandle(WorkerHandle):
+    """A worker sub-interpreter, run by a thread of this process.
+
+    A sub-interpreter cannot be killed on its own: `kill` only dismisses it
+    (its stream is closed, so it stops after the task it is running).
+    """
+
+    def __init__(self, initializer: bytes | None) -> None:
+        ours, theirs = socket.socketpair()
+        self._register(ours)
+        self._theirs = theirs
+        self.failure: str | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(initializer,), name="accord-interpreter", daemon=True
+        )
+        self._thread.start()
+        self.ident = f"sub-interpreter (thread {self._thread.ident})"
+
+    def _run(self, initializer: bytes | None) -> None:
+        try:
+            interp = _interpreters.create()
+            try:
+                shared = {
+                    "fd": self._theirs.fileno(),
+                    "path": "\0".join(sys.path),
+                    "initializer": initializer,
+                }
+                _interpreters.run(interp, INTERPRETER_BOOT, shared)
+            finally:
+                _interpreters.destroy(interp)
+        except Exception as exc:
+            self.failure = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        finally:
+            self._theirs.close()
+
+    def kill(self) -> None:
+        self.close()
+
+    def wait_for_task(self) -> None:
+        """Wait for the task of a dismissed interpreter to end, however long.
+
+        An interpreter still running at exit would abort the whole process."""
+        self._thread.join(_PATIENCE_S)
+        if self._thread.is_alive():
+            print(
+                "accord: waiting for a task that ran past its timeout in a sub-interpreter "
+                "to end (a sub-interpreter cannot be killed; use a process backend for "
+                "tasks that must be stopped)",
+                file=sys.stderr,
+            )
+            self._thread.join()
+
+    def reap(self, timeout: float) -> str:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return "is still running its task (a sub-interpreter cannot be killed)"
+        if self.failure:
+            return f"failed: {self.failure}"
+        return "ended"
+
+
+def start(backend: str, initializer: bytes | None) -> WorkerHandle:
+    if backend == "subinterpreter":
+        return InterpreterHandle(initializer)
+    return ProcessHandle(backend, initializer)

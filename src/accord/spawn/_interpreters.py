@@ -1,0 +1,75 @@
+"""Sub-interpreters behind one small interface, whatever the Python version.
+
+Python grew sub-interpreters in steps: 3.11 has ``_xxsubinterpreters`` (all
+interpreters share one GIL, so they give isolation without parallelism),
+3.12 creates them with a GIL of their own, 3.13 renamed the module
+``_interpreters`` (``exec`` returns the error instead of raising it), and
+3.14 adds the public ``concurrent.interpreters`` on top of it.  The pool
+needs three things only — create, run a script, destroy — so this module
+offers exactly those and hides the differences.
+
+Only bytes, str, int and None cross into an interpreter (``shared``): the
+worker gets its task stream as a file descriptor and everything else as
+pickled bytes, so no object is ever shared between two interpreters.
+
+This module must not import anything that cannot be imported in a
+sub-interpreter: it is imported by the main interpreter only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+try:  # 3.13 and later
+    import _interpreters as _impl
+
+    _RETURNS_ERROR = True
+except ImportError:  # 3.11, 3.12
+    try:
+        import _xxsubinterpreters as _impl
+    except ImportError:  # not CPython, or built without them
+        _impl = None
+    _RETURNS_ERROR = False
+
+#: Whether each interpreter has its own GIL (true parallelism), 3.12 and later.
+OWN_GIL = sys.version_info >= (3, 12)
+
+
+class InterpreterFailed(RuntimeError):
+    """A script run in a sub-interpreter ended with an uncaught exception."""
+
+
+def available() -> bool:
+    """Whether this Python can create sub-interpreters."""
+    return _impl is not None
+
+
+def create() -> int:
+    """A new, isolated interpreter (its own modules; its own GIL on 3.12+)."""
+    if _impl is None:
+        raise RuntimeError(
+            "this Python has no sub-interpreters (CPython 3.11 or later is needed); "
+            "use backend='forkserver', 'spawn' or 'fork'"
+        )
+    return _impl.create()
+
+
+def run(interp: int, script: str, shared: dict[str, bytes | str | int | None]) -> None:
+    """Run `script` in `interp`'s ``__main__`` with `shared` bound as globals.
+
+    Blocks the calling thread until the script ends; raises `InterpreterFailed`
+    with the sub-interpreter's error when it ends with an uncaught exception.
+    """
+    if _RETURNS_ERROR:
+        error = _impl.exec(interp, script, shared)
+        if error is not None:
+            raise InterpreterFailed(getattr(error, "formatted", None) or str(error))
+        return
+    try:
+        _impl.run_string(interp, script, shared)
+    except _impl.RunFailedError as exc:
+        raise InterpreterFailed(str(exc)) from None
+
+
+def destroy(interp: int) -> None:
+    _impl.destroy(interp)

@@ -1,0 +1,523 @@
+"""`Pool`: a `concurrent.futures.Executor` over processes or sub-interpreters.
+
+One dispatcher thread per pool owns every worker socket: it reads replies,
+settles futures, notices workers that ended (their socket reaches its end)
+and ends the workers of tasks that ran past their timeout.  A submitting
+thread sends its task straight to a free worker when there is one, so a
+round trip costs one wake-up of the worker and one of the dispatcher.
+
+Sockets are non-blocking and every send goes through a per-worker outbox:
+neither side ever blocks writing while the other blocks writing to it.
+
+Each worker holds at most two tasks: the one it runs and the next one, so it
+never waits for the pool between tiny tasks.  A task's timeout counts from
+the moment it reaches the head of its worker (the reply to the task before
+it arrived), not from when it was submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import os
+import pickle
+import selectors
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .._errors import TaskTimeout, WorkerLost
+from .._remote import rebuild_error
+from ..share._serialize import cloudpickle_dumps
+from . import _handles, _worker
+from ._wire import FrameReader, frame
+
+_PER_WORKER = 2  # tasks a worker holds: the running one and the next
+_REAP_S = 5.0
+
+
+class TaskFuture(concurrent.futures.Future):
+    """A `concurrent.futures.Future` that can also be awaited in asyncio."""
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+
+
+class _Task:
+    __slots__ = ("future", "id", "payload", "retries", "timeout", "what")
+
+    def __init__(self, task_id, future, payload, timeout, retries, what):
+        self.id = task_id
+        self.future = future
+        self.payload = payload
+        self.timeout = timeout
+        self.retries = retries
+        self.what = what
+
+
+class _Slot:
+    """A worker and the tasks it holds, in the order it runs them."""
+
+    def __init__(self, handle: _handles.WorkerHandle) -> None:
+        self.handle = handle
+        self.reader = FrameReader(handle.fd)
+        self.tasks: collections.deque[_Task] = collections.deque()
+        self.head_since = time.monotonic()
+        self.outbox = bytearray()
+        self.watching_writes = False
+
+
+class Pool(concurrent.futures.Executor):
+    """Workers that run tasks: processes or sub-interpreters, one interface.
+
+    A drop-in `concurrent.futures.Executor` (``submit``, ``map``,
+    ``shutdown``, ``with``) whose futures also work with ``await``.
+
+    Guarantees:
+
+    - each task runs once, unless it is retried (``retries=``): then it runs
+      until it succeeds or its tries are spent;
+    - a task's error comes back from ``future.result()`` as the same
+      exception type, with the worker's traceback as its ``__cause__``;
+    - a worker that dies (killed, crashed, ``os._exit``) fails its task with
+      `WorkerLost` and is replaced; tasks it held but had not started run
+      elsewhere;
+    - a task that runs past ``timeout=`` fails with `TaskTimeout`; its worker
+      is ended (a process is killed) and replaced.
+
+    ``backend`` picks how workers start: ``"forkserver"`` (the default on
+    Linux), ``"spawn"``, ``"fork"`` or ``"subinterpreter"`` (one process,
+    each worker its own interpreter; its own GIL from Python 3.12).
+
+        >>> from accord import Pool, Share
+        >>> def hit(share, n):
+        ...     share.hits += n
+        ...     return n * n
+        >>> with Share() as share, Pool(workers=2) as pool:
+        ...     share.hits = 0
+        ...     squares = list(pool.map(hit, [share] * 4, range(4)))
+        ...     print(squares, share.hits)
+        [0, 1, 4, 9] 6
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        backend: str | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple = (),
+    ) -> None:
+        if workers is None:
+            workers = _cpu_count()
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        self.backend = _handles.check_backend(backend)
+        self.workers = workers
+        self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._ids = itertools.count(1)
+        self._shutdown = False
+        self._broken: BaseException | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+            _handles._parent_ends[end.fileno()] = end
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._slots: list[_Slot] = []
+        self._dismissed: list[_handles.WorkerHandle] = []
+        try:
+            for _ in range(workers):
+                self._add_worker()
+        except BaseException:
+            self._close_workers()
+            raise
+        self._thread = threading.Thread(
+            target=self._dispatch_forever, name="accord-pool", daemon=True
+        )
+        self._thread.start()
+        _live_pools.add(self)
+
+    # -- the Executor interface ------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` in a worker; return its future.
+
+        ``timeout`` (seconds) bounds one run of the task; ``retries`` is how
+        many more times it runs after an error, a lost worker or a timeout.
+        (To pass arguments named ``timeout`` or ``retries`` to `fn`, bind
+        them with `functools.partial`.)  The future can be awaited.
+        """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        payload = self._pickle_task(fn, args, kwargs)
+        future = TaskFuture()
+        task = _Task(next(self._ids), future, payload, timeout, retries, _describe(fn, args))
+        with self._lock:
+            if self._broken is not None:
+                raise concurrent.futures.BrokenExecutor(str(self._broken))
+            if self._shutdown:
+                raise RuntimeError("cannot submit to a pool after shutdown()")
+            self._pending.append(task)
+            if not self._dispatch_pending() or timeout is not None:
+                self._wake()  # to hand it out later, or to watch its deadline
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        retries: int = 0,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """``fn`` over the items, in parallel; results in order.
+
+        Unlike `concurrent.futures.Executor.map`, ``timeout`` bounds each
+        task (each chunk, with ``chunksize`` > 1), as in `submit`.  Every
+        task is submitted at once; iterating yields results in input order
+        and raises the first failed task's error.  ``progress=True`` shows a
+        tqdm bar of completed items.
+        """
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
+        calls = list(zip(*iterables))
+        bar = _progress_bar(len(calls)) if progress else None
+        futures = []
+        if chunksize == 1:
+            for args in calls:
+                futures.append(self.submit(fn, *args, timeout=timeout, retries=retries))
+                if bar is not None:
+                    futures[-1].add_done_callback(lambda _, bar=bar: bar.update(1))
+        else:
+            for start in range(0, len(calls), chunksize):
+                chunk = calls[start : start + chunksize]
+                future = self.submit(_worker.run_chunk, fn, chunk, timeout=timeout, retries=retries)
+                if bar is not None:
+                    future.add_done_callback(lambda _, n=len(chunk), bar=bar: bar.update(n))
+                futures.append(future)
+        return _results(futures, chunksize > 1, bar)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; end the workers once the submitted tasks are done.
+
+        ``cancel_futures=True`` cancels the tasks no worker has started.
+        ``wait=True`` returns once every worker has ended.
+        """
+        cancelled = []
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                cancelled = list(self._pending)
+                self._pending.clear()
+            self._wake()
+        for task in cancelled:
+            task.future.cancel()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # -- the dispatcher ------------------------------------------------
+
+    def _dispatch_forever(self) -> None:
+        try:
+            while True:
+                for key, events in self._selector.select(self._time_to_next_deadline()):
+                    if key.data is None:
+                        self._drain_wake()
+                    elif events & selectors.EVENT_WRITE:
+                        with self._lock:
+                            self._flush(key.data)
+                    if key.data is not None and events & selectors.EVENT_READ:
+                        self._on_readable(key.data)
+                self._end_overdue()
+                with self._lock:
+                    for slot in self._slots:
+                        self._watch_writes(slot)
+                    self._dispatch_pending()
+                    if self._shutdown and not self._pending and not self._busy():
+                        break
+        finally:
+            self._close_workers()
+
+    def _on_readable(self, slot: _Slot) -> None:
+        frames, ended = slot.reader.read()
+        settle, lost, doomed = [], None, []
+        with self._lock:
+            for reply in frames:
+                task_id, kind, payload = _worker.decode_reply(reply)
+                if kind == _worker.INIT_FAILED:
+                    doomed = self._break(payload)
+                    break
+                task = slot.tasks.popleft()
+                assert task.id == task_id, "a worker answered out of order"
+                slot.head_since = time.monotonic()
+                settle.append((task, kind, payload))
+            if ended and slot in self._slots:
+                lost = self._remove(slot)
+        for task in doomed:
+            task.future.set_exception(self._broken)
+        for task, kind, payload in settle:
+            self._settle(task, kind, payload)
+        if lost is not None:
+            reason = lost.handle.reap(_REAP_S)
+            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+
+    def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
+        try:
+            if kind == _worker.RESULT:
+                task.future.set_result(pickle.loads(payload))
+                return
+            error = rebuild_error(*pickle.loads(payload))
+        except Exception as exc:  # a result or an error that does not unpickle here
+            error = exc
+        self._retry_or_fail(task, error)
+
+    def _retry_or_fail(self, task: _Task, error: BaseException) -> None:
+        if task.retries > 0 and self._broken is None:
+            task.retries -= 1
+            with self._lock:
+                self._pending.appendleft(task)
+                self._dispatch_pending()
+            return
+        task.future.set_exception(error)
+
+    def _fail_head(self, slot: _Slot, error_type, why: str) -> None:
+        """Fail (or retry) the task `slot` was running; requeue the one it held next."""
+        held = list(slot.tasks)
+        with self._lock:
+            self._pending.extendleft(reversed(held[1:]))
+            if self._broken is None and (not self._shutdown or self._pending or held):
+                self._add_worker()
+            self._dispatch_pending()
+        if held:
+            head = held[0]
+            if error_type is WorkerLost:
+                message = f"{why} while running {head.what}; it was replaced"
+            else:
+                message = why.format(what=head.what)
+            self._retry_or_fail(head, error_type(message))
+
+    def _end_overdue(self) -> None:
+        now = time.monotonic()
+        for slot in list(self._slots):
+            head = slot.tasks[0] if slot.tasks else None
+            if head is None or head.timeout is None or now < slot.head_since + head.timeout:
+                continue
+            with self._lock:
+                self._remove(slot)
+            slot.handle.kill()
+            if isinstance(slot.handle, _handles.ProcessHandle):
+                slot.handle.reap(_REAP_S)
+            else:  # still running its task: wait for it at shutdown
+                self._dismissed.append(slot.handle)
+            self._fail_head(
+                slot,
+                TaskTimeout,
+                f"{{what}} ran longer than its timeout of {head.timeout:g} s; "
+                "its worker was ended and replaced",
+            )
+
+    def _time_to_next_deadline(self) -> float | None:
+        deadlines = [
+            slot.head_since + slot.tasks[0].timeout
+            for slot in self._slots
+            if slot.tasks and slot.tasks[0].timeout is not None
+        ]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    # -- under self._lock ------------------------------------------------
+
+    def _dispatch_pending(self) -> bool:
+        """Hand pending tasks to workers with room; False if some had to wait."""
+        while self._pending:
+            slot = min(self._slots, key=lambda s: len(s.tasks), default=None)
+            if slot is None or len(slot.tasks) >= _PER_WORKER:
+                return False
+            task = self._pending.popleft()
+            if not task.future.running() and not task.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            if not slot.tasks:
+                slot.head_since = time.monotonic()
+            slot.tasks.append(task)
+            self._send(slot, frame(_worker.encode_task(task.id, task.payload)))
+        return True
+
+    def _send(self, slot: _Slot, data: bytes) -> None:
+        slot.outbox += data
+        self._flush(slot)
+
+    def _flush(self, slot: _Slot) -> None:
+        while slot.outbox:
+            try:
+                sent = os.write(slot.handle.fd, slot.outbox)
+            except BlockingIOError:
+                break
+            except OSError:  # the worker is gone; its end of stream says so
+                slot.outbox.clear()
+                break
+            del slot.outbox[:sent]
+        if slot.outbox and not slot.watching_writes:
+            self._wake()  # the dispatcher watches the socket until it drains
+
+    def _watch_writes(self, slot: _Slot) -> None:
+        want = bool(slot.outbox)
+        if want != slot.watching_writes and slot in self._slots:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self._selector.modify(slot.handle.fd, events, slot)
+            slot.watching_writes = want
+
+    def _add_worker(self) -> None:
+        slot = _Slot(_handles.start(self.backend, self._initializer))
+        self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
+        self._slots.append(slot)
+
+    def _remove(self, slot: _Slot) -> _Slot:
+        self._slots.remove(slot)
+        self._selector.unregister(slot.handle.fd)
+        slot.handle.close()
+        return slot
+
+    def _busy(self) -> bool:
+        return any(slot.tasks for slot in self._slots)
+
+    def _break(self, payload: bytes) -> list[_Task]:
+        """A worker's initializer failed: the pool cannot run anything.
+
+        Returns the tasks to fail (outside the lock: their callbacks may
+        call back into the pool)."""
+        cause = rebuild_error(*pickle.loads(payload))
+        self._broken = WorkerLost(f"the worker initializer failed: {cause!r}")
+        self._broken.__cause__ = cause
+        self._shutdown = True
+        doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
+        self._pending.clear()
+        for s in self._slots:
+            s.tasks.clear()
+        return doomed
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except BlockingIOError:
+            pass  # already awake-pending
+
+    # -- the rest -----------------------------------------------------
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _pickle_task(self, fn, args, kwargs) -> bytes:
+        call = (fn, args, kwargs)
+        if self.backend != "subinterpreter" and _module_of(fn) not in _SCRIPT_MODULES:
+            try:
+                return pickle.dumps(call, 5)
+            except Exception:
+                pass
+        # A sub-interpreter has not imported the script: ship its objects by value.
+        try:
+            return cloudpickle_dumps(call)
+        except Exception as exc:
+            raise TypeError(
+                f"cannot send {_describe(fn, args)} to a worker: {exc}. Tasks, their "
+                "arguments and results must pickle; create resources such as locks, "
+                "files and connections inside the task"
+            ) from exc
+
+    def _close_workers(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            self._selector.unregister(slot.handle.fd)
+            slot.handle.close()
+        for handle in [slot.handle for slot in slots]:
+            handle.reap(_REAP_S)
+        for handle in self._dismissed:
+            handle.wait_for_task()
+        for end in (self._wake_r, self._wake_w):
+            _handles._parent_ends.pop(end.fileno(), None)
+            end.close()
+        self._selector.close()
+        _live_pools.discard(self)
+
+
+_SCRIPT_MODULES = ("__main__", "__mp_main__")
+
+
+def _module_of(fn) -> str | None:
+    return getattr(fn, "__module__", None)
+
+
+def _describe(fn, args: tuple) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    shown = ", ".join(repr(a) for a in args)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{name}({shown})"
+
+
+def _results(futures: list, chunked: bool, bar) -> Iterator[Any]:
+    futures.reverse()
+    try:
+        while futures:
+            result = futures.pop().result()
+            if chunked:
+                yield from result
+            else:
+                yield result
+    finally:
+        for future in futures:
+            future.cancel()
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="task")
+
+
+def _cpu_count() -> int:
+    counter = getattr(os, "process_cpu_count", None) or os.cpu_count
+    return counter() or 1
+
+
+# Pools still running when the interpreter exits are shut down first, so
+# their worker processes end and multiprocessing's exit hook, which joins
+# every child process, does not wait for workers that wait for tasks.
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _shutdown_live_pools() -> None:
+    for pool in list(_live_pools):
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+threading._register_atexit(_shutdown_live_pools)
+# A worker started by fork inherits the pools (and maybe a held pool lock):
+# they belong to the parent, the worker must never shut them down.
+os.register_at_fork(after_in_child=_live_pools.clear)

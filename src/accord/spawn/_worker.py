@@ -1,0 +1,76 @@
+"""The loop every worker runs: a child process or a sub-interpreter alike.
+
+A worker reads task frames from its socket, runs them one after the other
+and writes one reply frame per task.  It stops when the socket reaches its
+end (the pool closed it, or the pool's process died).  Replies carry the
+task id, so the pool can tell which task a reply answers.
+
+The socket is one end of a ``socketpair`` made by the pool: only the pool and
+this worker hold it, which is what lets both sides unpickle what arrives.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+from . import _wire
+
+# Reply kinds (one byte after the task id).
+RESULT, ERROR, INIT_FAILED = 0, 1, 2
+_TASK = struct.Struct("<QB")
+
+
+def encode_task(task_id: int, payload: bytes) -> bytes:
+    return _TASK.pack(task_id, 0) + payload
+
+
+def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
+    task_id, kind = _TASK.unpack_from(frame)
+    return task_id, kind, frame[_TASK.size :]
+
+
+def serve(fd: int, initializer: bytes | None = None) -> None:
+    """Run tasks arriving on `fd` until it ends (the worker's whole life)."""
+    from .._remote import pack_error
+    from ..share._serialize import dumps
+
+    if initializer is not None:
+        try:
+            init, args = pickle.loads(initializer)
+            init(*args)
+        except BaseException as exc:
+            _wire.send(fd, _TASK.pack(0, INIT_FAILED) + pickle.dumps(pack_error(exc)))
+            return
+    while (frame := _wire.recv(fd)) is not None:
+        task_id, _ = _TASK.unpack_from(frame)
+        try:
+            fn, args, kwargs = pickle.loads(memoryview(frame)[_TASK.size :])
+            reply = _TASK.pack(task_id, RESULT) + dumps(fn(*args, **kwargs))
+        except BaseException as exc:  # the task's error, SystemExit included, is its result
+            reply = _TASK.pack(task_id, ERROR) + pickle.dumps(pack_error(exc))
+        del frame
+        _wire.send(fd, reply)
+
+
+def serve_process(conn, initializer: bytes | None) -> None:
+    """Entry point of a worker process (`conn`: its end of the pool's socketpair)."""
+    fd = conn.fileno()
+    try:
+        serve(fd, initializer)
+    finally:
+        conn.close()
+
+
+def run_chunk(fn, chunk: list[tuple]) -> list:
+    """Run `fn` over a chunk of argument tuples (``Pool.map(chunksize=n)``)."""
+    return [fn(*args) for args in chunk]
+
+
+# Run in a fresh sub-interpreter with ``fd``, ``path`` and ``initializer`` bound.
+INTERPRETER_BOOT = """\
+import sys
+sys.path[:] = path.split("\\0")
+from accord.spawn._worker import serve
+serve(fd, initializer)
+"""

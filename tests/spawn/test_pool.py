@@ -1,0 +1,290 @@
+"""accord.Pool under every spawn backend: results, errors, lost workers, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from accord import Pool, RemoteTraceback, Share, TaskTimeout, WorkerLost
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y, *, scale=1):
+    return (x + y) * scale
+
+
+def fail(message):
+    raise KeyError(message)
+
+
+def whoami():
+    return os.getpid(), threading.get_ident()
+
+
+def die(how):
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    elif how == "exit":
+        os._exit(7)
+
+
+def wait_for(share, name, value=True, deadline_s=30.0):
+    """Block until share.<name> == value (how a test holds a task running)."""
+    end = time.monotonic() + deadline_s
+    while getattr(share, name) != value:
+        if time.monotonic() > end:
+            raise TimeoutError(f"share.{name} never became {value!r}")
+        # Let go of the GIL between checks: on 3.11 sub-interpreters share one
+        # GIL, and a thread spinning in one never hands it to the others.
+        time.sleep(0.0005)
+    return value
+
+
+def gated(share, x):
+    share.started += 1
+    wait_for(share, "open")
+    return x
+
+
+def flaky(share, fails, how="raise"):
+    """Fails its first `fails` tries (raising, or losing its worker), then succeeds."""
+    share.tries += 1
+    if share.tries <= fails:
+        if how == "raise":
+            raise RuntimeError(f"try {share.tries} failed")
+        os._exit(3)
+    return share.tries
+
+
+def fails_once(share, key):
+    share.tries_of[key] += 1
+    if share.tries_of[key] == 1:
+        raise RuntimeError("first try fails")
+    return f"{key}{share.tries_of[key]}"
+
+
+def hold_lock():
+    return threading.Lock()
+
+
+def test_submit_and_map_return_results_in_order(spawn_backend):
+    with Pool(2, backend=spawn_backend) as pool:
+        assert pool.submit(add, 1, 2, scale=10).result(timeout=30) == 30
+        assert list(pool.map(square, range(50))) == [x * x for x in range(50)]
+        assert list(pool.map(add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
+        assert list(pool.map(lambda x: -x, [1, 2])) == [-1, -2]  # sent by value
+
+
+def test_errors_come_back_with_type_message_and_remote_traceback(spawn_backend):
+    with Pool(1, backend=spawn_backend) as pool:
+        future = pool.submit(fail, "no such key")
+        with pytest.raises(KeyError, match="no such key") as info:
+            future.result(timeout=30)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "in fail" in str(info.value.__cause__)
+        # An error that cannot travel: the result does not pickle.
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pool.submit(hold_lock).result(timeout=30)
+        assert pool.submit(square, 3).result(timeout=30) == 9  # the worker lives on
+
+
+@pytest.mark.parametrize("how", ["sigkill", "segfault", "exit"])
+def test_a_dead_worker_fails_its_task_and_is_replaced(spawn_backend, separate_processes, how):
+    with Share() as share, Pool(1, backend=spawn_backend) as pool:
+        share.started, share.open = 0, False
+        (before,) = {pool.submit(whoami).result(timeout=30)[0]}
+        doomed = pool.submit(die, how)
+        queued = pool.submit(square, 4)  # held by the same worker, not started
+        with pytest.raises(WorkerLost, match=f"worker process {before} .*while running die"):
+            doomed.result(timeout=30)
+        assert queued.result(timeout=30) == 16
+        after = pool.submit(whoami).result(timeout=30)[0]
+        assert after != before
+        assert pool.submit(square, 5).result(timeout=30) == 25
+
+
+def test_a_task_past_its_timeout_ends_its_worker(spawn_backend, separate_processes):
+    with Pool(1, backend=spawn_backend) as pool:
+        (before, _) = pool.submit(whoami).result(timeout=30)
+        started = time.monotonic()
+        with pytest.raises(TaskTimeout, match=r"sleep\(60\) ran longer than its timeout of 0.3 s"):
+            pool.submit(time.sleep, 60, timeout=0.3).result(timeout=30)
+        assert time.monotonic() - started < 10
+        assert isinstance(TaskTimeout("x"), TimeoutError)
+        (after, _) = pool.submit(whoami).result(timeout=30)
+        assert after != before
+        # Timeouts count from when the task starts, not from submission.
+        slow = pool.submit(time.sleep, 0.5)
+        quick = pool.submit(square, 2, timeout=0.4)
+        slow.result(timeout=30)
+        assert quick.result(timeout=30) == 4
+
+
+def test_a_subinterpreter_past_its_timeout_is_dismissed_and_replaced():
+    # A sub-interpreter cannot be killed: the pool fails the task at once,
+    # replaces the worker, and lets the dismissed one finish in the background.
+    # (The task sleeps, releasing the GIL: on 3.11 all interpreters share one
+    # GIL, and a pure-Python loop would hold it and delay every other thread.)
+    with Pool(1, backend="subinterpreter") as pool:
+        (_, before) = pool.submit(whoami).result(timeout=30)
+        started = time.monotonic()
+        stuck = pool.submit(time.sleep, 3, timeout=0.3)
+        with pytest.raises(TaskTimeout):
+            stuck.result(timeout=30)
+        (_, after) = pool.submit(whoami).result(timeout=30)
+        assert time.monotonic() - started < 2.5  # did not wait for the sleep
+        assert after != before  # a new interpreter on a new thread
+
+
+def test_retries_after_errors_and_lost_workers(spawn_backend):
+    how = ["raise"] if spawn_backend == "subinterpreter" else ["raise", "exit"]
+    with Share() as share, Pool(2, backend=spawn_backend) as pool:
+        for way in how:
+            share.tries = 0
+            assert pool.submit(flaky, share, 2, way, retries=2).result(timeout=30) == 3
+            share.tries = 0
+            expected = RuntimeError if way == "raise" else WorkerLost
+            with pytest.raises(expected):
+                pool.submit(flaky, share, 2, way, retries=1).result(timeout=30)
+            assert share.tries == 2
+        share.tries_of = {key: 0 for key in "abc"}
+        assert list(pool.map(fails_once, [share] * 3, "abc", retries=1)) == ["a2", "b2", "c2"]
+
+
+def test_shutdown_with_cancel_futures(spawn_backend):
+    with Share() as share:
+        share.started, share.open = 0, False
+        pool = Pool(1, backend=spawn_backend)
+        futures = [pool.submit(gated, share, i) for i in range(10)]
+        wait_for(share, "started", 1)
+        pool.shutdown(wait=False, cancel_futures=True)
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            pool.submit(square, 1)
+        share.open = True
+        pool.shutdown(wait=True)
+        assert futures[0].result() == 0
+        cancelled = [f for f in futures if f.cancelled()]
+        finished = [f for f in futures if not f.cancelled()]
+        assert len(cancelled) >= 8  # all but the running task and the one held next
+        assert all(f.result() == futures.index(f) for f in finished)
+
+
+def test_futures_work_with_wait_as_completed_and_asyncio(spawn_backend):
+    with Pool(2, backend=spawn_backend) as pool:
+        futures = [pool.submit(square, i) for i in range(10)]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert len(done) == 10 and not not_done
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == sorted(
+            i * i for i in range(10)
+        )
+
+        async def main():
+            one = await pool.submit(square, 7)
+            many = await asyncio.gather(*(pool.submit(square, i) for i in range(5)))
+            wrapped = await asyncio.wrap_future(pool.submit(add, 1, 1))
+            with pytest.raises(KeyError):
+                await pool.submit(fail, "async")
+            return one, many, wrapped
+
+        assert asyncio.run(main()) == (49, [0, 1, 4, 9, 16], 2)
+
+
+def test_progress_bar(spawn_backend, capsys):
+    with Pool(2, backend=spawn_backend) as pool:
+        assert sum(pool.map(square, range(20), progress=True)) == sum(x * x for x in range(20))
+    err = capsys.readouterr().err
+    assert "20/20" in err and "100%" in err
+
+
+_initialized = []
+
+
+def _init(value):
+    _initialized.append(value)
+
+
+def _initialized_values():
+    return list(_initialized)
+
+
+def _broken_init():
+    raise OSError("no GPU here")
+
+
+def test_initializer(spawn_backend):
+    with Pool(2, backend=spawn_backend, initializer=_init, initargs=("ready",)) as pool:
+        assert pool.submit(_initialized_values).result(timeout=30) == ["ready"]
+    assert _initialized == []  # ran in the workers, not here
+    pool = Pool(1, backend=spawn_backend, initializer=_broken_init)
+    try:
+        future = pool.submit(square, 2)
+    except concurrent.futures.BrokenExecutor as exc:  # the failure came first
+        error = exc
+    else:
+        with pytest.raises(WorkerLost, match="initializer failed") as info:
+            future.result(timeout=30)
+        error = info.value
+    assert "no GPU here" in str(error)
+    with pytest.raises(concurrent.futures.BrokenExecutor, match="no GPU here"):
+        pool.submit(square, 2)
+    pool.shutdown()
+
+
+def test_bad_arguments_say_what_is_valid():
+    with pytest.raises(ValueError, match="forkserver, spawn, fork, subinterpreter"):
+        Pool(1, backend="threads")
+    with pytest.raises(ValueError, match="workers"):
+        Pool(0)
+    with Pool(1, backend="fork") as pool:
+        with pytest.raises(ValueError, match="timeout"):
+            pool.submit(square, 1, timeout=0)
+        with pytest.raises(ValueError, match="retries"):
+            pool.submit(square, 1, retries=-1)
+        with pytest.raises(ValueError, match="chunksize"):
+            pool.map(square, [1], chunksize=0)
+        with pytest.raises(TypeError, match="cannot send"):
+            pool.submit(square, threading.Lock())
+
+
+def test_default_backend_is_forkserver_on_linux():
+    with Pool(1) as pool:
+        assert pool.backend == ("forkserver" if sys.platform.startswith("linux") else "spawn")
+        assert pool.workers == 1
+
+
+STATE = {"touched": False}
+
+
+def _touch_module_state():
+    STATE["touched"] = True
+    return STATE["touched"]
+
+
+def test_subinterpreters_share_no_module_state():
+    with Pool(1, backend="subinterpreter") as pool:
+        assert pool.submit(_touch_module_state).result(timeout=30) is True
+    assert STATE["touched"] is False
+
+
+def test_workers_end_with_the_pool(spawn_backend):
+    pool = Pool(2, backend=spawn_backend)
+    pool.submit(square, 1).result(timeout=30)
+    handles = [slot.handle for slot in pool._slots]
+    pool.shutdown()
+    for handle in handles:
+        assert handle.reap(0) in ("exited with code 0", "ended")
+    assert not pool._thread.is_alive()
