@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -24,6 +25,7 @@ from ..backends.shm._client import (
 )
 from ..backends.shm._server import remove_leftovers
 from . import _protocol as P
+from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link
 from ._proxy import Proxy
@@ -36,7 +38,18 @@ _get = object.__getattribute__  # self._link would run Share.__getattribute__
 # Attribute names that are the Share's own API; shared objects with these
 # names are reached with share["name"].
 RESERVED = frozenset(
-    {"close", "flush", "apply", "update", "lock", "get", "connect", "coordinator_pid", "restart"}
+    {
+        "close",
+        "flush",
+        "apply",
+        "update",
+        "lock",
+        "get",
+        "connect",
+        "coordinator_pid",
+        "restart",
+        "aio",
+    }
 )
 
 
@@ -210,6 +223,18 @@ class Share:
                 raise
             return default
 
+    @property
+    def aio(self) -> AsyncView:
+        """The share for asyncio: ``await`` any expression written after ``.aio``.
+
+        ``await share.aio.counter``, ``await share.aio.jobs.pop()``,
+        ``await share.aio.flush()``: each runs in a worker thread, so the
+        event loop is never held up by a read that waits for queued writes
+        or by a call the coordinator answers.  (Locks: ``async with
+        share.lock(name)``.)
+        """
+        return AsyncView(self)
+
     def apply(self, target, fn, /, *args, **kwargs):
         """Run ``fn(obj, *args, **kwargs)`` on the coordinator, atomically.
 
@@ -304,6 +329,7 @@ class ShareLock:
         self._link = link
         self._name = name
         self._tokens = threading.local()
+        self._task_tokens: dict = {}  # asyncio task -> token, for `async with`
 
     def acquire(self, timeout: float | None = None) -> bool:
         if getattr(self._tokens, "token", None) is not None:
@@ -327,6 +353,27 @@ class ShareLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+    async def __aenter__(self) -> ShareLock:
+        """``async with share.lock(name)``: waits in a worker thread, not in the loop.
+
+        Held on behalf of the asyncio task that entered it."""
+        token = secrets.randbits(63)
+        request = asyncio.get_running_loop().run_in_executor(
+            None, self._link.request, P.ACQUIRE, (self._name, token, None)
+        )
+        try:
+            await asyncio.shield(request)
+        except asyncio.CancelledError:
+            # Granted after all, to a task that left: give it back then.
+            request.add_done_callback(lambda _: self._link.send(P.RELEASE, (self._name, token)))
+            raise
+        self._task_tokens[asyncio.current_task()] = token
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        token = self._task_tokens.pop(asyncio.current_task())
+        self._link.send(P.RELEASE, (self._name, token))
 
 
 def _is_own_proxy(share: Share, name: str, value) -> bool:

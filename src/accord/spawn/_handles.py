@@ -8,6 +8,7 @@ and how it ended.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -114,10 +115,8 @@ class ProcessHandle(WorkerHandle):
 
     def kill(self) -> None:
         if self.process.exitcode is None:
-            try:
+            with contextlib.suppress(OSError, ValueError):  # already gone
                 self.process.kill()
-            except (OSError, ValueError):
-                pass
 
     def reap(self, timeout: float) -> str:
         self.process.join(timeout)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import functools
 import itertools
 import os
 import pickle
@@ -199,21 +201,18 @@ class Pool(concurrent.futures.Executor):
         """
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
-        calls = list(zip(*iterables))
+        calls = list(zip(*iterables, strict=False))  # as Executor.map: up to the shortest
         bar = _progress_bar(len(calls)) if progress else None
         futures = []
-        if chunksize == 1:
-            for args in calls:
-                futures.append(self.submit(fn, *args, timeout=timeout, retries=retries))
-                if bar is not None:
-                    futures[-1].add_done_callback(lambda _, bar=bar: bar.update(1))
-        else:
-            for start in range(0, len(calls), chunksize):
-                chunk = calls[start : start + chunksize]
+        for start in range(0, len(calls), chunksize):
+            chunk = calls[start : start + chunksize]
+            if chunksize == 1:
+                future = self.submit(fn, *chunk[0], timeout=timeout, retries=retries)
+            else:
                 future = self.submit(_worker.run_chunk, fn, chunk, timeout=timeout, retries=retries)
-                if bar is not None:
-                    future.add_done_callback(lambda _, n=len(chunk), bar=bar: bar.update(n))
-                futures.append(future)
+            if bar is not None:
+                future.add_done_callback(functools.partial(_advance, bar, len(chunk)))
+            futures.append(future)
         return _results(futures, chunksize > 1, bar)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -416,10 +415,8 @@ class Pool(concurrent.futures.Executor):
         return doomed
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
             self._wake_w.send(b"\0")
-        except BlockingIOError:
-            pass  # already awake-pending
 
     # -- the rest -----------------------------------------------------
 
@@ -493,6 +490,10 @@ def _results(futures: list, chunked: bool, bar) -> Iterator[Any]:
             future.cancel()
         if bar is not None:
             bar.close()
+
+
+def _advance(bar, n: int, _future) -> None:
+    bar.update(n)
 
 
 def _progress_bar(total: int):
