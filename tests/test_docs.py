@@ -7,26 +7,40 @@ import pytest
 import accord
 from accord import _errors
 from accord.share import _proxy, _share
+from accord.spawn import _pool
 
 
-@pytest.mark.parametrize("module", [accord, _errors, _share, _proxy], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [accord, _errors, _share, _proxy, _pool], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0
     assert failures == 0
 
 
-def test_readme_example_runs(tmp_path):
+def _readme_programs():
     import re
-    import subprocess
-    import sys
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    # The complete programs; the other blocks are fragments of them.
+    return [block for block in blocks if 'if __name__ == "__main__":' in block]
+
+
+@pytest.mark.parametrize("number", range(2))
+def test_readme_programs_run(tmp_path, number):
+    import subprocess
+    import sys
+
     script = tmp_path / "readme_example.py"
-    script.write_text(example)
+    script.write_text(_readme_programs()[number])
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_every_readme_program_is_run():
+    assert len(_readme_programs()) == 2

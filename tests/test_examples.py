@@ -18,6 +18,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("connect_by_name.py", "30 signatures from 3 unrelated processes"),
         ("read_modify_write.py", "sell_with_lock: sold 100 tickets of 100 from 3 processes"),
         ("recover.py", "restarted (coordinator pid"),
+        ("pool.py", "asyncio: 285 from 10 awaited tasks; hits now 1010"),
     ],
 )
 def test_example(script, expected):

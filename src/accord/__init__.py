@@ -8,6 +8,10 @@
 1
 """
 
+from __future__ import annotations
+
+import importlib
+
 from ._errors import (
     AccordError,
     CoordinatorLost,
@@ -17,8 +21,13 @@ from ._errors import (
     UnshareableError,
     WorkerLost,
 )
-from .share import Proxy, Share, ShareLock
-from .spawn import Pool
+
+# Not `from typing import TYPE_CHECKING`: typing alone takes longer to import
+# than the rest of this module (type checkers know this spelling too).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .share import Proxy, Share, ShareLock
+    from .spawn import Pool
 
 __version__ = "0.1.0"
 
@@ -35,3 +44,19 @@ __all__ = [
     "UnshareableError",
     "WorkerLost",
 ]
+
+# Imported on first use: a pool worker, and a sub-interpreter above all,
+# starts faster when `import accord` does not import every layer.
+_LAZY = {"Proxy": ".share", "Share": ".share", "ShareLock": ".share", "Pool": ".spawn"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'accord' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

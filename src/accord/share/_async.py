@@ -20,7 +20,6 @@ the call returns.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ._proxy import Proxy
@@ -80,4 +79,6 @@ class AsyncView:
 
 
 async def _in_thread(fn, *args):
+    import asyncio  # here: slow to import, and only asyncio programs need it
+
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -232,6 +232,16 @@ class Share:
         event loop is never held up by a read that waits for queued writes
         or by a call the coordinator answers.  (Locks: ``async with
         share.lock(name)``.)
+
+            >>> import asyncio
+            >>> from accord import Share
+            >>> async def main(share):
+            ...     share.jobs.append("b")       # writes never wait
+            ...     return await share.aio.jobs.pop(), await share.aio.jobs
+            >>> with Share() as share:
+            ...     share.jobs = ["a"]
+            ...     asyncio.run(main(share))
+            ('b', ['a'])
         """
         return AsyncView(self)
 
@@ -287,7 +297,13 @@ class Share:
             raise AccordError("only the process that created a share can restart it")
         link = self._link
         client = client_for(link.info)
-        if client.owner_process is not None and client.owner_process.poll() is None:
+        process = client.owner_process
+        if process is not None and client.lost is not None:
+            # Its socket closed as it died; the process itself may take a
+            # moment more to end.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2.0)
+        if process is not None and process.poll() is None:
             raise AccordError(
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
@@ -358,6 +374,8 @@ class ShareLock:
         """``async with share.lock(name)``: waits in a worker thread, not in the loop.
 
         Held on behalf of the asyncio task that entered it."""
+        import asyncio  # here: most programs never need it, and it is slow to import
+
         token = secrets.randbits(63)
         request = asyncio.get_running_loop().run_in_executor(
             None, self._link.request, P.ACQUIRE, (self._name, token, None)
@@ -372,6 +390,8 @@ class ShareLock:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
+        import asyncio
+
         token = self._task_tokens.pop(asyncio.current_task())
         self._link.send(P.RELEASE, (self._name, token))
 

@@ -17,7 +17,6 @@ it arrived), not from when it was submitted.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import contextlib
@@ -44,9 +43,20 @@ _REAP_S = 5.0
 
 
 class TaskFuture(concurrent.futures.Future):
-    """A `concurrent.futures.Future` that can also be awaited in asyncio."""
+    """A `concurrent.futures.Future` that can also be awaited in asyncio.
+
+    >>> import asyncio
+    >>> from accord import Pool
+    >>> async def main(pool):
+    ...     return await pool.submit(pow, 2, 10)
+    >>> with Pool(workers=1) as pool:
+    ...     asyncio.run(main(pool)), pool.submit(pow, 3, 2).result()
+    (1024, 9)
+    """
 
     def __await__(self):
+        import asyncio  # here: slow to import, and only asyncio programs need it
+
         return asyncio.wrap_future(self).__await__()
 
 

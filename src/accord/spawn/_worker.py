@@ -32,25 +32,41 @@ def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
 
 def serve(fd: int, initializer: bytes | None = None) -> None:
     """Run tasks arriving on `fd` until it ends (the worker's whole life)."""
-    from .._remote import pack_error
-    from ..share._serialize import dumps
-
     if initializer is not None:
         try:
             init, args = pickle.loads(initializer)
             init(*args)
         except BaseException as exc:
-            _wire.send(fd, _TASK.pack(0, INIT_FAILED) + pickle.dumps(pack_error(exc)))
+            _wire.send(fd, _TASK.pack(0, INIT_FAILED) + _pickled_error(exc))
             return
     while (frame := _wire.recv(fd)) is not None:
         task_id, _ = _TASK.unpack_from(frame)
         try:
             fn, args, kwargs = pickle.loads(memoryview(frame)[_TASK.size :])
-            reply = _TASK.pack(task_id, RESULT) + dumps(fn(*args, **kwargs))
+            reply = _TASK.pack(task_id, RESULT) + _pickled(fn(*args, **kwargs))
         except BaseException as exc:  # the task's error, SystemExit included, is its result
-            reply = _TASK.pack(task_id, ERROR) + pickle.dumps(pack_error(exc))
+            reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
         del frame
         _wire.send(fd, reply)
+
+
+# What a worker needs beyond pickle is imported when first needed: a worker
+# of tiny tasks that never fail never imports cloudpickle or the share layer.
+
+
+def _pickled(result) -> bytes:
+    try:
+        return pickle.dumps(result, 5)
+    except Exception:
+        from ..share._serialize import cloudpickle_dumps
+
+        return cloudpickle_dumps(result)
+
+
+def _pickled_error(exc: BaseException) -> bytes:
+    from .._remote import pack_error
+
+    return pickle.dumps(pack_error(exc))
 
 
 def serve_process(conn, initializer: bytes | None) -> None:
