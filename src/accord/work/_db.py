@@ -21,7 +21,6 @@ safe as the filesystem's locking; for many machines use PostgreSQL.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -48,8 +47,12 @@ def describe(url: str | URL) -> str:
         return str(url)
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for ``url`` that is known to connect, or `DatabaseUnavailable`."""
+def open_engine(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine for ``url`` that is known to connect, or `DatabaseUnavailable`.
+
+    ``must_exist``: a SQLite file that does not exist is an error rather than
+    created (for tools that only read).
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -57,9 +60,10 @@ def open_engine(url: str) -> Engine:
             f"cannot open {url!r}: not a database URL "
             "(expected sqlite:///path/to/file.sqlite or postgresql://user@host/db)"
         ) from exc
+    shown = describe(parsed)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = _sqlite_engine(parsed, url)
+        engine = _sqlite_engine(parsed, url, must_exist)
     elif backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres"):
             # SQLAlchemy 2.0 would pick psycopg2; accord installs psycopg 3.
@@ -67,7 +71,7 @@ def open_engine(url: str) -> Engine:
         engine = create_engine(parsed, pool_pre_ping=True)
     else:
         raise DatabaseUnavailable(
-            f"cannot open {describe(parsed)}: accord.work supports sqlite:/// and postgresql:// URLs"
+            f"cannot open {shown}: accord.work supports sqlite:/// and postgresql:// URLs"
         )
     try:
         with engine.connect():
@@ -75,7 +79,7 @@ def open_engine(url: str) -> Engine:
     except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
         engine.dispose()
         reason = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"cannot open {describe(parsed)}: {reason}") from exc
+        raise DatabaseUnavailable(f"cannot open {shown}: {reason}") from exc
     return engine
 
 
@@ -106,7 +110,7 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-def _sqlite_engine(parsed: URL, url: str) -> Engine:
+def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
     database = parsed.database or ""
     if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
         raise DatabaseUnavailable(
@@ -118,6 +122,8 @@ def _sqlite_engine(parsed: URL, url: str) -> Engine:
         raise DatabaseUnavailable(
             f"cannot open {url}: the directory {path.parent} does not exist"
         )
+    if must_exist and not path.is_file():
+        raise DatabaseUnavailable(f"cannot open {url}: {path} does not exist")
     journal = "DELETE" if filesystem_type(path.parent) in NETWORK_FILESYSTEMS else "WAL"
     engine = create_engine(
         parsed,
@@ -142,12 +148,3 @@ def _sqlite_engine(parsed: URL, url: str) -> Engine:
 
     return engine
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -125,12 +125,17 @@ class Store:
             existing = {
                 row.key: row
                 for row in conn.execute(
-                    select(items.c.id, items.c.key, items.c.status, items.c.fingerprint).where(
+                    select(
+                        items.c.id, items.c.key, items.c.status, items.c.fingerprint, items.c.position
+                    ).where(
                         self._mine()
                     )
                 )
             }
             new = [e for e in entries if e.key not in existing]
+            # Items another worker's list did not have go after all of its
+            # items, in this list's order.
+            after = 1 + max((row.position for row in existing.values()), default=-1)
             for chunk in batched(new, _BATCH):
                 conn.execute(
                     insert(items),
@@ -138,7 +143,7 @@ class Store:
                         {
                             "queue_id": self.queue_id,
                             "key": e.key,
-                            "position": e.position,
+                            "position": after + e.position,
                             "status": PENDING,
                             "unmet": 0,
                             "requirements": e.requirements,
