@@ -29,7 +29,9 @@ def _engine(db: str):
 @main.command()
 @click.argument("db")
 @click.option("--name", help="Only this queue or graph (default: all in DB).")
-@click.option("--failures", default=20, show_default=True, help="How many failures to list per queue.")
+@click.option(
+    "--failures", default=20, show_default=True, help="How many failures to list per queue."
+)
 def status(db: str, name: str | None, failures: int) -> None:
     """Where the work queues in DB stand: items per status, active workers, failures.
 

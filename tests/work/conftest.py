@@ -40,6 +40,13 @@ def wait_until(condition, timeout: float = 20.0, what: str = "condition"):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def barrier(tmp_path: Path) -> Path:
+    """An empty directory for the workers' ``barrier`` option."""
+    where = tmp_path / "barrier"
+    where.mkdir()
+    return where
+
+
 class Workers:
     """Starts worker processes and makes sure none outlives the test."""
 
@@ -128,7 +135,17 @@ def postgres_server():
             cmd, preexec_fn=demote, capture_output=True, text=True, timeout=60, cwd=home
         )
 
-    init = run(str(bindir / "initdb"), "-D", str(data), "-U", "accord", "--auth=trust", "-E", "UTF8", "--no-sync")
+    init = run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "accord",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
     assert init.returncode == 0, init.stderr
     port = _free_port()
     log = open(home / "log", "w")  # noqa: SIM115 - closed at teardown
@@ -156,7 +173,9 @@ def postgres_server():
             if server.poll() is not None:
                 pytest.fail(f"postgres exited: {(home / 'log').read_text()}")
             try:
-                psycopg.connect(host="127.0.0.1", port=port, user="accord", dbname="postgres").close()
+                psycopg.connect(
+                    host="127.0.0.1", port=port, user="accord", dbname="postgres"
+                ).close()
                 return True
             except psycopg.OperationalError:
                 return False

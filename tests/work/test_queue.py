@@ -9,13 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_until
+from conftest import barrier, wait_until
 
 from accord.work import DatabaseUnavailable, InvalidWork, WorkFailed, WorkQueue
 
 
-def test_four_workers_do_each_of_400_items_once(db, workers):
-    done = workers.run([{"db": db, "name": "embed", "items": 400}] * 4)
+def test_four_workers_do_each_of_400_items_once(db, workers, tmp_path):
+    config = {"db": db, "name": "embed", "items": 400, "barrier": [str(barrier(tmp_path)), 4]}
+    done = workers.run([config] * 4)
     everything = collections.Counter(key for keys in done for key in keys)
     assert sorted(everything, key=int) == [str(i) for i in range(400)]
     assert set(everything.values()) == {1}
@@ -28,7 +29,9 @@ def test_four_workers_do_each_of_400_items_once(db, workers):
 def test_killed_worker_item_is_redone_after_heartbeat_timeout(db, workers):
     options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2}
     victim = workers.start(db=db, name="crash", items=6, options=options, hang_on=["0"])
-    wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="the victim to take item 0")
+    wait_until(
+        lambda: victim.stdout.readline().startswith("start 0"), what="the victim to take item 0"
+    )
     survivor = workers.start(db=db, name="crash", items=6, options=options)
     victim.send_signal(signal.SIGKILL)
     done = workers.finish(survivor)
@@ -170,7 +173,10 @@ def test_bad_input_is_refused_before_any_work(sqlite_db, items, kwargs, message)
         ("sqlite://", "in-memory"),
         ("nonsense", "not a database URL"),
         ("mysql://localhost/x", "supports sqlite"),
-        ("postgresql://nobody@127.0.0.1:1/none", "cannot open postgresql://nobody@127.0.0.1:1/none"),
+        (
+            "postgresql://nobody@127.0.0.1:1/none",
+            "cannot open postgresql://nobody@127.0.0.1:1/none",
+        ),
     ],
 )
 def test_unopenable_database_is_a_clear_error(url, message):

@@ -119,9 +119,7 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
         )
     path = Path(database).resolve()
     if not path.parent.is_dir():
-        raise DatabaseUnavailable(
-            f"cannot open {url}: the directory {path.parent} does not exist"
-        )
+        raise DatabaseUnavailable(f"cannot open {url}: the directory {path.parent} does not exist")
     if must_exist and not path.is_file():
         raise DatabaseUnavailable(f"cannot open {url}: {path} does not exist")
     journal = "DELETE" if filesystem_type(path.parent) in NETWORK_FILESYSTEMS else "WAL"
@@ -147,4 +145,3 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-

@@ -28,12 +28,12 @@ class InvalidWork(WorkError, ValueError):
 class DatabaseUnavailable(WorkError):
     """The database URL cannot be opened (bad URL, missing directory, no server).
 
-        >>> from accord.work import DatabaseUnavailable, WorkQueue
-        >>> try:
-        ...     WorkQueue([1, 2], db="sqlite:////no/such/dir/run.sqlite")
-        ... except DatabaseUnavailable as exc:
-        ...     print(exc)  # doctest: +ELLIPSIS
-        cannot open sqlite:////no/such/dir/run.sqlite: the directory /no/such/dir does not exist
+    >>> from accord.work import DatabaseUnavailable, WorkQueue
+    >>> try:
+    ...     WorkQueue([1, 2], db="sqlite:////no/such/dir/run.sqlite")
+    ... except DatabaseUnavailable as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    cannot open sqlite:////no/such/dir/run.sqlite: the directory /no/such/dir does not exist
     """
 
 

@@ -24,8 +24,9 @@ class Task:
     take the task (``TaskGraph(..., labels={"gpu"})``).  ``data`` is yours.
 
         >>> from accord.work import Task
-        >>> Task("train", deps=["clean"], fingerprint="v2", requirements={"gpu"})
-        Task(name='train', deps=('clean',), fingerprint='v2', requirements=frozenset({'gpu'}), data=None)
+        >>> task = Task("train", deps=["clean"], fingerprint="v2", requirements={"gpu"})
+        >>> task.deps, task.requirements
+        (('clean',), frozenset({'gpu'}))
     """
 
     name: str
@@ -41,7 +42,10 @@ class Task:
             raise InvalidWork(f"a task's name must be a non-empty string, not {self.name!r}")
         for label in self.requirements:
             if not isinstance(label, str) or not label or "," in label:
-                raise InvalidWork(f"task {self.name!r}: requirement {label!r} must be a non-empty string without ','")
+                raise InvalidWork(
+                    f"task {self.name!r}: requirement {label!r} must be a "
+                    "non-empty string without ','"
+                )
 
 
 class TaskGraph(_Work[Task]):
@@ -133,7 +137,9 @@ def topological_order(tasks: Sequence[Task]) -> list[Task]:
     for i, task in enumerate(tasks):
         for dep in task.deps:
             if dep not in index:
-                raise InvalidWork(f"task {task.name!r} depends on {dep!r}, which is not in the graph")
+                raise InvalidWork(
+                    f"task {task.name!r} depends on {dep!r}, which is not in the graph"
+                )
             waiting[i] += 1
             children[index[dep]].append(i)
     ready = [i for i, n in enumerate(waiting) if n == 0]
@@ -147,7 +153,9 @@ def topological_order(tasks: Sequence[Task]) -> list[Task]:
             if waiting[child] == 0:
                 heapq.heappush(ready, child)
     if len(order) < len(tasks):
-        raise InvalidWork(f"the task graph has a cycle: {' -> '.join(_cycle(tasks, index, waiting))}")
+        raise InvalidWork(
+            f"the task graph has a cycle: {' -> '.join(_cycle(tasks, index, waiting))}"
+        )
     return order
 
 

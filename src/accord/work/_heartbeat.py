@@ -23,7 +23,9 @@ class Heartbeat:
         self._stop = threading.Event()
         # A daemon: a worker that exits without finishing its loop must not
         # hang on this thread; its items are reclaimed after the timeout.
-        self._thread = threading.Thread(target=self._run, name=f"accord-heartbeat-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"accord-heartbeat-{name}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()

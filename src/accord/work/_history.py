@@ -29,9 +29,7 @@ class HistoryEntry:
 
 def record(conn: Connection, rows: Iterable[dict]) -> None:
     """Insert history rows (dicts with item_id, status, worker_id, at, fingerprint, error)."""
-    rows = [
-        {"worker_id": None, "fingerprint": None, "error": None, **row} for row in rows
-    ]
+    rows = [{"worker_id": None, "fingerprint": None, "error": None, **row} for row in rows]
     if rows:
         conn.execute(insert(history), rows)
 

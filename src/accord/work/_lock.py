@@ -49,7 +49,9 @@ class WorkLock:
         if engine.dialect.name == "sqlite":
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
             tag = advisory_key("lock", name) & 0xFFFFFFFF
-            self.path = sqlite_path(engine).with_name(f"{sqlite_path(engine).name}.{safe}-{tag:08x}.lock")
+            self.path = sqlite_path(engine).with_name(
+                f"{sqlite_path(engine).name}.{safe}-{tag:08x}.lock"
+            )
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock; with a timeout (seconds), False if it was not free in time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -58,7 +59,9 @@ class _Work(Generic[T]):
         worker: str | None,
     ) -> None:
         if failure_policy not in ("continue", "stop"):
-            raise InvalidWork(f"failure_policy must be 'continue' or 'stop', not {failure_policy!r}")
+            raise InvalidWork(
+                f"failure_policy must be 'continue' or 'stop', not {failure_policy!r}"
+            )
         if heartbeat_interval is None:
             heartbeat_interval = heartbeat_timeout / 4
         if not 0 < heartbeat_interval < heartbeat_timeout:
@@ -76,8 +79,10 @@ class _Work(Generic[T]):
         self.max_workers = max_workers
         self.labels = frozenset(labels)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.worker = worker or os.environ.get("ACCORD_WORKER") or (
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self.worker = (
+            worker
+            or os.environ.get("ACCORD_WORKER")
+            or (f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}")
         )
         self._objects = objects
         self._requirements = {e.key: e.requirements for e in entries}
@@ -100,7 +105,11 @@ class _Work(Generic[T]):
         return len(self._objects)
 
     def _configure(self, store: Store) -> None:
-        acceptable = {r for r in set(self._requirements.values()) if set(filter(None, r.split(","))) <= self.labels}
+        acceptable = {
+            r
+            for r in set(self._requirements.values())
+            if set(filter(None, r.split(","))) <= self.labels
+        }
         store.max_retries = self.max_retries
         store.stop_on_failure = self.failure_policy == "stop"
         store.reap_interval = self.heartbeat_interval
@@ -113,10 +122,19 @@ class _Work(Generic[T]):
         self._configure(store)
         self._closing = False
         worker_id = store.add_worker(
-            self.worker, socket.gethostname(), os.getpid(), self.labels, self.heartbeat_timeout, self.max_workers
+            self.worker,
+            socket.gethostname(),
+            os.getpid(),
+            self.labels,
+            self.heartbeat_timeout,
+            self.max_workers,
         )
         if worker_id is None:
-            log.warning("%s: %d workers are already running; this one does nothing", self.name, self.max_workers)
+            log.warning(
+                "%s: %d workers are already running; this one does nothing",
+                self.name,
+                self.max_workers,
+            )
             return
         heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
         heartbeat.start()
@@ -189,7 +207,9 @@ class _Work(Generic[T]):
     def prune_history(self, keep_latest: int = 1) -> int:
         """Keep only the latest ``keep_latest`` history rows per item; returns how many went."""
         if keep_latest < 1:
-            raise InvalidWork("keep_latest must be at least 1: an item's last status stays on record")
+            raise InvalidWork(
+                "keep_latest must be at least 1: an item's last status stays on record"
+            )
         with self._engine.begin() as conn:
             return _history.prune(conn, self._store.queue_id, keep_latest)
 
@@ -335,7 +355,6 @@ def _record_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -
     for store, claimed, where in failures:
         if where not in passed:
             continue
-        try:
+        # The process is ending anyway; if this fails the generic reason stays.
+        with contextlib.suppress(Exception):
             store.set_error(claimed.item_id, error)
-        except Exception:  # the process is ending anyway; the generic reason stays
-            pass

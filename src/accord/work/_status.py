@@ -25,7 +25,11 @@ def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:
     """Counts per status, active workers and failures of every queue (or of ``name``)."""
     found = _queues(engine, name)
     if not found:
-        raise WorkError(f"no work queue named {name!r} in this database" if name else "no work queues in this database")
+        raise WorkError(
+            f"no work queue named {name!r} in this database"
+            if name
+            else "no work queues in this database"
+        )
     now = time.time()
     lines: list[str] = []
     with engine.connect() as conn:
@@ -36,7 +40,12 @@ def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:
             kind = "task graph" if queue.kind == "graph" else "queue"
             lines.append(f"{queue.name} ({kind}, {total} items): {summary}")
             active = conn.execute(
-                select(workers.c.id, workers.c.name, workers.c.heartbeat_at, workers.c.heartbeat_timeout)
+                select(
+                    workers.c.id,
+                    workers.c.name,
+                    workers.c.heartbeat_at,
+                    workers.c.heartbeat_timeout,
+                )
                 .where(workers.c.queue_id == queue.id, workers.c.status == "active")
                 .order_by(workers.c.started_at)
             ).all()
@@ -69,11 +78,17 @@ def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:
     return "\n".join(lines)
 
 
-def reset(engine: Engine, name: str | None = None, statuses: tuple[str, ...] = (_store.FAILED,)) -> dict[str, int]:
+def reset(
+    engine: Engine, name: str | None = None, statuses: tuple[str, ...] = (_store.FAILED,)
+) -> dict[str, int]:
     """Re-queue items with these statuses; returns how many per queue."""
     found = _queues(engine, name)
     if not found:
-        raise WorkError(f"no work queue named {name!r} in this database" if name else "no work queues in this database")
+        raise WorkError(
+            f"no work queue named {name!r} in this database"
+            if name
+            else "no work queues in this database"
+        )
     done = {}
     with engine.begin() as conn:
         for queue in found:

@@ -85,7 +85,9 @@ class Store:
         self.postgres = engine.dialect.name == "postgresql"
         with engine.begin() as conn:
             create(conn)
-            row = conn.execute(select(queues.c.id, queues.c.kind).where(queues.c.name == name)).first()
+            row = conn.execute(
+                select(queues.c.id, queues.c.kind).where(queues.c.name == name)
+            ).first()
             if row is None:
                 self.queue_id = conn.execute(
                     insert(queues).values(name=name, kind=kind, created_at=time.time())
@@ -121,15 +123,19 @@ class Store:
         now = time.time()
         with self.engine.begin() as conn:
             if self.postgres:
-                conn.execute(select(func.pg_advisory_xact_lock(advisory_key("queue", self.queue_id))))
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(advisory_key("queue", self.queue_id)))
+                )
             existing = {
                 row.key: row
                 for row in conn.execute(
                     select(
-                        items.c.id, items.c.key, items.c.status, items.c.fingerprint, items.c.position
-                    ).where(
-                        self._mine()
-                    )
+                        items.c.id,
+                        items.c.key,
+                        items.c.status,
+                        items.c.fingerprint,
+                        items.c.position,
+                    ).where(self._mine())
                 )
             }
             new = [e for e in entries if e.key not in existing]
@@ -228,7 +234,9 @@ class Store:
         now = time.time()
         with self.engine.begin() as conn:
             if self.postgres:
-                conn.execute(select(func.pg_advisory_xact_lock(advisory_key("workers", self.queue_id))))
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(advisory_key("workers", self.queue_id)))
+                )
             self._reap(conn, now)
             if cap is not None:
                 active = conn.execute(
@@ -290,9 +298,9 @@ class Store:
         names = dict(dead)
         conn.execute(update(workers).where(workers.c.id.in_(names)).values(status="killed"))
         orphans = conn.execute(
-            select(items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id).where(
-                items.c.worker_id.in_(names), items.c.status == RUNNING
-            )
+            select(
+                items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id
+            ).where(items.c.worker_id.in_(names), items.c.status == RUNNING)
         ).all()
         changes, events = [], []
         for item in orphans:
@@ -302,9 +310,19 @@ class Store:
             error = f"{gone} {kills} times (max_retries={self.max_retries})" if give_up else None
             log.warning("%s: item %r re-queued: %s", self.name, item.key, gone)
             changes.append(
-                {"b_id": item.id, "b_status": FAILED if give_up else PENDING, "b_kills": kills, "b_error": error}
+                {
+                    "b_id": item.id,
+                    "b_status": FAILED if give_up else PENDING,
+                    "b_kills": kills,
+                    "b_error": error,
+                }
             )
-            base = {"item_id": item.id, "worker_id": item.worker_id, "at": now, "fingerprint": item.fingerprint}
+            base = {
+                "item_id": item.id,
+                "worker_id": item.worker_id,
+                "at": now,
+                "fingerprint": item.fingerprint,
+            }
             events.append({**base, "status": "killed", "error": gone})
             if give_up:
                 events.append({**base, "status": FAILED, "error": error})
@@ -404,7 +422,11 @@ class Store:
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         done = conn.execute(
             update(items)
-            .where(items.c.id == claimed.item_id, items.c.worker_id == worker_id, items.c.status == RUNNING)
+            .where(
+                items.c.id == claimed.item_id,
+                items.c.worker_id == worker_id,
+                items.c.status == RUNNING,
+            )
             .values(status=status, error=error, updated_at=now)
         ).rowcount
         if not done:
@@ -442,7 +464,9 @@ class Store:
         """Replace the error recorded for a failed item (and its last history row)."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(items).where(items.c.id == item_id, items.c.status == FAILED).values(error=error)
+                update(items)
+                .where(items.c.id == item_id, items.c.status == FAILED)
+                .values(error=error)
             )
             last = select(func.max(_history.history.c.id)).where(
                 _history.history.c.item_id == item_id, _history.history.c.status == FAILED
@@ -468,7 +492,9 @@ def counts(conn: Connection, queue_id: int) -> dict[str, int]:
     """Items per status (every status present, zeros included)."""
     found = dict(
         conn.execute(
-            select(items.c.status, func.count()).where(items.c.queue_id == queue_id).group_by(items.c.status)
+            select(items.c.status, func.count())
+            .where(items.c.queue_id == queue_id)
+            .group_by(items.c.status)
         ).all()
     )
     return {status: found.get(status, 0) for status in STATUSES}
@@ -489,7 +515,11 @@ def reset(conn: Connection, queue_id: int, statuses: Sequence[str]) -> list[str]
             .values(status=PENDING, kills=0, error=None, updated_at=now)
         )
     _history.record(
-        conn, ({"item_id": r.id, "status": "reset", "at": now, "fingerprint": r.fingerprint} for r in rows)
+        conn,
+        (
+            {"item_id": r.id, "status": "reset", "at": now, "fingerprint": r.fingerprint}
+            for r in rows
+        ),
     )
     return [r.key for r in rows]
 
