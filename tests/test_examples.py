@@ -18,6 +18,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("connect_by_name.py", "30 signatures from 3 unrelated processes"),
         ("read_modify_write.py", "sell_with_lock: sold 100 tickets of 100 from 3 processes"),
         ("recover.py", "restarted (coordinator pid"),
+        ("work_queue.py", "30 items done once by 3 independent processes"),
     ],
 )
 def test_example(script, expected):
