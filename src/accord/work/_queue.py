@@ -138,12 +138,13 @@ class _Work(Generic[T]):
             return
         heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
         heartbeat.start()
+        conn = store.connect()
         bar = tqdm(total=len(self._objects), desc=self.name, disable=not self.progress, unit="item")
         finished: tuple[Claimed, str, str | None] | None = None
         pause = _Backoff(self.heartbeat_interval)
         try:
             while True:
-                outcome = store.claim(worker_id, finished)
+                outcome = store.claim(conn, worker_id, finished)
                 finished = None
                 if outcome == WAIT:
                     pause.wait()
@@ -156,21 +157,22 @@ class _Work(Generic[T]):
                 try:
                     yield self._objects[outcome.key]
                 except GeneratorExit:
-                    store.finish(worker_id, outcome, FAILED, LEFT_LOOP)
+                    store.finish(conn, worker_id, outcome, FAILED, LEFT_LOOP)
                     _remember_failure(store, outcome, sys._getframe(1))
                     raise
                 bar.update(1)
                 if self._closing:
-                    store.finish(worker_id, outcome, COMPLETED, None)
+                    store.finish(conn, worker_id, outcome, COMPLETED, None)
                     return
                 finished = (outcome, COMPLETED, None)
         finally:
             if finished is not None:
                 # The claim that would have recorded it failed (database gone?)
                 try:
-                    store.finish(worker_id, *finished)
+                    store.finish(conn, worker_id, *finished)
                 except Exception as exc:
                     log.warning("%s: could not record item %r: %s", self.name, finished[0].key, exc)
+            conn.close()
             heartbeat.stop()
             bar.close()
             try:
