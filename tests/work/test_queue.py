@@ -189,3 +189,30 @@ def test_sqlite_uses_wal_and_immediate_transactions(sqlite_db):
     with queue._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert os.path.exists(sqlite_db.removeprefix("sqlite:///") + "-wal")
+
+
+def test_heartbeats_keep_a_slow_item_with_its_worker(sqlite_db, workers, tmp_path):
+    # Each item takes longer than the heartbeat timeout; the heartbeat thread
+    # keeps the worker alive, so no item is handed out twice.
+    options = {"heartbeat_timeout": 0.6, "heartbeat_interval": 0.1}
+    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 1.0}
+    done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
+    assert sorted(done[0] + done[1]) == ["0", "1", "2", "3"]
+    queue = WorkQueue(range(4), db=sqlite_db, name="slow", progress=False)
+    assert all(h.status in ("running", "completed") for h in queue.history())
+
+
+def test_network_filesystem_uses_the_rollback_journal(sqlite_db, monkeypatch):
+    from accord.work import _db
+
+    monkeypatch.setattr(_db, "filesystem_type", lambda path: "nfs4")
+    queue = WorkQueue([1, 2], db=sqlite_db, name="q", progress=False)
+    with queue._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+    assert list(queue) == [1, 2]
+
+
+def test_progress_bar_counts_the_whole_queue(sqlite_db, capsys):
+    list(WorkQueue(range(3), db=sqlite_db, name="q", progress=False))
+    list(WorkQueue(range(5), db=sqlite_db, name="q", progress=True))
+    assert "5/5" in capsys.readouterr().err

@@ -21,6 +21,9 @@ from sqlalchemy import Connection, Engine, func, select
 from ._db import sqlite_path
 from ._store import advisory_key
 
+_registry_lock = threading.Lock()
+_thread_locks: dict[tuple[str, str], threading.Lock] = {}
+
 
 class WorkLock:
     """A lock held across all workers of the same name (``queue.lock``).
@@ -42,7 +45,11 @@ class WorkLock:
     def __init__(self, engine: Engine, name: str) -> None:
         self._engine = engine
         self._name = name
-        self._local = threading.Lock()  # fcntl locks belong to the process, not the thread
+        # fcntl locks belong to the process, not the thread (and closing any
+        # descriptor of the file drops them): threads of one process, through
+        # any queue object of this name, take turns on one thread lock first.
+        with _registry_lock:
+            self._local = _thread_locks.setdefault((str(engine.url), name), threading.Lock())
         self._fd: int | None = None
         self._conn: Connection | None = None
         self.path: Path | None = None

@@ -139,7 +139,7 @@ class _Work(Generic[T]):
         heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
         heartbeat.start()
         conn = store.connect()
-        bar = tqdm(total=len(self._objects), desc=self.name, disable=not self.progress, unit="item")
+        bar = _Progress(store, len(self._objects), self.name, self.progress)
         finished: tuple[Claimed, str, str | None] | None = None
         pause = _Backoff(self.heartbeat_interval)
         try:
@@ -160,7 +160,7 @@ class _Work(Generic[T]):
                     store.finish(conn, worker_id, outcome, FAILED, LEFT_LOOP)
                     _remember_failure(store, outcome, sys._getframe(1))
                     raise
-                bar.update(1)
+                bar.update()
                 if self._closing:
                     store.finish(conn, worker_id, outcome, COMPLETED, None)
                     return
@@ -298,6 +298,33 @@ class WorkQueue(_Work[T]):
             progress=progress,
             worker=worker,
         )
+
+
+class _Progress:
+    """A tqdm bar of the whole queue's completed items, as this worker sees them."""
+
+    def __init__(self, store: Store, total: int, name: str, enabled: bool) -> None:
+        self._store = store
+        self._bar = tqdm(total=total, desc=name, disable=not enabled, unit="item")
+        self._next_sync = 0.0
+        if enabled:
+            self.update()
+
+    def update(self) -> None:
+        if self._bar.disable:
+            return
+        now = time.monotonic()
+        if now >= self._next_sync:
+            # Other workers' items count too; asking costs a query, so not
+            # more than once a second.
+            self._bar.n = self._store.counts()[COMPLETED]
+            self._next_sync = now + 1.0
+        else:
+            self._bar.n += 1
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 class _Backoff:
