@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from ._errors import InvalidWork
-from ._queue import FailurePolicy, _Work
+from ._queue import WorkOptions, _Work
 from ._store import Entry
 
 
@@ -84,13 +84,7 @@ class TaskGraph(_Work[Task]):
         name: str = "default",
         *,
         labels: Iterable[str] = (),
-        failure_policy: FailurePolicy = "continue",
-        heartbeat_timeout: float = 60.0,
-        heartbeat_interval: float | None = None,
-        max_retries: int = 2,
-        max_workers: int | None = None,
-        progress: bool | None = None,
-        worker: str | None = None,
+        **options: Unpack[WorkOptions],
     ) -> None:
         tasks = list(tasks)
         order = topological_order(tasks)
@@ -104,20 +98,8 @@ class TaskGraph(_Work[Task]):
             )
             for position, t in enumerate(order)
         ]
-        super().__init__(
-            entries,
-            {t.name: t for t in tasks},
-            db=db,
-            name=name,
-            failure_policy=failure_policy,
-            heartbeat_timeout=heartbeat_timeout,
-            heartbeat_interval=heartbeat_interval,
-            max_retries=max_retries,
-            max_workers=max_workers,
-            labels=labels,
-            progress=progress,
-            worker=worker,
-        )
+        objects = {t.name: t for t in tasks}
+        super().__init__(entries, objects, db=db, name=name, labels=labels, **options)
 
 
 def topological_order(tasks: Sequence[Task]) -> list[Task]:

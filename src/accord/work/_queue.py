@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 from tqdm import tqdm
 
@@ -37,6 +37,18 @@ FailurePolicy = Literal["continue", "stop"]
 LEFT_LOOP = "the loop body did not finish (an exception or break left the loop)"
 
 
+class WorkOptions(TypedDict, total=False):
+    """The options `WorkQueue` and `TaskGraph` share (defaults in `WorkQueue`'s docs)."""
+
+    failure_policy: FailurePolicy
+    heartbeat_timeout: float
+    heartbeat_interval: float | None
+    max_retries: int
+    max_workers: int | None
+    progress: bool | None
+    worker: str | None
+
+
 class _Work(Generic[T]):
     """Iteration over registered entries, one claimed item at a time."""
 
@@ -49,14 +61,14 @@ class _Work(Generic[T]):
         *,
         db: str,
         name: str,
-        failure_policy: FailurePolicy,
-        heartbeat_timeout: float,
-        heartbeat_interval: float | None,
-        max_retries: int,
-        max_workers: int | None,
-        labels: Iterable[str],
-        progress: bool | None,
-        worker: str | None,
+        labels: Iterable[str] = (),
+        failure_policy: FailurePolicy = "continue",
+        heartbeat_timeout: float = 60.0,
+        heartbeat_interval: float | None = None,
+        max_retries: int = 2,
+        max_workers: int | None = None,
+        progress: bool | None = None,
+        worker: str | None = None,
     ) -> None:
         if failure_policy not in ("continue", "stop"):
             raise InvalidWork(
@@ -252,14 +264,16 @@ class WorkQueue(_Work[T]):
 
     Parameters: ``key`` gives each item a stable key (default: its position);
     workers given different lists share the keys they have in common.
-    ``failure_policy="stop"`` makes every worker raise `WorkFailed` at its
-    next item once any item failed.  A worker whose heartbeat (sent every
-    ``heartbeat_interval`` s from a thread) is older than
-    ``heartbeat_timeout`` s is presumed dead and its item handed out again,
-    at most ``max_retries`` times.  ``max_workers`` caps how many workers
-    take part; one started beyond it does nothing.  ``progress`` shows a tqdm
-    bar (default: when stderr is a terminal).  ``worker`` names this worker
-    in the history (default: ``$ACCORD_WORKER`` or host:pid:random).
+    ``failure_policy="stop"`` (default ``"continue"``) makes every worker
+    raise `WorkFailed` at its next item once any item failed.  A worker whose
+    heartbeat (sent every ``heartbeat_interval`` s from a thread, default a
+    quarter of the timeout) is older than ``heartbeat_timeout`` s (default 60)
+    is presumed dead and its item handed out again, at most ``max_retries``
+    times (default 2).  ``max_workers`` (default no limit) caps how many
+    workers take part; one started beyond it does nothing.  ``progress``
+    shows a tqdm bar (default: when stderr is a terminal).  ``worker`` names
+    this worker in the history (default: ``$ACCORD_WORKER`` or
+    host:pid:random).
     """
 
     def __init__(
@@ -269,13 +283,7 @@ class WorkQueue(_Work[T]):
         name: str = "default",
         *,
         key: Callable[[T], Hashable] | None = None,
-        failure_policy: FailurePolicy = "continue",
-        heartbeat_timeout: float = 60.0,
-        heartbeat_interval: float | None = None,
-        max_retries: int = 2,
-        max_workers: int | None = None,
-        progress: bool | None = None,
-        worker: str | None = None,
+        **options: Unpack[WorkOptions],
     ) -> None:
         objects: dict[str, T] = {}
         for position, item in enumerate(items):
@@ -284,20 +292,7 @@ class WorkQueue(_Work[T]):
                 raise InvalidWork(f"duplicate key {k!r}: items {objects[k]!r} and {item!r}")
             objects[k] = item
         entries = [Entry(k, position) for position, k in enumerate(objects)]
-        super().__init__(
-            entries,
-            objects,
-            db=db,
-            name=name,
-            failure_policy=failure_policy,
-            heartbeat_timeout=heartbeat_timeout,
-            heartbeat_interval=heartbeat_interval,
-            max_retries=max_retries,
-            max_workers=max_workers,
-            labels=(),
-            progress=progress,
-            worker=worker,
-        )
+        super().__init__(entries, objects, db=db, name=name, **options)
 
 
 class _Progress:

@@ -12,24 +12,26 @@ from ._schema import items, queues, workers
 
 
 def _queues(engine: Engine, name: str | None) -> list:
-    if not inspect(engine).has_table(queues.name):
-        return []
-    query = select(queues.c.id, queues.c.name, queues.c.kind).order_by(queues.c.name)
-    if name is not None:
-        query = query.where(queues.c.name == name)
-    with engine.connect() as conn:
-        return conn.execute(query).all()
-
-
-def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:
-    """Counts per status, active workers and failures of every queue (or of ``name``)."""
-    found = _queues(engine, name)
+    """The queues in the database (or the one named), or WorkError if none."""
+    found = []
+    if inspect(engine).has_table(queues.name):
+        query = select(queues.c.id, queues.c.name, queues.c.kind).order_by(queues.c.name)
+        if name is not None:
+            query = query.where(queues.c.name == name)
+        with engine.connect() as conn:
+            found = conn.execute(query).all()
     if not found:
         raise WorkError(
             f"no work queue named {name!r} in this database"
             if name
             else "no work queues in this database"
         )
+    return found
+
+
+def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:
+    """Counts per status, active workers and failures of every queue (or of ``name``)."""
+    found = _queues(engine, name)
     now = time.time()
     lines: list[str] = []
     with engine.connect() as conn:
@@ -83,12 +85,6 @@ def reset(
 ) -> dict[str, int]:
     """Re-queue items with these statuses; returns how many per queue."""
     found = _queues(engine, name)
-    if not found:
-        raise WorkError(
-            f"no work queue named {name!r} in this database"
-            if name
-            else "no work queues in this database"
-        )
     done = {}
     with engine.begin() as conn:
         for queue in found:

@@ -388,15 +388,7 @@ class Store:
                     self.excluded.add(row.key)
                     continue
                 sql.take(conn, b_id=row.id, b_worker=worker_id, b_now=now)
-                sql.record(
-                    conn,
-                    b_item=row.id,
-                    b_status=RUNNING,
-                    b_worker=worker_id,
-                    b_now=now,
-                    b_fp=row.fingerprint,
-                    b_error=None,
-                )
+                sql.event(conn, row.id, RUNNING, worker_id, now, row.fingerprint)
                 return Claimed(row.id, row.key, row.fingerprint)
             if self.postgres:
                 # Rows other claims had locked were skipped, not absent.
@@ -459,15 +451,7 @@ class Store:
             return
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
-        sql.record(
-            conn,
-            b_item=claimed.item_id,
-            b_status=status,
-            b_worker=worker_id,
-            b_now=now,
-            b_fp=claimed.fingerprint,
-            b_error=error,
-        )
+        sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
 
     def set_error(self, item_id: int, error: str) -> None:
         """Replace the error recorded for a failed item (and its last history row)."""
@@ -609,7 +593,7 @@ class _Statements:
         self.release_dependents = Prepared(
             update(items).where(items.c.id.in_(waiting)).values(unmet=items.c.unmet - 1), dialect
         )
-        self.record = Prepared(
+        self._record = Prepared(
             insert(history).values(
                 item_id=bindparam("b_item"),
                 status=bindparam("b_status"),
@@ -625,4 +609,16 @@ class _Statements:
             .where(items.c.queue_id == bindparam("b_queue"), items.c.status == RUNNING)
             .limit(1),
             dialect,
+        )
+
+    def event(self, conn, item_id, status, worker_id, now, fingerprint, error=None) -> None:
+        """A history row for one item."""
+        self._record(
+            conn,
+            b_item=item_id,
+            b_status=status,
+            b_worker=worker_id,
+            b_now=now,
+            b_fp=fingerprint,
+            b_error=error,
         )
