@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -262,7 +263,14 @@ class Share:
             raise AccordError("only the process that created a share can restart it")
         link = self._link
         client = client_for(link.info)
-        if client.owner_process is not None and client.owner_process.poll() is None:
+        process = client.owner_process
+        if process is not None and process.poll() is None:
+            # A coordinator killed a moment ago closes its socket (so this
+            # process already saw CoordinatorLost) before the kernel lets
+            # its parent reap it: give it a moment to finish dying.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1.0)
+        if process is not None and process.poll() is None:
             raise AccordError(
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
