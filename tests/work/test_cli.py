@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import wait_until
+from work_helpers import wait_until
 
 from accord.work import WorkQueue
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import barrier
 from sqlalchemy import func, select
+from work_helpers import barrier
 
 from accord.work import InvalidWork, Task, TaskGraph
 from accord.work._schema import workers as workers_table

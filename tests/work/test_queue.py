@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import barrier, wait_until
+from work_helpers import barrier, wait_until
 
 from accord.work import DatabaseUnavailable, InvalidWork, WorkFailed, WorkQueue
 

@@ -22,6 +22,7 @@ safe as the filesystem's locking; for many machines use PostgreSQL.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -91,6 +92,26 @@ def sqlite_path(engine: Engine) -> Path:
     return Path(engine.url.database or "").resolve()
 
 
+def _set_journal(cursor: sqlite3.Cursor, journal: str) -> None:
+    """Set the journal mode unless the file has it already.
+
+    Changing it takes an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when another connection is in
+    the middle of a transaction — which happens when several workers open a
+    new database together.  Try again until the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].upper() != journal:
+                cursor.execute(f"PRAGMA journal_mode = {journal}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def filesystem_type(path: Path) -> str:
     """The type of the filesystem ``path`` is on, from /proc/mounts ("" if unknown)."""
     best, kind = "", ""
@@ -135,7 +156,7 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute(f"PRAGMA journal_mode = {journal}")
+        _set_journal(cursor, journal)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
