@@ -297,7 +297,20 @@ class Store:
         if not dead:
             return
         names = dict(dead)
-        conn.execute(update(workers).where(workers.c.id.in_(names)).values(status="killed"))
+        kill = (
+            update(workers)
+            .where(workers.c.id.in_(names), workers.c.status == "active")
+            .values(status="killed")
+        )
+        if self.postgres:
+            # Two workers may reap the same dead one at once; the second
+            # waits for the first's row locks, finds it no longer active and
+            # must not re-queue its items again.
+            names = {i: names[i] for i in conn.execute(kill.returning(workers.c.id)).scalars()}
+            if not names:
+                return
+        else:
+            conn.execute(kill)  # transactions run one at a time on SQLite
         orphans = conn.execute(
             select(
                 items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id
