@@ -89,6 +89,7 @@ def postgres_server():
         "--auth=trust",
         "-E",
         "UTF8",
+        "--locale=C",
         "--no-sync",
     )
     assert init.returncode == 0, init.stderr
