@@ -170,7 +170,9 @@ class _Work(Generic[T]):
                     yield self._objects[outcome.key]
                 except GeneratorExit:
                     store.finish(conn, worker_id, outcome, FAILED, LEFT_LOOP)
-                    _remember_failure(store, outcome, sys._getframe(1))
+                    # The frame that ran the loop (None when closed from C).
+                    caller = sys._getframe(1) if sys._getframe().f_back else None
+                    _remember_failure(store, outcome, caller)
                     raise
                 bar.update()
                 if self._closing:
@@ -356,7 +358,7 @@ _hook_installed = False
 def _remember_failure(store: Store, claimed: Claimed, loop_frame: Any) -> None:
     global _hook_installed
     # id and code, not the frame: holding the frame would keep its locals alive.
-    where = (id(loop_frame), loop_frame.f_code)
+    where = (id(loop_frame), getattr(loop_frame, "f_code", None))
     with _hook_lock:
         _recent_failures[:] = [r for r in _recent_failures if r[0] is not store][-15:]
         _recent_failures.append((store, claimed, where))
