@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,9 @@ def nothing_left_behind():
     strays = {pid: _cmdline(pid) for pid in _children()}
     strays = {p: c for p, c in strays.items() if not any(h in c for h in _STDLIB_HELPERS)}
     assert not strays, f"processes left running: {strays}"
+    # The PostgreSQL server of tests/work (data directory and socket).
+    left_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"accord-pg-{os.getpid()}-*"))
+    assert not left_dirs, f"PostgreSQL data directories left: {left_dirs}"
 
 
 _STDLIB_HELPERS = ("forkserver", "resource_tracker")

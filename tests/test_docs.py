@@ -5,14 +5,16 @@ import doctest
 import pytest
 
 import accord
-from accord import _errors
+from accord import _errors, work
 from accord.share import _proxy, _share
 from accord.spawn import _pool
+from accord.work import _errors as _work_errors
+from accord.work import _graph, _lock, _queue
+
+MODULES = [accord, _errors, _share, _proxy, _pool, work, _work_errors, _graph, _lock, _queue]
 
 
-@pytest.mark.parametrize(
-    "module", [accord, _errors, _share, _proxy, _pool], ids=lambda m: m.__name__
-)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0

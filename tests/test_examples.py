@@ -19,6 +19,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("read_modify_write.py", "sell_with_lock: sold 100 tickets of 100 from 3 processes"),
         ("recover.py", "restarted (coordinator pid"),
         ("pool.py", "asyncio: 285 from 10 awaited tasks; hits now 1010"),
+        ("work_queue.py", "30 items done once by 3 independent processes"),
     ],
 )
 def test_example(script, expected):

@@ -1,0 +1,168 @@
+"""Opening a work database: URL handling, SQLite pragmas, PostgreSQL driver.
+
+SQLite is the default because it needs no server: every worker opens the
+same file.  Three settings make it safe with many processes:
+
+- WAL journal, so readers never block the writer and commits need no fsync
+  of the main file (``synchronous=NORMAL``);
+- every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock
+  up front, so two workers can never both read "item 7 is pending" and then
+  both fail to upgrade their lock (SQLite's default deferred BEGIN makes the
+  second one fail with "database is locked" instead of waiting);
+- a busy timeout, so a worker waits for the lock instead of failing.
+
+WAL needs shared memory between the processes that open the file, which a
+network filesystem (NFS, Lustre, GPFS, CIFS…) cannot give across machines.
+There the rollback journal is used instead (``journal_mode=DELETE``): SQLite
+then locks with POSIX ``fcntl`` byte-range locks on the file itself, which
+NFSv4 and the cluster filesystems implement.  It is slower, and only as
+safe as the filesystem's locking; for many machines use PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from ._errors import DatabaseUnavailable
+
+BUSY_TIMEOUT_S = 60.0
+
+# Filesystems on which several machines can open one file; SQLite's WAL
+# index lives in shared memory and cannot work across them.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs"}
+)
+
+
+def describe(url: str | URL) -> str:
+    """The URL as it may be printed: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return str(url)
+
+
+def open_engine(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine for ``url`` that is known to connect, or `DatabaseUnavailable`.
+
+    ``must_exist``: a SQLite file that does not exist is an error rather than
+    created (for tools that only read).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseUnavailable(
+            f"cannot open {url!r}: not a database URL "
+            "(expected sqlite:///path/to/file.sqlite or postgresql://user@host/db)"
+        ) from exc
+    shown = describe(parsed)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(parsed, url, must_exist)
+    elif backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres"):
+            # SQLAlchemy 2.0 would pick psycopg2; accord installs psycopg 3.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(parsed, pool_pre_ping=True)
+    else:
+        raise DatabaseUnavailable(
+            f"cannot open {shown}: accord.work supports sqlite:/// and postgresql:// URLs"
+        )
+    try:
+        with engine.connect():
+            pass
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        engine.dispose()
+        reason = getattr(exc, "orig", None) or exc
+        raise DatabaseUnavailable(f"cannot open {shown}: {reason}") from exc
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def sqlite_path(engine: Engine) -> Path:
+    return Path(engine.url.database or "").resolve()
+
+
+def _set_journal(cursor: sqlite3.Cursor, journal: str) -> None:
+    """Set the journal mode unless the file has it already.
+
+    Changing it takes an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when another connection is in
+    the middle of a transaction — which happens when several workers open a
+    new database together.  Try again until the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].upper() != journal:
+                cursor.execute(f"PRAGMA journal_mode = {journal}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` is on, from /proc/mounts ("" if unknown)."""
+    best, kind = "", ""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target = str(path)
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
+    database = parsed.database or ""
+    if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        raise DatabaseUnavailable(
+            f"cannot open {url}: an in-memory SQLite database cannot be shared by "
+            "workers; give a file, e.g. sqlite:///run.sqlite"
+        )
+    path = Path(database).resolve()
+    if not path.parent.is_dir():
+        raise DatabaseUnavailable(f"cannot open {url}: the directory {path.parent} does not exist")
+    if must_exist and not path.is_file():
+        raise DatabaseUnavailable(f"cannot open {url}: {path} does not exist")
+    journal = "DELETE" if filesystem_type(path.parent) in NETWORK_FILESYSTEMS else "WAL"
+    engine = create_engine(
+        parsed,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        # The driver's own implicit BEGIN is off, so that ours (below) is the
+        # only one and can be IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        _set_journal(cursor, journal)
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

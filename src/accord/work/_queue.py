@@ -1,0 +1,386 @@
+"""`WorkQueue`, and the iteration it shares with `TaskGraph`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+
+from tqdm import tqdm
+
+from . import _history
+from ._db import open_engine
+from ._errors import InvalidWork, WorkFailed
+from ._heartbeat import Heartbeat
+from ._history import HistoryEntry
+from ._lock import WorkLock
+from ._store import COMPLETED, DONE, FAILED, WAIT, Claimed, Entry, Stopped, Store
+
+log = logging.getLogger("accord.work")
+
+T = TypeVar("T")
+
+FailurePolicy = Literal["continue", "stop"]
+
+# Why a failure was recorded when the loop body did not finish.  A generator
+# is closed the same way by `break` and by an exception leaving the loop, so
+# the two cannot be told apart here; an exception nobody catches replaces
+# this text with its traceback (see _record_uncaught).
+LEFT_LOOP = "the loop body did not finish (an exception or break left the loop)"
+
+
+class WorkOptions(TypedDict, total=False):
+    """The options `WorkQueue` and `TaskGraph` share (defaults in `WorkQueue`'s docs)."""
+
+    failure_policy: FailurePolicy
+    heartbeat_timeout: float
+    heartbeat_interval: float | None
+    max_retries: int
+    max_workers: int | None
+    progress: bool | None
+    worker: str | None
+
+
+class _Work(Generic[T]):
+    """Iteration over registered entries, one claimed item at a time."""
+
+    _kind = "queue"
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        objects: dict[str, T],
+        *,
+        db: str,
+        name: str,
+        labels: Iterable[str] = (),
+        failure_policy: FailurePolicy = "continue",
+        heartbeat_timeout: float = 60.0,
+        heartbeat_interval: float | None = None,
+        max_retries: int = 2,
+        max_workers: int | None = None,
+        progress: bool | None = None,
+        worker: str | None = None,
+    ) -> None:
+        if failure_policy not in ("continue", "stop"):
+            raise InvalidWork(
+                f"failure_policy must be 'continue' or 'stop', not {failure_policy!r}"
+            )
+        if heartbeat_interval is None:
+            heartbeat_interval = heartbeat_timeout / 4
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise InvalidWork(
+                f"heartbeat_interval ({heartbeat_interval}) must be positive and shorter "
+                f"than heartbeat_timeout ({heartbeat_timeout})"
+            )
+        if max_retries < 0 or (max_workers is not None and max_workers < 1):
+            raise InvalidWork("max_retries must be >= 0 and max_workers >= 1 (or None)")
+        self.name = name
+        self.failure_policy = failure_policy
+        self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.max_retries = max_retries
+        self.max_workers = max_workers
+        self.labels = frozenset(labels)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.worker = (
+            worker
+            or os.environ.get("ACCORD_WORKER")
+            or (f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}")
+        )
+        self._objects = objects
+        self._requirements = {e.key: e.requirements for e in entries}
+        self._engine = open_engine(db)
+        try:
+            self._store = Store(self._engine, name, self._kind)
+            self.invalidated = self._store.register(entries)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._closing = False
+        self._lock: WorkLock | None = None
+
+    # -- the loop -----------------------------------------------------------
+
+    def __iter__(self) -> Iterator[T]:
+        return self._run()
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def _configure(self, store: Store) -> None:
+        acceptable = {
+            r
+            for r in set(self._requirements.values())
+            if set(filter(None, r.split(","))) <= self.labels
+        }
+        store.max_retries = self.max_retries
+        store.stop_on_failure = self.failure_policy == "stop"
+        store.reap_interval = self.heartbeat_interval
+        store.accepts = lambda key, req: self._requirements.get(key) in acceptable
+        everything = acceptable == set(self._requirements.values())
+        store.requirement_filter = None if everything else sorted(acceptable)
+
+    def _run(self) -> Iterator[T]:
+        store = self._store
+        self._configure(store)
+        self._closing = False
+        worker_id = store.add_worker(
+            self.worker,
+            socket.gethostname(),
+            os.getpid(),
+            self.labels,
+            self.heartbeat_timeout,
+            self.max_workers,
+        )
+        if worker_id is None:
+            log.warning(
+                "%s: %d workers are already running; this one does nothing",
+                self.name,
+                self.max_workers,
+            )
+            return
+        heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
+        heartbeat.start()
+        conn = store.connect()
+        bar = _Progress(store, len(self._objects), self.name, self.progress)
+        finished: tuple[Claimed, str, str | None] | None = None
+        pause = _Backoff(self.heartbeat_interval)
+        try:
+            while True:
+                outcome = store.claim(conn, worker_id, finished)
+                finished = None
+                if outcome == WAIT:
+                    pause.wait()
+                    continue
+                if outcome == DONE:
+                    return
+                if isinstance(outcome, Stopped):
+                    raise WorkFailed(_stopped_message(self.name, outcome))
+                pause.reset()
+                try:
+                    yield self._objects[outcome.key]
+                except GeneratorExit:
+                    store.finish(conn, worker_id, outcome, FAILED, LEFT_LOOP)
+                    # The frame that ran the loop (None when closed from C).
+                    caller = sys._getframe(1) if sys._getframe().f_back else None
+                    _remember_failure(store, outcome, caller)
+                    raise
+                bar.update()
+                if self._closing:
+                    store.finish(conn, worker_id, outcome, COMPLETED, None)
+                    return
+                finished = (outcome, COMPLETED, None)
+        finally:
+            if finished is not None:
+                # The claim that would have recorded it failed (database gone?)
+                try:
+                    store.finish(conn, worker_id, *finished)
+                except Exception as exc:
+                    log.warning("%s: could not record item %r: %s", self.name, finished[0].key, exc)
+            conn.close()
+            heartbeat.stop()
+            bar.close()
+            try:
+                store.stop_worker(worker_id)
+            except Exception as exc:
+                log.warning("%s: could not record that this worker stopped: %s", self.name, exc)
+
+    def close(self) -> None:
+        """End the iteration after the current item, which counts as completed.
+
+        ``break`` instead marks the current item failed (another run can
+        retry it after ``accord reset --failed``).
+        """
+        self._closing = True
+
+    # -- shared resources, state and history ---------------------------------
+
+    @property
+    def lock(self) -> WorkLock:
+        """A lock held across all workers of this name, on every machine."""
+        if self._lock is None:
+            self._lock = WorkLock(self._engine, self.name)
+        return self._lock
+
+    def counts(self) -> dict[str, int]:
+        """Items per status: pending, running, completed, failed."""
+        return self._store.counts()
+
+    def history(self, key: Hashable | None = None) -> list[HistoryEntry]:
+        """Every status change, oldest first (of one item if ``key`` is given)."""
+        with self._engine.begin() as conn:
+            return _history.read(conn, self._store.queue_id, None if key is None else str(key))
+
+    def prune_history(self, keep_latest: int = 1) -> int:
+        """Keep only the latest ``keep_latest`` history rows per item; returns how many went."""
+        if keep_latest < 1:
+            raise InvalidWork(
+                "keep_latest must be at least 1: an item's last status stays on record"
+            )
+        with self._engine.begin() as conn:
+            return _history.prune(conn, self._store.queue_id, keep_latest)
+
+    def reset_failed(self) -> list[str]:
+        """Put failed items back in the queue; returns their keys."""
+        return self._store.reset()
+
+    def dispose(self) -> None:
+        """Close this process's database connections (reopened if used again)."""
+        self._engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+
+class WorkQueue(_Work[T]):
+    """Items handed out to independent workers, each item to exactly one.
+
+    Every worker — started by hand, by SLURM, on another machine — builds the
+    same queue and iterates over it; an item is completed when the loop body
+    finishes and failed when it raises (the exception propagates) or the
+    loop is left with ``break``.  State lives in ``db``: a SQLite file by
+    default, or PostgreSQL by URL.
+
+        >>> import tempfile
+        >>> from accord.work import WorkQueue
+        >>> db = f"sqlite:///{tempfile.mkdtemp()}/run.sqlite"
+        >>> queue = WorkQueue(["a", "b", "c"], db=db, name="letters", progress=False)
+        >>> [item.upper() for item in queue]
+        ['A', 'B', 'C']
+        >>> queue.counts()
+        {'pending': 0, 'running': 0, 'completed': 3, 'failed': 0}
+        >>> list(WorkQueue(["a", "b", "c"], db=db, name="letters", progress=False))  # all done
+        []
+
+    Parameters: ``key`` gives each item a stable key (default: its position);
+    workers given different lists share the keys they have in common.
+    ``failure_policy="stop"`` (default ``"continue"``) makes every worker
+    raise `WorkFailed` at its next item once any item failed.  A worker whose
+    heartbeat (sent every ``heartbeat_interval`` s from a thread, default a
+    quarter of the timeout) is older than ``heartbeat_timeout`` s (default 60)
+    is presumed dead and its item handed out again, at most ``max_retries``
+    times (default 2).  ``max_workers`` (default no limit) caps how many
+    workers take part; one started beyond it does nothing.  ``progress``
+    shows a tqdm bar (default: when stderr is a terminal).  ``worker`` names
+    this worker in the history (default: ``$ACCORD_WORKER`` or
+    host:pid:random).
+    """
+
+    def __init__(
+        self,
+        items: Iterable[T],
+        db: str = "sqlite:///run.sqlite",
+        name: str = "default",
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        **options: Unpack[WorkOptions],
+    ) -> None:
+        objects: dict[str, T] = {}
+        for position, item in enumerate(items):
+            k = str(position if key is None else key(item))
+            if k in objects:
+                raise InvalidWork(f"duplicate key {k!r}: items {objects[k]!r} and {item!r}")
+            objects[k] = item
+        entries = [Entry(k, position) for position, k in enumerate(objects)]
+        super().__init__(entries, objects, db=db, name=name, **options)
+
+
+class _Progress:
+    """A tqdm bar of the whole queue's completed items, as this worker sees them."""
+
+    def __init__(self, store: Store, total: int, name: str, enabled: bool) -> None:
+        self._store = store
+        self._bar = tqdm(total=total, desc=name, disable=not enabled, unit="item")
+        self._next_sync = 0.0
+        if enabled:
+            self.update()
+
+    def update(self) -> None:
+        if self._bar.disable:
+            return
+        now = time.monotonic()
+        if now >= self._next_sync:
+            # Other workers' items count too; asking costs a query, so not
+            # more than once a second.
+            self._bar.n = self._store.counts()[COMPLETED]
+            self._next_sync = now + 1.0
+        else:
+            self._bar.n += 1
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class _Backoff:
+    """Waits between claims that found nothing yet: short at first, then longer."""
+
+    def __init__(self, longest: float) -> None:
+        self._longest = min(longest, 1.0)
+        self._next = 0.005
+
+    def reset(self) -> None:
+        self._next = 0.005
+
+    def wait(self) -> None:
+        time.sleep(self._next)
+        self._next = min(self._next * 2, self._longest)
+
+
+def _stopped_message(name: str, stopped: Stopped) -> str:
+    shown = "; ".join(f"{key!r}: {error}" for key, error in stopped.failures)
+    return (
+        f"{name}: stopping because items failed and failure_policy='stop' ({shown}); "
+        "re-queue them with `accord reset DB --failed`"
+    )
+
+
+# Items this process marked failed with LEFT_LOOP, and the frame that ran
+# the loop: an exception that ends the process and passed through that frame
+# is what ended the loop, and its traceback replaces the generic reason.
+_recent_failures: list[tuple[Store, Claimed, tuple[int, Any]]] = []
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _remember_failure(store: Store, claimed: Claimed, loop_frame: Any) -> None:
+    global _hook_installed
+    # id and code, not the frame: holding the frame would keep its locals alive.
+    where = (id(loop_frame), getattr(loop_frame, "f_code", None))
+    with _hook_lock:
+        _recent_failures[:] = [r for r in _recent_failures if r[0] is not store][-15:]
+        _recent_failures.append((store, claimed, where))
+        if not _hook_installed:
+            previous = sys.excepthook
+
+            def hook(kind, value, tb):
+                _record_uncaught(kind, value, tb)
+                previous(kind, value, tb)
+
+            sys.excepthook = hook
+            _hook_installed = True
+
+
+def _record_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    error = "".join(traceback.format_exception(kind, value, tb)).strip()
+    passed = {(id(frame), frame.f_code) for frame, _ in traceback.walk_tb(tb)}
+    with _hook_lock:
+        failures, _recent_failures[:] = list(_recent_failures), []
+    for store, claimed, where in failures:
+        if where not in passed:
+            continue
+        # The process is ending anyway; if this fails the generic reason stays.
+        with contextlib.suppress(Exception):
+            store.set_error(claimed.item_id, error)

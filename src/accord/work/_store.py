@@ -1,0 +1,637 @@
+"""The transactions of a work queue: register items, claim, finish, reap, reset.
+
+Each method is one short transaction.  On SQLite it starts with ``BEGIN
+IMMEDIATE`` (see `_db`), so transactions of different workers run one after
+the other and a claim cannot hand out an item another claim is handing out.
+On PostgreSQL the claim locks the row it picks with ``FOR UPDATE SKIP
+LOCKED``: concurrent claims pick different rows without waiting for each
+other, and registration of one queue's items is serialised by an advisory
+lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
+
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+
+from . import _history
+from ._errors import InvalidWork
+from ._schema import create, deps, history, items, queues, workers
+
+log = logging.getLogger("accord.work")
+
+PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
+
+# Rows per INSERT: well under SQLite's limit of 32766 bound parameters.
+_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """An item as registered: its key and what the scheduler needs to know."""
+
+    key: str
+    position: int
+    requirements: str = ""
+    fingerprint: str | None = None
+    deps: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    item_id: int
+    key: str
+    fingerprint: str | None
+
+
+WAIT = "wait"  # nothing to claim now, but running items may finish or be reclaimed
+DONE = "done"  # nothing this worker can claim, and nothing running
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """The failure policy is "stop" and these items failed."""
+
+    failures: list[tuple[str, str | None]]
+
+
+def batched(rows: Iterable, n: int) -> Iterable[list]:
+    """Lists of up to n rows (itertools.batched is Python 3.12)."""
+    it = iter(rows)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def advisory_key(*parts: object) -> int:
+    """A signed 64-bit number for pg_advisory_lock, from a name."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class Store:
+    """One queue (or graph) in one database, as seen by one worker process."""
+
+    def __init__(self, engine: Engine, name: str, kind: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.kind = kind
+        self.postgres = engine.dialect.name == "postgresql"
+        with engine.begin() as conn:
+            create(conn)
+            row = conn.execute(
+                select(queues.c.id, queues.c.kind).where(queues.c.name == name)
+            ).first()
+            if row is None:
+                self.queue_id = conn.execute(
+                    insert(queues).values(name=name, kind=kind, created_at=time.time())
+                ).inserted_primary_key[0]
+            elif row.kind != kind:
+                other = "WorkQueue" if row.kind == "queue" else "TaskGraph"
+                raise InvalidWork(
+                    f"the name {name!r} is already used by a {other} in this database; "
+                    "give this one another name"
+                )
+            else:
+                self.queue_id = row.id
+        # Set by the worker that iterates (see _queue._Work).
+        self.max_retries = 0
+        self.stop_on_failure = False
+        self.reap_interval = 1.0
+        self.accepts: Callable[[str, str], bool] = lambda key, requirements: True
+        self.requirement_filter: list[str] | None = None
+        self.excluded: set[str] = set()
+        self._next_reap = 0.0
+        self._sql: _Statements | None = None
+
+    def _mine(self):
+        return items.c.queue_id == self.queue_id
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, entries: Sequence[Entry]) -> list[str]:
+        """Insert the entries that are missing; invalidate changed fingerprints.
+
+        Returns the keys of completed items that were invalidated: those
+        whose fingerprint changed, and every completed item downstream.
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            if self.postgres:
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(advisory_key("queue", self.queue_id)))
+                )
+            existing = {
+                row.key: row
+                for row in conn.execute(
+                    select(
+                        items.c.id,
+                        items.c.key,
+                        items.c.status,
+                        items.c.fingerprint,
+                        items.c.position,
+                    ).where(self._mine())
+                )
+            }
+            new = [e for e in entries if e.key not in existing]
+            # Items another worker's list did not have go after all of its
+            # items, in this list's order.
+            after = 1 + max((row.position for row in existing.values()), default=-1)
+            for chunk in batched(new, _BATCH):
+                conn.execute(
+                    insert(items),
+                    [
+                        {
+                            "queue_id": self.queue_id,
+                            "key": e.key,
+                            "position": after + e.position,
+                            "status": PENDING,
+                            "unmet": 0,
+                            "requirements": e.requirements,
+                            "fingerprint": e.fingerprint,
+                            "kills": 0,
+                            "updated_at": now,
+                        }
+                        for e in chunk
+                    ],
+                )
+            if self.kind != "graph":
+                return []
+            ids = dict(conn.execute(select(items.c.key, items.c.id).where(self._mine())).all())
+            edges = [{"item_id": ids[e.key], "dep_id": ids[d]} for e in new for d in e.deps]
+            for chunk in batched(edges, _BATCH):
+                conn.execute(insert(deps), list(chunk))
+            invalidated = self._invalidate_changed(conn, entries, existing, ids, now)
+            if new or invalidated:
+                self._count_unmet(conn)
+            return invalidated
+
+    def _invalidate_changed(self, conn, entries, existing, ids, now) -> list[str]:
+        changed = [
+            e
+            for e in entries
+            if e.key in existing
+            and e.fingerprint is not None
+            and existing[e.key].fingerprint != e.fingerprint
+        ]
+        if not changed:
+            return []
+        conn.execute(
+            update(items)
+            .where(items.c.id == bindparam("b_id"))
+            .values(fingerprint=bindparam("b_fp"), updated_at=now),
+            [{"b_id": ids[e.key], "b_fp": e.fingerprint} for e in changed],
+        )
+        roots = [e.key for e in changed if existing[e.key].status == COMPLETED]
+        fingerprints = {e.key: e.fingerprint for e in entries}
+        doomed = [
+            key
+            for key in downstream(roots, entries)
+            if key in existing and existing[key].status == COMPLETED
+        ]
+        for chunk in batched(doomed, _BATCH):
+            conn.execute(
+                update(items)
+                .where(items.c.id.in_([ids[k] for k in chunk]))
+                .values(status=PENDING, worker_id=None, error=None, updated_at=now)
+            )
+        _history.record(
+            conn,
+            (
+                {
+                    "item_id": ids[k],
+                    "status": "invalidated",
+                    "at": now,
+                    "fingerprint": fingerprints.get(k, existing[k].fingerprint),
+                }
+                for k in doomed
+            ),
+        )
+        return doomed
+
+    def _count_unmet(self, conn: Connection) -> None:
+        """Recompute every item's count of unfinished dependencies, in one statement."""
+        upstream = items.alias("upstream")
+        unfinished = (
+            select(func.count())
+            .select_from(deps.join(upstream, upstream.c.id == deps.c.dep_id))
+            .where(deps.c.item_id == items.c.id, upstream.c.status != COMPLETED)
+            .scalar_subquery()
+        )
+        conn.execute(update(items).where(self._mine()).values(unmet=unfinished))
+
+    # -- workers ------------------------------------------------------------
+
+    def add_worker(
+        self, name: str, host: str, pid: int, labels: Iterable[str], timeout: float, cap: int | None
+    ) -> int | None:
+        """Register a worker; None if ``cap`` workers are already active."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            if self.postgres:
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(advisory_key("workers", self.queue_id)))
+                )
+            self._reap(conn, now)
+            if cap is not None:
+                active = conn.execute(
+                    select(func.count())
+                    .select_from(workers)
+                    .where(workers.c.queue_id == self.queue_id, workers.c.status == "active")
+                ).scalar_one()
+                if active >= cap:
+                    return None
+            return conn.execute(
+                insert(workers).values(
+                    queue_id=self.queue_id,
+                    name=name,
+                    host=host,
+                    pid=pid,
+                    labels=",".join(sorted(labels)),
+                    started_at=now,
+                    heartbeat_at=now,
+                    heartbeat_timeout=timeout,
+                    status="active",
+                )
+            ).inserted_primary_key[0]
+
+    def beat(self, worker_id: int) -> bool:
+        """Record a heartbeat; False if others had already declared this worker dead."""
+        with self.engine.begin() as conn:
+            alive = conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id, workers.c.status == "active")
+                .values(heartbeat_at=time.time())
+            ).rowcount
+            if not alive:
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(status="active", heartbeat_at=time.time())
+                )
+        return bool(alive)
+
+    def stop_worker(self, worker_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(status="stopped", heartbeat_at=time.time())
+            )
+
+    def _reap(self, conn: Connection, now: float) -> None:
+        """Declare workers without a recent heartbeat dead; re-queue their items."""
+        dead = conn.execute(
+            select(workers.c.id, workers.c.name).where(
+                workers.c.queue_id == self.queue_id,
+                workers.c.status == "active",
+                workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
+            )
+        ).all()
+        if not dead:
+            return
+        names = dict(dead)
+        kill = (
+            update(workers)
+            .where(workers.c.id.in_(names), workers.c.status == "active")
+            .values(status="killed")
+        )
+        if self.postgres:
+            # Two workers may reap the same dead one at once; the second
+            # waits for the first's row locks, finds it no longer active and
+            # must not re-queue its items again.
+            names = {i: names[i] for i in conn.execute(kill.returning(workers.c.id)).scalars()}
+            if not names:
+                return
+        else:
+            conn.execute(kill)  # transactions run one at a time on SQLite
+        orphans = conn.execute(
+            select(
+                items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id
+            ).where(items.c.worker_id.in_(names), items.c.status == RUNNING)
+        ).all()
+        changes, events = [], []
+        for item in orphans:
+            kills = item.kills + 1
+            gone = f"worker {names[item.worker_id]} stopped heartbeating"
+            give_up = kills > self.max_retries
+            error = f"{gone} {kills} times (max_retries={self.max_retries})" if give_up else None
+            log.warning("%s: item %r re-queued: %s", self.name, item.key, gone)
+            changes.append(
+                {
+                    "b_id": item.id,
+                    "b_status": FAILED if give_up else PENDING,
+                    "b_kills": kills,
+                    "b_error": error,
+                }
+            )
+            base = {
+                "item_id": item.id,
+                "worker_id": item.worker_id,
+                "at": now,
+                "fingerprint": item.fingerprint,
+            }
+            events.append({**base, "status": "killed", "error": gone})
+            if give_up:
+                events.append({**base, "status": FAILED, "error": error})
+        if changes:
+            conn.execute(
+                update(items)
+                .where(items.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    kills=bindparam("b_kills"),
+                    error=bindparam("b_error"),
+                    updated_at=now,
+                ),
+                changes,
+            )
+        _history.record(conn, events)
+
+    # -- claiming -----------------------------------------------------------
+    #
+    # A worker claims with its own connection (`connect`), and the hot
+    # statements are compiled once (`Prepared`): building and cache-keying a
+    # Core statement costs SQLAlchemy 30-60 µs per execute, several times
+    # what SQLite needs to run it.
+
+    def connect(self) -> Connection:
+        """The connection one iterating worker claims and finishes with."""
+        if self._sql is None:
+            self._sql = _Statements(self.engine.dialect, self.postgres)
+        return self.engine.connect()
+
+    def claim(
+        self,
+        conn: Connection,
+        worker_id: int,
+        finished: tuple[Claimed, str, str | None] | None = None,
+    ) -> Claimed | Stopped | str:
+        """Finish the previous item (if any) and claim the next, in one transaction.
+
+        Returns the claimed item, `WAIT`, `DONE`, or `Stopped`.
+        """
+        now = time.time()
+        sql = self._sql
+        with conn.begin():
+            if finished is not None:
+                self._finish(conn, worker_id, *finished, now)
+            if now >= self._next_reap:
+                self._reap(conn, now)
+                self._next_reap = now + self.reap_interval
+            if self.stop_on_failure:
+                failures = conn.execute(
+                    select(items.c.key, items.c.error)
+                    .where(self._mine(), items.c.status == FAILED)
+                    .order_by(items.c.position)
+                    .limit(5)
+                ).all()
+                if failures:
+                    return Stopped([tuple(f) for f in failures])
+            while (row := self._next(conn)) is not None:
+                if not self.accepts(row.key, row.requirements):
+                    # An item only other workers were given, or one this
+                    # worker lacks the labels for: never look at it again.
+                    self.excluded.add(row.key)
+                    continue
+                sql.take(conn, b_id=row.id, b_worker=worker_id, b_now=now)
+                sql.event(conn, row.id, RUNNING, worker_id, now, row.fingerprint)
+                return Claimed(row.id, row.key, row.fingerprint)
+            if self.postgres:
+                # Rows other claims had locked were skipped, not absent.
+                busy = or_(items.c.status == RUNNING, self._ready())
+                waiting = conn.execute(
+                    select(items.c.id).where(self._mine(), busy).limit(1)
+                ).first()
+            else:
+                waiting = sql.busy(conn, b_queue=self.queue_id).first()
+            return WAIT if waiting else DONE
+
+    def _ready(self):
+        ready = and_(items.c.status == PENDING, items.c.unmet == 0)
+        if self.requirement_filter is not None:
+            ready = and_(ready, items.c.requirements.in_(self.requirement_filter))
+        if self.excluded:
+            ready = and_(ready, items.c.key.not_in(self.excluded))
+        return ready
+
+    def _next(self, conn: Connection):
+        if self.requirement_filter is None and not self.excluded:
+            return self._sql.next(conn, b_queue=self.queue_id).first()
+        query = (
+            select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
+            .where(self._mine(), self._ready())
+            .order_by(items.c.position)
+            .limit(1)
+        )
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        return conn.execute(query).first()
+
+    def finish(
+        self, conn: Connection, worker_id: int, claimed: Claimed, status: str, error: str | None
+    ) -> None:
+        with conn.begin():
+            self._finish(conn, worker_id, claimed, status, error, time.time())
+
+    def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
+        sql = self._sql
+        done = sql.finish(
+            conn,
+            b_id=claimed.item_id,
+            b_worker=worker_id,
+            b_status=status,
+            b_error=error,
+            b_now=now,
+        ).rowcount
+        if not done:
+            # This worker missed its heartbeats long enough to be declared
+            # dead: the item went back to the queue, and the worker that has
+            # it now records the outcome.
+            log.warning(
+                "%s: item %r was handed to another worker while this one was "
+                "unresponsive; its outcome here (%s) is not recorded",
+                self.name,
+                claimed.key,
+                status,
+            )
+            return
+        if status == COMPLETED and self.kind == "graph":
+            sql.release_dependents(conn, b_dep=claimed.item_id)
+        sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def set_error(self, item_id: int, error: str) -> None:
+        """Replace the error recorded for a failed item (and its last history row)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(items)
+                .where(items.c.id == item_id, items.c.status == FAILED)
+                .values(error=error)
+            )
+            last = select(func.max(history.c.id)).where(
+                history.c.item_id == item_id, history.c.status == FAILED
+            )
+            conn.execute(
+                update(history).where(history.c.id == last.scalar_subquery()).values(error=error)
+            )
+
+    # -- reading and maintenance ---------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.begin() as conn:
+            return counts(conn, self.queue_id)
+
+    def reset(self, statuses: Sequence[str] = (FAILED,)) -> list[str]:
+        with self.engine.begin() as conn:
+            return reset(conn, self.queue_id, statuses)
+
+
+def counts(conn: Connection, queue_id: int) -> dict[str, int]:
+    """Items per status (every status present, zeros included)."""
+    found = dict(
+        conn.execute(
+            select(items.c.status, func.count())
+            .where(items.c.queue_id == queue_id)
+            .group_by(items.c.status)
+        ).all()
+    )
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
+def reset(conn: Connection, queue_id: int, statuses: Sequence[str]) -> list[str]:
+    """Put items with these statuses back in the queue; returns their keys."""
+    rows = conn.execute(
+        select(items.c.id, items.c.key, items.c.fingerprint).where(
+            items.c.queue_id == queue_id, items.c.status.in_(statuses)
+        )
+    ).all()
+    now = time.time()
+    for chunk in batched(rows, _BATCH):
+        conn.execute(
+            update(items)
+            .where(items.c.id.in_([r.id for r in chunk]))
+            .values(status=PENDING, kills=0, error=None, updated_at=now)
+        )
+    _history.record(
+        conn,
+        (
+            {"item_id": r.id, "status": "reset", "at": now, "fingerprint": r.fingerprint}
+            for r in rows
+        ),
+    )
+    return [r.key for r in rows]
+
+
+def downstream(roots: Iterable[str], entries: Iterable[Entry]) -> list[str]:
+    """The roots and every entry that depends on them, directly or not."""
+    children: dict[str, list[str]] = {}
+    for e in entries:
+        for d in e.deps:
+            children.setdefault(d, []).append(e.key)
+    seen: dict[str, None] = {}
+    stack = list(roots)
+    while stack:
+        key = stack.pop()
+        if key not in seen:
+            seen[key] = None
+            stack.extend(children.get(key, ()))
+    return list(seen)
+
+
+class Prepared:
+    """A statement compiled once for one dialect, run with ``exec_driver_sql``."""
+
+    def __init__(self, statement, dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.defaults = compiled.construct_params(_check=False)
+        self.order = compiled.positiontup  # None for named parameter styles
+
+    def __call__(self, conn: Connection, **params):
+        args = {**self.defaults, **params}
+        if self.order is not None:
+            return conn.exec_driver_sql(self.sql, tuple(args[name] for name in self.order))
+        return conn.exec_driver_sql(self.sql, args)
+
+
+class _Statements:
+    """The statements of the claim loop, compiled for one database."""
+
+    def __init__(self, dialect, postgres: bool) -> None:
+        upcoming = (
+            select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
+            .where(
+                items.c.queue_id == bindparam("b_queue"),
+                items.c.status == PENDING,
+                items.c.unmet == 0,
+            )
+            .order_by(items.c.position)
+            .limit(1)
+        )
+        if postgres:
+            upcoming = upcoming.with_for_update(skip_locked=True)
+        self.next = Prepared(upcoming, dialect)
+        self.take = Prepared(
+            update(items)
+            .where(items.c.id == bindparam("b_id"))
+            .values(
+                status=RUNNING,
+                worker_id=bindparam("b_worker"),
+                error=None,
+                updated_at=bindparam("b_now"),
+            ),
+            dialect,
+        )
+        self.finish = Prepared(
+            update(items)
+            .where(
+                items.c.id == bindparam("b_id"),
+                items.c.worker_id == bindparam("b_worker"),
+                items.c.status == RUNNING,
+            )
+            .values(
+                status=bindparam("b_status"),
+                error=bindparam("b_error"),
+                updated_at=bindparam("b_now"),
+            ),
+            dialect,
+        )
+        waiting = select(deps.c.item_id).where(deps.c.dep_id == bindparam("b_dep"))
+        self.release_dependents = Prepared(
+            update(items).where(items.c.id.in_(waiting)).values(unmet=items.c.unmet - 1), dialect
+        )
+        self._record = Prepared(
+            insert(history).values(
+                item_id=bindparam("b_item"),
+                status=bindparam("b_status"),
+                worker_id=bindparam("b_worker"),
+                at=bindparam("b_now"),
+                fingerprint=bindparam("b_fp"),
+                error=bindparam("b_error"),
+            ),
+            dialect,
+        )
+        self.busy = Prepared(
+            select(items.c.id)
+            .where(items.c.queue_id == bindparam("b_queue"), items.c.status == RUNNING)
+            .limit(1),
+            dialect,
+        )
+
+    def event(self, conn, item_id, status, worker_id, now, fingerprint, error=None) -> None:
+        """A history row for one item."""
+        self._record(
+            conn,
+            b_item=item_id,
+            b_status=status,
+            b_worker=worker_id,
+            b_now=now,
+            b_fp=fingerprint,
+            b_error=error,
+        )

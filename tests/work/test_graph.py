@@ -1,0 +1,128 @@
+"""TaskGraph: dependency order, labels, fingerprints, history and pruning."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from work_helpers import barrier
+
+from accord.work import InvalidWork, Task, TaskGraph
+from accord.work._schema import workers as workers_table
+
+# Two chains that join, a wide middle, and a task with no deps at the end.
+GRAPH = (
+    [["root", []]]
+    + [[f"a{i}", ["root"] if i == 0 else [f"a{i - 1}"]] for i in range(6)]
+    + [[f"b{i}", ["root"]] for i in range(10)]
+    + [["join", ["a5"] + [f"b{i}" for i in range(10)]], ["last", ["join"]], ["alone", []]]
+)
+
+
+def _tasks(graph=GRAPH, **fingerprints):
+    return [Task(name, deps=deps, fingerprint=fingerprints.get(name)) for name, deps in graph]
+
+
+def test_two_workers_respect_dependency_order(db, workers, tmp_path):
+    config = {
+        "db": db,
+        "name": "g",
+        "graph": GRAPH,
+        "barrier": [str(barrier(tmp_path)), 2],
+        "work_s": 0.02,
+    }
+    done = workers.run([config] * 2)
+    assert sorted(done[0] + done[1]) == sorted(name for name, _ in GRAPH)
+    graph = TaskGraph(_tasks(), db=db, name="g", progress=False)
+    # History ids follow commit order: each start comes after its deps completed.
+    rows = graph.history()
+    started = {h.key: i for i, h in enumerate(rows) if h.status == "running"}
+    completed = {h.key: i for i, h in enumerate(rows) if h.status == "completed"}
+    for name, deps in GRAPH:
+        for dep in deps:
+            assert completed[dep] < started[name], (dep, name)
+    assert len({h.worker for h in rows}) == 2, "the work was not shared"
+
+
+def test_changed_fingerprint_reruns_the_task_and_exactly_its_downstream(sqlite_db):
+    graph = [
+        ["fetch", []],
+        ["clean", ["fetch"]],
+        ["train", ["clean"]],
+        ["eval", ["train"]],
+        ["docs", ["fetch"]],
+    ]
+    first = TaskGraph(_tasks(graph, clean="v1"), db=sqlite_db, name="ml", progress=False)
+    assert [t.name for t in first] == ["fetch", "clean", "train", "eval", "docs"]
+    same = TaskGraph(_tasks(graph, clean="v1"), db=sqlite_db, name="ml", progress=False)
+    assert same.invalidated == [] and list(same) == []
+    changed = TaskGraph(_tasks(graph, clean="v2"), db=sqlite_db, name="ml", progress=False)
+    assert sorted(changed.invalidated) == ["clean", "eval", "train"]
+    assert [t.name for t in changed] == ["clean", "train", "eval"]
+    history = changed.history("clean")
+    assert [(h.status, h.fingerprint) for h in history] == [
+        ("running", "v1"),
+        ("completed", "v1"),
+        ("invalidated", "v2"),
+        ("running", "v2"),
+        ("completed", "v2"),
+    ]
+    assert [h.status for h in changed.history("fetch")] == ["running", "completed"]
+
+
+def test_labels_decide_who_takes_which_task(sqlite_db):
+    tasks = [
+        Task("prep"),
+        Task("train", deps=["prep"], requirements={"gpu"}),
+        Task("plot", deps=["train"]),
+        Task("other"),
+    ]
+    cpu = TaskGraph(tasks, db=sqlite_db, name="g", progress=False)
+    assert [t.name for t in cpu] == ["prep", "other"]  # train needs a gpu; nothing runs
+    gpu = TaskGraph(tasks, db=sqlite_db, name="g", labels={"gpu", "cpu"}, progress=False)
+    assert [t.name for t in gpu] == ["train", "plot"]
+
+
+def test_history_is_pruned_without_breaking_references(sqlite_db):
+    graph = [["a", []], ["b", ["a"]]]
+    for version in ("1", "2", "3"):
+        assert (
+            len(list(TaskGraph(_tasks(graph, a=version), db=sqlite_db, name="g", progress=False)))
+            == 2
+        )
+    graph_now = TaskGraph(_tasks(graph, a="3"), db=sqlite_db, name="g", progress=False)
+    assert len(graph_now.history("a")) == 8  # 3 x (running, completed) + 2 invalidated
+    assert graph_now.prune_history(keep_latest=2) == 12
+    assert [h.status for h in graph_now.history("a")] == ["running", "completed"]
+    assert all(h.worker for h in graph_now.history())
+    # The workers of the first two runs are referenced by nothing any more.
+    with graph_now._engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(workers_table)).scalar() == 1
+    graph_now.prune_history(keep_latest=1)
+    assert [h.status for h in graph_now.history()] == ["completed", "completed"]
+    with pytest.raises(InvalidWork):
+        graph_now.prune_history(keep_latest=0)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ([Task("a"), Task("a")], "duplicate task name 'a'"),
+        ([Task("a", deps=["nope"])], "depends on 'nope', which is not in the graph"),
+        (
+            [Task("a", deps=["c"]), Task("b", deps=["a"]), Task("c", deps=["b"])],
+            "cycle: a -> c -> b -> a",
+        ),
+        (["a"], "takes Task objects"),
+    ],
+)
+def test_bad_graphs_are_refused_before_any_work(sqlite_db, tasks, message):
+    with pytest.raises(InvalidWork, match=message):
+        TaskGraph(tasks, db=sqlite_db)
+
+
+def test_a_name_is_either_a_queue_or_a_graph(sqlite_db):
+    from accord.work import WorkQueue
+
+    WorkQueue([1], db=sqlite_db, name="x", progress=False)
+    with pytest.raises(InvalidWork, match="already used by a WorkQueue"):
+        TaskGraph([Task("a")], db=sqlite_db, name="x")

@@ -1,0 +1,218 @@
+"""WorkQueue: each item once, across independent processes, through crashes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from work_helpers import barrier, wait_until
+
+from accord.work import DatabaseUnavailable, InvalidWork, WorkFailed, WorkQueue
+
+
+def test_four_workers_do_each_of_400_items_once(db, workers, tmp_path):
+    config = {"db": db, "name": "embed", "items": 400, "barrier": [str(barrier(tmp_path)), 4]}
+    done = workers.run([config] * 4)
+    everything = collections.Counter(key for keys in done for key in keys)
+    assert sorted(everything, key=int) == [str(i) for i in range(400)]
+    assert set(everything.values()) == {1}
+    assert sum(1 for keys in done if keys) >= 2, "the work was not shared"
+    queue = WorkQueue(range(400), db=db, name="embed", progress=False)
+    assert queue.counts() == {"pending": 0, "running": 0, "completed": 400, "failed": 0}
+    assert list(queue) == []
+
+
+def test_killed_worker_item_is_redone_after_heartbeat_timeout(db, workers):
+    options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2}
+    victim = workers.start(db=db, name="crash", items=6, options=options, hang_on=["0"])
+    wait_until(
+        lambda: victim.stdout.readline().startswith("start 0"), what="the victim to take item 0"
+    )
+    survivor = workers.start(db=db, name="crash", items=6, options=options)
+    victim.send_signal(signal.SIGKILL)
+    done = workers.finish(survivor)
+    assert sorted(done) == ["0", "1", "2", "3", "4", "5"]
+    queue = WorkQueue(range(6), db=db, name="crash", progress=False)
+    assert [(h.status, h.error is not None) for h in queue.history(0)] == [
+        ("running", False),
+        ("killed", True),
+        ("running", False),
+        ("completed", False),
+    ]
+    first, killed, again, _ = queue.history(0)
+    assert first.worker == killed.worker != again.worker
+    assert "stopped heartbeating" in killed.error
+
+
+def test_item_given_up_after_max_retries(sqlite_db, workers):
+    options = {"heartbeat_timeout": 0.5, "heartbeat_interval": 0.1, "max_retries": 0}
+    victim = workers.start(db=sqlite_db, name="fragile", items=2, options=options, hang_on=["0"])
+    wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="item 0 to start")
+    victim.kill()
+    victim.wait()
+    queue = WorkQueue(range(2), db=sqlite_db, name="fragile", progress=False, **options)
+    assert [int(i) for i in queue] == [1]
+    assert queue.counts()["failed"] == 1
+    assert "max_retries=0" in queue.history(0)[-1].error
+
+
+def test_body_that_raises_fails_the_item_and_the_exception_propagates(sqlite_db):
+    queue = WorkQueue("abcd", db=sqlite_db, name="q", progress=False)
+    with pytest.raises(ZeroDivisionError):
+        for item in queue:
+            if item == "b":
+                1 / 0  # noqa: B018
+    assert queue.counts() == {"pending": 2, "running": 0, "completed": 1, "failed": 1}
+    assert list(queue) == ["c", "d"]  # failure_policy="continue": the rest goes on
+    assert queue.history(1)[-1].status == "failed"
+    assert queue.reset_failed() == ["1"]
+    assert list(queue) == ["b"]
+
+
+def test_failure_policy_stop_stops_every_worker(sqlite_db):
+    queue = WorkQueue("abc", db=sqlite_db, name="q", failure_policy="stop", progress=False)
+    with pytest.raises(KeyError):
+        for item in queue:
+            raise KeyError(item)
+    other = WorkQueue("abc", db=sqlite_db, name="q", failure_policy="stop", progress=False)
+    with pytest.raises(WorkFailed, match="'0'"):
+        list(other)
+    assert queue.counts()["pending"] == 2
+
+
+def test_break_fails_the_item_close_completes_it(sqlite_db):
+    queue = WorkQueue(range(5), db=sqlite_db, name="q", progress=False)
+    for item in queue:
+        if item == 1:
+            break
+    assert queue.counts() == {"pending": 3, "running": 0, "completed": 1, "failed": 1}
+    for item in queue:
+        if item == 3:
+            queue.close()
+    assert queue.counts() == {"pending": 1, "running": 0, "completed": 3, "failed": 1}
+    assert list(queue) == [4]
+
+
+def test_uncaught_exception_is_recorded_with_its_traceback(sqlite_db, workers):
+    proc = workers.start(db=sqlite_db, name="q", items=3, fail_on=["1"])
+    proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    queue = WorkQueue(range(3), db=sqlite_db, name="q", progress=False)
+    error = queue.history(1)[-1].error
+    assert "ValueError: boom on 1" in error and "Traceback" in error
+
+
+def test_key_function_and_workers_with_different_lists(sqlite_db):
+    first = WorkQueue(["a", "b", "c", "d"], db=sqlite_db, name="q", key=str.upper, progress=False)
+    second = WorkQueue(["c", "d", "e"], db=sqlite_db, name="q", key=str.upper, progress=False)
+    assert list(second) == ["c", "d", "e"]
+    assert list(first) == ["a", "b"]  # "E" is not first's to do
+    assert [h.key for h in first.history() if h.status == "completed"] == ["C", "D", "E", "A", "B"]
+
+
+def test_max_workers_caps_concurrent_workers(sqlite_db):
+    one = iter(WorkQueue(range(4), db=sqlite_db, name="q", max_workers=1, progress=False))
+    assert next(one) == 0
+    assert list(WorkQueue(range(4), db=sqlite_db, name="q", max_workers=1, progress=False)) == []
+    assert list(one) == [1, 2, 3]
+
+
+def test_lock_excludes_other_workers(db, workers, tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    workers.run([{"db": db, "name": "locked", "items": 150, "counter": str(counter)}] * 3)
+    assert counter.read_text() == "150"
+
+
+def test_lock_times_out_while_another_process_holds_it(sqlite_db, tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from accord.work import WorkQueue; "
+            f"q = WorkQueue([1], db={sqlite_db!r}, name='q', progress=False); "
+            "q.lock.acquire(); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        queue = WorkQueue([1], db=sqlite_db, name="q", progress=False)
+        assert queue.lock.acquire(timeout=0.2) is False
+        holder.stdin.close()  # the holder exits; the OS releases its lock
+        assert queue.lock.acquire(timeout=20) is True
+        queue.lock.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize(
+    ("items", "kwargs", "message"),
+    [
+        ([1, 2, 1], {"key": str}, "duplicate key '1'"),
+        ([1], {"failure_policy": "retry"}, "failure_policy"),
+        ([1], {"heartbeat_timeout": 1, "heartbeat_interval": 2}, "heartbeat_interval"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(sqlite_db, items, kwargs, message):
+    with pytest.raises(InvalidWork, match=message):
+        WorkQueue(items, db=sqlite_db, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:////no/such/dir/run.sqlite", "directory /no/such/dir does not exist"),
+        ("sqlite://", "in-memory"),
+        ("nonsense", "not a database URL"),
+        ("mysql://localhost/x", "supports sqlite"),
+        (
+            "postgresql://nobody@127.0.0.1:1/none",
+            "cannot open postgresql://nobody@127.0.0.1:1/none",
+        ),
+    ],
+)
+def test_unopenable_database_is_a_clear_error(url, message):
+    with pytest.raises(DatabaseUnavailable, match=message):
+        WorkQueue([1], db=url)
+
+
+def test_sqlite_uses_wal_and_immediate_transactions(sqlite_db):
+    queue = WorkQueue([1], db=sqlite_db, name="q", progress=False)
+    with queue._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert os.path.exists(sqlite_db.removeprefix("sqlite:///") + "-wal")
+
+
+def test_heartbeats_keep_a_slow_item_with_its_worker(sqlite_db, workers, tmp_path):
+    # Each item takes longer than the heartbeat timeout; the heartbeat thread
+    # keeps the worker alive, so no item is handed out twice.
+    options = {"heartbeat_timeout": 0.6, "heartbeat_interval": 0.1}
+    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 1.0}
+    done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
+    assert sorted(done[0] + done[1]) == ["0", "1", "2", "3"]
+    queue = WorkQueue(range(4), db=sqlite_db, name="slow", progress=False)
+    assert all(h.status in ("running", "completed") for h in queue.history())
+
+
+def test_network_filesystem_uses_the_rollback_journal(sqlite_db, monkeypatch):
+    from accord.work import _db
+
+    monkeypatch.setattr(_db, "filesystem_type", lambda path: "nfs4")
+    queue = WorkQueue([1, 2], db=sqlite_db, name="q", progress=False)
+    with queue._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+    assert list(queue) == [1, 2]
+
+
+def test_progress_bar_counts_the_whole_queue(sqlite_db, capsys):
+    list(WorkQueue(range(3), db=sqlite_db, name="q", progress=False))
+    list(WorkQueue(range(5), db=sqlite_db, name="q", progress=True))
+    assert "5/5" in capsys.readouterr().err
