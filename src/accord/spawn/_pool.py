@@ -61,15 +61,21 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    __slots__ = ("future", "id", "payload", "retries", "timeout", "what")
+    __slots__ = ("args", "fn", "future", "id", "payload", "retries", "timeout")
 
-    def __init__(self, task_id, future, payload, timeout, retries, what):
+    def __init__(self, task_id, future, payload, timeout, retries, fn, args):
         self.id = task_id
         self.future = future
         self.payload = payload
         self.timeout = timeout
         self.retries = retries
-        self.what = what
+        self.fn = fn
+        self.args = args
+
+    @property
+    def what(self) -> str:
+        """``name(args)`` for error messages (made only when one is needed)."""
+        return _describe(self.fn, self.args)
 
 
 class _Slot:
@@ -175,21 +181,22 @@ class Pool(concurrent.futures.Executor):
         (To pass arguments named ``timeout`` or ``retries`` to `fn`, bind
         them with `functools.partial`.)  The future can be awaited.
         """
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-        payload = self._pickle_task(fn, args, kwargs)
+        _check_limits(timeout, retries)
+        return self._submit(self._pickle_function(fn), fn, args, kwargs, timeout, retries)
+
+    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunked=False) -> TaskFuture:
+        payload = self._pickle_call(blob, fn, args, kwargs, chunked)
         future = TaskFuture()
-        task = _Task(next(self._ids), future, payload, timeout, retries, _describe(fn, args))
+        task = _Task(next(self._ids), future, payload, timeout, retries, fn, args)
         with self._lock:
             if self._broken is not None:
                 raise concurrent.futures.BrokenExecutor(str(self._broken))
             if self._shutdown:
                 raise RuntimeError("cannot submit to a pool after shutdown()")
             self._pending.append(task)
-            if not self._dispatch_pending() or timeout is not None:
-                self._wake()  # to hand it out later, or to watch its deadline
+            self._dispatch_pending()  # if no worker has room, the next reply hands it out
+            if timeout is not None:
+                self._wake()  # the dispatcher must watch its deadline
         return future
 
     def map(
@@ -211,15 +218,17 @@ class Pool(concurrent.futures.Executor):
         """
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
+        _check_limits(timeout, retries)
+        blob = self._pickle_function(fn)  # once for every task of the map
         calls = list(zip(*iterables, strict=False))  # as Executor.map: up to the shortest
         bar = _progress_bar(len(calls)) if progress else None
         futures = []
         for start in range(0, len(calls), chunksize):
             chunk = calls[start : start + chunksize]
             if chunksize == 1:
-                future = self.submit(fn, *chunk[0], timeout=timeout, retries=retries)
+                future = self._submit(blob, fn, chunk[0], {}, timeout, retries)
             else:
-                future = self.submit(_worker.run_chunk, fn, chunk, timeout=timeout, retries=retries)
+                future = self._submit(blob, fn, chunk, {}, timeout, retries, chunked=True)
             if bar is not None:
                 future.add_done_callback(functools.partial(_advance, bar, len(chunk)))
             futures.append(future)
@@ -425,7 +434,9 @@ class Pool(concurrent.futures.Executor):
         return doomed
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+        # BlockingIOError: full, a wake-up is pending anyway; other OSErrors:
+        # the dispatcher has already ended (a broken pool) and closed it.
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
     # -- the rest -----------------------------------------------------
@@ -437,22 +448,27 @@ class Pool(concurrent.futures.Executor):
         except BlockingIOError:
             pass
 
-    def _pickle_task(self, fn, args, kwargs) -> bytes:
-        call = (fn, args, kwargs)
+    def _pickle_function(self, fn) -> bytes:
+        """`fn` pickled on its own: a worker unpickles each function once."""
         if self.backend != "subinterpreter" and _module_of(fn) not in _SCRIPT_MODULES:
-            try:
+            with contextlib.suppress(Exception):
+                return pickle.dumps(fn, 5)  # by reference: a short name
+        # Lambdas, local functions, the script's functions (which a
+        # sub-interpreter has not imported): by value, with their globals.
+        try:
+            return cloudpickle_dumps(fn)
+        except Exception as exc:
+            raise _cannot_send(fn, (), exc) from exc
+
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunked: bool) -> bytes:
+        call = (blob, args, kwargs, chunked)
+        if self.backend != "subinterpreter":
+            with contextlib.suppress(Exception):
                 return pickle.dumps(call, 5)
-            except Exception:
-                pass
-        # A sub-interpreter has not imported the script: ship its objects by value.
         try:
             return cloudpickle_dumps(call)
         except Exception as exc:
-            raise TypeError(
-                f"cannot send {_describe(fn, args)} to a worker: {exc}. Tasks, their "
-                "arguments and results must pickle; create resources such as locks, "
-                "files and connections inside the task"
-            ) from exc
+            raise _cannot_send(fn, args, exc) from exc
 
     def _close_workers(self) -> None:
         with self._lock:
@@ -476,6 +492,21 @@ _SCRIPT_MODULES = ("__main__", "__mp_main__")
 
 def _module_of(fn) -> str | None:
     return getattr(fn, "__module__", None)
+
+
+def _check_limits(timeout, retries) -> None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+
+
+def _cannot_send(fn, args, exc: Exception) -> TypeError:
+    return TypeError(
+        f"cannot send {_describe(fn, args)} to a worker: {exc}. Tasks, their arguments "
+        "and results must pickle; create resources such as locks, files and "
+        "connections inside the task"
+    )
 
 
 def _describe(fn, args: tuple) -> str:

@@ -42,12 +42,30 @@ def serve(fd: int, initializer: bytes | None = None) -> None:
     while (frame := _wire.recv(fd)) is not None:
         task_id, _ = _TASK.unpack_from(frame)
         try:
-            fn, args, kwargs = pickle.loads(memoryview(frame)[_TASK.size :])
-            reply = _TASK.pack(task_id, RESULT) + _pickled(fn(*args, **kwargs))
+            blob, args, kwargs, chunked = pickle.loads(memoryview(frame)[_TASK.size :])
+            fn = _function(blob)
+            # Pool.map(chunksize=n) sends n calls as one task.
+            result = [fn(*one) for one in args] if chunked else fn(*args, **kwargs)
+            reply = _TASK.pack(task_id, RESULT) + _pickled(result)
         except BaseException as exc:  # the task's error, SystemExit included, is its result
             reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
         del frame
         _wire.send(fd, reply)
+
+
+_functions: dict[bytes, object] = {}
+
+
+def _function(blob: bytes):
+    """The function pickled as `blob`, unpickled once per worker (a map sends
+    the same function with every task; a function shipped by value costs
+    far more to unpickle than its bytes cost to compare)."""
+    fn = _functions.get(blob)
+    if fn is None:
+        if len(_functions) >= 64:
+            _functions.clear()
+        fn = _functions[blob] = pickle.loads(blob)
+    return fn
 
 
 # What a worker needs beyond pickle is imported when first needed: a worker
@@ -76,11 +94,6 @@ def serve_process(conn, initializer: bytes | None) -> None:
         serve(fd, initializer)
     finally:
         conn.close()
-
-
-def run_chunk(fn, chunk: list[tuple]) -> list:
-    """Run `fn` over a chunk of argument tuples (``Pool.map(chunksize=n)``)."""
-    return [fn(*args) for args in chunk]
 
 
 # Run in a fresh sub-interpreter with ``fd``, ``path`` and ``initializer`` bound.
