@@ -150,6 +150,27 @@ def test_a_subinterpreter_past_its_timeout_is_dismissed_and_replaced():
         assert after != before  # a new interpreter on a new thread
 
 
+def spin():
+    while True:
+        pass
+
+
+def test_a_subinterpreter_interrupts_python_code_past_its_timeout():
+    # Pure-Python code is stopped inside its interpreter (by the worker's
+    # watchdog), so the worker lives on and shutdown need not wait for it.
+    if sys.version_info[:2] == (3, 12):
+        pytest.skip("3.12 cannot load ctypes in a sub-interpreter: no watchdog there")
+    pool = Pool(1, backend="subinterpreter")
+    (_, before) = pool.submit(whoami).result(timeout=30)
+    with pytest.raises(TaskTimeout, match="interrupted in its sub-interpreter"):
+        pool.submit(spin, timeout=0.3).result(timeout=30)
+    (_, after) = pool.submit(whoami).result(timeout=30)
+    assert after == before  # the same worker: it was not dismissed
+    started = time.monotonic()
+    pool.shutdown()
+    assert time.monotonic() - started < 5
+
+
 def test_retries_after_errors_and_lost_workers(spawn_backend):
     how = ["raise"] if spawn_backend == "subinterpreter" else ["raise", "exit"]
     with Share() as share, Pool(2, backend=spawn_backend) as pool:

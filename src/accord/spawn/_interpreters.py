@@ -51,6 +51,11 @@ def create() -> int:
             "this Python has no sub-interpreters (CPython 3.11 or later is needed); "
             "use backend='forkserver', 'spawn' or 'fork'"
         )
+    if not OWN_GIL:
+        # 3.11's "isolated" interpreters refuse threads, which the worker's
+        # watchdog needs; with one GIL for all, isolation=False costs nothing
+        # else (modules stay per interpreter either way).
+        return _impl.create(isolated=False)
     return _impl.create()
 
 

@@ -40,6 +40,7 @@ from ._wire import FrameReader, frame
 
 _PER_WORKER = 2  # tasks a worker holds: the running one and the next
 _REAP_S = 5.0
+_GRACE_S = 0.5
 
 
 class TaskFuture(concurrent.futures.Future):
@@ -136,6 +137,9 @@ class Pool(concurrent.futures.Executor):
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, not {workers!r}")
         self.backend = _handles.check_backend(backend)
+        # A sub-interpreter interrupts its own overdue task (see _watchdog);
+        # the pool dismisses it only if that did not work within the grace.
+        self._grace = _GRACE_S if self.backend == "subinterpreter" else 0.0
         self.workers = workers
         self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
         self._lock = threading.Lock()
@@ -185,7 +189,7 @@ class Pool(concurrent.futures.Executor):
         return self._submit(self._pickle_function(fn), fn, args, kwargs, timeout, retries)
 
     def _submit(self, blob, fn, args, kwargs, timeout, retries, chunked=False) -> TaskFuture:
-        payload = self._pickle_call(blob, fn, args, kwargs, chunked)
+        payload = self._pickle_call(blob, fn, args, kwargs, chunked, timeout)
         future = TaskFuture()
         task = _Task(next(self._ids), future, payload, timeout, retries, fn, args)
         with self._lock:
@@ -303,7 +307,13 @@ class Pool(concurrent.futures.Executor):
             if kind == _worker.RESULT:
                 task.future.set_result(pickle.loads(payload))
                 return
-            error = rebuild_error(*pickle.loads(payload))
+            if kind == _worker.INTERRUPTED:
+                error = TaskTimeout(
+                    f"{task.what} ran longer than its timeout of {task.timeout:g} s; "
+                    "it was interrupted in its sub-interpreter"
+                )
+            else:
+                error = rebuild_error(*pickle.loads(payload))
         except Exception as exc:  # a result or an error that does not unpickle here
             error = exc
         self._retry_or_fail(task, error)
@@ -337,7 +347,9 @@ class Pool(concurrent.futures.Executor):
         now = time.monotonic()
         for slot in list(self._slots):
             head = slot.tasks[0] if slot.tasks else None
-            if head is None or head.timeout is None or now < slot.head_since + head.timeout:
+            if head is None or head.timeout is None:
+                continue
+            if now < slot.head_since + head.timeout + self._grace:
                 continue
             with self._lock:
                 self._remove(slot)
@@ -355,7 +367,7 @@ class Pool(concurrent.futures.Executor):
 
     def _time_to_next_deadline(self) -> float | None:
         deadlines = [
-            slot.head_since + slot.tasks[0].timeout
+            slot.head_since + slot.tasks[0].timeout + self._grace
             for slot in self._slots
             if slot.tasks and slot.tasks[0].timeout is not None
         ]
@@ -460,8 +472,8 @@ class Pool(concurrent.futures.Executor):
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
-    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunked: bool) -> bytes:
-        call = (blob, args, kwargs, chunked)
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunked: bool, timeout) -> bytes:
+        call = (blob, args, kwargs, chunked, timeout)
         if self.backend != "subinterpreter":
             with contextlib.suppress(Exception):
                 return pickle.dumps(call, 5)

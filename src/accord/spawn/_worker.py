@@ -17,7 +17,7 @@ import struct
 from . import _wire
 
 # Reply kinds (one byte after the task id).
-RESULT, ERROR, INIT_FAILED = 0, 1, 2
+RESULT, ERROR, INIT_FAILED, INTERRUPTED = 0, 1, 2, 3
 _TASK = struct.Struct("<QB")
 
 
@@ -30,8 +30,30 @@ def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
     return task_id, kind, frame[_TASK.size :]
 
 
-def serve(fd: int, initializer: bytes | None = None) -> None:
-    """Run tasks arriving on `fd` until it ends (the worker's whole life)."""
+def serve(fd: int, initializer: bytes | None = None, watch: bool = False) -> None:
+    """Run tasks arriving on `fd` until it ends (the worker's whole life).
+
+    `watch`: enforce each task's timeout here (sub-interpreters, which the
+    pool cannot kill).
+    """
+    watchdog = _start_watchdog() if watch else None
+    try:
+        _serve(fd, initializer, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+def _start_watchdog():
+    try:
+        from ._watchdog import Watchdog
+
+        return Watchdog()
+    except (ImportError, RuntimeError):  # no ctypes, or no threads, in this interpreter:
+        return None  # the pool dismisses the worker instead
+
+
+def _serve(fd: int, initializer: bytes | None, watchdog) -> None:
     if initializer is not None:
         try:
             init, args = pickle.loads(initializer)
@@ -41,14 +63,24 @@ def serve(fd: int, initializer: bytes | None = None) -> None:
             return
     while (frame := _wire.recv(fd)) is not None:
         task_id, _ = _TASK.unpack_from(frame)
+        interrupted = False
         try:
-            blob, args, kwargs, chunked = pickle.loads(memoryview(frame)[_TASK.size :])
+            blob, args, kwargs, chunked, timeout = pickle.loads(memoryview(frame)[_TASK.size :])
             fn = _function(blob)
-            # Pool.map(chunksize=n) sends n calls as one task.
-            result = [fn(*one) for one in args] if chunked else fn(*args, **kwargs)
+            if watchdog is not None:
+                watchdog.arm(timeout)
+            try:
+                # Pool.map(chunksize=n) sends n calls as one task.
+                result = [fn(*one) for one in args] if chunked else fn(*args, **kwargs)
+            finally:
+                if watchdog is not None:
+                    interrupted = watchdog.disarm()
             reply = _TASK.pack(task_id, RESULT) + _pickled(result)
         except BaseException as exc:  # the task's error, SystemExit included, is its result
-            reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
+            if interrupted or type(exc).__name__ == "Interrupted":
+                reply = _TASK.pack(task_id, INTERRUPTED)
+            else:
+                reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
         del frame
         _wire.send(fd, reply)
 
@@ -101,5 +133,5 @@ INTERPRETER_BOOT = """\
 import sys
 sys.path[:] = path.split("\\0")
 from accord.spawn._worker import serve
-serve(fd, initializer)
+serve(fd, initializer, watch=True)
 """
