@@ -6,6 +6,7 @@ import glob
 import multiprocessing
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,9 @@ def nothing_left_behind():
     strays = {pid: _cmdline(pid) for pid in _children()}
     strays = {p: c for p, c in strays.items() if not any(h in c for h in _STDLIB_HELPERS)}
     assert not strays, f"processes left running: {strays}"
+    # Pool dispatchers and sub-interpreter workers are threads of this process.
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("accord-")]
+    assert not threads, f"pool threads left running: {threads}"
     # The PostgreSQL server of tests/work (data directory and socket).
     left_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"accord-pg-{os.getpid()}-*"))
     assert not left_dirs, f"PostgreSQL data directories left: {left_dirs}"
