@@ -82,6 +82,17 @@ def _mp_call(pool):
     return pool.apply(noop, (1,))
 
 
+BIG = b"x" * 1_000_000
+
+
+def _executor_big(pool):
+    return pool.submit(len, BIG).result()
+
+
+def _mp_big(pool):
+    return pool.apply(len, (BIG,))
+
+
 def _executor_map(pool, n):
     for _ in pool.map(noop, range(n)):
         pass
@@ -131,6 +142,14 @@ def main() -> None:
                     latency_us(pools[0], calls, _executor_call),
                     latency_us(pools[1], calls, _mp_call),
                     latency_us(pools[2], calls, _executor_call),
+                )
+            )
+            rows.append(
+                (
+                    "1 MB argument (us)",
+                    latency_us(pools[0], calls // 10, _executor_big),
+                    latency_us(pools[1], calls // 10, _mp_big),
+                    latency_us(pools[2], calls // 10, _executor_big),
                 )
             )
             rows.append(

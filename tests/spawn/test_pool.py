@@ -108,13 +108,17 @@ def test_a_dead_worker_fails_its_task_and_is_replaced(spawn_backend, separate_pr
         share.started, share.open = 0, False
         (before,) = {pool.submit(whoami).result(timeout=30)[0]}
         doomed = pool.submit(die, how)
-        queued = pool.submit(square, 4)  # held by the same worker, not started
+        big = b"x" * 200_000  # travels in a shared-memory segment the dead worker never takes
+        queued = pool.submit(len, big)  # held by the same worker, not started
         with pytest.raises(WorkerLost, match=f"worker process {before} .*while running die"):
             doomed.result(timeout=30)
-        assert queued.result(timeout=30) == 16
+        assert queued.result(timeout=30) == len(big)
         after = pool.submit(whoami).result(timeout=30)[0]
         assert after != before
         assert pool.submit(square, 5).result(timeout=30) == 25
+    from accord.backends.shm._segment import leftovers
+
+    assert leftovers(pool._stem) == []  # the untaken segment was swept at shutdown
 
 
 def test_a_task_past_its_timeout_ends_its_worker(spawn_backend, separate_processes):
@@ -309,3 +313,21 @@ def test_workers_end_with_the_pool(spawn_backend):
     for handle in handles:
         assert handle.reap(0) in ("exited with code 0", "ended")
     assert not pool._thread.is_alive()
+
+
+def echo_twice(data):
+    return data + data
+
+
+def test_big_arguments_and_results_travel_through_shared_memory(spawn_backend):
+    from accord.spawn._wire import BULK_BYTES
+
+    big = os.urandom(BULK_BYTES * 3)
+    with Pool(2, backend=spawn_backend) as pool:
+        results = list(pool.map(echo_twice, [big, b"small", big[:BULK_BYTES]]))
+        assert results == [big + big, b"smallsmall", big[:BULK_BYTES] * 2]
+        assert pool.submit(len, big).result(timeout=30) == len(big)
+        stem = pool._stem
+    from accord.backends.shm._segment import leftovers
+
+    assert leftovers(stem) == []  # every segment was taken and unlinked

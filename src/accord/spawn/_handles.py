@@ -99,7 +99,7 @@ class WorkerHandle:
 class ProcessHandle(WorkerHandle):
     """A worker process started by fork, forkserver or spawn."""
 
-    def __init__(self, method: str, initializer: bytes | None) -> None:
+    def __init__(self, method: str, initializer: bytes | None, stem: str) -> None:
         ctx = multiprocessing.get_context(method)
         ours, theirs = socket.socketpair()
         self._register(ours)
@@ -107,7 +107,7 @@ class ProcessHandle(WorkerHandle):
         # Not a daemon: a task may start processes of its own.  The pool
         # closes its workers at exit (see _pool._close_at_exit).
         self.process = ctx.Process(
-            target=serve_process, args=(child, initializer), name="accord-worker"
+            target=serve_process, args=(child, initializer, stem), name="accord-worker"
         )
         self.process.start()
         child.close()
@@ -141,18 +141,18 @@ class InterpreterHandle(WorkerHandle):
     (its stream is closed, so it stops after the task it is running).
     """
 
-    def __init__(self, initializer: bytes | None) -> None:
+    def __init__(self, initializer: bytes | None, stem: str) -> None:
         ours, theirs = socket.socketpair()
         self._register(ours)
         self._theirs = theirs
         self.failure: str | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(initializer,), name="accord-interpreter", daemon=True
+            target=self._run, args=(initializer, stem), name="accord-interpreter", daemon=True
         )
         self._thread.start()
         self.ident = f"sub-interpreter (thread {self._thread.ident})"
 
-    def _run(self, initializer: bytes | None) -> None:
+    def _run(self, initializer: bytes | None, stem: str) -> None:
         try:
             interp = _interpreters.create()
             try:
@@ -160,6 +160,7 @@ class InterpreterHandle(WorkerHandle):
                     "fd": self._theirs.fileno(),
                     "path": "\0".join(sys.path),
                     "initializer": initializer,
+                    "stem": stem,
                 }
                 _interpreters.run(interp, INTERPRETER_BOOT, shared)
             finally:
@@ -195,7 +196,8 @@ class InterpreterHandle(WorkerHandle):
         return "ended"
 
 
-def start(backend: str, initializer: bytes | None) -> WorkerHandle:
+def start(backend: str, initializer: bytes | None, stem: str) -> WorkerHandle:
+    """A new worker; `stem` names the segments of its bulk frames (see _wire)."""
     if backend == "subinterpreter":
-        return InterpreterHandle(initializer)
-    return ProcessHandle(backend, initializer)
+        return InterpreterHandle(initializer, stem)
+    return ProcessHandle(backend, initializer, stem)

@@ -34,6 +34,7 @@ from typing import Any
 
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
+from ..backends.shm import _segment
 from ..share._serialize import cloudpickle_dumps
 from . import _handles, _worker
 from ._wire import FrameReader, frame
@@ -142,6 +143,8 @@ class Pool(concurrent.futures.Executor):
         self._grace = _GRACE_S if self.backend == "subinterpreter" else 0.0
         self.workers = workers
         self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
+        # Names of the segments of big frames: this process's, this pool's.
+        self._stem = f"{_segment.PREFIX}.{os.getuid()}.anon-{os.getpid()}-pool{id(self):x}~"
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
@@ -389,7 +392,7 @@ class Pool(concurrent.futures.Executor):
             if not slot.tasks:
                 slot.head_since = time.monotonic()
             slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload)))
+            self._send(slot, frame(_worker.encode_task(task.id, task.payload), self._stem))
         return True
 
     def _send(self, slot: _Slot, data: bytes) -> None:
@@ -417,7 +420,7 @@ class Pool(concurrent.futures.Executor):
             slot.watching_writes = want
 
     def _add_worker(self) -> None:
-        slot = _Slot(_handles.start(self.backend, self._initializer))
+        slot = _Slot(_handles.start(self.backend, self._initializer, self._stem))
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
         self._slots.append(slot)
 
@@ -492,6 +495,8 @@ class Pool(concurrent.futures.Executor):
             handle.reap(_REAP_S)
         for handle in self._dismissed:
             handle.wait_for_task()
+        for name in _segment.leftovers(self._stem):  # big frames no one took
+            _segment.unlink(name)
         for end in (self._wake_r, self._wake_w):
             _handles._parent_ends.pop(end.fileno(), None)
             end.close()

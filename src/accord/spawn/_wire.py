@@ -1,26 +1,45 @@
 """Length-prefixed frames on a file descriptor (a Unix socket of the pool).
 
 Used on both sides of the pool: by the parent and by workers, processes and
-sub-interpreters alike.  It only needs ``os`` and ``struct`` so it imports in
-any sub-interpreter.
+sub-interpreters alike.  It needs only ``os`` and ``struct`` (and, for bulk
+frames, the small shared-memory module) so it imports in any sub-interpreter.
+
+Bulk frames: a payload of `BULK_BYTES` or more does not go through the
+socket.  It is copied into a POSIX shared-memory segment (mode 0600) and the
+frame carries the segment's name; the receiver copies it out and unlinks
+the segment at once.  Measured with ``benchmarks/transport.py``: a 100 KB
+round trip costs about 250 µs through a Unix socket, about 15 µs through
+shared memory; a 100-byte one about 16 µs through the socket, a few µs
+less through shared memory — a difference the pool's thread wake-ups
+(about 100 µs a task) swamp, while the socket tells for free when a worker
+dies and waits in ``select`` beside every other worker.  Hence both: the
+socket for every frame, shared memory for the bytes of big ones.  Segment
+names start with the pool's stem, so the pool removes any that a dead
+worker left behind.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import struct
 
 _HEADER = struct.Struct("<Q")
+_BULK = 1 << 63  # set in the header: the frame is the name of a segment
+BULK_BYTES = 64 * 1024
 
 
-def frame(payload: bytes) -> bytes:
-    """`payload` with its length in front."""
+def frame(payload: bytes, stem: str | None = None) -> bytes:
+    """`payload` with its length in front (a segment name, if it is big)."""
+    if stem is not None and len(payload) >= BULK_BYTES:
+        name = _to_segment(payload, stem).encode()
+        return _HEADER.pack(len(name) | _BULK) + name
     return _HEADER.pack(len(payload)) + payload
 
 
-def send(fd: int, payload: bytes) -> None:
+def send(fd: int, payload: bytes, stem: str | None = None) -> None:
     """Write one frame, all of it (blocking)."""
-    data = memoryview(frame(payload))
+    data = memoryview(frame(payload, stem))
     while data:
         data = data[os.write(fd, data) :]
 
@@ -31,10 +50,10 @@ def recv(fd: int) -> bytes | None:
     if header is None:
         return None
     (size,) = _HEADER.unpack(header)
-    payload = _read_exactly(fd, size)
+    payload = _read_exactly(fd, size & ~_BULK)
     if payload is None:
         return None
-    return payload
+    return _from_segment(payload.decode()) if size & _BULK else payload
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -49,6 +68,28 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _to_segment(payload: bytes, stem: str) -> str:
+    from ..backends.shm._segment import Segment
+
+    segment = Segment.create(stem + secrets.token_hex(8), len(payload))
+    try:
+        segment.buf[:] = payload
+    finally:
+        segment.close()
+    return segment.name
+
+
+def _from_segment(name: str) -> bytes:
+    from ..backends.shm._segment import Segment, unlink
+
+    segment = Segment.attach(name)
+    unlink(name)  # the mapping stays valid; nobody else needs the name
+    try:
+        return bytes(segment.buf)
+    finally:
+        segment.close()
 
 
 class FrameReader:
@@ -67,17 +108,18 @@ class FrameReader:
             self._buffer += chunk
         except BlockingIOError:
             pass
-        except (ConnectionResetError, OSError):
+        except OSError:  # reset: the worker is gone
             ended = True
         frames = []
         buffer = self._buffer
         start = 0
         while len(buffer) - start >= _HEADER.size:
             (size,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + size
+            end = start + _HEADER.size + (size & ~_BULK)
             if len(buffer) < end:
                 break
-            frames.append(bytes(buffer[start + _HEADER.size : end]))
+            payload = bytes(buffer[start + _HEADER.size : end])
+            frames.append(_from_segment(payload.decode()) if size & _BULK else payload)
             start = end
         del buffer[:start]
         return frames, ended

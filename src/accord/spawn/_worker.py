@@ -30,15 +30,18 @@ def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
     return task_id, kind, frame[_TASK.size :]
 
 
-def serve(fd: int, initializer: bytes | None = None, watch: bool = False) -> None:
+def serve(
+    fd: int, initializer: bytes | None = None, watch: bool = False, stem: str | None = None
+) -> None:
     """Run tasks arriving on `fd` until it ends (the worker's whole life).
 
     `watch`: enforce each task's timeout here (sub-interpreters, which the
-    pool cannot kill).
+    pool cannot kill).  `stem`: names of the shared-memory segments that
+    carry big replies (see _wire).
     """
     watchdog = _start_watchdog() if watch else None
     try:
-        _serve(fd, initializer, watchdog)
+        _serve(fd, initializer, watchdog, stem)
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -53,7 +56,7 @@ def _start_watchdog():
         return None  # the pool dismisses the worker instead
 
 
-def _serve(fd: int, initializer: bytes | None, watchdog) -> None:
+def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> None:
     if initializer is not None:
         try:
             init, args = pickle.loads(initializer)
@@ -82,7 +85,7 @@ def _serve(fd: int, initializer: bytes | None, watchdog) -> None:
             else:
                 reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
         del frame
-        _wire.send(fd, reply)
+        _wire.send(fd, reply, stem)
 
 
 _functions: dict[bytes, object] = {}
@@ -119,19 +122,19 @@ def _pickled_error(exc: BaseException) -> bytes:
     return pickle.dumps(pack_error(exc))
 
 
-def serve_process(conn, initializer: bytes | None) -> None:
+def serve_process(conn, initializer: bytes | None, stem: str) -> None:
     """Entry point of a worker process (`conn`: its end of the pool's socketpair)."""
     fd = conn.fileno()
     try:
-        serve(fd, initializer)
+        serve(fd, initializer, stem=stem)
     finally:
         conn.close()
 
 
-# Run in a fresh sub-interpreter with ``fd``, ``path`` and ``initializer`` bound.
+# Run in a fresh sub-interpreter with ``fd``, ``path``, ``initializer`` and ``stem`` bound.
 INTERPRETER_BOOT = """\
 import sys
 sys.path[:] = path.split("\\0")
 from accord.spawn._worker import serve
-serve(fd, initializer, watch=True)
+serve(fd, initializer, watch=True, stem=stem)
 """
