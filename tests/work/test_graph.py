@@ -126,3 +126,17 @@ def test_a_name_is_either_a_queue_or_a_graph(sqlite_db):
     WorkQueue([1], db=sqlite_db, name="x", progress=False)
     with pytest.raises(InvalidWork, match="already used by a WorkQueue"):
         TaskGraph([Task("a")], db=sqlite_db, name="x")
+
+
+def test_deps_changed_since_an_earlier_run_are_the_ones_respected(sqlite_db):
+    def run(*tasks):
+        graph = TaskGraph(tasks, db=sqlite_db, name="g", progress=False)
+        return [t.name for t in graph]
+
+    assert run(Task("x"), Task("y", fingerprint="1")) == ["x", "y"]
+    # y now depends on a new task: it must wait for it, not keep its old edges.
+    assert run(Task("x"), Task("z"), Task("y", deps=["z"], fingerprint="2")) == ["z", "y"]
+    # y waits for w, which this worker cannot do...
+    assert run(Task("w", requirements={"gpu"}), Task("y", deps=["w"], fingerprint="3")) == []
+    # ... until a graph without that dependency no longer waits for it.
+    assert run(Task("y", fingerprint="4")) == ["y"]

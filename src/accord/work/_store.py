@@ -18,7 +18,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from . import _history
 from ._errors import InvalidWork
@@ -164,13 +175,42 @@ class Store:
             if self.kind != "graph":
                 return []
             ids = dict(conn.execute(select(items.c.key, items.c.id).where(self._mine())).all())
-            edges = [{"item_id": ids[e.key], "dep_id": ids[d]} for e in new for d in e.deps]
-            for chunk in batched(edges, _BATCH):
-                conn.execute(insert(deps), list(chunk))
+            rewired = self._sync_deps(conn, entries, ids)
             invalidated = self._invalidate_changed(conn, entries, existing, ids, now)
-            if new or invalidated:
+            if new or rewired or invalidated:
                 self._count_unmet(conn)
             return invalidated
+
+    def _sync_deps(self, conn: Connection, entries: Sequence[Entry], ids: dict) -> bool:
+        """Make the stored edges of these entries their ``deps``; True if any changed.
+
+        Not only new tasks': a task registered by an earlier run may have
+        gained or lost dependencies since, and must wait for its deps as
+        they are now, not as they were.
+        """
+        wanted = {(ids[e.key], ids[d]) for e in entries for d in e.deps}
+        mine = {ids[e.key] for e in entries}
+        stored = {
+            (row.item_id, row.dep_id)
+            for row in conn.execute(
+                select(deps.c.item_id, deps.c.dep_id)
+                .join(items, items.c.id == deps.c.item_id)
+                .where(self._mine())
+            )
+        }
+        # Edges of tasks only other workers' graphs have are theirs to keep.
+        stale = [(i, d) for i, d in stored - wanted if i in mine]
+        added = sorted(wanted - stored)
+        for chunk in batched(stale, _BATCH):
+            conn.execute(
+                delete(deps).where(
+                    deps.c.item_id == bindparam("b_item"), deps.c.dep_id == bindparam("b_dep")
+                ),
+                [{"b_item": i, "b_dep": d} for i, d in chunk],
+            )
+        for chunk in batched(added, _BATCH):
+            conn.execute(insert(deps), [{"item_id": i, "dep_id": d} for i, d in chunk])
+        return bool(stale or added)
 
     def _invalidate_changed(self, conn, entries, existing, ids, now) -> list[str]:
         changed = [
