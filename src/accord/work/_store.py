@@ -327,21 +327,20 @@ class Store:
 
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
+        silent = and_(
+            workers.c.status == "active",
+            workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
+        )
         dead = conn.execute(
-            select(workers.c.id, workers.c.name).where(
-                workers.c.queue_id == self.queue_id,
-                workers.c.status == "active",
-                workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
-            )
+            select(workers.c.id, workers.c.name).where(workers.c.queue_id == self.queue_id, silent)
         ).all()
         if not dead:
             return
         names = dict(dead)
-        kill = (
-            update(workers)
-            .where(workers.c.id.in_(names), workers.c.status == "active")
-            .values(status="killed")
-        )
+        # The condition again, not only the ids: on PostgreSQL a heartbeat
+        # committed since the select is seen by the UPDATE (which re-reads
+        # the rows it locks), and a worker that just beat is not dead.
+        kill = update(workers).where(workers.c.id.in_(names), silent).values(status="killed")
         if self.postgres:
             # Two workers may reap the same dead one at once; the second
             # waits for the first's row locks, finds it no longer active and
@@ -352,9 +351,13 @@ class Store:
         else:
             conn.execute(kill)  # transactions run one at a time on SQLite
         orphans = conn.execute(
-            select(
-                items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id
-            ).where(items.c.worker_id.in_(names), items.c.status == RUNNING)
+            select(items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id)
+            .where(items.c.worker_id.in_(names), items.c.status == RUNNING)
+            # Locked until commit (PostgreSQL; SQLite runs one transaction at
+            # a time anyway): a worker that was only slow and finishes its
+            # item now waits, then finds it re-queued, instead of completing
+            # it in between and having its completion overwritten here.
+            .with_for_update()
         ).all()
         changes, events = [], []
         for item in orphans:
@@ -440,6 +443,13 @@ class Store:
                     # worker lacks the labels for: never look at it again.
                     self.excluded.add(row.key)
                     continue
+                if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
+                    # Others had given this worker up (it was suspended, or
+                    # declared itself dead in a claim after a freeze).  It
+                    # is active again before it owns an item: reaping looks
+                    # only at active workers, so an item claimed as "killed"
+                    # would stay running forever if this worker then died.
+                    log.warning("%s: this worker had been presumed dead; active again", self.name)
                 sql.take(conn, b_id=row.id, b_worker=worker_id, b_now=now)
                 sql.event(conn, row.id, RUNNING, worker_id, now, row.fingerprint)
                 return Claimed(row.id, row.key, row.fingerprint)
@@ -626,6 +636,12 @@ class _Statements:
                 error=None,
                 updated_at=bindparam("b_now"),
             ),
+            dialect,
+        )
+        self.revive = Prepared(
+            update(workers)
+            .where(workers.c.id == bindparam("b_worker"), workers.c.status != "active")
+            .values(status="active", heartbeat_at=bindparam("b_now")),
             dialect,
         )
         self.finish = Prepared(
