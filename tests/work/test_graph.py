@@ -140,3 +140,26 @@ def test_deps_changed_since_an_earlier_run_are_the_ones_respected(sqlite_db):
     assert run(Task("w", requirements={"gpu"}), Task("y", deps=["w"], fingerprint="3")) == []
     # ... until a graph without that dependency no longer waits for it.
     assert run(Task("y", fingerprint="4")) == ["y"]
+
+
+def test_a_fingerprint_changed_while_the_task_runs_gets_it_done_again(db):
+    def graph(version):
+        tasks = [Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False)
+
+    old = iter(graph("v1"))
+    assert next(old).name == "clean"  # an old worker runs clean...
+    new = graph("v2")  # ... when the code changes and a new worker starts
+    assert new.invalidated == []
+    # The old worker's result is not what v2 describes, and clean as v2 is
+    # not the old worker's to do: train does not run on top of a v1 clean.
+    assert list(old) == []
+    assert [t.name for t in new] == ["clean", "train"]
+    assert [(h.status, h.fingerprint) for h in new.history("clean")] == [
+        ("running", "v1"),
+        ("completed", "v1"),
+        ("invalidated", "v2"),
+        ("running", "v2"),
+        ("completed", "v2"),
+    ]
+    assert list(graph("v2")) == []

@@ -98,6 +98,7 @@ class _Work(Generic[T]):
         )
         self._objects = objects
         self._requirements = {e.key: e.requirements for e in entries}
+        self._fingerprints = {e.key: e.fingerprint for e in entries}
         self._engine = open_engine(db)
         try:
             self._store = Store(self._engine, name, self._kind)
@@ -125,7 +126,10 @@ class _Work(Generic[T]):
         store.max_retries = self.max_retries
         store.stop_on_failure = self.failure_policy == "stop"
         store.reap_interval = self.heartbeat_interval
-        store.accepts = lambda key, req: self._requirements.get(key) in acceptable
+        own = self._fingerprints
+        store.accepts = lambda key, req, fp: (
+            self._requirements.get(key) in acceptable and own.get(key) in (None, fp)
+        )
         everything = acceptable == set(self._requirements.values())
         store.requirement_filter = None if everything else sorted(acceptable)
 

@@ -115,7 +115,7 @@ class Store:
         self.max_retries = 0
         self.stop_on_failure = False
         self.reap_interval = 1.0
-        self.accepts: Callable[[str, str], bool] = lambda key, requirements: True
+        self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
         self.requirement_filter: list[str] | None = None
         self.excluded: set[str] = set()
         self._next_reap = 0.0
@@ -438,9 +438,11 @@ class Store:
                 if failures:
                     return Stopped([tuple(f) for f in failures])
             while (row := self._next(conn)) is not None:
-                if not self.accepts(row.key, row.requirements):
-                    # An item only other workers were given, or one this
-                    # worker lacks the labels for: never look at it again.
+                if not self.accepts(row.key, row.requirements, row.fingerprint):
+                    # An item only other workers were given, one this worker
+                    # lacks the labels for, or a task whose fingerprint is
+                    # not the one this worker would run it with (a newer
+                    # worker changed it): never look at it again.
                     self.excluded.add(row.key)
                     continue
                 if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
@@ -492,14 +494,14 @@ class Store:
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
-        done = sql.finish(
-            conn,
-            b_id=claimed.item_id,
-            b_worker=worker_id,
-            b_status=status,
-            b_error=error,
-            b_now=now,
-        ).rowcount
+        mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
+        if status == COMPLETED:
+            done = sql.complete(conn, **mine, b_fp=claimed.fingerprint).rowcount
+            if not done and sql.requeue(conn, **mine).rowcount:
+                self._outdated(conn, worker_id, claimed, now)
+                return
+        else:
+            done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
         if not done:
             # This worker missed its heartbeats long enough to be declared
             # dead: the item went back to the queue, and the worker that has
@@ -515,6 +517,28 @@ class Store:
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
         sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def _outdated(self, conn, worker_id, claimed: Claimed, now) -> None:
+        """History of a task completed with a fingerprint changed while it ran.
+
+        A worker with the new fingerprint registered the task meanwhile: the
+        result is not the one that fingerprint describes, so the task went
+        back to the queue (see `register`, which updates the fingerprints
+        of tasks that are not completed).
+        """
+        current = conn.execute(
+            select(items.c.fingerprint).where(items.c.id == claimed.item_id)
+        ).scalar_one()
+        log.warning(
+            "%s: task %r completed with fingerprint %r, which changed to %r while it ran; "
+            "it will be done again",
+            self.name,
+            claimed.key,
+            claimed.fingerprint,
+            current,
+        )
+        self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
+        self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 
     def set_error(self, item_id: int, error: str) -> None:
         """Replace the error recorded for a failed item (and its last history row)."""
@@ -644,18 +668,31 @@ class _Statements:
             .values(status="active", heartbeat_at=bindparam("b_now")),
             dialect,
         )
+        running = and_(
+            items.c.id == bindparam("b_id"),
+            items.c.worker_id == bindparam("b_worker"),
+            items.c.status == RUNNING,
+        )
         self.finish = Prepared(
             update(items)
-            .where(
-                items.c.id == bindparam("b_id"),
-                items.c.worker_id == bindparam("b_worker"),
-                items.c.status == RUNNING,
-            )
+            .where(running)
             .values(
                 status=bindparam("b_status"),
                 error=bindparam("b_error"),
                 updated_at=bindparam("b_now"),
             ),
+            dialect,
+        )
+        # Completed only with the fingerprint it was claimed with; otherwise
+        # (changed while it ran) back to the queue with `requeue`.
+        self.complete = Prepared(
+            update(items)
+            .where(running, items.c.fingerprint.is_not_distinct_from(bindparam("b_fp")))
+            .values(status=COMPLETED, error=None, updated_at=bindparam("b_now")),
+            dialect,
+        )
+        self.requeue = Prepared(
+            update(items).where(running).values(status=PENDING, updated_at=bindparam("b_now")),
             dialect,
         )
         waiting = select(deps.c.item_id).where(deps.c.dep_id == bindparam("b_dep"))
