@@ -216,3 +216,34 @@ def test_progress_bar_counts_the_whole_queue(sqlite_db, capsys):
     list(WorkQueue(range(3), db=sqlite_db, name="q", progress=False))
     list(WorkQueue(range(5), db=sqlite_db, name="q", progress=True))
     assert "5/5" in capsys.readouterr().err
+
+
+def test_a_finished_loop_leaves_no_thread_behind(sqlite_db):
+    script = (
+        "import threading\n"
+        "from accord.work import WorkQueue\n"
+        f"queue = WorkQueue(range(3), db={sqlite_db!r}, name='q', progress=False)\n"
+        "for item in queue:\n"
+        "    pass\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert run.stdout == "['MainThread']\n", run.stderr
+
+
+def test_a_database_failing_as_the_loop_starts_stops_the_heartbeat(sqlite_db, monkeypatch):
+    import threading
+
+    from accord.work._store import Store
+
+    def gone(self):
+        raise ConnectionError("the server went away")
+
+    queue = WorkQueue(range(3), db=sqlite_db, name="q", progress=False)
+    monkeypatch.setattr(Store, "connect", gone)
+    with pytest.raises(ConnectionError):
+        list(queue)
+    assert not [t for t in threading.enumerate() if t.name.startswith("accord-heartbeat")]
+    monkeypatch.undo()
+    assert list(queue) == [0, 1, 2]
+    queue.dispose()

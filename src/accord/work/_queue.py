@@ -154,11 +154,14 @@ class _Work(Generic[T]):
             return
         heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
         heartbeat.start()
-        conn = store.connect()
-        bar = _Progress(store, len(self._objects), self.name, self.progress)
+        conn = bar = None
         finished: tuple[Claimed, str, str | None] | None = None
         pause = _Backoff(self.heartbeat_interval)
         try:
+            # Inside the try: a database that fails here must not leave the
+            # heartbeat thread beating (and this worker "active") for good.
+            conn = store.connect()
+            bar = _Progress(store, len(self._objects), self.name, self.progress)
             while True:
                 outcome = store.claim(conn, worker_id, finished)
                 finished = None
@@ -190,9 +193,11 @@ class _Work(Generic[T]):
                     store.finish(conn, worker_id, *finished)
                 except Exception as exc:
                     log.warning("%s: could not record item %r: %s", self.name, finished[0].key, exc)
-            conn.close()
+            if conn is not None:
+                conn.close()
             heartbeat.stop()
-            bar.close()
+            if bar is not None:
+                bar.close()
             try:
                 store.stop_worker(worker_id)
             except Exception as exc:
@@ -306,13 +311,15 @@ class _Progress:
 
     def __init__(self, store: Store, total: int, name: str, enabled: bool) -> None:
         self._store = store
-        self._bar = tqdm(total=total, desc=name, disable=not enabled, unit="item")
+        # No tqdm at all when disabled: even a disabled one starts tqdm's
+        # monitor thread, which then outlives the loop.
+        self._bar = tqdm(total=total, desc=name, unit="item") if enabled else None
         self._next_sync = 0.0
         if enabled:
             self.update()
 
     def update(self) -> None:
-        if self._bar.disable:
+        if self._bar is None:
             return
         now = time.monotonic()
         if now >= self._next_sync:
@@ -325,7 +332,8 @@ class _Progress:
         self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _Backoff:
