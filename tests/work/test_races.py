@@ -149,3 +149,41 @@ def test_a_worker_given_up_while_idle_is_active_again_when_it_claims(db, store):
     wait_until(lambda: not thread.is_alive(), 15, "the other worker to finish")
     assert sorted(others) == [0, 1]
     queue.dispose()
+
+
+def test_tasks_registered_while_a_dependency_completes_still_unlock(postgres_db):
+    engine = open_engine(postgres_db)
+    graph = [Entry("dep", 0), Entry("child", 1, deps=("dep",))]
+    store = Store(engine, "g", "graph")
+    store.register(graph)
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    claimed = store.claim(conn, worker)
+    assert claimed.key == "dep"
+    # The worker completes dep (uncommitted) while another worker registers
+    # the graph with one more task, which recounts every task's unmet deps.
+    transaction = conn.begin()
+    store._finish(conn, worker, claimed, COMPLETED, None, time.time())
+    registering = threading.Thread(
+        target=Store(engine, "g", "graph").register, args=(graph + [Entry("new", 2)],)
+    )
+    registering.start()
+    wait_until(lambda: _lock_waiters(engine) == 1, 10, "the registration to wait")
+    transaction.commit()
+    registering.join(10)
+    conn.close()
+    # child's count of unfinished deps is 0, not what it was before dep completed.
+    with engine.connect() as c:
+        unmet = c.execute(select(items.c.unmet).where(items.c.key == "child")).scalar()
+    assert unmet == 0
+    engine.dispose()
+
+
+def _lock_waiters(engine) -> int:
+    with engine.connect() as c:
+        return c.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        ).scalar()

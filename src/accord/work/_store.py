@@ -495,6 +495,13 @@ class Store:
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
         mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
+        if status == COMPLETED and self.kind == "graph" and self.postgres:
+            # Registration recounts every task's unmet deps in one UPDATE
+            # whose subquery sees the deps as they were when it started; a
+            # completion committed meanwhile would be counted as unfinished
+            # for good, and its dependents never handed out.  Completions
+            # share the lock registration takes alone.
+            sql.share_queue(conn, b_key=advisory_key("queue", self.queue_id))
         if status == COMPLETED:
             done = sql.complete(conn, **mine, b_fp=claimed.fingerprint).rowcount
             if not done and sql.requeue(conn, **mine).rowcount:
@@ -709,6 +716,9 @@ class _Statements:
                 error=bindparam("b_error"),
             ),
             dialect,
+        )
+        self.share_queue = Prepared(
+            select(func.pg_advisory_xact_lock_shared(bindparam("b_key"))), dialect
         )
         self.busy = Prepared(
             select(items.c.id)
