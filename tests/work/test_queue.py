@@ -247,3 +247,19 @@ def test_a_database_failing_as_the_loop_starts_stops_the_heartbeat(sqlite_db, mo
     monkeypatch.undo()
     assert list(queue) == [0, 1, 2]
     queue.dispose()
+
+
+def test_lock_excludes_threads_whatever_the_url_spelling(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    relative = WorkQueue([1], db="sqlite:///run.sqlite", name="q", progress=False)
+    absolute = WorkQueue([1], db=f"sqlite:///{tmp_path}/run.sqlite", name="q", progress=False)
+    taken: list[bool] = []
+    with relative.lock:
+        other = threading.Thread(target=lambda: taken.append(absolute.lock.acquire(timeout=0.2)))
+        other.start()
+        other.join(10)
+    assert taken == [False]
+    relative.dispose()
+    absolute.dispose()
