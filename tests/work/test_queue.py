@@ -263,3 +263,23 @@ def test_lock_excludes_threads_whatever_the_url_spelling(tmp_path, monkeypatch):
     assert taken == [False]
     relative.dispose()
     absolute.dispose()
+
+
+def test_a_suspended_worker_that_comes_back_does_not_record_its_old_item(sqlite_db, workers):
+    options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2}
+    config = {"db": sqlite_db, "name": "frozen", "items": 4, "options": options}
+    victim = workers.start(**config, work_s=2.0)
+    wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="item 0 to start")
+    victim.send_signal(signal.SIGSTOP)  # a suspended job, mid-item
+    try:
+        assert sorted(workers.finish(workers.start(**config))) == ["0", "1", "2", "3"]
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    # It finishes its body of item 0, which another worker has done since:
+    # that outcome is not recorded, and nothing is left for it.
+    assert workers.finish(victim) == ["0"]
+    queue = WorkQueue(range(4), db=sqlite_db, name="frozen", progress=False)
+    assert queue.counts() == {"pending": 0, "running": 0, "completed": 4, "failed": 0}
+    history = queue.history(0)
+    assert [h.status for h in history] == ["running", "killed", "running", "completed"]
+    assert history[0].worker != history[-1].worker
