@@ -163,3 +163,22 @@ def test_a_fingerprint_changed_while_the_task_runs_gets_it_done_again(db):
         ("completed", "v2"),
     ]
     assert list(graph("v2")) == []
+
+
+def test_a_task_running_downstream_of_an_invalidated_one_is_done_again(db):
+    def graph(version):
+        tasks = [Task("fetch"), Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False)
+
+    old = iter(graph("v1"))
+    assert [next(old).name for _ in range(3)] == ["fetch", "clean", "train"]
+    new = graph("v2")  # while train runs on the v1 clean
+    assert sorted(new.invalidated) == ["clean", "train"]
+    assert list(old) == []  # its train is not recorded; clean as v2 is not its to do
+    assert [t.name for t in new] == ["clean", "train"]
+    assert [h.status for h in new.history("train")] == [
+        "running",
+        "invalidated",
+        "running",
+        "completed",
+    ]

@@ -230,10 +230,14 @@ class Store:
         )
         roots = [e.key for e in changed if existing[e.key].status == COMPLETED]
         fingerprints = {e.key: e.fingerprint for e in entries}
+        # Downstream tasks running now work from the old results too: they
+        # go back to the queue (and wait for their deps again); the worker
+        # running one finds it taken away when it finishes, and its outcome
+        # is not recorded.
         doomed = [
             key
             for key in downstream(roots, entries)
-            if key in existing and existing[key].status == COMPLETED
+            if key in existing and existing[key].status in (COMPLETED, RUNNING)
         ]
         for chunk in batched(doomed, _BATCH):
             conn.execute(
@@ -511,11 +515,12 @@ class Store:
             done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
         if not done:
             # This worker missed its heartbeats long enough to be declared
-            # dead: the item went back to the queue, and the worker that has
-            # it now records the outcome.
+            # dead, or a task upstream was invalidated: the item went back
+            # to the queue, and the worker that has it now records the outcome.
             log.warning(
-                "%s: item %r was handed to another worker while this one was "
-                "unresponsive; its outcome here (%s) is not recorded",
+                "%s: item %r went back to the queue while this worker ran it (it was "
+                "presumed dead, or a task upstream was invalidated); its outcome here "
+                "(%s) is not recorded",
                 self.name,
                 claimed.key,
                 status,
