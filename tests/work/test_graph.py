@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
-from work_helpers import barrier
+from work_helpers import barrier, wait_until
 
 from accord.work import InvalidWork, Task, TaskGraph
 from accord.work._schema import workers as workers_table
@@ -182,3 +182,25 @@ def test_a_task_running_downstream_of_an_invalidated_one_is_done_again(db):
         "running",
         "completed",
     ]
+
+
+def test_an_invalidated_task_gets_its_retries_back(sqlite_db, workers):
+    options = {"heartbeat_timeout": 0.5, "heartbeat_interval": 0.1, "max_retries": 1}
+
+    def killed_once_then_done(version):
+        config = {
+            "db": sqlite_db,
+            "name": "g",
+            "graph": [["t", []]],
+            "fingerprints": {"t": version},
+            "options": options,
+        }
+        victim = workers.start(**config, hang_on=["t"])
+        wait_until(lambda: victim.stdout.readline().startswith("start t"), what="t to start")
+        victim.kill()
+        victim.wait()
+        return workers.finish(workers.start(**config))
+
+    assert killed_once_then_done("v1") == ["t"]
+    # Done again for v2: one death of this run is within max_retries=1.
+    assert killed_once_then_done("v2") == ["t"]

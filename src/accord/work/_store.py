@@ -243,7 +243,8 @@ class Store:
             conn.execute(
                 update(items)
                 .where(items.c.id.in_([ids[k] for k in chunk]))
-                .values(status=PENDING, worker_id=None, error=None, updated_at=now)
+                # A new run of the task: its retries start again, as after a reset.
+                .values(status=PENDING, worker_id=None, error=None, kills=0, updated_at=now)
             )
         _history.record(
             conn,
