@@ -283,3 +283,15 @@ def test_a_suspended_worker_that_comes_back_does_not_record_its_old_item(sqlite_
     history = queue.history(0)
     assert [h.status for h in history] == ["running", "killed", "running", "completed"]
     assert history[0].worker != history[-1].worker
+
+
+def test_other_workers_items_are_skipped_at_once_not_one_query_each(db):
+    from sqlalchemy import event
+
+    WorkQueue([f"a{i}" for i in range(3000)], db=db, name="q", key=str, progress=False)
+    chunk = WorkQueue(["b0", "b1", "b2"], db=db, name="q", key=str, progress=False)
+    statements: list[str] = []
+    event.listen(chunk._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert list(chunk) == ["b0", "b1", "b2"]
+    assert len(statements) < 100
+    chunk.dispose()

@@ -19,8 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
+    MetaData,
+    Table,
     and_,
     bindparam,
     delete,
@@ -33,7 +36,7 @@ from sqlalchemy import (
 
 from . import _history
 from ._errors import InvalidWork
-from ._schema import create, deps, history, items, queues, workers
+from ._schema import Id, create, deps, history, items, queues, workers
 
 log = logging.getLogger("accord.work")
 
@@ -71,6 +74,11 @@ class Stopped:
     """The failure policy is "stop" and these items failed."""
 
     failures: list[tuple[str, str | None]]
+
+
+# The items one worker skips, on its claim connection only (see Store.connect).
+skipped = Table("accord_skipped", MetaData(), Column("id", Id, primary_key=True))
+_SKIPPING = "accord_skipping"  # in Connection.info: whether that table has rows
 
 
 def batched(rows: Iterable, n: int) -> Iterable[list]:
@@ -117,7 +125,6 @@ class Store:
         self.reap_interval = 1.0
         self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
         self.requirement_filter: list[str] | None = None
-        self.excluded: set[str] = set()
         self._next_reap = 0.0
         self._sql: _Statements | None = None
 
@@ -410,10 +417,40 @@ class Store:
     # what SQLite needs to run it.
 
     def connect(self) -> Connection:
-        """The connection one iterating worker claims and finishes with."""
+        """The connection one iterating worker claims and finishes with.
+
+        Items this worker never takes (``accepts`` says no: other workers'
+        keys, tasks it lacks the labels for) are listed once, up front, in a
+        temporary table of this connection that claims skip in SQL.  Skipping
+        them one by one as claims meet them cost a query each, in one claim
+        transaction holding the lock: minutes for a worker whose list is
+        one of many thousand-item chunks.
+        """
         if self._sql is None:
             self._sql = _Statements(self.engine.dialect, self.postgres)
-        return self.engine.connect()
+        conn = self.engine.connect()
+        try:
+            with conn.begin():
+                # The pool may hand back a connection with last loop's rows.
+                conn.exec_driver_sql(
+                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
+                )
+                conn.execute(delete(skipped))
+                everything = select(
+                    items.c.id, items.c.key, items.c.requirements, items.c.fingerprint
+                ).where(self._mine())
+                others = [
+                    {"id": row.id}
+                    for row in conn.execute(everything)
+                    if not self.accepts(row.key, row.requirements, row.fingerprint)
+                ]
+                for chunk in batched(others, _BATCH):
+                    conn.execute(insert(skipped), chunk)
+                conn.info[_SKIPPING] = bool(others)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def claim(
         self,
@@ -448,7 +485,8 @@ class Store:
                     # lacks the labels for, or a task whose fingerprint is
                     # not the one this worker would run it with (a newer
                     # worker changed it): never look at it again.
-                    self.excluded.add(row.key)
+                    conn.execute(insert(skipped).values(id=row.id))
+                    conn.info[_SKIPPING] = True
                     continue
                 if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
                     # Others had given this worker up (it was suspended, or
@@ -462,7 +500,7 @@ class Store:
                 return Claimed(row.id, row.key, row.fingerprint)
             if self.postgres:
                 # Rows other claims had locked were skipped, not absent.
-                busy = or_(items.c.status == RUNNING, self._ready())
+                busy = or_(items.c.status == RUNNING, self._ready(conn))
                 waiting = conn.execute(
                     select(items.c.id).where(self._mine(), busy).limit(1)
                 ).first()
@@ -470,20 +508,20 @@ class Store:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
 
-    def _ready(self):
+    def _ready(self, conn: Connection):
         ready = and_(items.c.status == PENDING, items.c.unmet == 0)
         if self.requirement_filter is not None:
             ready = and_(ready, items.c.requirements.in_(self.requirement_filter))
-        if self.excluded:
-            ready = and_(ready, items.c.key.not_in(self.excluded))
+        if conn.info.get(_SKIPPING):
+            ready = and_(ready, items.c.id.not_in(select(skipped.c.id)))
         return ready
 
     def _next(self, conn: Connection):
-        if self.requirement_filter is None and not self.excluded:
+        if self.requirement_filter is None and not conn.info.get(_SKIPPING):
             return self._sql.next(conn, b_queue=self.queue_id).first()
         query = (
             select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
-            .where(self._mine(), self._ready())
+            .where(self._mine(), self._ready(conn))
             .order_by(items.c.position)
             .limit(1)
         )
