@@ -120,6 +120,16 @@ def test_bad_graphs_are_refused_before_any_work(sqlite_db, tasks, message):
         TaskGraph(tasks, db=sqlite_db)
 
 
+def test_a_string_where_names_are_expected_is_refused(sqlite_db):
+    # Not one dependency per letter, nor requirements/labels {"g", "p", "u"}.
+    with pytest.raises(InvalidWork, match="deps must be a collection of names"):
+        Task("clean", deps="fetch")
+    with pytest.raises(InvalidWork, match="requirements must be a collection of names"):
+        Task("train", requirements="gpu")
+    with pytest.raises(InvalidWork, match="labels must be a collection"):
+        TaskGraph([Task("train", requirements={"gpu"})], db=sqlite_db, labels="gpu")
+
+
 def test_a_name_is_either_a_queue_or_a_graph(sqlite_db):
     from accord.work import WorkQueue
 

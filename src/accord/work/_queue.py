@@ -70,6 +70,8 @@ class _Work(Generic[T]):
         progress: bool | None = None,
         worker: str | None = None,
     ) -> None:
+        if isinstance(labels, str):
+            raise InvalidWork(f"labels must be a collection of labels, not the string {labels!r}")
         if failure_policy not in ("continue", "stop"):
             raise InvalidWork(
                 f"failure_policy must be 'continue' or 'stop', not {failure_policy!r}"
