@@ -187,3 +187,17 @@ def _lock_waiters(engine) -> int:
                 "WHERE wait_event_type = 'Lock' AND datname = current_database()"
             )
         ).scalar()
+
+
+def test_pruning_keeps_a_worker_presumed_dead_that_may_come_back(db, store):
+    # A suspended worker declared dead, with no history row left after pruning.
+    worker = store.add_worker("frozen", "host", 1, (), 60.0, None)
+    with store.engine.begin() as c:
+        c.execute(update(workers).where(workers.c.id == worker).values(status="killed"))
+    queue = WorkQueue(range(2), db=db, name="race")
+    queue.prune_history(keep_latest=1)
+    queue.dispose()
+    # It comes back and claims: its row is still there to refer to.
+    conn = store.connect()
+    assert store.claim(conn, worker).key == "0"
+    conn.close()
