@@ -295,3 +295,36 @@ def test_other_workers_items_are_skipped_at_once_not_one_query_each(db):
     assert list(chunk) == ["b0", "b1", "b2"]
     assert len(statements) < 100
     chunk.dispose()
+
+
+def test_an_item_whose_outcome_could_not_be_recorded_is_not_left_running(sqlite_db, monkeypatch):
+    import threading
+
+    from accord.work._store import Store
+
+    claim = Store.claim
+
+    def dropped(self, conn, worker_id, finished=None):
+        if finished is not None:
+            raise ConnectionError("the connection dropped")
+        return claim(self, conn, worker_id, finished)
+
+    def still_dropped(self, *args):
+        raise ConnectionError("the connection dropped")
+
+    monkeypatch.setattr(Store, "claim", dropped)
+    monkeypatch.setattr(Store, "finish", still_dropped)
+    with pytest.raises(ConnectionError):
+        for _ in WorkQueue(range(2), db=sqlite_db, name="q", progress=False):
+            pass
+    monkeypatch.undo()
+    # Item 0 went back to the queue as the worker stopped: another worker
+    # does it, instead of waiting for good for an item nobody runs.
+    done: list = []
+    other = WorkQueue(range(2), db=sqlite_db, name="q", progress=False)
+    thread = threading.Thread(target=lambda: done.extend(other), daemon=True)
+    thread.start()
+    wait_until(lambda: not thread.is_alive(), 15, "the other worker to finish")
+    assert done == [0, 1]
+    assert [h.status for h in other.history(0)] == ["running", "killed", "running", "completed"]
+    other.dispose()

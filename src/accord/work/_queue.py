@@ -201,7 +201,7 @@ class _Work(Generic[T]):
             if bar is not None:
                 bar.close()
             try:
-                store.stop_worker(worker_id)
+                store.stop_worker(worker_id, self.worker)
             except Exception as exc:
                 log.warning("%s: could not record that this worker stopped: %s", self.name, exc)
 

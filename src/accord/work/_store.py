@@ -329,8 +329,15 @@ class Store:
                 )
         return bool(alive)
 
-    def stop_worker(self, worker_id: int) -> None:
+    def stop_worker(self, worker_id: int, name: str) -> None:
         with self.engine.begin() as conn:
+            # An item whose outcome could not be recorded (the claim's
+            # connection broke) is still "running" under this worker, and
+            # reaping looks only at active workers: put it back now, or it
+            # stays running for good and every other worker waits for it.
+            self._requeue(
+                conn, {worker_id: name}, time.time(), "ended its loop without recording the outcome"
+            )
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
@@ -362,6 +369,10 @@ class Store:
                 return
         else:
             conn.execute(kill)  # transactions run one at a time on SQLite
+        self._requeue(conn, names, now, "stopped heartbeating")
+
+    def _requeue(self, conn: Connection, names: dict, now: float, why: str) -> None:
+        """Put the items these workers (id: name) run back in the queue, or fail them."""
         orphans = conn.execute(
             select(items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id)
             .where(items.c.worker_id.in_(names), items.c.status == RUNNING)
@@ -374,7 +385,7 @@ class Store:
         changes, events = [], []
         for item in orphans:
             kills = item.kills + 1
-            gone = f"worker {names[item.worker_id]} stopped heartbeating"
+            gone = f"worker {names[item.worker_id]} {why}"
             give_up = kills > self.max_retries
             error = f"{gone} {kills} times (max_retries={self.max_retries})" if give_up else None
             log.warning("%s: item %r re-queued: %s", self.name, item.key, gone)
