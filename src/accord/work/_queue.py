@@ -126,6 +126,7 @@ class _Work(Generic[T]):
             if set(filter(None, r.split(","))) <= self.labels
         }
         store.max_retries = self.max_retries
+        store.keys_given = len(self._objects)
         store.stop_on_failure = self.failure_policy == "stop"
         store.reap_interval = self.heartbeat_interval
         own = self._fingerprints

@@ -125,6 +125,7 @@ class Store:
         self.reap_interval = 1.0
         self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
         self.requirement_filter: list[str] | None = None
+        self.keys_given: int | None = None  # how many keys the worker's list has
         self._next_reap = 0.0
         self._sql: _Statements | None = None
 
@@ -447,14 +448,19 @@ class Store:
                     f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
                 )
                 conn.execute(delete(skipped))
-                everything = select(
-                    items.c.id, items.c.key, items.c.requirements, items.c.fingerprint
-                ).where(self._mine())
-                others = [
-                    {"id": row.id}
-                    for row in conn.execute(everything)
-                    if not self.accepts(row.key, row.requirements, row.fingerprint)
-                ]
+                others = []
+                total = conn.execute(select(func.count()).where(self._mine())).scalar_one()
+                # A queue of exactly this worker's keys (the usual case) has
+                # none of others'; labels are filtered in SQL anyway.
+                if self.keys_given is None or total > self.keys_given:
+                    everything = select(
+                        items.c.id, items.c.key, items.c.requirements, items.c.fingerprint
+                    ).where(self._mine())
+                    others = [
+                        {"id": row.id}
+                        for row in conn.execute(everything)
+                        if not self.accepts(row.key, row.requirements, row.fingerprint)
+                    ]
                 for chunk in batched(others, _BATCH):
                     conn.execute(insert(skipped), chunk)
                 conn.info[_SKIPPING] = bool(others)
