@@ -431,12 +431,13 @@ class Store:
     def connect(self) -> Connection:
         """The connection one iterating worker claims and finishes with.
 
-        Items this worker never takes (``accepts`` says no: other workers'
-        keys, tasks it lacks the labels for) are listed once, up front, in a
-        temporary table of this connection that claims skip in SQL.  Skipping
-        them one by one as claims meet them cost a query each, in one claim
-        transaction holding the lock: minutes for a worker whose list is
-        one of many thousand-item chunks.
+        Items this worker never takes (``accepts`` says no: mostly other
+        workers' keys) are listed once, up front, in a temporary table of
+        this connection that claims skip in SQL; items that turn out not to
+        be its own later (registered since, or re-fingerprinted) are added
+        as claims meet them.  Skipping each one as claims met it cost a
+        query, all in one claim transaction holding the lock: minutes for a
+        worker whose list is one of many thousand-item chunks.
         """
         if self._sql is None:
             self._sql = _Statements(self.engine.dialect, self.postgres)
