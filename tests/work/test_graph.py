@@ -214,3 +214,19 @@ def test_an_invalidated_task_gets_its_retries_back(sqlite_db, workers):
     assert killed_once_then_done("v1") == ["t"]
     # Done again for v2: one death of this run is within max_retries=1.
     assert killed_once_then_done("v2") == ["t"]
+
+
+def test_a_task_that_failed_downstream_of_an_invalidated_one_is_tried_again(db):
+    def graph(version):
+        tasks = [Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False, failure_policy="stop")
+
+    with pytest.raises(ValueError):
+        for task in graph("v1"):
+            if task.name == "train":
+                raise ValueError("clean's output is wrong")
+    # clean is fixed: a new fingerprint re-runs it, and train with it,
+    # instead of every worker stopping on train's old failure.
+    fixed = graph("v2")
+    assert sorted(fixed.invalidated) == ["clean", "train"]
+    assert [t.name for t in fixed] == ["clean", "train"]

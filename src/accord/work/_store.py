@@ -241,11 +241,12 @@ class Store:
         # Downstream tasks running now work from the old results too: they
         # go back to the queue (and wait for their deps again); the worker
         # running one finds it taken away when it finishes, and its outcome
-        # is not recorded.
+        # is not recorded.  Failed ones may have failed on the old results:
+        # they are tried again with the new.
         doomed = [
             key
             for key in downstream(roots, entries)
-            if key in existing and existing[key].status in (COMPLETED, RUNNING)
+            if key in existing and existing[key].status in (COMPLETED, RUNNING, FAILED)
         ]
         for chunk in batched(doomed, _BATCH):
             conn.execute(
