@@ -1,8 +1,9 @@
-"""Reaping dead workers while they turn out to be alive: the interleavings.
+"""Workers presumed dead that turn out to be alive, and transactions that meet.
 
 Two transactions meet only on PostgreSQL (on SQLite they run one at a
-time); each test runs one worker's step at the exact point of another's
-reap, through a connection that calls back after a given statement.
+time): those tests run one worker's step at the exact point of another's
+reap (through a connection that calls back after a given statement) or
+registration.  The others drive a worker through the store directly.
 """
 
 from __future__ import annotations
