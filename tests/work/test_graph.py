@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
-from work_helpers import barrier
+from work_helpers import barrier, wait_until
 
 from accord.work import InvalidWork, Task, TaskGraph
 from accord.work._schema import workers as workers_table
@@ -120,9 +120,113 @@ def test_bad_graphs_are_refused_before_any_work(sqlite_db, tasks, message):
         TaskGraph(tasks, db=sqlite_db)
 
 
+def test_a_string_where_names_are_expected_is_refused(sqlite_db):
+    # Not one dependency per letter, nor requirements/labels {"g", "p", "u"}.
+    with pytest.raises(InvalidWork, match="deps must be a collection of names"):
+        Task("clean", deps="fetch")
+    with pytest.raises(InvalidWork, match="requirements must be a collection of names"):
+        Task("train", requirements="gpu")
+    with pytest.raises(InvalidWork, match="labels must be a collection"):
+        TaskGraph([Task("train", requirements={"gpu"})], db=sqlite_db, labels="gpu")
+
+
 def test_a_name_is_either_a_queue_or_a_graph(sqlite_db):
     from accord.work import WorkQueue
 
     WorkQueue([1], db=sqlite_db, name="x", progress=False)
     with pytest.raises(InvalidWork, match="already used by a WorkQueue"):
         TaskGraph([Task("a")], db=sqlite_db, name="x")
+
+
+def test_deps_changed_since_an_earlier_run_are_the_ones_respected(sqlite_db):
+    def run(*tasks):
+        graph = TaskGraph(tasks, db=sqlite_db, name="g", progress=False)
+        return [t.name for t in graph]
+
+    assert run(Task("x"), Task("y", fingerprint="1")) == ["x", "y"]
+    # y now depends on a new task: it must wait for it, not keep its old edges.
+    assert run(Task("x"), Task("z"), Task("y", deps=["z"], fingerprint="2")) == ["z", "y"]
+    # y waits for w, which this worker cannot do...
+    assert run(Task("w", requirements={"gpu"}), Task("y", deps=["w"], fingerprint="3")) == []
+    # ... until a graph without that dependency no longer waits for it.
+    assert run(Task("y", fingerprint="4")) == ["y"]
+
+
+def test_a_fingerprint_changed_while_the_task_runs_gets_it_done_again(db):
+    def graph(version):
+        tasks = [Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False)
+
+    old = iter(graph("v1"))
+    assert next(old).name == "clean"  # an old worker runs clean...
+    new = graph("v2")  # ... when the code changes and a new worker starts
+    assert new.invalidated == []
+    # The old worker's result is not what v2 describes, and clean as v2 is
+    # not the old worker's to do: train does not run on top of a v1 clean.
+    assert list(old) == []
+    assert [t.name for t in new] == ["clean", "train"]
+    assert [(h.status, h.fingerprint) for h in new.history("clean")] == [
+        ("running", "v1"),
+        ("completed", "v1"),
+        ("invalidated", "v2"),
+        ("running", "v2"),
+        ("completed", "v2"),
+    ]
+    assert list(graph("v2")) == []
+
+
+def test_a_task_running_downstream_of_an_invalidated_one_is_done_again(db):
+    def graph(version):
+        tasks = [Task("fetch"), Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False)
+
+    old = iter(graph("v1"))
+    assert [next(old).name for _ in range(3)] == ["fetch", "clean", "train"]
+    new = graph("v2")  # while train runs on the v1 clean
+    assert sorted(new.invalidated) == ["clean", "train"]
+    assert list(old) == []  # its train is not recorded; clean as v2 is not its to do
+    assert [t.name for t in new] == ["clean", "train"]
+    assert [h.status for h in new.history("train")] == [
+        "running",
+        "invalidated",
+        "running",
+        "completed",
+    ]
+
+
+def test_an_invalidated_task_gets_its_retries_back(sqlite_db, workers):
+    options = {"heartbeat_timeout": 0.5, "heartbeat_interval": 0.1, "max_retries": 1}
+
+    def killed_once_then_done(version):
+        config = {
+            "db": sqlite_db,
+            "name": "g",
+            "graph": [["t", []]],
+            "fingerprints": {"t": version},
+            "options": options,
+        }
+        victim = workers.start(**config, hang_on=["t"])
+        wait_until(lambda: victim.stdout.readline().startswith("start t"), what="t to start")
+        victim.kill()
+        victim.wait()
+        return workers.finish(workers.start(**config))
+
+    assert killed_once_then_done("v1") == ["t"]
+    # Done again for v2: one death of this run is within max_retries=1.
+    assert killed_once_then_done("v2") == ["t"]
+
+
+def test_a_task_that_failed_downstream_of_an_invalidated_one_is_tried_again(db):
+    def graph(version):
+        tasks = [Task("clean", fingerprint=version), Task("train", deps=["clean"])]
+        return TaskGraph(tasks, db=db, name="ml", progress=False, failure_policy="stop")
+
+    with pytest.raises(ValueError):
+        for task in graph("v1"):
+            if task.name == "train":
+                raise ValueError("clean's output is wrong")
+    # clean is fixed: a new fingerprint re-runs it, and train with it,
+    # instead of every worker stopping on train's old failure.
+    fixed = graph("v2")
+    assert sorted(fixed.invalidated) == ["clean", "train"]
+    assert [t.name for t in fixed] == ["clean", "train"]

@@ -216,3 +216,115 @@ def test_progress_bar_counts_the_whole_queue(sqlite_db, capsys):
     list(WorkQueue(range(3), db=sqlite_db, name="q", progress=False))
     list(WorkQueue(range(5), db=sqlite_db, name="q", progress=True))
     assert "5/5" in capsys.readouterr().err
+
+
+def test_a_finished_loop_leaves_no_thread_behind(sqlite_db):
+    script = (
+        "import threading\n"
+        "from accord.work import WorkQueue\n"
+        f"queue = WorkQueue(range(3), db={sqlite_db!r}, name='q', progress=False)\n"
+        "for item in queue:\n"
+        "    pass\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert run.stdout == "['MainThread']\n", run.stderr
+
+
+def test_a_database_failing_as_the_loop_starts_stops_the_heartbeat(sqlite_db, monkeypatch):
+    import threading
+
+    from accord.work._store import Store
+
+    def gone(self):
+        raise ConnectionError("the server went away")
+
+    queue = WorkQueue(range(3), db=sqlite_db, name="q", progress=False)
+    monkeypatch.setattr(Store, "connect", gone)
+    with pytest.raises(ConnectionError):
+        list(queue)
+    assert not [t for t in threading.enumerate() if t.name.startswith("accord-heartbeat")]
+    monkeypatch.undo()
+    assert list(queue) == [0, 1, 2]
+    queue.dispose()
+
+
+def test_lock_excludes_threads_whatever_the_url_spelling(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    relative = WorkQueue([1], db="sqlite:///run.sqlite", name="q", progress=False)
+    absolute = WorkQueue([1], db=f"sqlite:///{tmp_path}/run.sqlite", name="q", progress=False)
+    taken: list[bool] = []
+    with relative.lock:
+        other = threading.Thread(target=lambda: taken.append(absolute.lock.acquire(timeout=0.2)))
+        other.start()
+        other.join(10)
+    assert taken == [False]
+    relative.dispose()
+    absolute.dispose()
+
+
+def test_a_suspended_worker_that_comes_back_does_not_record_its_old_item(sqlite_db, workers):
+    options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2}
+    config = {"db": sqlite_db, "name": "frozen", "items": 4, "options": options}
+    victim = workers.start(**config, work_s=2.0)
+    wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="item 0 to start")
+    victim.send_signal(signal.SIGSTOP)  # a suspended job, mid-item
+    try:
+        assert sorted(workers.finish(workers.start(**config))) == ["0", "1", "2", "3"]
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    # It finishes its body of item 0, which another worker has done since:
+    # that outcome is not recorded, and nothing is left for it.
+    assert workers.finish(victim) == ["0"]
+    queue = WorkQueue(range(4), db=sqlite_db, name="frozen", progress=False)
+    assert queue.counts() == {"pending": 0, "running": 0, "completed": 4, "failed": 0}
+    history = queue.history(0)
+    assert [h.status for h in history] == ["running", "killed", "running", "completed"]
+    assert history[0].worker != history[-1].worker
+
+
+def test_other_workers_items_are_skipped_at_once_not_one_query_each(db):
+    from sqlalchemy import event
+
+    WorkQueue([f"a{i}" for i in range(3000)], db=db, name="q", key=str, progress=False)
+    chunk = WorkQueue(["b0", "b1", "b2"], db=db, name="q", key=str, progress=False)
+    statements: list[str] = []
+    event.listen(chunk._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert list(chunk) == ["b0", "b1", "b2"]
+    assert len(statements) < 100
+    chunk.dispose()
+
+
+def test_an_item_whose_outcome_could_not_be_recorded_is_not_left_running(sqlite_db, monkeypatch):
+    import threading
+
+    from accord.work._store import Store
+
+    claim = Store.claim
+
+    def dropped(self, conn, worker_id, finished=None):
+        if finished is not None:
+            raise ConnectionError("the connection dropped")
+        return claim(self, conn, worker_id, finished)
+
+    def still_dropped(self, *args):
+        raise ConnectionError("the connection dropped")
+
+    monkeypatch.setattr(Store, "claim", dropped)
+    monkeypatch.setattr(Store, "finish", still_dropped)
+    with pytest.raises(ConnectionError):
+        for _ in WorkQueue(range(2), db=sqlite_db, name="q", progress=False):
+            pass
+    monkeypatch.undo()
+    # Item 0 went back to the queue as the worker stopped: another worker
+    # does it, instead of waiting for good for an item nobody runs.
+    done: list = []
+    other = WorkQueue(range(2), db=sqlite_db, name="q", progress=False)
+    thread = threading.Thread(target=lambda: done.extend(other), daemon=True)
+    thread.start()
+    wait_until(lambda: not thread.is_alive(), 15, "the other worker to finish")
+    assert done == [0, 1]
+    assert [h.status for h in other.history(0)] == ["running", "killed", "running", "completed"]
+    other.dispose()

@@ -36,6 +36,15 @@ class Task:
     data: Any = None
 
     def __post_init__(self) -> None:
+        for field in ("deps", "requirements"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                # tuple("fetch") would be five one-letter deps; frozenset("gpu")
+                # requirements no worker has, silently.
+                raise InvalidWork(
+                    f"task {self.name!r}: {field} must be a collection of names, "
+                    f"not the string {value!r} (write [{value!r}])"
+                )
         object.__setattr__(self, "deps", tuple(self.deps))
         object.__setattr__(self, "requirements", frozenset(self.requirements))
         if not isinstance(self.name, str) or not self.name:

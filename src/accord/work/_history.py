@@ -59,8 +59,10 @@ def read(conn: Connection, queue_id: int, key: str | None = None) -> list[Histor
 def prune(conn: Connection, queue_id: int, keep_latest: int) -> int:
     """Delete all but the latest ``keep_latest`` rows per item; returns how many went.
 
-    Workers that no longer appear in any history row, own no item and are
-    not running are deleted too; nothing that is still referenced is.
+    Workers that no longer appear in any history row, own no item and
+    whose loop ended are deleted too; nothing that is still referenced is.
+    Not those presumed dead ("killed"): one that was only suspended comes
+    back, and the items it claims then refer to it.
     """
     ranked = (
         select(
@@ -81,7 +83,7 @@ def prune(conn: Connection, queue_id: int, keep_latest: int) -> int:
     )
     conn.execute(
         delete(workers).where(
-            and_(workers.c.queue_id == queue_id, workers.c.status != "active", ~referenced)
+            and_(workers.c.queue_id == queue_id, workers.c.status == "stopped", ~referenced)
         )
     )
     return deleted

@@ -45,11 +45,6 @@ class WorkLock:
     def __init__(self, engine: Engine, name: str) -> None:
         self._engine = engine
         self._name = name
-        # fcntl locks belong to the process, not the thread (and closing any
-        # descriptor of the file drops them): threads of one process, through
-        # any queue object of this name, take turns on one thread lock first.
-        with _registry_lock:
-            self._local = _thread_locks.setdefault((str(engine.url), name), threading.Lock())
         self._fd: int | None = None
         self._conn: Connection | None = None
         self.path: Path | None = None
@@ -59,6 +54,14 @@ class WorkLock:
             self.path = sqlite_path(engine).with_name(
                 f"{sqlite_path(engine).name}.{safe}-{tag:08x}.lock"
             )
+        # fcntl locks belong to the process, not the thread (and closing any
+        # descriptor of the file drops them): threads of one process, through
+        # any queue object of this name, take turns on one thread lock first.
+        # Keyed by the lock file, not the URL: a relative and an absolute URL
+        # of one database must share it.
+        where = str(self.path) if self.path else str(engine.url)
+        with _registry_lock:
+            self._local = _thread_locks.setdefault((where, name), threading.Lock())
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock; with a timeout (seconds), False if it was not free in time."""

@@ -70,6 +70,8 @@ class _Work(Generic[T]):
         progress: bool | None = None,
         worker: str | None = None,
     ) -> None:
+        if isinstance(labels, str):
+            raise InvalidWork(f"labels must be a collection of labels, not the string {labels!r}")
         if failure_policy not in ("continue", "stop"):
             raise InvalidWork(
                 f"failure_policy must be 'continue' or 'stop', not {failure_policy!r}"
@@ -98,6 +100,7 @@ class _Work(Generic[T]):
         )
         self._objects = objects
         self._requirements = {e.key: e.requirements for e in entries}
+        self._fingerprints = {e.key: e.fingerprint for e in entries}
         self._engine = open_engine(db)
         try:
             self._store = Store(self._engine, name, self._kind)
@@ -123,9 +126,13 @@ class _Work(Generic[T]):
             if set(filter(None, r.split(","))) <= self.labels
         }
         store.max_retries = self.max_retries
+        store.keys_given = len(self._objects)
         store.stop_on_failure = self.failure_policy == "stop"
         store.reap_interval = self.heartbeat_interval
-        store.accepts = lambda key, req: self._requirements.get(key) in acceptable
+        own = self._fingerprints
+        store.accepts = lambda key, req, fp: (
+            self._requirements.get(key) in acceptable and own.get(key) in (None, fp)
+        )
         everything = acceptable == set(self._requirements.values())
         store.requirement_filter = None if everything else sorted(acceptable)
 
@@ -150,11 +157,14 @@ class _Work(Generic[T]):
             return
         heartbeat = Heartbeat(lambda: store.beat(worker_id), self.heartbeat_interval, self.worker)
         heartbeat.start()
-        conn = store.connect()
-        bar = _Progress(store, len(self._objects), self.name, self.progress)
+        conn = bar = None
         finished: tuple[Claimed, str, str | None] | None = None
         pause = _Backoff(self.heartbeat_interval)
         try:
+            # Inside the try: a database that fails here must not leave the
+            # heartbeat thread beating (and this worker "active") for good.
+            conn = store.connect()
+            bar = _Progress(store, len(self._objects), self.name, self.progress)
             while True:
                 outcome = store.claim(conn, worker_id, finished)
                 finished = None
@@ -186,11 +196,13 @@ class _Work(Generic[T]):
                     store.finish(conn, worker_id, *finished)
                 except Exception as exc:
                     log.warning("%s: could not record item %r: %s", self.name, finished[0].key, exc)
-            conn.close()
+            if conn is not None:
+                conn.close()
             heartbeat.stop()
-            bar.close()
+            if bar is not None:
+                bar.close()
             try:
-                store.stop_worker(worker_id)
+                store.stop_worker(worker_id, self.worker)
             except Exception as exc:
                 log.warning("%s: could not record that this worker stopped: %s", self.name, exc)
 
@@ -302,13 +314,15 @@ class _Progress:
 
     def __init__(self, store: Store, total: int, name: str, enabled: bool) -> None:
         self._store = store
-        self._bar = tqdm(total=total, desc=name, disable=not enabled, unit="item")
+        # No tqdm at all when disabled: even a disabled one starts tqdm's
+        # monitor thread, which then outlives the loop.
+        self._bar = tqdm(total=total, desc=name, unit="item") if enabled else None
         self._next_sync = 0.0
         if enabled:
             self.update()
 
     def update(self) -> None:
-        if self._bar.disable:
+        if self._bar is None:
             return
         now = time.monotonic()
         if now >= self._next_sync:
@@ -321,7 +335,8 @@ class _Progress:
         self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _Backoff:

@@ -18,11 +18,25 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from . import _history
 from ._errors import InvalidWork
-from ._schema import create, deps, history, items, queues, workers
+from ._schema import Id, create, deps, history, items, queues, workers
 
 log = logging.getLogger("accord.work")
 
@@ -60,6 +74,11 @@ class Stopped:
     """The failure policy is "stop" and these items failed."""
 
     failures: list[tuple[str, str | None]]
+
+
+# The items one worker skips, on its claim connection only (see Store.connect).
+skipped = Table("accord_skipped", MetaData(), Column("id", Id, primary_key=True))
+_SKIPPING = "accord_skipping"  # in Connection.info: whether that table has rows
 
 
 def batched(rows: Iterable, n: int) -> Iterable[list]:
@@ -104,9 +123,9 @@ class Store:
         self.max_retries = 0
         self.stop_on_failure = False
         self.reap_interval = 1.0
-        self.accepts: Callable[[str, str], bool] = lambda key, requirements: True
+        self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
         self.requirement_filter: list[str] | None = None
-        self.excluded: set[str] = set()
+        self.keys_given: int | None = None  # how many keys the worker's list has
         self._next_reap = 0.0
         self._sql: _Statements | None = None
 
@@ -164,13 +183,42 @@ class Store:
             if self.kind != "graph":
                 return []
             ids = dict(conn.execute(select(items.c.key, items.c.id).where(self._mine())).all())
-            edges = [{"item_id": ids[e.key], "dep_id": ids[d]} for e in new for d in e.deps]
-            for chunk in batched(edges, _BATCH):
-                conn.execute(insert(deps), list(chunk))
+            rewired = self._sync_deps(conn, entries, ids)
             invalidated = self._invalidate_changed(conn, entries, existing, ids, now)
-            if new or invalidated:
+            if new or rewired or invalidated:
                 self._count_unmet(conn)
             return invalidated
+
+    def _sync_deps(self, conn: Connection, entries: Sequence[Entry], ids: dict) -> bool:
+        """Make the stored edges of these entries their ``deps``; True if any changed.
+
+        Not only new tasks': a task registered by an earlier run may have
+        gained or lost dependencies since, and must wait for its deps as
+        they are now, not as they were.
+        """
+        wanted = {(ids[e.key], ids[d]) for e in entries for d in e.deps}
+        mine = {ids[e.key] for e in entries}
+        stored = {
+            (row.item_id, row.dep_id)
+            for row in conn.execute(
+                select(deps.c.item_id, deps.c.dep_id)
+                .join(items, items.c.id == deps.c.item_id)
+                .where(self._mine())
+            )
+        }
+        # Edges of tasks only other workers' graphs have are theirs to keep.
+        stale = [(i, d) for i, d in stored - wanted if i in mine]
+        added = sorted(wanted - stored)
+        for chunk in batched(stale, _BATCH):
+            conn.execute(
+                delete(deps).where(
+                    deps.c.item_id == bindparam("b_item"), deps.c.dep_id == bindparam("b_dep")
+                ),
+                [{"b_item": i, "b_dep": d} for i, d in chunk],
+            )
+        for chunk in batched(added, _BATCH):
+            conn.execute(insert(deps), [{"item_id": i, "dep_id": d} for i, d in chunk])
+        return bool(stale or added)
 
     def _invalidate_changed(self, conn, entries, existing, ids, now) -> list[str]:
         changed = [
@@ -190,16 +238,22 @@ class Store:
         )
         roots = [e.key for e in changed if existing[e.key].status == COMPLETED]
         fingerprints = {e.key: e.fingerprint for e in entries}
+        # Downstream tasks running now work from the old results too: they
+        # go back to the queue (and wait for their deps again); the worker
+        # running one finds it taken away when it finishes, and its outcome
+        # is not recorded.  Failed ones may have failed on the old results:
+        # they are tried again with the new.
         doomed = [
             key
             for key in downstream(roots, entries)
-            if key in existing and existing[key].status == COMPLETED
+            if key in existing and existing[key].status in (COMPLETED, RUNNING, FAILED)
         ]
         for chunk in batched(doomed, _BATCH):
             conn.execute(
                 update(items)
                 .where(items.c.id.in_([ids[k] for k in chunk]))
-                .values(status=PENDING, worker_id=None, error=None, updated_at=now)
+                # A new run of the task: its retries start again, as after a reset.
+                .values(status=PENDING, worker_id=None, error=None, kills=0, updated_at=now)
             )
         _history.record(
             conn,
@@ -277,8 +331,15 @@ class Store:
                 )
         return bool(alive)
 
-    def stop_worker(self, worker_id: int) -> None:
+    def stop_worker(self, worker_id: int, name: str) -> None:
         with self.engine.begin() as conn:
+            # An item whose outcome could not be recorded (the claim's
+            # connection broke) is still "running" under this worker, and
+            # reaping looks only at active workers: put it back now, or it
+            # stays running for good and every other worker waits for it.
+            self._requeue(
+                conn, {worker_id: name}, time.time(), "ended its loop without recording the outcome"
+            )
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
@@ -287,21 +348,20 @@ class Store:
 
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
+        silent = and_(
+            workers.c.status == "active",
+            workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
+        )
         dead = conn.execute(
-            select(workers.c.id, workers.c.name).where(
-                workers.c.queue_id == self.queue_id,
-                workers.c.status == "active",
-                workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
-            )
+            select(workers.c.id, workers.c.name).where(workers.c.queue_id == self.queue_id, silent)
         ).all()
         if not dead:
             return
         names = dict(dead)
-        kill = (
-            update(workers)
-            .where(workers.c.id.in_(names), workers.c.status == "active")
-            .values(status="killed")
-        )
+        # The condition again, not only the ids: on PostgreSQL a heartbeat
+        # committed since the select is seen by the UPDATE (which re-reads
+        # the rows it locks), and a worker that just beat is not dead.
+        kill = update(workers).where(workers.c.id.in_(names), silent).values(status="killed")
         if self.postgres:
             # Two workers may reap the same dead one at once; the second
             # waits for the first's row locks, finds it no longer active and
@@ -311,15 +371,23 @@ class Store:
                 return
         else:
             conn.execute(kill)  # transactions run one at a time on SQLite
+        self._requeue(conn, names, now, "stopped heartbeating")
+
+    def _requeue(self, conn: Connection, names: dict, now: float, why: str) -> None:
+        """Put the items these workers (id: name) run back in the queue, or fail them."""
         orphans = conn.execute(
-            select(
-                items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id
-            ).where(items.c.worker_id.in_(names), items.c.status == RUNNING)
+            select(items.c.id, items.c.key, items.c.kills, items.c.fingerprint, items.c.worker_id)
+            .where(items.c.worker_id.in_(names), items.c.status == RUNNING)
+            # Locked until commit (PostgreSQL; SQLite runs one transaction at
+            # a time anyway): a worker that was only slow and finishes its
+            # item now waits, then finds it re-queued, instead of completing
+            # it in between and having its completion overwritten here.
+            .with_for_update()
         ).all()
         changes, events = [], []
         for item in orphans:
             kills = item.kills + 1
-            gone = f"worker {names[item.worker_id]} stopped heartbeating"
+            gone = f"worker {names[item.worker_id]} {why}"
             give_up = kills > self.max_retries
             error = f"{gone} {kills} times (max_retries={self.max_retries})" if give_up else None
             log.warning("%s: item %r re-queued: %s", self.name, item.key, gone)
@@ -362,10 +430,46 @@ class Store:
     # what SQLite needs to run it.
 
     def connect(self) -> Connection:
-        """The connection one iterating worker claims and finishes with."""
+        """The connection one iterating worker claims and finishes with.
+
+        Items this worker never takes (``accepts`` says no: mostly other
+        workers' keys) are listed once, up front, in a temporary table of
+        this connection that claims skip in SQL; items that turn out not to
+        be its own later (registered since, or re-fingerprinted) are added
+        as claims meet them.  Skipping each one as claims met it cost a
+        query, all in one claim transaction holding the lock: minutes for a
+        worker whose list is one of many thousand-item chunks.
+        """
         if self._sql is None:
             self._sql = _Statements(self.engine.dialect, self.postgres)
-        return self.engine.connect()
+        conn = self.engine.connect()
+        try:
+            with conn.begin():
+                # The pool may hand back a connection with last loop's rows.
+                conn.exec_driver_sql(
+                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
+                )
+                conn.execute(delete(skipped))
+                others = []
+                total = conn.execute(select(func.count()).where(self._mine())).scalar_one()
+                # A queue of exactly this worker's keys (the usual case) has
+                # none of others'; labels are filtered in SQL anyway.
+                if self.keys_given is None or total > self.keys_given:
+                    everything = select(
+                        items.c.id, items.c.key, items.c.requirements, items.c.fingerprint
+                    ).where(self._mine())
+                    others = [
+                        {"id": row.id}
+                        for row in conn.execute(everything)
+                        if not self.accepts(row.key, row.requirements, row.fingerprint)
+                    ]
+                for chunk in batched(others, _BATCH):
+                    conn.execute(insert(skipped), chunk)
+                conn.info[_SKIPPING] = bool(others)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def claim(
         self,
@@ -395,17 +499,27 @@ class Store:
                 if failures:
                     return Stopped([tuple(f) for f in failures])
             while (row := self._next(conn)) is not None:
-                if not self.accepts(row.key, row.requirements):
-                    # An item only other workers were given, or one this
-                    # worker lacks the labels for: never look at it again.
-                    self.excluded.add(row.key)
+                if not self.accepts(row.key, row.requirements, row.fingerprint):
+                    # An item only other workers were given, one this worker
+                    # lacks the labels for, or a task whose fingerprint is
+                    # not the one this worker would run it with (a newer
+                    # worker changed it): never look at it again.
+                    conn.execute(insert(skipped).values(id=row.id))
+                    conn.info[_SKIPPING] = True
                     continue
+                if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
+                    # Others had given this worker up (it was suspended, or
+                    # declared itself dead in a claim after a freeze).  It
+                    # is active again before it owns an item: reaping looks
+                    # only at active workers, so an item claimed as "killed"
+                    # would stay running forever if this worker then died.
+                    log.warning("%s: this worker had been presumed dead; active again", self.name)
                 sql.take(conn, b_id=row.id, b_worker=worker_id, b_now=now)
                 sql.event(conn, row.id, RUNNING, worker_id, now, row.fingerprint)
                 return Claimed(row.id, row.key, row.fingerprint)
             if self.postgres:
                 # Rows other claims had locked were skipped, not absent.
-                busy = or_(items.c.status == RUNNING, self._ready())
+                busy = or_(items.c.status == RUNNING, self._ready(conn))
                 waiting = conn.execute(
                     select(items.c.id).where(self._mine(), busy).limit(1)
                 ).first()
@@ -413,20 +527,20 @@ class Store:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
 
-    def _ready(self):
+    def _ready(self, conn: Connection):
         ready = and_(items.c.status == PENDING, items.c.unmet == 0)
         if self.requirement_filter is not None:
             ready = and_(ready, items.c.requirements.in_(self.requirement_filter))
-        if self.excluded:
-            ready = and_(ready, items.c.key.not_in(self.excluded))
+        if conn.info.get(_SKIPPING):
+            ready = and_(ready, items.c.id.not_in(select(skipped.c.id)))
         return ready
 
     def _next(self, conn: Connection):
-        if self.requirement_filter is None and not self.excluded:
+        if self.requirement_filter is None and not conn.info.get(_SKIPPING):
             return self._sql.next(conn, b_queue=self.queue_id).first()
         query = (
             select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
-            .where(self._mine(), self._ready())
+            .where(self._mine(), self._ready(conn))
             .order_by(items.c.position)
             .limit(1)
         )
@@ -442,21 +556,29 @@ class Store:
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
-        done = sql.finish(
-            conn,
-            b_id=claimed.item_id,
-            b_worker=worker_id,
-            b_status=status,
-            b_error=error,
-            b_now=now,
-        ).rowcount
+        mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
+        if status == COMPLETED and self.kind == "graph" and self.postgres:
+            # Registration recounts every task's unmet deps in one UPDATE
+            # whose subquery sees the deps as they were when it started; a
+            # completion committed meanwhile would be counted as unfinished
+            # for good, and its dependents never handed out.  Completions
+            # share the lock registration takes alone.
+            sql.share_queue(conn, b_key=advisory_key("queue", self.queue_id))
+        if status == COMPLETED:
+            done = sql.complete(conn, **mine, b_fp=claimed.fingerprint).rowcount
+            if not done and sql.requeue(conn, **mine).rowcount:
+                self._outdated(conn, worker_id, claimed, now)
+                return
+        else:
+            done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
         if not done:
             # This worker missed its heartbeats long enough to be declared
-            # dead: the item went back to the queue, and the worker that has
-            # it now records the outcome.
+            # dead, or a task upstream was invalidated: the item went back
+            # to the queue, and the worker that has it now records the outcome.
             log.warning(
-                "%s: item %r was handed to another worker while this one was "
-                "unresponsive; its outcome here (%s) is not recorded",
+                "%s: item %r went back to the queue while this worker ran it (it was "
+                "presumed dead, or a task upstream was invalidated); its outcome here "
+                "(%s) is not recorded",
                 self.name,
                 claimed.key,
                 status,
@@ -465,6 +587,28 @@ class Store:
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
         sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def _outdated(self, conn, worker_id, claimed: Claimed, now) -> None:
+        """History of a task completed with a fingerprint changed while it ran.
+
+        A worker with the new fingerprint registered the task meanwhile: the
+        result is not the one that fingerprint describes, so the task went
+        back to the queue (see `register`, which updates the fingerprints
+        of tasks that are not completed).
+        """
+        current = conn.execute(
+            select(items.c.fingerprint).where(items.c.id == claimed.item_id)
+        ).scalar_one()
+        log.warning(
+            "%s: task %r completed with fingerprint %r, which changed to %r while it ran; "
+            "it will be done again",
+            self.name,
+            claimed.key,
+            claimed.fingerprint,
+            current,
+        )
+        self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
+        self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 
     def set_error(self, item_id: int, error: str) -> None:
         """Replace the error recorded for a failed item (and its last history row)."""
@@ -588,18 +732,37 @@ class _Statements:
             ),
             dialect,
         )
+        self.revive = Prepared(
+            update(workers)
+            .where(workers.c.id == bindparam("b_worker"), workers.c.status != "active")
+            .values(status="active", heartbeat_at=bindparam("b_now")),
+            dialect,
+        )
+        running = and_(
+            items.c.id == bindparam("b_id"),
+            items.c.worker_id == bindparam("b_worker"),
+            items.c.status == RUNNING,
+        )
         self.finish = Prepared(
             update(items)
-            .where(
-                items.c.id == bindparam("b_id"),
-                items.c.worker_id == bindparam("b_worker"),
-                items.c.status == RUNNING,
-            )
+            .where(running)
             .values(
                 status=bindparam("b_status"),
                 error=bindparam("b_error"),
                 updated_at=bindparam("b_now"),
             ),
+            dialect,
+        )
+        # Completed only with the fingerprint it was claimed with; otherwise
+        # (changed while it ran) back to the queue with `requeue`.
+        self.complete = Prepared(
+            update(items)
+            .where(running, items.c.fingerprint.is_not_distinct_from(bindparam("b_fp")))
+            .values(status=COMPLETED, error=None, updated_at=bindparam("b_now")),
+            dialect,
+        )
+        self.requeue = Prepared(
+            update(items).where(running).values(status=PENDING, updated_at=bindparam("b_now")),
             dialect,
         )
         waiting = select(deps.c.item_id).where(deps.c.dep_id == bindparam("b_dep"))
@@ -616,6 +779,9 @@ class _Statements:
                 error=bindparam("b_error"),
             ),
             dialect,
+        )
+        self.share_queue = Prepared(
+            select(func.pg_advisory_xact_lock_shared(bindparam("b_key"))), dialect
         )
         self.busy = Prepared(
             select(items.c.id)
