@@ -15,7 +15,8 @@ MODULES = [accord, _errors, _share, _proxy, _pool, work, _work_errors, _graph, _
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
-def test_docstring_examples(module):
+def test_docstring_examples(module, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the work examples create run.sqlite here
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0
     assert failures == 0

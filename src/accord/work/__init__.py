@@ -4,9 +4,8 @@ Any number of processes — started by hand, by a scheduler such as SLURM, on
 several machines — iterate over the same `WorkQueue` or `TaskGraph` (same
 ``name``, same ``db``), and each item is done once.
 
-    >>> import tempfile
     >>> from accord.work import Task, TaskGraph
-    >>> db = f"sqlite:///{tempfile.mkdtemp()}/run.sqlite"
+    >>> db = "sqlite:///run.sqlite"  # a file in the current directory
     >>> tasks = [Task("fetch"), Task("clean", deps=["fetch"]), Task("train", deps=["clean"])]
     >>> [task.name for task in TaskGraph(tasks, db=db, name="pipeline", progress=False)]
     ['fetch', 'clean', 'train']

@@ -66,9 +66,8 @@ class TaskGraph(_Work[Task]):
     unless their fingerprint changed: then they and everything downstream
     are done again (``graph.invalidated`` lists them).
 
-        >>> import tempfile
         >>> from accord.work import Task, TaskGraph
-        >>> db = f"sqlite:///{tempfile.mkdtemp()}/run.sqlite"
+        >>> db = "sqlite:///run.sqlite"  # a file in the current directory
         >>> def pipeline(version):
         ...     return [Task("fetch"), Task("clean", deps=["fetch"], fingerprint=version),
         ...             Task("train", deps=["clean"]), Task("report")]

@@ -31,9 +31,8 @@ class WorkLock:
     Use it for what the workers share outside the database, such as one
     output file:
 
-        >>> import tempfile
         >>> from accord.work import WorkQueue
-        >>> db = f"sqlite:///{tempfile.mkdtemp()}/run.sqlite"
+        >>> db = "sqlite:///run.sqlite"  # a file in the current directory
         >>> queue = WorkQueue(["a", "b"], db=db, name="lines", progress=False)
         >>> for item in queue:
         ...     with queue.lock:

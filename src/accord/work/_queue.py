@@ -265,9 +265,8 @@ class WorkQueue(_Work[T]):
     loop is left with ``break``.  State lives in ``db``: a SQLite file by
     default, or PostgreSQL by URL.
 
-        >>> import tempfile
         >>> from accord.work import WorkQueue
-        >>> db = f"sqlite:///{tempfile.mkdtemp()}/run.sqlite"
+        >>> db = "sqlite:///run.sqlite"  # a file in the current directory
         >>> queue = WorkQueue(["a", "b", "c"], db=db, name="letters", progress=False)
         >>> [item.upper() for item in queue]
         ['A', 'B', 'C']
