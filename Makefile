@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/pool.py
+	$(PY) benchmarks/transport.py
 	$(PY) benchmarks/work.py
 
 clean:
