@@ -16,7 +16,7 @@ import inspect
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
 from ..backends.shm import _control
-from ..backends.shm._client import ShareInfo, ShmClient, client_for, load_record
+from ..backends.shm._client import ShareInfo, ShmClient
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
 from . import _protocol as P
@@ -117,7 +117,7 @@ class Link:
         if client is None or client.lost is not None:
             if client is not None:
                 self._follow_restart()
-            client = self._client = client_for(self.info)
+            client = self._client = self.info.client()
         return client
 
     def rebind(self, info: ShareInfo) -> None:
@@ -129,7 +129,7 @@ class Link:
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new
         coordinator: attach to that one (True).  Else keep failing (False)."""
-        info = load_record(self.info.name)
+        info = self.info.reload()
         if info is None or info.pid == self.info.pid:
             return False
         self.rebind(info)
@@ -248,7 +248,16 @@ class Link:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
         client.check_alive()
-        cached = client.snapshots.unchanged(name)
+        if client.remote:
+            # Over a network, `share.x += 1` should cost the one round trip
+            # that sends it: decide from what we last read (an AUGMENT is
+            # right even if `x` has since become a container).
+            known = client.known(name)
+            if known is not None and known.kind[1] and is_augmented(3):
+                return Augmenting(lambda op, operand: self.augment(path, op, operand))
+        # No write pending (checked first), and nothing committed since our
+        # last read (checked after): then what we hold is current.
+        cached, clear = client.lookup(name, slots)
         if cached is not None:
             is_plain_value = cached.kind[1]
         else:
@@ -259,14 +268,7 @@ class Link:
             return self.proxy(path)
         if is_augmented(3):
             return Augmenting(lambda op, operand: self.augment(path, op, operand))
-        if (
-            cached is not None
-            and client.applied_all(slots)
-            and client.snapshots.still_current(cached)
-            and type(cached.obj) is not Unreadable
-        ):
-            # No write pending (checked first), and nothing committed since
-            # our last read (checked after): what we hold is current.
+        if cached is not None and clear and type(cached.obj) is not Unreadable:
             return cached.obj
         return self.get(path)
 

@@ -38,6 +38,7 @@ pack_length = struct.Struct("<I").pack
 class ShareInfo:
     """Everything a process needs to attach to a share (picklable)."""
 
+    backend = "shm"
     __slots__ = ("key", "name", "pid", "socket_path", "stem")
 
     def __init__(self, name: str, stem: str, socket_path: str, key: bytes, pid: int) -> None:
@@ -49,6 +50,21 @@ class ShareInfo:
 
     def __reduce__(self):
         return ShareInfo, (self.name, self.stem, self.socket_path, self.key, self.pid)
+
+    def client(self) -> ShmClient:
+        """This process's client of the share."""
+        return client_for(self)
+
+    def reload(self) -> ShareInfo | None:
+        """The share's current incarnation (after a restart), from its key file."""
+        return load_record(self.name)
+
+    def remove(self) -> None:
+        """Forget the share here and remove everything it left (owner, on close)."""
+        from ._server import remove_leftovers
+
+        forget(self)
+        remove_leftovers(self.stem, self.socket_path)
 
 
 def load_record(name: str) -> ShareInfo | None:
@@ -95,6 +111,8 @@ def abandoned_records() -> list[ShareInfo]:
 
 
 class ShmClient:
+    remote = False  # reads are local loads (see Link.get_name)
+
     def __init__(self, info: ShareInfo) -> None:
         self.info = info
         try:
@@ -280,6 +298,14 @@ class ShmClient:
             if load(buf, APPLIED + 8 * s) < load(buf, PENDING + 8 * s):
                 return False
         return True
+
+    def lookup(self, name: str, slots):
+        """(what was last read for `name` if nothing was committed since,
+        else None; whether every write to `slots` queued before now is
+        applied).  The flags are checked first: a current snapshot then
+        includes every such write."""
+        clear = self.applied_all(slots)
+        return self.snapshots.unchanged(name), clear
 
     def kind(self, name: str):
         """(type, (type generation, is value)) of the committed `name`, or MISSING."""
