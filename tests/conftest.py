@@ -55,6 +55,36 @@ def share():
         yield s
 
 
+# -- backends ---------------------------------------------------------------------
+
+BACKENDS = ("shm", "redis")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of this run, on a free loopback port."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Share(backend=...) for each backend: "shm", or the test server's URL."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").url
+    return request.param
+
+
+@pytest.fixture
+def any_share(backend):
+    """A share on each backend."""
+    with Share(backend=backend) as s:
+        yield s
+
+
 def _ours(name: str) -> bool:
     # Shares this run makes: anonymous ones carry our pid, named ones "test-".
     # (Another run of the suite on the same machine must not count.)

@@ -69,8 +69,8 @@ class RedisInfo:
         )
 
     @property
-    def stem(self) -> tuple[str, str]:
-        return (self.url, self.name)
+    def stem(self) -> tuple[str, str, bytes]:
+        return (self.url, self.name, self.key)
 
     @property
     def pid(self) -> int:
@@ -373,11 +373,11 @@ class RedisClient:
             self.r.close()
 
 
-_clients: dict[tuple[str, str], RedisClient] = {}
+_clients: dict[tuple[str, str, bytes], RedisClient] = {}
 _clients_lock = threading.Lock()
 
-# Set in a coordinator process: (url, name) of the share it coordinates.
-coordinating: tuple[str, str] | None = None
+# Set in a coordinator process: the stem of the share it coordinates.
+coordinating: tuple[str, str, bytes] | None = None
 
 
 def client_for(info: RedisInfo) -> RedisClient:

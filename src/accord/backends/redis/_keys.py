@@ -120,6 +120,10 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'pos', ARGV[2])
   redis.call('XTRIM', KEYS[3], 'MINID', ARGV[2])
 end
+if redis.call('PTTL', KEYS[2]) == -1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
 return 1
 """
 
