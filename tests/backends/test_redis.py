@@ -201,8 +201,14 @@ def test_a_standby_service_takes_over(redis_server, tmp_path):
     with Share(name="test-standby", backend=redis_server.url, key=KEY) as share:
         share.counter = 0
         standby = subprocess.Popen(
-            [sys.executable, "-m", "accord._cli_coordinator", redis_server.url,
-             "--name", "test-standby"],
+            [
+                sys.executable,
+                "-m",
+                "accord._cli_coordinator",
+                redis_server.url,
+                "--name",
+                "test-standby",
+            ],
             env=env,
             stderr=subprocess.PIPE,
             text=True,
@@ -273,7 +279,7 @@ def test_redis_auth(tmp_path):
             share.x.append(2)
             assert share.x == [1, 2]
         wrong = server.url.replace("s3cret-pass", "wrong")
-        with pytest.raises(AccordError, match="refused the credentials|WRONGPASS|invalid"):
+        with pytest.raises(AccordError, match="refused the credentials"):
             Share(backend=wrong, key=KEY)
     finally:
         server.stop()
