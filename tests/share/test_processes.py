@@ -1,4 +1,5 @@
-"""The contract across real processes, under every spawn backend."""
+"""The contract across real processes, under every spawn backend; the tests
+that take `share` run on every share backend too."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ class Tally:
         if not self.seen:
             raise LookupError("nothing to take")
         return self.seen.pop()
+
+
+@pytest.fixture
+def share(request, backend, spawn_backend):
+    if backend != "shm" and spawn_backend not in ("fork", "spawn"):
+        # fork (a client inherited) and spawn (a share pickled) cover what a
+        # network backend does differently; the others only cost time.
+        pytest.skip("network backends run under the fork and spawn backends")
+    return request.getfixturevalue("any_share")
 
 
 def increment_everything(share, worker):
