@@ -164,8 +164,8 @@ class RedisClient:
         self.keys = Keys(info.name)
         self.r = connect_redis(info.url, info.timeout)
         self.signer = Signer(info.key, info.name)
-        self._send = self.r.register_script(_keys.SEND)
-        self._read = self.r.register_script(_keys.READ)
+        self._send = _keys.Script(_keys.SEND)
+        self._read = _keys.Script(_keys.READ)
         self.snapshots: dict[str, _Snapshot] = {}
         self._fields: dict = {}
         self.owner_process = None
@@ -258,8 +258,12 @@ class RedisClient:
         cached = self.snapshots.get(name)
         entry, data = self.call(
             self._read,
-            keys=[self.keys.state, self.keys.snap],
-            args=[name, cached.version if cached is not None else b""],
+            self.r,
+            2,
+            self.keys.state,
+            self.keys.snap,
+            name,
+            cached.version if cached is not None else b"",
         )
         if entry is None:
             self.snapshots.pop(name, None)
@@ -303,10 +307,18 @@ class RedisClient:
         payload = self.signer.sign(
             b"c", dumps((client_id, (op, reply_id, None, writes, *fields)), 5)
         )
+        keys = self.keys
         done = self.call(
             self._send,
-            keys=[self.keys.state, self.keys.cmd, self.keys.lease],
-            args=[payload, len(reads), *reads, *writes],
+            self.r,
+            3,
+            keys.state,
+            keys.cmd,
+            keys.lease,
+            payload,
+            len(reads),
+            *reads,
+            *writes,
             idempotent=False,
         )
         if done != 1:

@@ -40,6 +40,8 @@ from ._server import Peer, RedisServer, TakenOver
 
 LEASE_S = 1.0  # a coordinator silent for this long is presumed dead
 BEAT_S = 0.1
+LINGER_S = 0.0005
+LINGER_BATCH = 64
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -80,9 +82,11 @@ class RedisCoordinator(Coordinator):
         beat = threading.Thread(target=self._beat, name="accord-lease", daemon=True)
         beat.start()
         while self.stopping is None:
-            timeout = min(self._timeout(), BEAT_S)
+            # Block at least 1 ms: polling Redis in a loop would slow the
+            # very clients whose commands we wait for.
+            block_ms = max(1, int(min(self._timeout(), BEAT_S) * 1000))
             try:
-                entries = self.server.read(self.last_id, int(timeout * 1000) or None)
+                entries = self.server.read(self.last_id, block_ms)
             except _REDIS_DOWN:
                 self._wait_for_redis()
                 continue
@@ -93,7 +97,14 @@ class RedisCoordinator(Coordinator):
             now = time.monotonic()
             self.commit_due(now)
             self.expire_lock_waits(now)
+            waiting = self.server.has_replies()
             self._flush()
+            if entries and not waiting and len(entries) < LINGER_BATCH:
+                # Only fire-and-forget writes came, a few at a time: let more
+                # gather before the next read.  Waking for each one would
+                # take the CPU from the processes sending them (a reader
+                # that then needs a commit waits this long at most).
+                time.sleep(LINGER_S)
 
     def _flush(self) -> None:
         while True:

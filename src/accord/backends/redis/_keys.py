@@ -16,7 +16,10 @@ Per share ``NAME`` (the ``{NAME}`` hash tag keeps them on one cluster slot)::
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
+
+import redis
 
 
 class Keys:
@@ -31,6 +34,24 @@ class Keys:
 
     def replies(self, client_id: int) -> str:
         return f"{self.prefix}r:{client_id}"
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded again if the server lost it (a
+    restart).  Leaner than redis-py's Script: this is on every write's path."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, r: redis.Redis, nkeys: int, *keys_and_args):
+        try:
+            return r.execute_command("EVALSHA", self.sha, nkeys, *keys_and_args)
+        except redis.exceptions.NoScriptError:  # nothing ran: safe to run again
+            r.script_load(self.source)
+            return r.execute_command("EVALSHA", self.sha, nkeys, *keys_and_args)
 
 
 def split_url(url: str) -> tuple[str, dict[str, float]]:

@@ -137,6 +137,9 @@ class RedisServer:
     def send(self, peer: Peer, payload: bytes) -> None:
         self._replies.append((peer.id, payload))
 
+    def has_replies(self) -> bool:
+        return bool(self._replies)
+
     def flush(self) -> None:
         """Commit what was buffered, then send the replies (so a reply never
         arrives before the commit it may depend on)."""
