@@ -57,7 +57,7 @@ def share():
 
 # -- backends ---------------------------------------------------------------------
 
-BACKENDS = ("shm", "redis")
+BACKENDS = ("shm", "memory", "redis")
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Share(backend=...) for each backend: "shm", or the test server's URL."""
+    """Share(backend=...) for each backend: "shm", "memory", or the test server's URL."""
     if request.param == "redis":
         return request.getfixturevalue("redis_server").url
     return request.param

@@ -125,11 +125,16 @@ class Share:
             if key is not None:
                 raise ValueError("key= is for network backends; shm shares make their own key")
             info, process = _start_coordinator(name, commit_window)
+        elif backend == "memory":
+            from ..backends.memory._memory import start
+
+            info, process = start(name, commit_window)
         elif isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
             info, process = _start_redis(backend, name, key, commit_window)
         else:
             raise ValueError(
-                f"unknown backend {backend!r}: use 'shm' (one machine) or a Redis URL "
+                f"unknown backend {backend!r}: use 'shm' (processes of one machine), "
+                "'memory' (threads of this process) or a Redis URL "
                 "(redis://host:port/db, rediss://..., unix://...)"
             )
         object.__setattr__(self, "_link", Link(info))
@@ -342,6 +347,8 @@ class Share:
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
+        if link.info.backend == "memory":
+            raise AccordError("a memory share cannot be restarted: its coordinator is a thread")
         if link.info.backend == "redis":
             # Nothing to salvage: the committed state and every command after
             # it are in Redis; the new coordinator continues from there.

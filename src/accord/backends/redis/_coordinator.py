@@ -29,14 +29,13 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 
 import redis
 
-from ...share._coordinator import Coordinator
+from ...share._coordinator import OrderedCoordinator
 from . import _client
 from ._client import RedisInfo, connect_redis
-from ._server import Peer, RedisServer, TakenOver
+from ._server import RedisServer, TakenOver
 
 LEASE_S = 1.0  # a coordinator silent for this long is presumed dead
 BEAT_S = 0.1
@@ -45,13 +44,10 @@ LINGER_BATCH = 64
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-class RedisCoordinator(Coordinator):
+class RedisCoordinator(OrderedCoordinator):
     def __init__(self, server: RedisServer, owner_pid: int | None, window: float) -> None:
         super().__init__(server, owner_pid or 0, window)
-        self.inbox: deque = deque()
         self.last_id = "0-0"
-        self.position = ""
-        self.peers_by_id: dict[int, Peer] = {}
         self.stopping: str | None = None  # why the loop must end
 
     # -- state -------------------------------------------------------------------
@@ -139,27 +135,6 @@ class RedisCoordinator(Coordinator):
                 time.sleep(BEAT_S)
         finally:
             r.close()
-
-    def process(self) -> None:
-        """Run the commands in stream order."""
-        while self.inbox:
-            entry_id, client_id, message = self.inbox.popleft()
-            self.position = entry_id
-            if message is None:
-                continue  # refused (bad signature), reported by the server
-            waits = message[2]
-            if waits and not self.satisfied(waits):
-                # Cannot happen while flags and stream move together; never
-                # hang on it: credit what is missing and say so.
-                print(f"accord: unmet waits {waits}; crediting them", file=sys.stderr)
-                for i in range(0, len(waits), 2):
-                    missing = waits[i + 1] - self.received[waits[i]]
-                    if missing > 0:
-                        self.credit(None, (waits[i],) * missing)
-            peer = self.peers_by_id.get(client_id)
-            if peer is None:
-                peer = self.peers_by_id[client_id] = Peer(client_id)
-            self.execute(peer, message)
 
     # -- commits: all at once ------------------------------------------------------
 

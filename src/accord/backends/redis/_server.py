@@ -137,6 +137,9 @@ class RedisServer:
     def send(self, peer: Peer, payload: bytes) -> None:
         self._replies.append((peer.id, payload))
 
+    def peer(self, client_id: int) -> Peer:
+        return Peer(client_id)
+
     def has_replies(self) -> bool:
         return bool(self._replies)
 
