@@ -27,9 +27,22 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    if "spawn_backend" in metafunc.fixturenames:
+    names = metafunc.fixturenames
+    spawn_backends = ()
+    if "spawn_backend" in names:
         chosen = metafunc.config.getoption("spawn_backend")
-        metafunc.parametrize("spawn_backend", AVAILABLE if chosen == "all" else [chosen])
+        spawn_backends = AVAILABLE if chosen == "all" else (chosen,)
+    if "backend" in names and spawn_backends:
+        # Workers in other processes: not the memory backend (one process);
+        # a network backend under fork (a client inherited) and spawn (a
+        # share pickled) only: the other ways to start add nothing for it.
+        pairs = [("shm", s) for s in spawn_backends]
+        pairs += [("redis", s) for s in spawn_backends if s in ("fork", "spawn")]
+        metafunc.parametrize(("backend", "spawn_backend"), pairs, indirect=["backend"])
+    elif "backend" in names:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+    elif spawn_backends:
+        metafunc.parametrize("spawn_backend", spawn_backends)
 
 
 @pytest.fixture
@@ -70,7 +83,7 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request):
     """Share(backend=...) for each backend: "shm", "memory", or the test server's URL."""
     if request.param == "redis":

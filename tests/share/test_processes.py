@@ -30,14 +30,8 @@ class Tally:
 
 
 @pytest.fixture
-def share(request, backend, spawn_backend):
-    if backend == "memory":
-        pytest.skip("a memory share lives in one process")
-    if backend != "shm" and spawn_backend not in ("fork", "spawn"):
-        # fork (a client inherited) and spawn (a share pickled) cover what a
-        # network backend does differently; the others only cost time.
-        pytest.skip("network backends run under the fork and spawn backends")
-    return request.getfixturevalue("any_share")
+def share(any_share):
+    return any_share
 
 
 def increment_everything(share, worker):
