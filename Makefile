@@ -18,13 +18,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
-# The redis backend's tests start their own redis-server (Debian package).
+# The redis backend's tests start their own redis-server (Debian package;
+# openssl makes the certificate of the TLS test).
 redis-server:
-	@command -v redis-server >/dev/null || { \
-		echo "installing redis-server (the redis backend's tests run a real one)"; \
+	@command -v redis-server >/dev/null && command -v openssl >/dev/null || { \
+		echo "installing redis-server and openssl (the redis backend's tests run a real server)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+		$$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends redis-server openssl >/dev/null; }
 
 test: lint redis-server
 	$(PY) -m pytest

@@ -23,7 +23,9 @@ class RedisServer:
     """One redis-server process; `stop()` and `start()` again keep its data
     when `persistent` (append-only file)."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False, password: str = "") -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = False, password: str = "", tls: bool = False
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -35,16 +37,42 @@ class RedisServer:
         self.port = free_port()
         self.persistent = persistent
         self.password = password
+        self.tls = tls
+        if tls:
+            self._make_certificate()
         self.process: subprocess.Popen | None = None
         self.start()
 
     @property
+    def cert(self) -> Path:
+        return self.directory / "cert.pem"
+
+    def _make_certificate(self) -> None:
+        # One self-signed certificate for 127.0.0.1: the server's, and the
+        # authority clients verify it with.
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+            + ["-keyout", str(self.directory / "key.pem"), "-out", str(self.cert)]
+            + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )
+
+    @property
     def url(self) -> str:
         auth = f"default:{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.cert}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = [self.binary, "--bind", "127.0.0.1"]
+        if self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-cert-file", str(self.cert), "--tls-key-file"]
+            args += [str(self.directory / "key.pem"), "--tls-ca-cert-file", str(self.cert)]
+        else:
+            args += ["--port", str(self.port)]
         args += ["--dir", str(self.directory), "--save", ""]
         args += ["--appendonly", "yes" if self.persistent else "no"]
         if self.persistent:
@@ -54,7 +82,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
-        client = redis.Redis(port=self.port, password=self.password or None)
+        client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         try:
             while True:

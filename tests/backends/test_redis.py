@@ -283,3 +283,20 @@ def test_redis_auth(tmp_path):
             Share(backend=wrong, key=KEY)
     finally:
         server.stop()
+
+
+def test_tls(tmp_path):
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path, tls=True)
+    try:
+        assert server.url.startswith("rediss://")
+        with Share(backend=server.url, key=KEY) as share:
+            share.x = {"a": 1}
+            share.x["a"] += 1
+            assert share.x == {"a": 2}
+        plain = server.url.replace("rediss://", "redis://").split("?")[0] + "?timeout=0.5"
+        with pytest.raises(BackendUnavailable, match="unreachable"):
+            Share(backend=plain, key=KEY)  # a TLS server does not talk plain TCP
+    finally:
+        server.stop()
