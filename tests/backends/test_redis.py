@@ -300,3 +300,25 @@ def test_tls(tmp_path):
             Share(backend=plain, key=KEY)  # a TLS server does not talk plain TCP
     finally:
         server.stop()
+
+
+def test_an_unchanged_read_is_one_hmget(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    with Share(name="test-cost", backend=redis_server.url, key=KEY) as share:
+        share.x = 5
+        share.n = 0
+        assert share.x == 5  # the first read fetches and unpickles the snapshot
+        assert share.n == 0
+        client = share._link.client
+        fetches = []
+        fetch = client._read
+        client._read = lambda *args: fetches.append(args) or fetch(*args)
+        r.config_resetstat()
+        for _ in range(50):
+            share.n += 1  # another object changes meanwhile: one EVALSHA, no read
+            assert share.x == 5
+        stats = r.info("commandstats")
+        assert stats["cmdstat_hmget"]["calls"] == 50  # flags + version, nothing else
+        assert fetches == []  # no snapshot fetched again
+        assert share.n == 50
+    r.close()

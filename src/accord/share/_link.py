@@ -16,7 +16,6 @@ import inspect
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
 from ..backends.shm import _control
-from ..backends.shm._client import ShareInfo, ShmClient
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
 from . import _protocol as P
@@ -25,6 +24,10 @@ from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
 from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from ._values import is_value, private
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..backends._protocol import BackendClient, BackendInfo
 
 _MAX_WRITE_SLOTS = _control.INTENT_SLOTS
 
@@ -92,9 +95,9 @@ class Link:
         "info",
     )
 
-    def __init__(self, info: ShareInfo) -> None:
+    def __init__(self, info: BackendInfo) -> None:
         self.info = info
-        self._client: ShmClient | None = None
+        self._client: BackendClient | None = None
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -110,7 +113,7 @@ class Link:
         return proxy
 
     @property
-    def client(self) -> ShmClient:
+    def client(self) -> BackendClient:
         if self.closed:
             raise ShareClosed("this share handle was closed")
         client = self._client
@@ -120,7 +123,7 @@ class Link:
             client = self._client = self.info.client()
         return client
 
-    def rebind(self, info: ShareInfo) -> None:
+    def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
         self.info = info
         self._client = None
