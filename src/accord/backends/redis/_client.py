@@ -450,6 +450,10 @@ def init_share(info: RedisInfo) -> None:
                 },
             )
             pipe.pexpire(keys.state, ttl_ms)
+            # The command stream exists from the start, with its TTL (an
+            # empty stream needs a consumer group to exist; accord uses none).
+            pipe.xgroup_create(keys.cmd, "accord", id="$", mkstream=True)
+            pipe.pexpire(keys.cmd, ttl_ms)
             call(info, pipe.execute)
     finally:
         r.close()

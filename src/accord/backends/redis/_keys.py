@@ -79,7 +79,8 @@ def safe_url(url: str) -> str:
 # appended to the stream in one step, so the stream order agrees with every
 # flag.  `waits` records, for each slot read, its pending count before this
 # command (and for the first slot written, the count before its own raise).
-# Returns 1, or 0 if the share is gone, -1 if it has no coordinator.
+# Returns 1, or 0 if the share is gone, -1 if it has no coordinator (the one
+# holding the lease gives the stream its TTL at its next beat).
 SEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
@@ -97,10 +98,6 @@ for i = 3 + nreads, #ARGV do
   end
 end
 redis.call('XADD', KEYS[2], '*', 'w', table.concat(waits, ','), 'd', ARGV[1])
-if redis.call('PTTL', KEYS[2]) == -1 then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-end
 return 1
 """
 
