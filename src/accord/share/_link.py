@@ -251,6 +251,7 @@ class Link:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
         client.check_alive()
+        known = None
         if client.remote:
             # Over a network, `share.x += 1` should cost the one round trip
             # that sends it: decide from what we last read (an AUGMENT is
@@ -263,6 +264,10 @@ class Link:
         cached, clear = client.lookup(name, slots)
         if cached is not None:
             is_plain_value = cached.kind[1]
+        elif client.remote and known is not None:
+            # Saves a round trip; if it has become a container since, the
+            # value read below turns into a proxy all the same.
+            is_plain_value = known.kind[1]
         else:
             kind = client.kind(name)
             is_plain_value = kind is MISSING or kind[1][1]
@@ -271,9 +276,13 @@ class Link:
             return self.proxy(path)
         if is_augmented(3):
             return Augmenting(lambda op, operand: self.augment(path, op, operand))
-        if cached is not None and clear and type(cached.obj) is not Unreadable:
-            return cached.obj
-        return self.get(path)
+        if clear:
+            if cached is not None and type(cached.obj) is not Unreadable:
+                return cached.obj
+        else:
+            self.request(P.BARRIER, (), reads=slots)  # the flags were just read
+        obj = self.value_at(path)
+        return obj if is_value(obj) else self._not_value(path, obj)
 
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
