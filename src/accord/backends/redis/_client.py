@@ -288,9 +288,10 @@ class RedisClient:
     # -- commands --------------------------------------------------------------
 
     def _client_id(self) -> int:
-        if not self._id:
-            self._id = int(self.call(self.r.hincrby, self.keys.state, "n", 1))
-        return self._id
+        with self._replies_ready:  # one id per process, even if threads race here
+            if not self._id:
+                self._id = int(self.call(self.r.hincrby, self.keys.state, "n", 1))
+            return self._id
 
     def send(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply=False):
         """Queue one command (raising its write flags in the same step); with
