@@ -40,7 +40,9 @@ def pytest_generate_tests(metafunc):
         pairs += [("redis", s) for s in spawn_backends if s in ("fork", "spawn")]
         metafunc.parametrize(("backend", "spawn_backend"), pairs, indirect=["backend"])
     elif "backend" in names:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        # A test module may narrow them with its own BACKENDS.
+        backends = getattr(metafunc.module, "BACKENDS", BACKENDS)
+        metafunc.parametrize("backend", backends, indirect=True)
     elif spawn_backends:
         metafunc.parametrize("spawn_backend", spawn_backends)
 

@@ -10,6 +10,7 @@ import pytest
 
 from accord import Pool, RemoteTraceback, Share
 
+BACKENDS = ("shm", "redis")  # a memory share lives in one process
 WORKERS = 4
 PER_WORKER = 250
 

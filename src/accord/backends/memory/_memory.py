@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
-from ..._remote import rebuild_error
+from .._replies import Replies, kind_of
 from ..shm._control import SLOTS
 from ..shm._snapshots import MISSING
 
@@ -108,9 +108,8 @@ class MemoryClient:
         self.cache: dict[str, _Snapshot] = {}
         self.lost: CoordinatorLost | None = None
         self.owner_process = None
-        self.deferred: list[tuple] = []
+        self.replies = Replies()
         self._send_lock = threading.Lock()
-        self._replies: dict[int, tuple] = {}
         self._next_reply = 0
 
     def check_alive(self) -> None:
@@ -150,15 +149,11 @@ class MemoryClient:
         return obj
 
     def kind(self, name: str):
-        obj = self.read(name)
-        if obj is MISSING:
-            return MISSING
-        cached = self.cache.get(name)
-        return type(obj), cached.kind if cached is not None else (0, False)
+        return kind_of(self.read(name), self.cache.get(name))
 
     def send(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply=False):
-        if self.deferred:
-            self.raise_deferred()
+        if self.replies.deferred:
+            self.replies.raise_deferred()
         self.check_alive()
         state = self.state
         with self._send_lock:  # flags and queue in one order
@@ -183,26 +178,20 @@ class MemoryClient:
         return None
 
     def _await(self, reply_id: int) -> tuple:
+        return self.replies.wait(reply_id, self._receive)
+
+    def _receive(self) -> list[tuple]:
         state = self.state
         with state.replies_ready:
-            while True:
-                while state.replies:
-                    message = pickle.loads(state.replies.popleft())
-                    if message[0] == 0:
-                        self.deferred.append(message)
-                    else:
-                        self._replies[message[0]] = message
-                found = self._replies.pop(reply_id, None)
-                if found is not None:
-                    state.replies_ready.notify_all()  # others' replies may be in
-                    return found
+            if not state.replies:
                 self.check_alive()
                 state.replies_ready.wait(HEARTBEAT_S)
+            payloads = list(state.replies)
+            state.replies.clear()
+        return [pickle.loads(p) for p in payloads]
 
     def raise_deferred(self) -> None:
-        if self.deferred:
-            message = self.deferred.pop(0)
-            raise rebuild_error(message[2], message[3], deferred=True)
+        self.replies.raise_deferred()
 
 
 class _Peer:

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
-from ..._remote import rebuild_error
+from .._replies import Replies, kind_of
 from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
@@ -175,11 +175,8 @@ class RedisClient:
     def _reset(self) -> None:
         self._id = 0
         self._next_reply = 0
-        self._replies: dict[int, tuple] = {}
-        self._replies_ready = threading.Condition()
-        self._reading = False
+        self.replies = Replies()
         self._checked = 0.0
-        self.deferred: list[tuple] = []
 
     def call(self, fn, *args, **kwargs):
         return call(self.info, fn, *args, **kwargs)
@@ -279,16 +276,12 @@ class RedisClient:
 
     def kind(self, name: str):
         """(type, (type generation, is value)) of the committed `name`, or MISSING."""
-        obj = self.read(name)
-        if obj is MISSING:
-            return MISSING
-        cached = self.snapshots.get(name)
-        return type(obj), cached.kind if cached is not None else (0, False)
+        return kind_of(self.read(name), self.snapshots.get(name))
 
     # -- commands --------------------------------------------------------------
 
     def _client_id(self) -> int:
-        with self._replies_ready:  # one id per process, even if threads race here
+        with self.replies.ready:  # one id per process, even if threads race here
             if not self._id:
                 self._id = int(self.call(self.r.hincrby, self.keys.state, "n", 1))
             return self._id
@@ -296,11 +289,11 @@ class RedisClient:
     def send(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply=False):
         """Queue one command (raising its write flags in the same step); with
         `reply`, wait for and return its reply."""
-        if self.deferred:
-            self.raise_deferred()
+        if self.replies.deferred:
+            self.replies.raise_deferred()
         client_id = self._id or self._client_id()
         if reply:
-            with self._replies_ready:
+            with self.replies.ready:
                 self._next_reply += 1
                 reply_id = self._next_reply
         else:
@@ -336,46 +329,21 @@ class RedisClient:
         return None
 
     def _await(self, reply_id: int) -> tuple:
-        """Wait for reply `reply_id`; one thread at a time pops this process's
-        reply list and hands the others theirs."""
-        with self._replies_ready:
-            while True:
-                found = self._replies.pop(reply_id, None)
-                if found is not None:
-                    return found
-                if not self._reading:
-                    self._reading = True
-                    break
-                self._replies_ready.wait()
-        try:
-            key = self.keys.replies(self._id)
-            where = f"{self.info.where()}: a reply"
-            context = b"r%d" % self._id
-            while True:
-                popped = self.call(self.r.blpop, [key], timeout=BLOCK_S)
-                if popped is None:
-                    self.check_alive(force=True)
-                    continue
-                message = pickle.loads(self.signer.open(context, popped[1], where))
-                with self._replies_ready:
-                    if message[0] == 0:
-                        self.deferred.append(message)
-                    else:
-                        self._replies[message[0]] = message
-                    found = self._replies.pop(reply_id, None)
-                    self._replies_ready.notify_all()
-                if found is not None:
-                    return found
-        finally:
-            with self._replies_ready:
-                self._reading = False
-                self._replies_ready.notify_all()
+        """Wait for reply `reply_id` from this process's reply list (checking
+        between waits that a coordinator still holds the share)."""
+        return self.replies.wait(reply_id, self._receive)
+
+    def _receive(self) -> list[tuple]:
+        popped = self.call(self.r.blpop, [self.keys.replies(self._id)], timeout=BLOCK_S)
+        if popped is None:
+            self.check_alive(force=True)
+            return []
+        where = f"{self.info.where()}: a reply"
+        return [pickle.loads(self.signer.open(b"r%d" % self._id, popped[1], where))]
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""
-        if self.deferred:
-            message = self.deferred.pop(0)
-            raise rebuild_error(message[2], message[3], deferred=True)
+        self.replies.raise_deferred()
 
     # -- lifetime ------------------------------------------------------------
 

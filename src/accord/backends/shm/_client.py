@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
-from ..._remote import rebuild_error
+from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
 from ._segment import Segment
@@ -123,16 +123,13 @@ class ShmClient:
         self.ctrl = self.control.buf
         self.snapshots = SnapshotReader(self.control, info.stem)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
-        self._replies_ready = threading.Condition()
-        self._reading = False
+        self.replies = Replies()
         self._sock: socket.socket | None = None
         self._id = -1
         self._intent = 0
         self._seq = 0
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
-        self._replies: dict[int, tuple] = {}
-        self.deferred: list[tuple] = []
         self._last_verified = 0
         self.lost: CoordinatorLost | None = None
         self.owner_process = None  # the Popen, in the process that started it
@@ -201,8 +198,8 @@ class ShmClient:
         command's own increments, so it never waits for itself: a write
         waits for every earlier write to its object, by any process.
         """
-        if self.deferred:
-            self.raise_deferred()
+        if self.replies.deferred:
+            self.replies.raise_deferred()
         buf = self.ctrl
         with self._send_lock:
             sock = self._sock or self._connect()
@@ -244,51 +241,26 @@ class ShmClient:
     # -- receiving -------------------------------------------------------------
 
     def _await(self, reply_id: int) -> tuple:
-        """Wait for the reply `reply_id`.  One thread at a time reads the
-        socket (blocking: a dead coordinator closes it, which wakes us at
-        once) and hands other threads' replies over."""
-        with self._replies_ready:
-            while True:
-                found = self._replies.pop(reply_id, None)
-                if found is not None:
-                    return found
-                if not self._reading:
-                    self._reading = True
-                    break
-                self._replies_ready.wait()
+        """Wait for the reply `reply_id`, reading the socket (blocking: a
+        dead coordinator closes it, which wakes us at once)."""
+        return self.replies.wait(reply_id, self._receive)
+
+    def _receive(self) -> list[tuple]:
+        sock = self._sock
+        if sock is None:
+            raise self._lose("disconnected")
         try:
-            while True:
-                sock = self._sock
-                if sock is None:
-                    raise self._lose("disconnected")
-                try:
-                    chunk = sock.recv(1 << 16)
-                except OSError as exc:
-                    raise self._lose(f"receive failed ({exc})") from None
-                if not chunk:
-                    raise self._lose("connection closed")
-                self._buffer.feed(chunk)
-                with self._replies_ready:
-                    for data in self._buffer.frames():
-                        message = pickle.loads(data)
-                        if message[0] == 0:
-                            self.deferred.append(message)
-                        else:
-                            self._replies[message[0]] = message
-                    found = self._replies.pop(reply_id, None)
-                    self._replies_ready.notify_all()
-                if found is not None:
-                    return found
-        finally:
-            with self._replies_ready:
-                self._reading = False
-                self._replies_ready.notify_all()
+            chunk = sock.recv(1 << 16)
+        except OSError as exc:
+            raise self._lose(f"receive failed ({exc})") from None
+        if not chunk:
+            raise self._lose("connection closed")
+        self._buffer.feed(chunk)
+        return [pickle.loads(data) for data in self._buffer.frames()]
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""
-        if self.deferred:
-            message = self.deferred.pop(0)
-            raise rebuild_error(message[2], message[3], deferred=True)
+        self.replies.raise_deferred()
 
     # -- reading ---------------------------------------------------------------
 
@@ -338,11 +310,8 @@ class ShmClient:
             self._sock = None
         self._id = -1
         self._send_lock = threading.Lock()
-        self._replies_ready = threading.Condition()
-        self._reading = False
+        self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
-        self._replies = {}
-        self.deferred = []
         self.owner_process = None
 
 
