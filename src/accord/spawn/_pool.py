@@ -425,7 +425,9 @@ class Pool(concurrent.futures.Executor):
         return doomed
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+        # BlockingIOError: full, a wake-up is pending anyway.  Other OSError
+        # (EBADF): closed, the dispatcher has ended (a broken pool), nobody to wake.
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
     # -- the rest -----------------------------------------------------
