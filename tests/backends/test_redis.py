@@ -322,3 +322,73 @@ def test_an_unchanged_read_is_one_hmget(redis_server):
         assert fetches == []  # no snapshot fetched again
         assert share.n == 50
     r.close()
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from accord import Share
+
+    share = Share(name=sys.argv[2], backend=sys.argv[1], key=sys.argv[3])
+    share.items = [1, 2, 3]
+    share.flush()
+    print(share.coordinator_pid, flush=True)
+    time.sleep(60)   # until killed
+    """
+)
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is gone too
+    except OSError:
+        return True
+
+
+def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_server, tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    owner = subprocess.Popen(
+        [sys.executable, str(script), redis_server.url, "test-orphan", KEY],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    coordinator = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    until(lambda: _gone(coordinator), what="the orphaned coordinator to stop")
+    present = keys_of(redis_server.url, "test-orphan")
+    assert "accord:{test-orphan}:state" in present  # left to its TTL, or to a successor
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "accord._cli_coordinator",
+            redis_server.url,
+            "--name",
+            "test-orphan",
+        ],
+        env={**os.environ, "ACCORD_KEY": KEY},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    share = Share.connect(redis_server.url, name="test-orphan", key=KEY)
+    try:
+
+        def resumed():
+            try:
+                return share.get("items") == [1, 2, 3]
+            except CoordinatorLost:
+                return False
+
+        until(resumed, what="the service to resume the share")
+        share.items.append(4)
+        assert share.items == [1, 2, 3, 4]
+    finally:
+        from accord.backends.redis._client import delete_share
+
+        delete_share(share._link.info)  # the service sees the share go and stops
+        _, err = service.communicate(timeout=20)
+    assert service.returncode == 0, err
