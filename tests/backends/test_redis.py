@@ -281,6 +281,20 @@ def test_redis_auth(tmp_path):
         wrong = server.url.replace("s3cret-pass", "wrong")
         with pytest.raises(AccordError, match="refused the credentials"):
             Share(backend=wrong, key=KEY)
+        # ACL users: one limited to accord's keys works, one without them is told why.
+        admin = redis.Redis.from_url(server.url)
+        for user, password, keys in (("worker", "w-pass", "accord:*"), ("other", "o-pass", "x:*")):
+            admin.acl_setuser(
+                user, enabled=True, passwords=[f"+{password}"], keys=[keys], commands=["+@all"]
+            )
+        admin.close()
+        port_url = server.url.split("@", 1)[1]
+        with Share(backend=f"redis://worker:w-pass@{port_url}", key=KEY) as share:
+            share.n = 1
+            share.n += 1
+            assert share.n == 2
+        with pytest.raises(AccordError, match="lacks a permission"):
+            Share(backend=f"redis://other:o-pass@{port_url}", key=KEY)
     finally:
         server.stop()
 
