@@ -89,6 +89,22 @@ class Share:
     The process that creates a share owns it: `close()` (or leaving the
     ``with`` block, or interpreter exit) stops its coordinator and removes
     every shared-memory segment and socket it made.
+
+    The backend decides who can use it: ``"shm"`` (processes of this
+    machine, the default), ``"memory"`` (threads of this process), or a
+    Redis URL (processes anywhere; ``Share.connect(url, name=..., key=...)``)::
+
+        >>> import threading
+        >>> with Share(backend="memory") as share:
+        ...     share.hits = 0
+        ...     def work():
+        ...         for _ in range(100):
+        ...             share.hits += 1
+        ...     threads = [threading.Thread(target=work) for _ in range(4)]
+        ...     for t in threads: t.start()
+        ...     for t in threads: t.join()
+        ...     share.hits
+        400
     """
 
     __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid", "_window")
