@@ -112,7 +112,12 @@ class RedisServer:
                     print(f"accord: dropped a command: {exc}", file=sys.stderr)
                     out.append((entry_id, 0, None))
                     continue
-                client_id, message = pickle.loads(data)
+                try:
+                    client_id, message = pickle.loads(data)
+                except Exception as exc:  # signed, yet not a command: a broken client
+                    print(f"accord: dropped a garbled command: {exc!r}", file=sys.stderr)
+                    out.append((entry_id, 0, None))
+                    continue
                 waits = fields.get(b"w", b"")
                 message = list(message)
                 message[2] = [int(x) for x in waits.split(b",")] if waits else []
