@@ -136,7 +136,7 @@ def test_tampered_payloads_are_refused_and_never_unpickled(redis_server, tmp_pat
         with pytest.raises(TamperedPayload, match="not a signed accord payload"):
             share.get("cfg")
         # A forged command in the stream: the coordinator drops it.
-        r.xadd(prefix + "cmd", {"w": b"", "d": b"\1" * 32 + evil})
+        r.xadd(prefix + "cmd", {"d": b";" + b"\1" * 32 + evil})
         share.n = 1
         assert share.n == 1  # the coordinator went on
         share.cfg = {"a": 2}  # a new signed commit repairs the object

@@ -168,6 +168,7 @@ class RedisClient:
         self._read = _keys.Script(_keys.READ)
         self.snapshots: dict[str, _Snapshot] = {}
         self._fields: dict = {}
+        self._specs: dict = {}
         self.owner_process = None
         self.lost: CoordinatorLost | None = None
         self._reset()
@@ -301,19 +302,14 @@ class RedisClient:
         payload = self.signer.sign(
             b"c", dumps((client_id, (op, reply_id, None, writes, *fields)), 5)
         )
+        spec = self._specs.get((reads, writes))
+        if spec is None:
+            spec = f"{','.join(map(str, reads))};{','.join(map(str, writes))}"
+            if len(self._specs) < 10_000:
+                self._specs[(reads, writes)] = spec
         keys = self.keys
         done = self.call(
-            self._send,
-            self.r,
-            3,
-            keys.state,
-            keys.cmd,
-            keys.lease,
-            payload,
-            len(reads),
-            *reads,
-            *writes,
-            idempotent=False,
+            self._send, self.r, 3, keys.state, keys.cmd, keys.lease, payload, spec, idempotent=False
         )
         if done != 1:
             if done == 0:

@@ -61,7 +61,8 @@ def split_url(url: str) -> tuple[str, dict[str, float]]:
         raise ValueError(f"not a Redis URL: {url!r} (redis://, rediss:// or unix://)")
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: float(v) for k, v in query if k in ("ttl", "timeout")}
-    rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in ours])
+    # accord speaks RESP2 (the replies' shapes differ in RESP3): drop ?protocol=.
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in ours and k != "protocol"])
     return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
 
 
@@ -77,27 +78,33 @@ def safe_url(url: str) -> str:
 
 # A client queues a command: its write flags are raised and the command is
 # appended to the stream in one step, so the stream order agrees with every
-# flag.  `waits` records, for each slot read, its pending count before this
-# command (and for the first slot written, the count before its own raise).
+# flag.  ARGV: the signed command, and "READS;WRITES" (slots, comma-separated).
+# The entry is "WAITS;COMMAND": for each slot read, its pending count before
+# this command, and for the first slot written, the count before its own raise.
 # Returns 1, or 0 if the share is gone, -1 if it has no coordinator (the one
 # holding the lease gives the stream its TTL at its next beat).
 SEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-local nreads = tonumber(ARGV[2])
-local waits = {}
-for i = 3, 2 + nreads do
-  waits[#waits + 1] = ARGV[i]
-  waits[#waits + 1] = redis.call('HGET', KEYS[1], 'p' .. ARGV[i]) or '0'
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  return -1
 end
-for i = 3 + nreads, #ARGV do
-  local v = redis.call('HINCRBY', KEYS[1], 'p' .. ARGV[i], 1)
-  if i == 3 + nreads then
-    waits[#waits + 1] = ARGV[i]
+local spec = ARGV[2]
+local sep = string.find(spec, ';', 1, true)
+local waits = {}
+for slot in string.gmatch(string.sub(spec, 1, sep - 1), '%d+') do
+  waits[#waits + 1] = slot
+  waits[#waits + 1] = redis.call('HGET', KEYS[1], 'p' .. slot) or '0'
+end
+local first = true
+for slot in string.gmatch(string.sub(spec, sep + 1), '%d+') do
+  local v = redis.call('HINCRBY', KEYS[1], 'p' .. slot, 1)
+  if first then
+    waits[#waits + 1] = slot
     waits[#waits + 1] = tostring(v - 1)
+    first = false
   end
 end
-redis.call('XADD', KEYS[2], '*', 'w', table.concat(waits, ','), 'd', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'd', table.concat(waits, ',') .. ';' .. ARGV[1])
 return 1
 """
 

@@ -103,24 +103,23 @@ class RedisServer:
         """Commands after `last_id`: [(id, client id, message)], verified."""
         found = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
         out = []
-        for _stream, entries in found:
+        for _stream, entries in found or ():
             for entry_id, fields in entries:
                 entry_id = entry_id.decode()
+                waits, _, signed = (fields.get(b"d") or b"").partition(b";")
                 try:
-                    data = self.signer.open(b"c", fields.get(b"d"), f"{self.info.where()}: command")
+                    data = self.signer.open(b"c", signed, f"{self.info.where()}: command")
+                    client_id, message = pickle.loads(data)
+                    message = list(message)
+                    message[2] = [int(x) for x in waits.split(b",")] if waits else []
                 except TamperedPayload as exc:
                     print(f"accord: dropped a command: {exc}", file=sys.stderr)
                     out.append((entry_id, 0, None))
                     continue
-                try:
-                    client_id, message = pickle.loads(data)
                 except Exception as exc:  # signed, yet not a command: a broken client
                     print(f"accord: dropped a garbled command: {exc!r}", file=sys.stderr)
                     out.append((entry_id, 0, None))
                     continue
-                waits = fields.get(b"w", b"")
-                message = list(message)
-                message[2] = [int(x) for x in waits.split(b",")] if waits else []
                 out.append((entry_id, client_id, tuple(message)))
         return out
 
