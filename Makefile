@@ -31,9 +31,10 @@ redis-server:
 test: lint redis-server
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) redis-server
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/redis.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/accord/backends/shm/*.so
