@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services
+.PHONY: demo test lint bench clean services redis-server
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,15 +26,26 @@ services:
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 		 apt-get install -y -q --no-install-recommends postgresql)
 
-test: lint services
+# The redis backend's tests start their own redis-server (Debian package;
+# openssl makes the certificate of the TLS test).
+redis-server:
+	@command -v redis-server >/dev/null && command -v openssl >/dev/null || { \
+		echo "installing redis-server and openssl (the redis backend's tests run a real server)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends redis-server openssl >/dev/null; }
+
+test: lint services redis-server
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) redis-server
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/pool.py
 	$(PY) benchmarks/transport.py
 	$(PY) benchmarks/work.py
+	$(PY) benchmarks/redis.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/accord/backends/shm/*.so

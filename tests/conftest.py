@@ -30,9 +30,24 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    if "spawn_backend" in metafunc.fixturenames:
+    names = metafunc.fixturenames
+    spawn_backends = ()
+    if "spawn_backend" in names:
         chosen = metafunc.config.getoption("spawn_backend")
-        metafunc.parametrize("spawn_backend", AVAILABLE if chosen == "all" else [chosen])
+        spawn_backends = AVAILABLE if chosen == "all" else (chosen,)
+    if "backend" in names and spawn_backends:
+        # Workers in other processes: not the memory backend (one process);
+        # a network backend under fork (a client inherited) and spawn (a
+        # share pickled) only: the other ways to start add nothing for it.
+        pairs = [("shm", s) for s in spawn_backends]
+        pairs += [("redis", s) for s in spawn_backends if s in ("fork", "spawn")]
+        metafunc.parametrize(("backend", "spawn_backend"), pairs, indirect=["backend"])
+    elif "backend" in names:
+        # A test module may narrow them with its own BACKENDS.
+        backends = getattr(metafunc.module, "BACKENDS", BACKENDS)
+        metafunc.parametrize("backend", backends, indirect=True)
+    elif spawn_backends:
+        metafunc.parametrize("spawn_backend", spawn_backends)
 
 
 @pytest.fixture
@@ -55,6 +70,36 @@ def separate_processes(spawn_backend):
 @pytest.fixture
 def share():
     with Share() as s:
+        yield s
+
+
+# -- backends ---------------------------------------------------------------------
+
+BACKENDS = ("shm", "memory", "redis")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of this run, on a free loopback port."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(request):
+    """Share(backend=...) for each backend: "shm", "memory", or the test server's URL."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").url
+    return request.param
+
+
+@pytest.fixture
+def any_share(backend):
+    """A share on each backend."""
+    with Share(backend=backend) as s:
         yield s
 
 

@@ -1,10 +1,14 @@
 """The ``accord`` command.
 
-Subcommands are click commands on the `main` group; a new one (say ``accord
-coordinator``) is one more ``@main.command()`` function here.
+``accord status DB`` and ``accord reset DB --failed`` (work queues),
+``accord coordinator URL --name NAME`` (redis shares).  Each subcommand is
+a click command on the `main` group and imports its layer only when run.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
@@ -66,6 +70,35 @@ def reset(db: str, name: str | None, failed: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         engine.dispose()
+
+
+@main.command()
+@click.argument("url")
+@click.option("--name", required=True, help="The share's name.")
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the share's key (default: $ACCORD_KEY).",
+)
+@click.option(
+    "--wait",
+    type=float,
+    default=None,
+    help="Give up if another coordinator still holds the share after this many "
+    "seconds (default: wait for ever, as a standby).",
+)
+@click.option("--commit-window", type=float, default=0.002, show_default=True, help="Seconds.")
+def coordinator(
+    url: str, name: str, key_file: Path | None, wait: float | None, commit_window: float
+) -> None:
+    """Run the coordinator of the redis share NAME at URL, as a service.
+
+    It waits until no other coordinator holds the share (a hot standby), takes
+    it over from the last committed state and runs until the share is closed.
+    """
+    from ._cli_coordinator import run
+
+    sys.exit(run(url, name, key_file, wait, commit_window))
 
 
 if __name__ == "__main__":

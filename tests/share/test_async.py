@@ -10,6 +10,11 @@ import pytest
 from accord import RemoteTraceback
 
 
+@pytest.fixture
+def share(any_share):
+    return any_share  # every backend
+
+
 class Slow:
     def __init__(self):
         self.calls = 0

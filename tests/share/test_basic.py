@@ -1,4 +1,5 @@
-"""The Share contract within one process: every operation, every error."""
+"""The Share contract within one process: every operation, every error, on
+every backend (tests that take the `share` fixture run once per backend)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import threading
 import pytest
 
 from accord import AccordError, Proxy, RemoteTraceback, Share, ShareClosed, UnshareableError
+
+
+@pytest.fixture
+def share(any_share):
+    return any_share
 
 
 class Stats:

@@ -1,4 +1,5 @@
-"""The contract across real processes, under every spawn backend."""
+"""The contract across real processes, under every spawn backend; the tests
+that take `share` run on every share backend too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from accord import Pool, RemoteTraceback, Share
 
+BACKENDS = ("shm", "redis")  # a memory share lives in one process
 WORKERS = 4
 PER_WORKER = 250
 
@@ -28,6 +30,11 @@ class Tally:
         if not self.seen:
             raise LookupError("nothing to take")
         return self.seen.pop()
+
+
+@pytest.fixture
+def share(any_share):
+    return any_share
 
 
 def increment_everything(share, worker):

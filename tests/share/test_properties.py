@@ -45,9 +45,12 @@ dict_ops = st.lists(
 _FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
-@pytest.fixture(scope="module")
-def module_share():
-    with Share() as share:
+@pytest.fixture(scope="module", params=["shm", "memory", "redis"])
+def module_share(request):
+    backend = request.param
+    if backend == "redis":
+        backend = request.getfixturevalue("redis_server").url
+    with Share(backend=backend) as share:
         yield share
 
 

@@ -1,11 +1,21 @@
-"""Random concurrent operations from several processes; invariants at the end."""
+"""Random concurrent operations from several processes; invariants at the end
+(on the shm backend under every way to start workers, on redis under fork
+and spawn)."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+
+BACKENDS = ("shm", "redis")
 WORKERS = 4
 OPERATIONS = 600
+
+
+@pytest.fixture
+def share(any_share):
+    return any_share
 
 
 class Account:

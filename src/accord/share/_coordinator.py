@@ -435,6 +435,46 @@ class Coordinator:
                 lock.waiters = keep
 
 
+class OrderedCoordinator(Coordinator):
+    """A coordinator whose commands arrive in one total order (a Redis
+    stream, an in-process queue), their write flags raised in that same
+    order: it runs them in that order, and every wait is met on arrival.
+
+    The backend puts ``(position, client id, message)`` in `inbox` (message
+    None: refused by the backend, skipped) and calls `process()`.
+    """
+
+    def __init__(self, server, owner_pid: int, window: float) -> None:
+        super().__init__(server, owner_pid, window)
+        self.inbox: deque = deque()
+        self.position = ""  # of the last command run
+        self.clients: dict[int, object] = {}
+
+    def peer(self, client_id: int):
+        peer = self.clients.get(client_id)
+        if peer is None:
+            peer = self.clients[client_id] = self.server.peer(client_id)
+        return peer
+
+    def process(self) -> None:
+        inbox = self.inbox
+        while inbox:
+            position, client_id, message = inbox.popleft()
+            self.position = position
+            if message is None:
+                continue
+            waits = message[2]
+            if waits and not self.satisfied(waits):
+                # Cannot happen while flags and commands move together;
+                # never hang on it: credit what is missing and say so.
+                print(f"accord: unmet waits {waits}; crediting them", file=sys.stderr)
+                for i in range(0, len(waits), 2):
+                    missing = waits[i + 1] - self.received[waits[i]]
+                    if missing > 0:
+                        self.credit(None, (waits[i],) * missing)
+            self.execute(self.peer(client_id), message)
+
+
 _missing = object()
 
 

@@ -16,7 +16,6 @@ import inspect
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
 from ..backends.shm import _control
-from ..backends.shm._client import ShareInfo, ShmClient, client_for, load_record
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
 from . import _protocol as P
@@ -25,6 +24,10 @@ from ._methods import LOCAL, QUEUE, Access, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
 from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from ._values import is_value, private
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..backends._protocol import BackendClient, BackendInfo
 
 _MAX_WRITE_SLOTS = _control.INTENT_SLOTS
 
@@ -92,9 +95,9 @@ class Link:
         "info",
     )
 
-    def __init__(self, info: ShareInfo) -> None:
+    def __init__(self, info: BackendInfo) -> None:
         self.info = info
-        self._client: ShmClient | None = None
+        self._client: BackendClient | None = None
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -110,17 +113,17 @@ class Link:
         return proxy
 
     @property
-    def client(self) -> ShmClient:
+    def client(self) -> BackendClient:
         if self.closed:
             raise ShareClosed("this share handle was closed")
         client = self._client
         if client is None or client.lost is not None:
             if client is not None:
                 self._follow_restart()
-            client = self._client = client_for(self.info)
+            client = self._client = self.info.client()
         return client
 
-    def rebind(self, info: ShareInfo) -> None:
+    def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
         self.info = info
         self._client = None
@@ -129,7 +132,7 @@ class Link:
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new
         coordinator: attach to that one (True).  Else keep failing (False)."""
-        info = load_record(self.info.name)
+        info = self.info.reload()
         if info is None or info.pid == self.info.pid:
             return False
         self.rebind(info)
@@ -248,9 +251,23 @@ class Link:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
         client.check_alive()
-        cached = client.snapshots.unchanged(name)
+        known = None
+        if client.remote:
+            # Over a network, `share.x += 1` should cost the one round trip
+            # that sends it: decide from what we last read (an AUGMENT is
+            # right even if `x` has since become a container).
+            known = client.known(name)
+            if known is not None and known.kind[1] and is_augmented(3):
+                return Augmenting(lambda op, operand: self.augment(path, op, operand))
+        # No write pending (checked first), and nothing committed since our
+        # last read (checked after): then what we hold is current.
+        cached, clear = client.lookup(name, slots)
         if cached is not None:
             is_plain_value = cached.kind[1]
+        elif client.remote and known is not None:
+            # Saves a round trip; if it has become a container since, the
+            # value read below turns into a proxy all the same.
+            is_plain_value = known.kind[1]
         else:
             kind = client.kind(name)
             is_plain_value = kind is MISSING or kind[1][1]
@@ -259,16 +276,13 @@ class Link:
             return self.proxy(path)
         if is_augmented(3):
             return Augmenting(lambda op, operand: self.augment(path, op, operand))
-        if (
-            cached is not None
-            and client.applied_all(slots)
-            and client.snapshots.still_current(cached)
-            and type(cached.obj) is not Unreadable
-        ):
-            # No write pending (checked first), and nothing committed since
-            # our last read (checked after): what we hold is current.
-            return cached.obj
-        return self.get(path)
+        if clear:
+            if cached is not None and type(cached.obj) is not Unreadable:
+                return cached.obj
+        else:
+            self.request(P.BARRIER, (), reads=slots)  # the flags were just read
+        obj = self.value_at(path)
+        return obj if is_value(obj) else self._not_value(path, obj)
 
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""

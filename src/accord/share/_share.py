@@ -18,7 +18,6 @@ from ..backends.shm import _transport
 from ..backends.shm._client import (
     ShareInfo,
     abandoned_records,
-    client_for,
     forget,
     load_record,
     save_record,
@@ -90,17 +89,44 @@ class Share:
     The process that creates a share owns it: `close()` (or leaving the
     ``with`` block, or interpreter exit) stops its coordinator and removes
     every shared-memory segment and socket it made.
+
+    The backend decides who can use it: ``"shm"`` (processes of this
+    machine, the default), ``"memory"`` (threads of this process), or a
+    Redis URL (processes anywhere; ``Share.connect(url, name=..., key=...)``)::
+
+        >>> import threading
+        >>> with Share(backend="memory") as share:
+        ...     share.hits = 0
+        ...     def work():
+        ...         for _ in range(100):
+        ...             share.hits += 1
+        ...     threads = [threading.Thread(target=work) for _ in range(4)]
+        ...     for t in threads: t.start()
+        ...     for t in threads: t.join()
+        ...     share.hits
+        400
     """
 
     __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid", "_window")
 
-    def __init__(self, name: str | None = None, *, commit_window: float = 0.002) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backend: str = "shm",
+        key: bytes | str | None = None,
+        commit_window: float = 0.002,
+    ) -> None:
         """Create a share and start its coordinator.
 
-        `name` lets unrelated processes of the same user attach with
-        ``Share.connect(name)``; it must be unique among live shares.
-        `commit_window` is the longest time (seconds) a changed object waits
-        to be committed when no reader asks for it.
+        `name` lets unrelated processes attach with ``Share.connect(name)``
+        (``Share.connect(url, name=name)`` for a redis share); it must be
+        unique among live shares.  `backend` is ``"shm"`` (one machine, the
+        default) or a Redis URL (``redis://[user:password@]host:port/db``,
+        ``rediss://`` for TLS; see the README's "Backends").  `key` (for
+        redis; default ``$ACCORD_KEY``, else a random one) signs everything
+        stored in Redis.  `commit_window` is the longest time (seconds) a
+        changed object waits to be committed when no reader asks for it.
         """
         if name is None:
             name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
@@ -111,21 +137,50 @@ class Share:
             )
         if commit_window < 0:
             raise ValueError("commit_window must be >= 0")
-        info, process = _start_coordinator(name, commit_window)
+        if backend == "shm":
+            if key is not None:
+                raise ValueError("key= is for network backends; shm shares make their own key")
+            info, process = _start_coordinator(name, commit_window)
+        elif backend == "memory":
+            from ..backends.memory._memory import start
+
+            info, process = start(name, commit_window)
+        elif isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
+            info, process = _start_redis(backend, name, key, commit_window)
+        else:
+            raise ValueError(
+                f"unknown backend {backend!r}: use 'shm' (processes of one machine), "
+                "'memory' (threads of this process) or a Redis URL "
+                "(redis://host:port/db, rediss://..., unix://...)"
+            )
         object.__setattr__(self, "_link", Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
 
-    def _adopt(self, info: ShareInfo, process: subprocess.Popen) -> None:
-        client_for(info).owner_process = process
+    def _adopt(self, info, process: subprocess.Popen) -> None:
+        info.client().owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
         )
 
     @classmethod
-    def connect(cls, name: str) -> Share:
-        """Attach to the live share created elsewhere with ``Share(name=name)``."""
+    def connect(
+        cls, target: str, name: str | None = None, *, key: bytes | str | None = None
+    ) -> Share:
+        """Attach to a live share created elsewhere.
+
+        ``Share.connect(name)`` for a share made with ``Share(name=name)`` by
+        a process of this user on this machine; ``Share.connect(url,
+        name=name, key=key)`` for one made with ``Share(name=name,
+        backend=url, key=key)``, from any machine (`key` defaults to
+        ``$ACCORD_KEY``).
+        """
+        if target.startswith(_REDIS_SCHEMES):
+            return cls._attach(_redis_info(target, name, key, create=False))
+        if name is not None or key is not None:
+            raise ValueError("name= and key= go with a Redis URL: Share.connect(url, name=...)")
+        name = target
         if not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
             raise ValueError(f"invalid share name {name!r}")
         info = load_record(name)
@@ -296,7 +351,7 @@ class Share:
         if self._owner_pid != os.getpid():
             raise AccordError("only the process that created a share can restart it")
         link = self._link
-        client = client_for(link.info)
+        client = link.info.client()
         process = client.owner_process
         if process is not None and client.lost is not None:
             # Its socket closed as it died; the process itself may take a
@@ -308,6 +363,17 @@ class Share:
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
+        if link.info.backend == "memory":
+            raise AccordError("a memory share cannot be restarted: its coordinator is a thread")
+        if link.info.backend == "redis":
+            # Nothing to salvage: the committed state and every command after
+            # it are in Redis; the new coordinator continues from there.
+            self._finalizer.detach()
+            from ..backends.redis._launch import start
+
+            process, lost = start(link.info, self._window, _spawn)
+            self._adopt(link.info, process)
+            return lost
         restored, lost = client.snapshots.salvage()
         self._finalizer.detach()
         forget(link.info)
@@ -441,35 +507,65 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
         "window": window,
         "restore": restore is not None,
     }
+    extra = pickle.dumps(restore, 5) if restore is not None else b""
+    process, _line = _spawn(
+        "accord.share._coordinator",
+        config,
+        extra,
+        name,
+        lambda: remove_leftovers(stem, str(socket_path)),
+    )
+    info = ShareInfo(name, stem, str(socket_path), key, process.pid)
+    save_record(info)
+    return info, process
+
+
+def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
+    """Start a coordinator process (`python -m module`, `config` as JSON on
+    its stdin, then `extra`); wait for its READY line: (process, line).
+    On failure, kill it, call `undo()` and raise."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "accord.share._coordinator"],
+        [sys.executable, "-m", module],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         close_fds=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
     )
     try:
-        process.stdin.write(json.dumps(config).encode() + b"\n")
-        if restore is not None:
-            process.stdin.write(pickle.dumps(restore, 5))
+        process.stdin.write(json.dumps(config).encode() + b"\n" + extra)
         process.stdin.close()
         line = _readline(process, START_TIMEOUT)
     except BaseException:
         process.kill()
         process.wait()
-        remove_leftovers(stem, str(socket_path))
+        undo()
         raise
     finally:
         process.stdout.close()
-    if line.strip() != b"READY":
+    if not line.startswith(b"READY"):
         process.kill()
         process.wait()
-        remove_leftovers(stem, str(socket_path))
+        undo()
         raise AccordError(
             f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
         )
-    info = ShareInfo(name, stem, str(socket_path), key, process.pid)
-    save_record(info)
+    return process, line
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_info(url: str, name: str | None, key, create: bool):
+    from ..backends.redis._launch import info_for
+
+    return info_for(url, name, key, create)
+
+
+def _start_redis(url: str, name: str, key, window: float):
+    from ..backends.redis._launch import start
+
+    info = _redis_info(url, name, key, create=True)
+    process, _lost = start(info, window, _spawn, create=True)
     return info, process
 
 
@@ -499,7 +595,7 @@ def _refuse_if_alive(name: str) -> None:
     )
 
 
-def _shutdown(info: ShareInfo, process: subprocess.Popen, owner_pid: int) -> None:
+def _shutdown(info, process: subprocess.Popen, owner_pid: int) -> None:
     """Stop the coordinator and remove everything it made (owner only)."""
     if os.getpid() != owner_pid:
         return  # a forked child must not close its parent's share
@@ -511,5 +607,4 @@ def _shutdown(info: ShareInfo, process: subprocess.Popen, owner_pid: int) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    forget(info)
-    remove_leftovers(info.stem, info.socket_path)
+    info.remove()

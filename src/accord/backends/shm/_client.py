@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
-from ..._remote import rebuild_error
+from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
 from ._segment import Segment
@@ -38,6 +38,7 @@ pack_length = struct.Struct("<I").pack
 class ShareInfo:
     """Everything a process needs to attach to a share (picklable)."""
 
+    backend = "shm"
     __slots__ = ("key", "name", "pid", "socket_path", "stem")
 
     def __init__(self, name: str, stem: str, socket_path: str, key: bytes, pid: int) -> None:
@@ -49,6 +50,21 @@ class ShareInfo:
 
     def __reduce__(self):
         return ShareInfo, (self.name, self.stem, self.socket_path, self.key, self.pid)
+
+    def client(self) -> ShmClient:
+        """This process's client of the share."""
+        return client_for(self)
+
+    def reload(self) -> ShareInfo | None:
+        """The share's current incarnation (after a restart), from its key file."""
+        return load_record(self.name)
+
+    def remove(self) -> None:
+        """Forget the share here and remove everything it left (owner, on close)."""
+        from ._server import remove_leftovers
+
+        forget(self)
+        remove_leftovers(self.stem, self.socket_path)
 
 
 def load_record(name: str) -> ShareInfo | None:
@@ -95,6 +111,8 @@ def abandoned_records() -> list[ShareInfo]:
 
 
 class ShmClient:
+    remote = False  # reads are local loads (see Link.get_name)
+
     def __init__(self, info: ShareInfo) -> None:
         self.info = info
         try:
@@ -105,16 +123,13 @@ class ShmClient:
         self.ctrl = self.control.buf
         self.snapshots = SnapshotReader(self.control, info.stem)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
-        self._replies_ready = threading.Condition()
-        self._reading = False
+        self.replies = Replies()
         self._sock: socket.socket | None = None
         self._id = -1
         self._intent = 0
         self._seq = 0
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
-        self._replies: dict[int, tuple] = {}
-        self.deferred: list[tuple] = []
         self._last_verified = 0
         self.lost: CoordinatorLost | None = None
         self.owner_process = None  # the Popen, in the process that started it
@@ -183,8 +198,8 @@ class ShmClient:
         command's own increments, so it never waits for itself: a write
         waits for every earlier write to its object, by any process.
         """
-        if self.deferred:
-            self.raise_deferred()
+        if self.replies.deferred:
+            self.replies.raise_deferred()
         buf = self.ctrl
         with self._send_lock:
             sock = self._sock or self._connect()
@@ -226,51 +241,26 @@ class ShmClient:
     # -- receiving -------------------------------------------------------------
 
     def _await(self, reply_id: int) -> tuple:
-        """Wait for the reply `reply_id`.  One thread at a time reads the
-        socket (blocking: a dead coordinator closes it, which wakes us at
-        once) and hands other threads' replies over."""
-        with self._replies_ready:
-            while True:
-                found = self._replies.pop(reply_id, None)
-                if found is not None:
-                    return found
-                if not self._reading:
-                    self._reading = True
-                    break
-                self._replies_ready.wait()
+        """Wait for the reply `reply_id`, reading the socket (blocking: a
+        dead coordinator closes it, which wakes us at once)."""
+        return self.replies.wait(reply_id, self._receive)
+
+    def _receive(self) -> list[tuple]:
+        sock = self._sock
+        if sock is None:
+            raise self._lose("disconnected")
         try:
-            while True:
-                sock = self._sock
-                if sock is None:
-                    raise self._lose("disconnected")
-                try:
-                    chunk = sock.recv(1 << 16)
-                except OSError as exc:
-                    raise self._lose(f"receive failed ({exc})") from None
-                if not chunk:
-                    raise self._lose("connection closed")
-                self._buffer.feed(chunk)
-                with self._replies_ready:
-                    for data in self._buffer.frames():
-                        message = pickle.loads(data)
-                        if message[0] == 0:
-                            self.deferred.append(message)
-                        else:
-                            self._replies[message[0]] = message
-                    found = self._replies.pop(reply_id, None)
-                    self._replies_ready.notify_all()
-                if found is not None:
-                    return found
-        finally:
-            with self._replies_ready:
-                self._reading = False
-                self._replies_ready.notify_all()
+            chunk = sock.recv(1 << 16)
+        except OSError as exc:
+            raise self._lose(f"receive failed ({exc})") from None
+        if not chunk:
+            raise self._lose("connection closed")
+        self._buffer.feed(chunk)
+        return [pickle.loads(data) for data in self._buffer.frames()]
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""
-        if self.deferred:
-            message = self.deferred.pop(0)
-            raise rebuild_error(message[2], message[3], deferred=True)
+        self.replies.raise_deferred()
 
     # -- reading ---------------------------------------------------------------
 
@@ -280,6 +270,14 @@ class ShmClient:
             if load(buf, APPLIED + 8 * s) < load(buf, PENDING + 8 * s):
                 return False
         return True
+
+    def lookup(self, name: str, slots):
+        """(what was last read for `name` if nothing was committed since,
+        else None; whether every write to `slots` queued before now is
+        applied).  The flags are checked first: a current snapshot then
+        includes every such write."""
+        clear = self.applied_all(slots)
+        return self.snapshots.unchanged(name), clear
 
     def kind(self, name: str):
         """(type, (type generation, is value)) of the committed `name`, or MISSING."""
@@ -312,11 +310,8 @@ class ShmClient:
             self._sock = None
         self._id = -1
         self._send_lock = threading.Lock()
-        self._replies_ready = threading.Condition()
-        self._reading = False
+        self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
-        self._replies = {}
-        self.deferred = []
         self.owner_process = None
 
 

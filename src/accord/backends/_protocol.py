@@ -1,0 +1,65 @@
+"""The Backend seam: what `Share`, `Link` and `Coordinator` ask of a backend.
+
+A backend is three parts: an *info* (what a process needs to attach; it
+travels with a pickled share), a per-process *client* (reads, flags,
+commands), and the coordinator's *server* (commands in, snapshots and flags
+out).  These Protocols are documentation and type-checking aids only; the
+implementations are `shm` (`backends/shm/_client.py`, `_server.py`),
+`memory` (`backends/memory/_memory.py`) and `redis` (`backends/redis/`).
+A new backend passes the same suite: add it to `BACKENDS` in
+`tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class BackendInfo(Protocol):
+    backend: str  # "shm", "memory", "redis"
+    name: str
+
+    @property
+    def pid(self) -> int: ...  # the coordinator's process id
+
+    def client(self) -> BackendClient: ...  # this process's client (one per share)
+
+    def reload(self) -> BackendInfo | None: ...  # a new incarnation after a restart
+
+    def remove(self) -> None: ...  # the owner closes: forget and delete everything
+
+
+class Snapshot(Protocol):
+    """What a client last read of one name."""
+
+    obj: Any  # the unpickled object (shared by reads: never mutated)
+    kind: tuple[int, bool]  # (type generation, is an immutable value)
+
+
+class BackendClient(Protocol):
+    remote: bool  # reads cost a round trip (Link then decides `+=` from `known`)
+    lost: Exception | None  # set once the share is closed (or, shm, the coordinator died)
+    owner_process: Any  # the coordinator process (or thread), in the owner
+    deferred: list  # errors of fire-and-forget commands, raised by the next blocking call
+
+    def check_alive(self) -> None: ...  # CoordinatorLost / ShareClosed, cheaply
+    def applied_all(self, slots: tuple[int, ...]) -> bool: ...  # every queued write applied?
+    def lookup(self, name: str, slots: tuple[int, ...]) -> tuple[Snapshot | None, bool]: ...
+    def known(self, name: str) -> Snapshot | None: ...  # remote clients: last read, unchecked
+    def read(self, name: str) -> Any: ...  # the committed object, or MISSING
+    def kind(self, name: str) -> Any: ...  # (type, (generation, is value)), or MISSING
+    def send(
+        self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply: bool = False
+    ) -> Any: ...  # raise `writes` flags and queue; with reply, wait for (id, status, ...)
+    def raise_deferred(self) -> None: ...
+
+
+class BackendServer(Protocol):
+    """The coordinator's side.  `snapshots` has write(name, data, kind) and
+    delete(name); for ordered backends `peer(client id)` makes reply targets."""
+
+    snapshots: Any
+
+    def set_applied(self, slot: int, value: int) -> None: ...
+    def send(self, peer: Any, payload: bytes) -> None: ...  # a reply or a deferred error
+    def close(self) -> None: ...

@@ -1,0 +1,70 @@
+"""Replies to a process's blocking calls, whatever carries them (and a
+helper the snapshot caches of the memory and redis clients share).
+
+Every backend's client lets any of its threads wait for the reply to its
+own call while one thread at a time receives (a socket, a Redis list, a
+queue), sorting what arrives: replies by id, and errors of earlier
+fire-and-forget commands (id 0), which the next blocking call raises.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from .._remote import rebuild_error
+from .shm._snapshots import MISSING
+
+
+class Replies:
+    __slots__ = ("deferred", "pending", "reading", "ready")
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.reading = False
+        self.pending: dict[int, tuple] = {}
+        self.deferred: list[tuple] = []
+
+    def wait(self, reply_id: int, receive: Callable[[], Iterable[tuple]]) -> tuple:
+        """The reply `reply_id`; `receive()` blocks for the next messages
+        (it may return none, and raises to give up)."""
+        with self.ready:
+            while True:
+                found = self.pending.pop(reply_id, None)
+                if found is not None:
+                    return found
+                if not self.reading:
+                    self.reading = True
+                    break
+                self.ready.wait()
+        try:
+            while True:
+                messages = receive()
+                with self.ready:
+                    for message in messages:
+                        if message[0] == 0:
+                            self.deferred.append(message)
+                        else:
+                            self.pending[message[0]] = message
+                    found = self.pending.pop(reply_id, None)
+                    self.ready.notify_all()
+                if found is not None:
+                    return found
+        finally:
+            with self.ready:
+                self.reading = False
+                self.ready.notify_all()
+
+    def raise_deferred(self) -> None:
+        """Raise the first error of an earlier fire-and-forget command."""
+        if self.deferred:
+            message = self.deferred.pop(0)
+            raise rebuild_error(message[2], message[3], deferred=True)
+
+
+def kind_of(obj, cached):
+    """What a client's kind() returns for the object it just read (MISSING,
+    or (type, (type generation, is value)) with the kind of its cache entry)."""
+    if obj is MISSING:
+        return MISSING
+    return type(obj), cached.kind if cached is not None else (0, False)

@@ -1,0 +1,248 @@
+"""The coordinator of a redis share.
+
+The same `Coordinator` as for shared memory (every handler, the mirror, the
+flags bookkeeping), with three differences:
+
+* commands come from one Redis stream and run strictly in its order (their
+  write flags were raised in that same order, so every wait is met on
+  arrival);
+* a commit writes *every* changed object, the applied flags and the stream
+  position in one atomic script: the committed state is always exactly
+  "every command up to that position", so a coordinator that takes over
+  continues from the stream after it and no applied write is lost;
+* a lease (a key with a short TTL, renewed by a heartbeat thread) says that
+  a coordinator holds the share; whoever takes it raises the share's epoch,
+  and a commit under a stale epoch is refused.
+
+Run as ``python -m accord.backends.redis._coordinator`` by `Share` (config as
+JSON on stdin, like the shm coordinator), or as a service with
+`run_service` (`accord coordinator URL --name NAME`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+
+import redis
+
+from ...share._coordinator import OrderedCoordinator
+from . import _client
+from ._client import RedisInfo, connect_redis
+from ._server import RedisServer, TakenOver
+
+LEASE_S = 1.0  # a coordinator silent for this long is presumed dead
+BEAT_S = 0.1
+LINGER_S = 0.0005
+LINGER_BATCH = 64
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class RedisCoordinator(OrderedCoordinator):
+    def __init__(self, server: RedisServer, owner_pid: int | None, window: float) -> None:
+        super().__init__(server, owner_pid or 0, window)
+        self.last_id = "0-0"
+        self.stopping: str | None = None  # why the loop must end
+
+    # -- state -------------------------------------------------------------------
+
+    def load(self) -> list[str]:
+        """Start from the committed state in Redis; names that cannot be
+        restored (their classes cannot be imported here) are returned."""
+        objects, applied, position = self.server.load()
+        lost = []
+        for name, ((generation, is_value), data) in objects.items():
+            try:
+                value = pickle.loads(data)
+            except Exception as exc:
+                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                lost.append(name)
+                continue
+            self.mirror[name] = value
+            self.types[name] = (type(value), generation, is_value)
+        for slot, count in applied.items():
+            self.received[slot] = count
+        if position:
+            self.last_id = self.position = position
+        return lost
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        beat = threading.Thread(target=self._beat, name="accord-lease", daemon=True)
+        beat.start()
+        while self.stopping is None:
+            # Block at least 1 ms: polling Redis in a loop would slow the
+            # very clients whose commands we wait for.
+            block_ms = max(1, int(min(self._timeout(), BEAT_S) * 1000))
+            try:
+                entries = self.server.read(self.last_id, block_ms)
+            except _REDIS_DOWN:
+                self._wait_for_redis()
+                continue
+            if entries:
+                self.last_id = entries[-1][0]
+                self.inbox.extend(entries)
+                self.process()
+            now = time.monotonic()
+            self.commit_due(now)
+            self.expire_lock_waits(now)
+            waiting = self.server.has_replies()
+            self._flush()
+            if entries and not waiting and len(entries) < LINGER_BATCH:
+                # Only fire-and-forget writes came, a few at a time: let more
+                # gather before the next read.  Waking for each one would
+                # take the CPU from the processes sending them (a reader
+                # that then needs a commit waits this long at most).
+                time.sleep(LINGER_S)
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                self.server.flush()
+                return
+            except _REDIS_DOWN:
+                if self.stopping is not None:
+                    return
+                self._wait_for_redis()
+
+    def _wait_for_redis(self) -> None:
+        time.sleep(BEAT_S)  # pacing: Redis is down or restarting
+
+    def _beat(self) -> None:
+        r = connect_redis(self.server.info.url, self.server.info.timeout)
+        try:
+            while self.stopping is None:
+                try:
+                    result = self.server.beat(r)
+                except _REDIS_DOWN:
+                    result = 1  # keep trying; the lease says the rest
+                except Exception as exc:  # a bug must not pass for a live coordinator
+                    self.stopping = f"heartbeat failed: {exc!r}"
+                    break
+                if result == 0:
+                    self.stopping = "the share was closed (its keys were deleted)"
+                elif result == -1:
+                    self.stopping = "another coordinator took the share over"
+                elif self.owner_pid and os.getppid() != self.owner_pid:
+                    self.stopping = "the process that created the share exited"
+                time.sleep(BEAT_S)
+        finally:
+            r.close()
+
+    # -- commits: all at once ------------------------------------------------------
+
+    def commit(self, name: str) -> None:
+        if name not in self.dirty:
+            return  # committed with the others already
+        for each in list(self.dirty):
+            super().commit(each)
+        self.server.committed_at(self.position)
+
+    def commit_due(self, now: float) -> None:
+        for name, since in self.dirty.items():
+            if now - since >= self._window(name):
+                self.commit(name)
+                return
+
+    def stop(self) -> None:
+        """Commit what is pending and give the lease back (best effort)."""
+        self.stopping = self.stopping or "stopped"
+        try:
+            if self.dirty:
+                self.commit(next(iter(self.dirty)))
+            self.server.flush()
+            self.server.release()
+        except Exception as exc:  # Redis gone, or the share taken: nothing to keep
+            print(f"accord: coordinator stopping: {exc!r}", file=sys.stderr)
+        self.server.close()
+
+
+class _Stop(BaseException):
+    """Raised by SIGTERM."""
+
+
+def _stop(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the stop finish
+    raise _Stop
+
+
+def serve(
+    info: RedisInfo,
+    window: float = 0.002,
+    owner_pid: int | None = None,
+    wait: float | None = None,
+    ready=None,
+) -> str:
+    """Coordinate the share `info` until it is closed; return why it stopped.
+
+    Waits for the lease (at most `wait` seconds, None: for ever), so running
+    it beside a live coordinator makes a standby that takes over when that
+    one dies.  `ready(lost_names)` is called once it holds the share.
+    """
+    _client.coordinating = info.stem
+    server = RedisServer(info, LEASE_S)
+    deadline = None if wait is None else time.monotonic() + wait
+    while True:
+        epoch = server.acquire()
+        if epoch > 0:
+            break
+        if epoch == -2:
+            server.close()
+            raise _client.AccordError(f"no {info.where()} exists (closed, or expired)")
+        if deadline is not None and time.monotonic() > deadline:
+            server.close()
+            raise _client.AccordError(f"another coordinator holds {info.where()}")
+        time.sleep(BEAT_S)  # polling the lease of a live coordinator
+    coordinator = RedisCoordinator(server, owner_pid, window)
+    try:
+        lost = coordinator.load()
+        if ready is not None:
+            ready(lost)
+        coordinator.run()
+    except TakenOver as exc:
+        coordinator.stopping = str(exc)
+    finally:
+        coordinator.stop()
+    return coordinator.stopping
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
+    signal.signal(signal.SIGTERM, _stop)
+    config = json.loads(sys.stdin.buffer.readline())
+    sys.path[:] = config["sys_path"]
+    info = RedisInfo(
+        config["url"],
+        config["name"],
+        bytes.fromhex(config["key"]),
+        config["timeout"],
+        config["ttl"],
+    )
+
+    started = []
+
+    def ready(lost):
+        print("READY", json.dumps(lost), flush=True)
+        sys.stdout.close()  # the owner stops reading here
+        started.append(True)
+
+    try:
+        serve(info, config["window"], config["owner_pid"], wait=config["wait"], ready=ready)
+    except _Stop:
+        pass
+    except BaseException as exc:
+        if not started:
+            print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
+        traceback.print_exc()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
