@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -331,3 +332,97 @@ def test_big_arguments_and_results_travel_through_shared_memory(spawn_backend):
     from accord.backends.shm._segment import leftovers
 
     assert leftovers(stem) == []  # every segment was taken and unlinked
+
+
+def _init_after_gate(share):
+    wait_for(share, "open")
+    raise OSError("no GPU here")
+
+
+def test_a_broken_pool_fails_its_futures_though_one_was_cancelled(spawn_backend):
+    # A future cancelled while it waited is already done: failing it raised
+    # InvalidStateError in the dispatcher, which left the others unsettled.
+    with Share() as share:
+        share.open = False
+        pool = Pool(1, backend=spawn_backend, initializer=_init_after_gate, initargs=(share,))
+        futures = [pool.submit(square, i) for i in range(4)]
+        assert futures[3].cancel()  # the worker holds two; the last two wait
+        share.open = True
+        for future in futures[:3]:
+            with pytest.raises(WorkerLost, match="initializer failed"):
+                future.result(timeout=15)
+        assert futures[3].cancelled()
+        pool.shutdown()
+
+
+def _locked(pool, predicate, deadline_s=30.0):
+    """Wait until predicate() holds, looked at under the pool's lock."""
+    end = time.monotonic() + deadline_s
+    while True:
+        with pool._lock:
+            if predicate():
+                return
+        if time.monotonic() > end:
+            raise TimeoutError("the pool never reached the state the test waits for")
+        time.sleep(0.0005)
+
+
+def test_cancel_futures_spares_a_task_waiting_for_its_retry(spawn_backend, separate_processes):
+    # A retried task waits among the pending ones, but its future is already
+    # running: cancel() cannot cancel it, so it must stay and run, not vanish.
+    with Share() as share:
+        share.started, share.open = 0, False
+        pool = Pool(1, backend=spawn_backend)
+        retried = pool.submit(time.sleep, 60, timeout=0.3, retries=1)
+        gates = [pool.submit(gated, share, i) for i in range(3)]
+        # Past the timeout the new worker holds two gated tasks; the retry waits.
+        _locked(pool, lambda: any(t.future is retried for t in pool._pending))
+        pool.shutdown(wait=False, cancel_futures=True)
+        share.open = True
+        with pytest.raises(TaskTimeout):
+            retried.result(timeout=15)
+        pool.shutdown()
+        assert [f.result() for f in gates[:2]] == [0, 1]
+        assert gates[2].cancelled()
+
+
+def record(share):
+    share.runs += 1
+    return share.runs
+
+
+def _in_function(thread, name):
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
+    spawn_backend, separate_processes
+):
+    # The worker answers just past the deadline, while the dispatcher is about
+    # to end it, and starts the task it held next: the answer must count and
+    # the next task (already run) must not run a second time elsewhere.
+    with Share() as share:
+        share.started, share.open, share.runs = 0, False, 0
+        with Pool(1, backend=spawn_backend) as pool:
+            first = pool.submit(gated, share, "done", timeout=0.5)
+            second = pool.submit(record, share)
+            wait_for(share, "started", 1)
+            with pool._lock:  # the dispatcher stops on its way to end the worker
+                deadline = pool._slots[0].head_since + 0.5
+                end = time.monotonic() + 30
+                while not (
+                    _in_function(pool._thread, "_end_overdue") and time.monotonic() > deadline
+                ):
+                    assert time.monotonic() < end, "the dispatcher never looked at the deadline"
+                    time.sleep(0.0005)
+                share.open = True
+                wait_for(share, "runs", 1)
+            assert first.result(timeout=15) == "done"
+            with contextlib.suppress(WorkerLost):  # killed between its run and its answer
+                assert second.result(timeout=15) == 1
+        assert share.runs == 1

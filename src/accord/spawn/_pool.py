@@ -90,6 +90,7 @@ class _Slot:
         self.head_since = time.monotonic()
         self.outbox = bytearray()
         self.watching_writes = False
+        self.overdue: _Task | None = None  # the task whose timeout ended this worker
 
 
 class Pool(concurrent.futures.Executor):
@@ -251,8 +252,13 @@ class Pool(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             if cancel_futures:
-                cancelled = list(self._pending)
+                # A retry, or a task a lost worker held next, has started: its
+                # future cannot be cancelled, so it stays and runs (or it would
+                # never settle).
+                cancelled = [t for t in self._pending if not t.future.running()]
+                started = [t for t in self._pending if t.future.running()]
                 self._pending.clear()
+                self._pending.extend(started)
             self._wake()
         for task in cancelled:
             task.future.cancel()
@@ -282,8 +288,10 @@ class Pool(concurrent.futures.Executor):
         finally:
             self._close_workers()
 
-    def _on_readable(self, slot: _Slot) -> None:
-        frames, ended = slot.reader.read()
+    def _on_readable(self, slot: _Slot, final: bool = False) -> None:
+        """Settle the tasks `slot` answered; handle its end.  `final`: the
+        worker is dead, read everything it sent and treat that as its end."""
+        frames, ended = slot.reader.read(final)
         settle, lost, doomed = [], None, []
         with self._lock:
             for reply in frames:
@@ -298,12 +306,24 @@ class Pool(concurrent.futures.Executor):
             if ended and slot in self._slots:
                 lost = self._remove(slot)
         for task in doomed:
-            task.future.set_exception(self._broken)
+            if not task.future.cancelled():  # cancelled while it waited: already done
+                task.future.set_exception(self._broken)
         for task, kind, payload in settle:
             self._settle(task, kind, payload)
-        if lost is not None:
-            reason = lost.handle.reap(_REAP_S)
+        if lost is None:
+            return
+        reason = lost.handle.reap(_REAP_S)
+        overdue = lost.overdue
+        if overdue is None:
             self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+        elif lost.tasks and lost.tasks[0] is overdue:
+            self._fail_head(lost, TaskTimeout, _timed_out(overdue))
+        else:  # it answered the overdue task after all, then started the next one
+            self._fail_head(
+                lost,
+                WorkerLost,
+                f"worker {lost.handle.ident} was ended as {overdue.what} ran past its timeout",
+            )
 
     def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
         try:
@@ -347,33 +367,41 @@ class Pool(concurrent.futures.Executor):
             self._retry_or_fail(head, error_type(message))
 
     def _end_overdue(self) -> None:
-        now = time.monotonic()
-        for slot in list(self._slots):
-            head = slot.tasks[0] if slot.tasks else None
-            if head is None or head.timeout is None:
+        with self._lock:  # submitting threads add to the slots' tasks
+            now = time.monotonic()
+            overdue = [s for s in self._slots if (d := self._deadline(s)) is not None and now >= d]
+        for slot in overdue:
+            head = slot.tasks[0]
+            if isinstance(slot.handle, _handles.ProcessHandle):
+                # Killed, then read to the end: it may have answered the task
+                # since select() returned, and started the next one.  That
+                # answer counts, and the next task, begun on a worker that is
+                # now dead, is lost rather than handed out again (it would run
+                # twice).
+                slot.overdue = head
+                slot.handle.kill()
+                slot.handle.reap(_REAP_S)  # dead: all it sent is in the socket now
+                self._on_readable(slot, final=True)
                 continue
-            if now < slot.head_since + head.timeout + self._grace:
+            # A sub-interpreter cannot be killed, only dismissed: first take an
+            # answer that has just arrived (the worker then is not overdue).
+            self._on_readable(slot)
+            if slot not in self._slots or not slot.tasks or slot.tasks[0] is not head:
                 continue
             with self._lock:
                 self._remove(slot)
-            slot.handle.kill()
-            if isinstance(slot.handle, _handles.ProcessHandle):
-                slot.handle.reap(_REAP_S)
-            else:  # still running its task: wait for it at shutdown
-                self._dismissed.append(slot.handle)
-            self._fail_head(
-                slot,
-                TaskTimeout,
-                f"{{what}} ran longer than its timeout of {head.timeout:g} s; "
-                "its worker was ended and replaced",
-            )
+            self._dismissed.append(slot.handle)  # still running its task: wait for it at shutdown
+            self._fail_head(slot, TaskTimeout, _timed_out(head))
+
+    def _deadline(self, slot: _Slot) -> float | None:
+        """When `slot`'s running task is overdue (None: it has no timeout)."""
+        head = slot.tasks[0] if slot.tasks else None
+        if head is None or head.timeout is None:
+            return None
+        return slot.head_since + head.timeout + self._grace
 
     def _time_to_next_deadline(self) -> float | None:
-        deadlines = [
-            slot.head_since + slot.tasks[0].timeout + self._grace
-            for slot in self._slots
-            if slot.tasks and slot.tasks[0].timeout is not None
-        ]
+        deadlines = [d for slot in self._slots if (d := self._deadline(slot)) is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -523,6 +551,14 @@ def _cannot_send(fn, args, exc: Exception) -> TypeError:
         f"cannot send {_describe(fn, args)} to a worker: {exc}. Tasks, their arguments "
         "and results must pickle; create resources such as locks, files and "
         "connections inside the task"
+    )
+
+
+def _timed_out(task: _Task) -> str:
+    """`_fail_head`'s message for a task past its timeout."""
+    return (
+        f"{{what}} ran longer than its timeout of {task.timeout:g} s; "
+        "its worker was ended and replaced"
     )
 
 
