@@ -426,3 +426,29 @@ def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
             with contextlib.suppress(WorkerLost):  # killed between its run and its answer
                 assert second.result(timeout=15) == 1
         assert share.runs == 1
+
+
+class Unsendable(Exception):
+    """Does not survive pickling (its __init__ takes other arguments), and has
+    a __str__ that fails."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+def raise_unsendable():
+    raise Unsendable(1, 2)
+
+
+def test_an_error_that_neither_pickles_nor_prints_comes_back(spawn_backend):
+    from accord._remote import RemoteError
+
+    with Pool(1, backend=spawn_backend) as pool:
+        before = pool.submit(whoami).result(timeout=30)
+        with pytest.raises(RemoteError, match=r"Unsendable: <str\(\) failed>"):
+            pool.submit(raise_unsendable).result(timeout=30)
+        assert pool.submit(whoami).result(timeout=30) == before  # the worker lives on
