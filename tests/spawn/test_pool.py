@@ -452,3 +452,49 @@ def test_an_error_that_neither_pickles_nor_prints_comes_back(spawn_backend):
         with pytest.raises(RemoteError, match=r"Unsendable: <str\(\) failed>"):
             pool.submit(raise_unsendable).result(timeout=30)
         assert pool.submit(whoami).result(timeout=30) == before  # the worker lives on
+
+
+def test_a_child_forked_meanwhile_does_not_keep_a_dead_workers_socket_open(monkeypatch):
+    # Another thread forks (another pool's worker, or any fork) while the pool
+    # starts a worker: that child must not inherit the worker's end of its
+    # socket, or the pool would never see the worker die.
+    import multiprocessing.context
+
+    ready, go = threading.Event(), threading.Event()
+    armed = []  # the thread whose next start waits for the bystander's
+    popen = multiprocessing.context.ForkProcess._Popen
+
+    def paused_popen(process_obj):
+        if armed and threading.current_thread() is armed[0]:
+            armed.clear()
+            ready.set()
+            go.wait(30)
+        return popen(process_obj)
+
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "_Popen", staticmethod(paused_popen))
+    release_r, release_w = os.pipe()
+    bystander = None
+    try:
+        with Pool(1, backend="fork") as pool:
+            pool.submit(square, 1).result(timeout=30)
+            armed.append(pool._thread)  # the dispatcher starts the replacement
+            first = pool.submit(die, "sigkill")
+            assert ready.wait(30)
+            bystander = multiprocessing.get_context("fork").Process(
+                target=os.read, args=(release_r, 1)
+            )
+            bystander.start()
+            go.set()
+            with pytest.raises(WorkerLost):
+                first.result(timeout=30)
+            second = pool.submit(die, "sigkill")  # on the replacement
+            with pytest.raises(WorkerLost):
+                second.result(timeout=10)
+    finally:
+        armed.clear()
+        go.set()
+        os.write(release_w, b"x")
+        if bystander is not None:
+            bystander.join(10)
+        os.close(release_r)
+        os.close(release_w)

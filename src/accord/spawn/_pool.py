@@ -152,10 +152,11 @@ class Pool(concurrent.futures.Executor):
         self._shutdown = False
         self._broken: BaseException | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        for end in (self._wake_r, self._wake_w):
-            end.setblocking(False)
-            _handles._parent_ends[end.fileno()] = end
+        with _handles._fork_lock:  # see _handles._pair
+            self._wake_r, self._wake_w = socket.socketpair()
+            for end in (self._wake_r, self._wake_w):
+                end.setblocking(False)
+                _handles._parent_ends[end.fileno()] = end
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._slots: list[_Slot] = []
         self._dismissed: list[_handles.WorkerHandle] = []
@@ -525,9 +526,10 @@ class Pool(concurrent.futures.Executor):
             handle.wait_for_task()
         for name in _segment.leftovers(self._stem):  # big frames no one took
             _segment.unlink(name)
-        for end in (self._wake_r, self._wake_w):
-            _handles._parent_ends.pop(end.fileno(), None)
-            end.close()
+        with _handles._fork_lock:
+            for end in (self._wake_r, self._wake_w):
+                _handles._parent_ends.pop(end.fileno(), None)
+                end.close()
         self._selector.close()
         _live_pools.discard(self)
 
