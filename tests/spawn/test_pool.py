@@ -498,3 +498,32 @@ def test_a_child_forked_meanwhile_does_not_keep_a_dead_workers_socket_open(monke
             bystander.join(10)
         os.close(release_r)
         os.close(release_w)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_cannot_be_replaced_breaks_the_pool_rather_than_hang(
+    spawn_backend, separate_processes, monkeypatch
+):
+    import errno
+
+    from accord.spawn import _handles
+
+    pool = Pool(1, backend=spawn_backend)
+    try:
+        pool.submit(square, 1).result(timeout=30)
+
+        def cannot_start(*args):
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(_handles, "start", cannot_start)
+        doomed = pool.submit(die, "sigkill")
+        queued = [pool.submit(square, 2) for _ in range(3)]  # one held next, two waiting
+        with pytest.raises(WorkerLost, match="while running die"):
+            doomed.result(timeout=30)
+        for future in queued:
+            with pytest.raises(concurrent.futures.BrokenExecutor, match="Resource temporarily"):
+                future.result(timeout=30)
+        with pytest.raises(concurrent.futures.BrokenExecutor):
+            pool.submit(square, 3)
+    finally:
+        pool.shutdown()

@@ -286,8 +286,26 @@ class Pool(concurrent.futures.Executor):
                     self._dispatch_pending()
                     if self._shutdown and not self._pending and not self._busy():
                         break
+        except BaseException as exc:
+            # E.g. no new worker could start (fork failed): fail every task
+            # rather than leave its future waiting for a dispatcher that is gone.
+            self._fail_all(concurrent.futures.BrokenExecutor(f"the pool stopped: {exc!r}"))
+            raise
         finally:
             self._close_workers()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = error
+            self._shutdown = True
+            doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
+            self._pending.clear()
+            for s in self._slots:
+                s.tasks.clear()
+        for task in doomed:
+            if not task.future.done():
+                task.future.set_exception(self._broken)
 
     def _on_readable(self, slot: _Slot, final: bool = False) -> None:
         """Settle the tasks `slot` answered; handle its end.  `final`: the
@@ -356,16 +374,17 @@ class Pool(concurrent.futures.Executor):
         held = list(slot.tasks)
         with self._lock:
             self._pending.extendleft(reversed(held[1:]))
-            if self._broken is None and (not self._shutdown or self._pending or held):
-                self._add_worker()
-            self._dispatch_pending()
-        if held:
+        if held:  # before the worker is replaced, which may fail
             head = held[0]
             if error_type is WorkerLost:
                 message = f"{why} while running {head.what}; it was replaced"
             else:
                 message = why.format(what=head.what)
             self._retry_or_fail(head, error_type(message))
+        with self._lock:
+            if self._broken is None and (not self._shutdown or self._pending or held):
+                self._add_worker()
+            self._dispatch_pending()
 
     def _end_overdue(self) -> None:
         with self._lock:  # submitting threads add to the slots' tasks
