@@ -355,35 +355,22 @@ def test_a_broken_pool_fails_its_futures_though_one_was_cancelled(spawn_backend)
         pool.shutdown()
 
 
-def _locked(pool, predicate, deadline_s=30.0):
-    """Wait until predicate() holds, looked at under the pool's lock."""
-    end = time.monotonic() + deadline_s
-    while True:
-        with pool._lock:
-            if predicate():
-                return
-        if time.monotonic() > end:
-            raise TimeoutError("the pool never reached the state the test waits for")
-        time.sleep(0.0005)
-
-
-def test_cancel_futures_spares_a_task_waiting_for_its_retry(spawn_backend, separate_processes):
-    # A retried task waits among the pending ones, but its future is already
-    # running: cancel() cannot cancel it, so it must stay and run, not vanish.
-    with Share() as share:
-        share.started, share.open = 0, False
-        pool = Pool(1, backend=spawn_backend)
-        retried = pool.submit(time.sleep, 60, timeout=0.3, retries=1)
-        gates = [pool.submit(gated, share, i) for i in range(3)]
-        # Past the timeout the new worker holds two gated tasks; the retry waits.
-        _locked(pool, lambda: any(t.future is retried for t in pool._pending))
-        pool.shutdown(wait=False, cancel_futures=True)
-        share.open = True
-        with pytest.raises(TaskTimeout):
-            retried.result(timeout=15)
+def test_cancel_futures_spares_a_started_task_waiting_to_run_again(
+    spawn_backend, separate_processes
+):
+    # A fail-fast callback: the first error shuts the pool down.  The task the
+    # lost worker held next waits to run elsewhere, but its future already
+    # runs: cancel() cannot cancel it, so it must stay and run, not vanish.
+    pool = Pool(1, backend=spawn_backend)
+    try:
+        doomed = pool.submit(die, "exit")
+        held = pool.submit(square, 2)
+        doomed.add_done_callback(lambda _: pool.shutdown(wait=False, cancel_futures=True))
+        with pytest.raises(WorkerLost):
+            doomed.result(timeout=30)
+        assert held.result(timeout=15) == 4
+    finally:
         pool.shutdown()
-        assert [f.result() for f in gates[:2]] == [0, 1]
-        assert gates[2].cancelled()
 
 
 def record(share):
