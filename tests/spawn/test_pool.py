@@ -514,3 +514,55 @@ def test_a_worker_that_cannot_be_replaced_breaks_the_pool_rather_than_hang(
             pool.submit(square, 3)
     finally:
         pool.shutdown()
+
+
+def _init_second_fails(share):
+    with share.lock("inits"):
+        share.inits += 1
+        mine = share.inits
+    if mine == 2:
+        wait_for(share, "fail")
+        raise OSError("no GPU here")
+
+
+def _readable(fd):
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _until(predicate, deadline_s=30.0):
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < end, "the condition the test waits for never came"
+        time.sleep(0.0005)
+
+
+def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backend, monkeypatch):
+    # One worker's initializer fails (the pool breaks and fails every task)
+    # and, in the same wake-up of the dispatcher, another worker answers a
+    # task of the broken pool: that answer must be dropped, not crash the
+    # dispatcher on a task it no longer holds.
+    crashes = []
+    hook = threading.excepthook
+    monkeypatch.setattr(
+        threading, "excepthook", lambda args: crashes.append(args.exc_value) or hook(args)
+    )
+    with Share() as share:
+        share.inits, share.fail, share.started, share.open = 0, False, 0, False
+        pool = Pool(2, backend=spawn_backend, initializer=_init_second_fails, initargs=(share,))
+        futures = [pool.submit(gated, share, i) for i in range(2)]  # one per worker
+        wait_for(share, "started", 1)  # on the worker whose initializer passed
+        fds = [slot.handle.fd for slot in pool._slots]
+        with pool._lock:  # the dispatcher waits while both workers write
+            pool._wake()
+            _until(lambda: _in_function(pool._thread, "_end_overdue"))
+            share.fail = True
+            _until(lambda: any(_readable(fd) for fd in fds))
+            share.open = True
+            _until(lambda: all(_readable(fd) for fd in fds))
+        for future in futures:
+            with pytest.raises(WorkerLost, match="initializer failed"):
+                future.result(timeout=30)
+        pool.shutdown()
+    assert crashes == []

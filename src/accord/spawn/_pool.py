@@ -314,6 +314,8 @@ class Pool(concurrent.futures.Executor):
         settle, lost, doomed = [], None, []
         with self._lock:
             for reply in frames:
+                if self._broken is not None:
+                    break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
