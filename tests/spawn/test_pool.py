@@ -566,3 +566,19 @@ def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backen
                 future.result(timeout=30)
         pool.shutdown()
     assert crashes == []
+
+
+def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_processes):
+    # Not only at shutdown: a long-lived pool whose workers die would fill
+    # /dev/shm with the big tasks they never took.
+    from accord.backends.shm._segment import leftovers
+
+    big = b"x" * 200_000
+    with Pool(1, backend=spawn_backend) as pool:
+        for _ in range(2):
+            doomed = pool.submit(die, "sigkill")
+            queued = pool.submit(len, big)  # its segment waits, untaken, for the dead worker
+            with pytest.raises(WorkerLost):
+                doomed.result(timeout=30)
+            assert queued.result(timeout=30) == len(big)  # sent again, in a new segment
+        assert leftovers(pool._stem) == []

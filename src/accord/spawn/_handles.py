@@ -118,6 +118,10 @@ class WorkerHandle:
         """Wait up to `timeout` for the worker to end; say how it ended."""
         raise NotImplementedError
 
+    def ended(self) -> bool:
+        """Whether the worker has ended (it touches nothing any more)."""
+        raise NotImplementedError
+
     def _register(self, end: socket.socket) -> None:
         self._end = end
         self.fd = end.fileno()
@@ -157,6 +161,9 @@ class ProcessHandle(WorkerHandle):
         if self.process.exitcode is None:
             with contextlib.suppress(OSError, ValueError):  # already gone
                 self.process.kill()
+
+    def ended(self) -> bool:
+        return self.process.exitcode is not None
 
     def reap(self, timeout: float) -> str:
         self.process.join(timeout)
@@ -226,6 +233,9 @@ class InterpreterHandle(WorkerHandle):
                 file=sys.stderr,
             )
             self._thread.join()
+
+    def ended(self) -> bool:
+        return not self._thread.is_alive()
 
     def reap(self, timeout: float) -> str:
         self._thread.join(timeout)

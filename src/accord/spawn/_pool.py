@@ -83,8 +83,9 @@ class _Task:
 class _Slot:
     """A worker and the tasks it holds, in the order it runs them."""
 
-    def __init__(self, handle: _handles.WorkerHandle) -> None:
+    def __init__(self, handle: _handles.WorkerHandle, stem: str) -> None:
         self.handle = handle
+        self.stem = stem  # names of the segments of big frames to and from it
         self.reader = FrameReader(handle.fd)
         self.tasks: collections.deque[_Task] = collections.deque()
         self.head_since = time.monotonic()
@@ -149,6 +150,7 @@ class Pool(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
+        self._worker_ids = itertools.count(1)
         self._shutdown = False
         self._broken: BaseException | None = None
         self._selector = selectors.DefaultSelector()
@@ -334,6 +336,9 @@ class Pool(concurrent.futures.Executor):
         if lost is None:
             return
         reason = lost.handle.reap(_REAP_S)
+        if lost.handle.ended():  # big frames it never took (or sent, in vain)
+            for name in _segment.leftovers(lost.stem):
+                _segment.unlink(name)
         overdue = lost.overdue
         if overdue is None:
             self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
@@ -442,7 +447,7 @@ class Pool(concurrent.futures.Executor):
             if not slot.tasks:
                 slot.head_since = time.monotonic()
             slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload), self._stem))
+            self._send(slot, frame(_worker.encode_task(task.id, task.payload), slot.stem))
         return True
 
     def _send(self, slot: _Slot, data: bytes) -> None:
@@ -470,7 +475,10 @@ class Pool(concurrent.futures.Executor):
             slot.watching_writes = want
 
     def _add_worker(self) -> None:
-        slot = _Slot(_handles.start(self.backend, self._initializer, self._stem))
+        # Each worker's segments have a name of their own under the pool's
+        # stem: those a dead worker never took can go with it.
+        stem = f"{self._stem}w{next(self._worker_ids)}-"
+        slot = _Slot(_handles.start(self.backend, self._initializer, stem), stem)
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
         self._slots.append(slot)
 
