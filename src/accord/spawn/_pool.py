@@ -110,7 +110,11 @@ class Pool(concurrent.futures.Executor):
       `WorkerLost` and is replaced; tasks it held but had not started run
       elsewhere;
     - a task that runs past ``timeout=`` fails with `TaskTimeout`; its worker
-      is ended (a process is killed) and replaced.
+      is ended (a process is killed) and replaced; a result that arrives as
+      it is ended counts, and a task it had started next is lost
+      (`WorkerLost`, or retried), never run twice;
+    - if the pool cannot go on (a worker cannot be replaced), every
+      unfinished future fails with `concurrent.futures.BrokenExecutor`.
 
     ``backend`` picks how workers start: ``"forkserver"`` (the default on
     Linux), ``"spawn"``, ``"fork"`` or ``"subinterpreter"`` (one process,
