@@ -151,3 +151,19 @@ def test_tasks_waiting_for_a_lock_do_not_starve_its_holder(share):
 
     asyncio.run(main())
     assert share.stock == 13
+
+
+def test_leaving_a_lock_this_task_does_not_hold_says_so(share):
+    async def main():
+        lock = share.lock("stock")
+        with pytest.raises(RuntimeError, match="not held by this task"):
+            await lock.__aexit__(None, None, None)
+        async with lock:
+            other = asyncio.create_task(lock.__aexit__(None, None, None))
+            with pytest.raises(RuntimeError, match="not held by this task"):
+                await other
+
+    asyncio.run(main())
+    lock = share.lock("stock")
+    assert lock.acquire(timeout=10)  # released once, by its holder
+    lock.release()

@@ -404,7 +404,9 @@ class ShareLock:
     async def __aexit__(self, *exc_info) -> None:
         import asyncio
 
-        token = self._task_tokens.pop(asyncio.current_task())
+        token = self._task_tokens.pop(asyncio.current_task(), None)
+        if token is None:
+            raise RuntimeError(f"lock {self._name!r} is not held by this task")
         self._link.send(P.RELEASE, (self._name, token))
 
 
