@@ -582,3 +582,26 @@ def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_proc
                 doomed.result(timeout=30)
             assert queued.result(timeout=30) == len(big)  # sent again, in a new segment
         assert leftovers(pool._stem) == []
+
+
+def _open_sockets():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(fd)
+    return found
+
+
+def test_a_worker_that_fails_to_start_leaves_no_socket_open(monkeypatch):
+    import errno
+    import multiprocessing.context
+
+    def cannot_fork(process_obj):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "_Popen", staticmethod(cannot_fork))
+    before = _open_sockets()
+    with pytest.raises(OSError, match="Resource temporarily"):
+        Pool(1, backend="fork")
+    assert _open_sockets() <= before

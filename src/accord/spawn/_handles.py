@@ -152,6 +152,9 @@ class ProcessHandle(WorkerHandle):
         _handing_over.fd = fd
         try:
             self.process.start()
+        except BaseException:
+            self.close()  # no worker: nobody will ever close our end
+            raise
         finally:
             _handing_over.fd = None
             _release_worker_end(fd, child.close)
