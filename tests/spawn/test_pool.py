@@ -555,8 +555,11 @@ def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backen
         wait_for(share, "started", 1)  # on the worker whose initializer passed
         fds = [slot.handle.fd for slot in pool._slots]
         with pool._lock:  # the dispatcher waits while both workers write
+            # Once it has read this wake-up it blocks on the lock before its
+            # next select().  (Not sys._current_frames(): from 3.12 it reads
+            # the threads of interpreters that run under their own GIL.)
             pool._wake()
-            _until(lambda: _in_function(pool._thread, "_end_overdue"))
+            _until(lambda: not _readable(pool._wake_r.fileno()))
             share.fail = True
             _until(lambda: any(_readable(fd) for fd in fds))
             share.open = True
