@@ -59,15 +59,18 @@ def _release_worker_end(fd: int, close) -> None:
 
 
 def _close_parent_ends() -> None:
-    keep = getattr(_handing_over, "fd", None)
-    ends = [*_parent_ends.items(), *((fd, e) for fd, e in _worker_ends.items() if fd != keep)]
-    for fd, end in ends:
+    for end in _parent_ends.values():
         # detach(): the child's copy of the socket object must not close the
         # descriptor number again later, when it may name something else.
-        # (A worker's end may be detached already: closed by its number.)
-        end.detach()
-        with contextlib.suppress(OSError):
+        fd = end.detach()
+        if fd >= 0:
             os.close(fd)
+    keep = getattr(_handing_over, "fd", None)
+    for fd, end in _worker_ends.items():
+        if fd != keep:
+            end.detach()  # a process's end is detached already (its Connection owns it)
+            with contextlib.suppress(OSError):
+                os.close(fd)
     _parent_ends.clear()
     _worker_ends.clear()
 
