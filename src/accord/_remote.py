@@ -28,8 +28,17 @@ def pack_error(exc: BaseException) -> tuple[bytes, str]:
         data = cloudpickle.dumps(exc)
         pickle.loads(data)  # an exception whose __init__ takes other args fails here
     except Exception:
-        data = cloudpickle.dumps(RemoteError(f"{type(exc).__qualname__}: {exc}"))
+        data = cloudpickle.dumps(RemoteError(f"{type(exc).__qualname__}: {_str(exc)}"))
     return data, tb
+
+
+def _str(exc: BaseException) -> str:
+    # A broken __str__ must not turn one failed call into a dead worker or
+    # coordinator: the error being reported is raised from here otherwise.
+    try:
+        return str(exc)
+    except Exception:
+        return "<str() failed>"
 
 
 def rebuild_error(data: bytes, tb: str, deferred: bool = False) -> BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import pytest
@@ -124,4 +125,50 @@ def test_async_with_lock(share):
     assert share.stock == 1
     lock = share.lock("stock")
     assert lock.acquire(timeout=10)  # the cancelled waiter gave it back
+    lock.release()
+
+
+def test_tasks_waiting_for_a_lock_do_not_starve_its_holder(share):
+    # Each waiting `async with share.lock(...)` used to block a thread of the
+    # loop's default executor: with as many waiters as threads, the holder's
+    # own `await share.aio...` queued behind them and nobody ever went on.
+    share.stock = 0
+
+    async def holder(entered, go):
+        async with share.lock("stock"):
+            entered.set()
+            await go.wait()
+            share.stock = await share.aio.stock + 10
+
+    async def waiter():
+        async with share.lock("stock"):
+            share.stock += 1
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+        entered, go = asyncio.Event(), asyncio.Event()
+        held = asyncio.create_task(holder(entered, go))
+        await entered.wait()
+        waiters = [asyncio.create_task(waiter()) for _ in range(3)]
+        await asyncio.sleep(0)  # each waiter asks for the lock
+        go.set()
+        await asyncio.wait_for(asyncio.gather(held, *waiters), 20)
+
+    asyncio.run(main())
+    assert share.stock == 13
+
+
+def test_leaving_a_lock_this_task_does_not_hold_says_so(share):
+    async def main():
+        lock = share.lock("stock")
+        with pytest.raises(RuntimeError, match="not held by this task"):
+            await lock.__aexit__(None, None, None)
+        async with lock:
+            other = asyncio.create_task(lock.__aexit__(None, None, None))
+            with pytest.raises(RuntimeError, match="not held by this task"):
+                await other
+
+    asyncio.run(main())
+    lock = share.lock("stock")
+    assert lock.acquire(timeout=10)  # released once, by its holder
     lock.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -331,3 +332,279 @@ def test_big_arguments_and_results_travel_through_shared_memory(spawn_backend):
     from accord.backends.shm._segment import leftovers
 
     assert leftovers(stem) == []  # every segment was taken and unlinked
+
+
+def _init_after_gate(share):
+    wait_for(share, "open")
+    raise OSError("no GPU here")
+
+
+def test_a_broken_pool_fails_its_futures_though_one_was_cancelled(spawn_backend):
+    # A future cancelled while it waited is already done: failing it raised
+    # InvalidStateError in the dispatcher, which left the others unsettled.
+    with Share() as share:
+        share.open = False
+        pool = Pool(1, backend=spawn_backend, initializer=_init_after_gate, initargs=(share,))
+        futures = [pool.submit(square, i) for i in range(4)]
+        assert futures[3].cancel()  # the worker holds two; the last two wait
+        share.open = True
+        for future in futures[:3]:
+            with pytest.raises(WorkerLost, match="initializer failed"):
+                future.result(timeout=15)
+        assert futures[3].cancelled()
+        pool.shutdown()
+
+
+def test_cancel_futures_spares_a_started_task_waiting_to_run_again(
+    spawn_backend, separate_processes
+):
+    # A fail-fast callback: the first error shuts the pool down.  The task the
+    # lost worker held next waits to run elsewhere, but its future already
+    # runs: cancel() cannot cancel it, so it must stay and run, not vanish.
+    pool = Pool(1, backend=spawn_backend)
+    try:
+        doomed = pool.submit(die, "exit")
+        held = pool.submit(square, 2)
+        doomed.add_done_callback(lambda _: pool.shutdown(wait=False, cancel_futures=True))
+        with pytest.raises(WorkerLost):
+            doomed.result(timeout=30)
+        assert held.result(timeout=15) == 4
+    finally:
+        pool.shutdown()
+
+
+def record(share):
+    share.runs += 1
+    return share.runs
+
+
+def _in_function(thread, name):
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
+    spawn_backend, separate_processes
+):
+    # The worker answers just past the deadline, while the dispatcher is about
+    # to end it, and starts the task it held next: the answer must count and
+    # the next task (already run) must not run a second time elsewhere.
+    with Share() as share:
+        share.started, share.open, share.runs = 0, False, 0
+        with Pool(1, backend=spawn_backend) as pool:
+            first = pool.submit(gated, share, "done", timeout=0.5)
+            second = pool.submit(record, share)
+            wait_for(share, "started", 1)
+            with pool._lock:  # the dispatcher stops on its way to end the worker
+                deadline = pool._slots[0].head_since + 0.5
+                end = time.monotonic() + 30
+                while not (
+                    _in_function(pool._thread, "_end_overdue") and time.monotonic() > deadline
+                ):
+                    assert time.monotonic() < end, "the dispatcher never looked at the deadline"
+                    time.sleep(0.0005)
+                share.open = True
+                wait_for(share, "runs", 1)
+            assert first.result(timeout=15) == "done"
+            with contextlib.suppress(WorkerLost):  # killed between its run and its answer
+                assert second.result(timeout=15) == 1
+        assert share.runs == 1
+
+
+class Unsendable(Exception):
+    """Does not survive pickling (its __init__ takes other arguments), and has
+    a __str__ that fails."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+def raise_unsendable():
+    raise Unsendable(1, 2)
+
+
+def test_an_error_that_neither_pickles_nor_prints_comes_back(spawn_backend):
+    from accord._remote import RemoteError
+
+    with Pool(1, backend=spawn_backend) as pool:
+        before = pool.submit(whoami).result(timeout=30)
+        with pytest.raises(RemoteError, match=r"Unsendable: <str\(\) failed>"):
+            pool.submit(raise_unsendable).result(timeout=30)
+        assert pool.submit(whoami).result(timeout=30) == before  # the worker lives on
+
+
+def test_a_child_forked_meanwhile_does_not_keep_a_dead_workers_socket_open(monkeypatch):
+    # Another thread forks (another pool's worker, or any fork) while the pool
+    # starts a worker: that child must not inherit the worker's end of its
+    # socket, or the pool would never see the worker die.
+    import multiprocessing.context
+
+    ready, go = threading.Event(), threading.Event()
+    armed = []  # the thread whose next start waits for the bystander's
+    popen = multiprocessing.context.ForkProcess._Popen
+
+    def paused_popen(process_obj):
+        if armed and threading.current_thread() is armed[0]:
+            armed.clear()
+            ready.set()
+            go.wait(30)
+        return popen(process_obj)
+
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "_Popen", staticmethod(paused_popen))
+    release_r, release_w = os.pipe()
+    bystander = None
+    try:
+        with Pool(1, backend="fork") as pool:
+            pool.submit(square, 1).result(timeout=30)
+            armed.append(pool._thread)  # the dispatcher starts the replacement
+            first = pool.submit(die, "sigkill")
+            assert ready.wait(30)
+            bystander = multiprocessing.get_context("fork").Process(
+                target=os.read, args=(release_r, 1)
+            )
+            bystander.start()
+            go.set()
+            with pytest.raises(WorkerLost):
+                first.result(timeout=30)
+            second = pool.submit(die, "sigkill")  # on the replacement
+            with pytest.raises(WorkerLost):
+                second.result(timeout=10)
+    finally:
+        armed.clear()
+        go.set()
+        os.write(release_w, b"x")
+        if bystander is not None:
+            bystander.join(10)
+        os.close(release_r)
+        os.close(release_w)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_cannot_be_replaced_breaks_the_pool_rather_than_hang(
+    spawn_backend, separate_processes, monkeypatch
+):
+    import errno
+
+    from accord.spawn import _handles
+
+    pool = Pool(1, backend=spawn_backend)
+    try:
+        pool.submit(square, 1).result(timeout=30)
+
+        def cannot_start(*args):
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(_handles, "start", cannot_start)
+        doomed = pool.submit(die, "sigkill")
+        queued = [pool.submit(square, 2) for _ in range(3)]  # one held next, two waiting
+        with pytest.raises(WorkerLost, match="while running die"):
+            doomed.result(timeout=30)
+        for future in queued:
+            with pytest.raises(concurrent.futures.BrokenExecutor, match="Resource temporarily"):
+                future.result(timeout=30)
+        with pytest.raises(concurrent.futures.BrokenExecutor):
+            pool.submit(square, 3)
+    finally:
+        pool.shutdown()
+
+
+def _init_second_fails(share):
+    with share.lock("inits"):
+        share.inits += 1
+        mine = share.inits
+    if mine == 2:
+        wait_for(share, "fail")
+        raise OSError("no GPU here")
+
+
+def _readable(fd):
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _until(predicate, deadline_s=30.0):
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < end, "the condition the test waits for never came"
+        time.sleep(0.0005)
+
+
+def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backend, monkeypatch):
+    # One worker's initializer fails (the pool breaks and fails every task)
+    # and, in the same wake-up of the dispatcher, another worker answers a
+    # task of the broken pool: that answer must be dropped, not crash the
+    # dispatcher on a task it no longer holds.
+    crashes = []
+    hook = threading.excepthook
+    monkeypatch.setattr(
+        threading, "excepthook", lambda args: crashes.append(args.exc_value) or hook(args)
+    )
+    with Share() as share:
+        share.inits, share.fail, share.started, share.open = 0, False, 0, False
+        pool = Pool(2, backend=spawn_backend, initializer=_init_second_fails, initargs=(share,))
+        futures = [pool.submit(gated, share, i) for i in range(2)]  # one per worker
+        wait_for(share, "started", 1)  # on the worker whose initializer passed
+        fds = [slot.handle.fd for slot in pool._slots]
+        with pool._lock:  # the dispatcher waits while both workers write
+            # Once it has read this wake-up it blocks on the lock before its
+            # next select().  (Not sys._current_frames(): from 3.12 it reads
+            # the threads of interpreters that run under their own GIL.)
+            pool._wake()
+            _until(lambda: not _readable(pool._wake_r.fileno()))
+            share.fail = True
+            _until(lambda: any(_readable(fd) for fd in fds))
+            share.open = True
+            _until(lambda: all(_readable(fd) for fd in fds))
+        for future in futures:
+            with pytest.raises(WorkerLost, match="initializer failed"):
+                future.result(timeout=30)
+        pool.shutdown()
+    assert crashes == []
+
+
+def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_processes):
+    # Not only at shutdown: a long-lived pool whose workers die would fill
+    # /dev/shm with the big tasks they never took.
+    from accord.backends.shm._segment import leftovers
+
+    big = b"x" * 200_000
+    with Pool(1, backend=spawn_backend) as pool:
+        for _ in range(2):
+            doomed = pool.submit(die, "sigkill")
+            queued = pool.submit(len, big)  # its segment waits, untaken, for the dead worker
+            with pytest.raises(WorkerLost):
+                doomed.result(timeout=30)
+            assert queued.result(timeout=30) == len(big)  # sent again, in a new segment
+        assert leftovers(pool._stem) == []
+
+
+def _open_sockets():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(fd)
+    return found
+
+
+def test_a_worker_that_fails_to_start_leaves_no_socket_open(monkeypatch):
+    import errno
+    import multiprocessing.context
+
+    def cannot_fork(process_obj):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "_Popen", staticmethod(cannot_fork))
+    before = _open_sockets()
+    with pytest.raises(OSError, match="Resource temporarily"):
+        Pool(1, backend="fork")
+    assert _open_sockets() <= before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -437,20 +438,31 @@ class ShareLock:
         self.release()
 
     async def __aenter__(self) -> ShareLock:
-        """``async with share.lock(name)``: waits in a worker thread, not in the loop.
+        """``async with share.lock(name)``: waits on a thread of its own, not in the loop.
 
         Held on behalf of the asyncio task that entered it."""
         import asyncio  # here: most programs never need it, and it is slow to import
 
         token = secrets.randbits(63)
-        request = asyncio.get_running_loop().run_in_executor(
-            None, self._link.request, P.ACQUIRE, (self._name, token, None)
-        )
+        # On a thread of its own, not in the loop's executor: a wait for a
+        # lock has no bound, and waiters filling the executor's few threads
+        # would starve the holder's own `await share.aio...` (a deadlock).
+        granted = concurrent.futures.Future()
+        threading.Thread(
+            target=_run_into,
+            args=(granted, self._link.request, P.ACQUIRE, (self._name, token, None)),
+            name="accord-lock-wait",
+            daemon=True,
+        ).start()
+        request = asyncio.wrap_future(granted)
         try:
             await asyncio.shield(request)
         except asyncio.CancelledError:
-            # Granted after all, to a task that left: give it back then.
-            request.add_done_callback(lambda _: self._link.send(P.RELEASE, (self._name, token)))
+            # Granted after all, to a task that left: give it back then (from
+            # the waiting thread: the loop may be closed by then).
+            granted.add_done_callback(
+                lambda f: f.exception() or self._link.send(P.RELEASE, (self._name, token))
+            )
             raise
         self._task_tokens[asyncio.current_task()] = token
         return self
@@ -458,8 +470,18 @@ class ShareLock:
     async def __aexit__(self, *exc_info) -> None:
         import asyncio
 
-        token = self._task_tokens.pop(asyncio.current_task())
+        token = self._task_tokens.pop(asyncio.current_task(), None)
+        if token is None:
+            raise RuntimeError(f"lock {self._name!r} is not held by this task")
         self._link.send(P.RELEASE, (self._name, token))
+
+
+def _run_into(future: concurrent.futures.Future, fn, *args) -> None:
+    """``fn(*args)``, its result or error put into `future`."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def _is_own_proxy(share: Share, name: str, value) -> bool:

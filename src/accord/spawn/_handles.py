@@ -30,6 +30,33 @@ BACKENDS = ("forkserver", "spawn", "fork", "subinterpreter")
 # open and that worker would never see the end of its stream.
 _parent_ends: dict[int, socket.socket] = {}
 
+# The workers' ends while this process holds them: a worker process's until
+# it has started, a sub-interpreter's for its whole life.  A child that
+# another thread forks meanwhile (another pool's worker, any fork) closes
+# them too, or the pool would never see that worker die.  The child a
+# thread forks to be a worker keeps its own (`_handing_over`).
+_worker_ends: dict[int, socket.socket] = {}
+_handing_over = threading.local()
+# Making a pair and recording its ends is one step for fork(): a child forked
+# in between would inherit ends it does not know to close.
+_fork_lock = threading.Lock()
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A socketpair (ours, the worker's) whose ends no forked child keeps."""
+    with _fork_lock:
+        ours, theirs = socket.socketpair()
+        _parent_ends[ours.fileno()] = ours
+        _worker_ends[theirs.fileno()] = theirs
+    return ours, theirs
+
+
+def _release_worker_end(fd: int, close) -> None:
+    """Forget the worker's end `fd` and `close()` it, with no fork in between."""
+    with _fork_lock:
+        _worker_ends.pop(fd, None)
+        close()
+
 
 def _close_parent_ends() -> None:
     for end in _parent_ends.values():
@@ -38,10 +65,21 @@ def _close_parent_ends() -> None:
         fd = end.detach()
         if fd >= 0:
             os.close(fd)
+    keep = getattr(_handing_over, "fd", None)
+    for fd, end in _worker_ends.items():
+        if fd != keep:
+            end.detach()  # a process's end is detached already (its Connection owns it)
+            with contextlib.suppress(OSError):
+                os.close(fd)
     _parent_ends.clear()
+    _worker_ends.clear()
 
 
-os.register_at_fork(after_in_child=_close_parent_ends)
+os.register_at_fork(
+    before=_fork_lock.acquire,
+    after_in_parent=_fork_lock.release,
+    after_in_child=lambda: (_fork_lock.release(), _close_parent_ends()),
+)
 
 
 def default_backend() -> str:
@@ -83,17 +121,21 @@ class WorkerHandle:
         """Wait up to `timeout` for the worker to end; say how it ended."""
         raise NotImplementedError
 
+    def ended(self) -> bool:
+        """Whether the worker has ended (it touches nothing any more)."""
+        raise NotImplementedError
+
     def _register(self, end: socket.socket) -> None:
         self._end = end
         self.fd = end.fileno()
         end.setblocking(False)
-        _parent_ends[self.fd] = end
 
     def close(self) -> None:
         """Close the pool's end: the worker sees the end of its stream and stops."""
-        if self._end.fileno() >= 0:
-            _parent_ends.pop(self.fd, None)
-            self._end.close()
+        with _fork_lock:
+            if self._end.fileno() >= 0:
+                _parent_ends.pop(self.fd, None)
+                self._end.close()
 
 
 class ProcessHandle(WorkerHandle):
@@ -101,22 +143,33 @@ class ProcessHandle(WorkerHandle):
 
     def __init__(self, method: str, initializer: bytes | None, stem: str) -> None:
         ctx = multiprocessing.get_context(method)
-        ours, theirs = socket.socketpair()
+        ours, theirs = _pair()
         self._register(ours)
-        child = multiprocessing.connection.Connection(theirs.detach())
+        fd = theirs.detach()
+        child = multiprocessing.connection.Connection(fd)
         # Not a daemon: a task may start processes of its own.  The pool
         # closes its workers at exit (see _pool._close_at_exit).
         self.process = ctx.Process(
             target=serve_process, args=(child, initializer, stem), name="accord-worker"
         )
-        self.process.start()
-        child.close()
+        _handing_over.fd = fd
+        try:
+            self.process.start()
+        except BaseException:
+            self.close()  # no worker: nobody will ever close our end
+            raise
+        finally:
+            _handing_over.fd = None
+            _release_worker_end(fd, child.close)
         self.ident = f"process {self.process.pid} ({method})"
 
     def kill(self) -> None:
         if self.process.exitcode is None:
             with contextlib.suppress(OSError, ValueError):  # already gone
                 self.process.kill()
+
+    def ended(self) -> bool:
+        return self.process.exitcode is not None
 
     def reap(self, timeout: float) -> str:
         self.process.join(timeout)
@@ -142,7 +195,7 @@ class InterpreterHandle(WorkerHandle):
     """
 
     def __init__(self, initializer: bytes | None, stem: str) -> None:
-        ours, theirs = socket.socketpair()
+        ours, theirs = _pair()
         self._register(ours)
         self._theirs = theirs
         self.failure: str | None = None
@@ -168,7 +221,7 @@ class InterpreterHandle(WorkerHandle):
         except Exception as exc:
             self.failure = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         finally:
-            self._theirs.close()
+            _release_worker_end(self._theirs.fileno(), self._theirs.close)
 
     def kill(self) -> None:
         self.close()
@@ -186,6 +239,9 @@ class InterpreterHandle(WorkerHandle):
                 file=sys.stderr,
             )
             self._thread.join()
+
+    def ended(self) -> bool:
+        return not self._thread.is_alive()
 
     def reap(self, timeout: float) -> str:
         self._thread.join(timeout)

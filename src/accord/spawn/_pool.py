@@ -83,13 +83,15 @@ class _Task:
 class _Slot:
     """A worker and the tasks it holds, in the order it runs them."""
 
-    def __init__(self, handle: _handles.WorkerHandle) -> None:
+    def __init__(self, handle: _handles.WorkerHandle, stem: str) -> None:
         self.handle = handle
+        self.stem = stem  # names of the segments of big frames to and from it
         self.reader = FrameReader(handle.fd)
         self.tasks: collections.deque[_Task] = collections.deque()
         self.head_since = time.monotonic()
         self.outbox = bytearray()
         self.watching_writes = False
+        self.overdue: _Task | None = None  # the task whose timeout ended this worker
 
 
 class Pool(concurrent.futures.Executor):
@@ -108,7 +110,11 @@ class Pool(concurrent.futures.Executor):
       `WorkerLost` and is replaced; tasks it held but had not started run
       elsewhere;
     - a task that runs past ``timeout=`` fails with `TaskTimeout`; its worker
-      is ended (a process is killed) and replaced.
+      is ended (a process is killed) and replaced; a result that arrives as
+      it is ended counts, and a task it had started next is lost
+      (`WorkerLost`, or retried), never run twice;
+    - if the pool cannot go on (a worker cannot be replaced), every
+      unfinished future fails with `concurrent.futures.BrokenExecutor`.
 
     ``backend`` picks how workers start: ``"forkserver"`` (the default on
     Linux), ``"spawn"``, ``"fork"`` or ``"subinterpreter"`` (one process,
@@ -148,13 +154,15 @@ class Pool(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
+        self._worker_ids = itertools.count(1)
         self._shutdown = False
         self._broken: BaseException | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        for end in (self._wake_r, self._wake_w):
-            end.setblocking(False)
-            _handles._parent_ends[end.fileno()] = end
+        with _handles._fork_lock:  # see _handles._pair
+            self._wake_r, self._wake_w = socket.socketpair()
+            for end in (self._wake_r, self._wake_w):
+                end.setblocking(False)
+                _handles._parent_ends[end.fileno()] = end
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._slots: list[_Slot] = []
         self._dismissed: list[_handles.WorkerHandle] = []
@@ -251,8 +259,13 @@ class Pool(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             if cancel_futures:
-                cancelled = list(self._pending)
+                # A retry, or a task a lost worker held next, has started: its
+                # future cannot be cancelled, so it stays and runs (or it would
+                # never settle).
+                cancelled = [t for t in self._pending if not t.future.running()]
+                started = [t for t in self._pending if t.future.running()]
                 self._pending.clear()
+                self._pending.extend(started)
             self._wake()
         for task in cancelled:
             task.future.cancel()
@@ -279,14 +292,36 @@ class Pool(concurrent.futures.Executor):
                     self._dispatch_pending()
                     if self._shutdown and not self._pending and not self._busy():
                         break
+        except BaseException as exc:
+            # E.g. no new worker could start (fork failed): fail every task
+            # rather than leave its future waiting for a dispatcher that is gone.
+            self._fail_all(concurrent.futures.BrokenExecutor(f"the pool stopped: {exc!r}"))
+            raise
         finally:
             self._close_workers()
 
-    def _on_readable(self, slot: _Slot) -> None:
-        frames, ended = slot.reader.read()
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = error
+            self._shutdown = True
+            doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
+            self._pending.clear()
+            for s in self._slots:
+                s.tasks.clear()
+        for task in doomed:
+            if not task.future.done():
+                task.future.set_exception(self._broken)
+
+    def _on_readable(self, slot: _Slot, final: bool = False) -> None:
+        """Settle the tasks `slot` answered; handle its end.  `final`: the
+        worker is dead, read everything it sent and treat that as its end."""
+        frames, ended = slot.reader.read(final)
         settle, lost, doomed = [], None, []
         with self._lock:
             for reply in frames:
+                if self._broken is not None:
+                    break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
@@ -298,12 +333,27 @@ class Pool(concurrent.futures.Executor):
             if ended and slot in self._slots:
                 lost = self._remove(slot)
         for task in doomed:
-            task.future.set_exception(self._broken)
+            if not task.future.cancelled():  # cancelled while it waited: already done
+                task.future.set_exception(self._broken)
         for task, kind, payload in settle:
             self._settle(task, kind, payload)
-        if lost is not None:
-            reason = lost.handle.reap(_REAP_S)
+        if lost is None:
+            return
+        reason = lost.handle.reap(_REAP_S)
+        if lost.handle.ended():  # big frames it never took (or sent, in vain)
+            for name in _segment.leftovers(lost.stem):
+                _segment.unlink(name)
+        overdue = lost.overdue
+        if overdue is None:
             self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+        elif lost.tasks and lost.tasks[0] is overdue:
+            self._fail_head(lost, TaskTimeout, _timed_out(overdue))
+        else:  # it answered the overdue task after all, then started the next one
+            self._fail_head(
+                lost,
+                WorkerLost,
+                f"worker {lost.handle.ident} was ended as {overdue.what} ran past its timeout",
+            )
 
     def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
         try:
@@ -335,45 +385,54 @@ class Pool(concurrent.futures.Executor):
         held = list(slot.tasks)
         with self._lock:
             self._pending.extendleft(reversed(held[1:]))
-            if self._broken is None and (not self._shutdown or self._pending or held):
-                self._add_worker()
-            self._dispatch_pending()
-        if held:
+        if held:  # before the worker is replaced, which may fail
             head = held[0]
             if error_type is WorkerLost:
                 message = f"{why} while running {head.what}; it was replaced"
             else:
                 message = why.format(what=head.what)
             self._retry_or_fail(head, error_type(message))
+        with self._lock:
+            if self._broken is None and (not self._shutdown or self._pending or held):
+                self._add_worker()
+            self._dispatch_pending()
 
     def _end_overdue(self) -> None:
-        now = time.monotonic()
-        for slot in list(self._slots):
-            head = slot.tasks[0] if slot.tasks else None
-            if head is None or head.timeout is None:
+        with self._lock:  # submitting threads add to the slots' tasks
+            now = time.monotonic()
+            overdue = [s for s in self._slots if (d := self._deadline(s)) is not None and now >= d]
+        for slot in overdue:
+            head = slot.tasks[0]
+            if isinstance(slot.handle, _handles.ProcessHandle):
+                # Killed, then read to the end: it may have answered the task
+                # since select() returned, and started the next one.  That
+                # answer counts, and the next task, begun on a worker that is
+                # now dead, is lost rather than handed out again (it would run
+                # twice).
+                slot.overdue = head
+                slot.handle.kill()
+                slot.handle.reap(_REAP_S)  # dead: all it sent is in the socket now
+                self._on_readable(slot, final=True)
                 continue
-            if now < slot.head_since + head.timeout + self._grace:
+            # A sub-interpreter cannot be killed, only dismissed: first take an
+            # answer that has just arrived (the worker then is not overdue).
+            self._on_readable(slot)
+            if slot not in self._slots or not slot.tasks or slot.tasks[0] is not head:
                 continue
             with self._lock:
                 self._remove(slot)
-            slot.handle.kill()
-            if isinstance(slot.handle, _handles.ProcessHandle):
-                slot.handle.reap(_REAP_S)
-            else:  # still running its task: wait for it at shutdown
-                self._dismissed.append(slot.handle)
-            self._fail_head(
-                slot,
-                TaskTimeout,
-                f"{{what}} ran longer than its timeout of {head.timeout:g} s; "
-                "its worker was ended and replaced",
-            )
+            self._dismissed.append(slot.handle)  # still running its task: wait for it at shutdown
+            self._fail_head(slot, TaskTimeout, _timed_out(head))
+
+    def _deadline(self, slot: _Slot) -> float | None:
+        """When `slot`'s running task is overdue (None: it has no timeout)."""
+        head = slot.tasks[0] if slot.tasks else None
+        if head is None or head.timeout is None:
+            return None
+        return slot.head_since + head.timeout + self._grace
 
     def _time_to_next_deadline(self) -> float | None:
-        deadlines = [
-            slot.head_since + slot.tasks[0].timeout + self._grace
-            for slot in self._slots
-            if slot.tasks and slot.tasks[0].timeout is not None
-        ]
+        deadlines = [d for slot in self._slots if (d := self._deadline(slot)) is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -392,7 +451,7 @@ class Pool(concurrent.futures.Executor):
             if not slot.tasks:
                 slot.head_since = time.monotonic()
             slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload), self._stem))
+            self._send(slot, frame(_worker.encode_task(task.id, task.payload), slot.stem))
         return True
 
     def _send(self, slot: _Slot, data: bytes) -> None:
@@ -420,7 +479,10 @@ class Pool(concurrent.futures.Executor):
             slot.watching_writes = want
 
     def _add_worker(self) -> None:
-        slot = _Slot(_handles.start(self.backend, self._initializer, self._stem))
+        # Each worker's segments have a name of their own under the pool's
+        # stem: those a dead worker never took can go with it.
+        stem = f"{self._stem}w{next(self._worker_ids)}-"
+        slot = _Slot(_handles.start(self.backend, self._initializer, stem), stem)
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
         self._slots.append(slot)
 
@@ -497,9 +559,10 @@ class Pool(concurrent.futures.Executor):
             handle.wait_for_task()
         for name in _segment.leftovers(self._stem):  # big frames no one took
             _segment.unlink(name)
-        for end in (self._wake_r, self._wake_w):
-            _handles._parent_ends.pop(end.fileno(), None)
-            end.close()
+        with _handles._fork_lock:
+            for end in (self._wake_r, self._wake_w):
+                _handles._parent_ends.pop(end.fileno(), None)
+                end.close()
         self._selector.close()
         _live_pools.discard(self)
 
@@ -523,6 +586,14 @@ def _cannot_send(fn, args, exc: Exception) -> TypeError:
         f"cannot send {_describe(fn, args)} to a worker: {exc}. Tasks, their arguments "
         "and results must pickle; create resources such as locks, files and "
         "connections inside the task"
+    )
+
+
+def _timed_out(task: _Task) -> str:
+    """`_fail_head`'s message for a task past its timeout."""
+    return (
+        f"{{what}} ran longer than its timeout of {task.timeout:g} s; "
+        "its worker was ended and replaced"
     )
 
 

@@ -99,17 +99,25 @@ class FrameReader:
         self.fd = fd
         self._buffer = bytearray()
 
-    def read(self) -> tuple[list[bytes], bool]:
-        """(complete frames now readable, whether the stream has ended)."""
+    def read(self, final: bool = False) -> tuple[list[bytes], bool]:
+        """(complete frames now readable, whether the stream has ended).
+
+        `final`: the writer is known to be dead (a killed worker), so what it
+        sent is all here: read all of it and report the end of the stream,
+        whether or not the end itself shows yet.
+        """
         ended = False
-        try:
-            chunk = os.read(self.fd, 1 << 16)
-            ended = not chunk
-            self._buffer += chunk
-        except BlockingIOError:
-            pass
-        except OSError:  # reset: the worker is gone
-            ended = True
+        while not ended:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+                ended = not chunk
+                self._buffer += chunk
+            except BlockingIOError:
+                ended = final
+            except OSError:  # reset: the worker is gone
+                ended = True
+            if not final:
+                break
         frames = []
         buffer = self._buffer
         start = 0
