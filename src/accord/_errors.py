@@ -1,4 +1,11 @@
-"""The exceptions accord raises.  All derive from `AccordError`."""
+"""Everything accord raises for a caller to catch; all derive from `AccordError`.
+
+Each class is named for what happened, so callers catch a type rather than
+match a message.  Every one is exported from `accord` and reports
+``__module__ == "accord"`` (tracebacks and pickles name the public path).
+Exceptions that only steer accord's own control flow are private to the
+modules that raise them.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +45,11 @@ class CoordinatorLost(AccordError):
     """
 
 
-class ShareClosed(CoordinatorLost):
+class ShareClosed(AccordError):
     """The share was closed with `close()`; it cannot be used any more.
+
+    Not a `CoordinatorLost`: a deliberate close is not a failure that
+    `Share.restart()` could repair.
 
     >>> from accord import Share, ShareClosed
     >>> share = Share()
@@ -50,6 +60,109 @@ class ShareClosed(CoordinatorLost):
     ... except ShareClosed:
     ...     print("closed")
     closed
+    """
+
+
+class ShareNotFound(AccordError, LookupError):
+    """No share of that name is running (never created, closed, or expired).
+
+    >>> from accord import Share, ShareNotFound
+    >>> try:
+    ...     Share.connect("no-such-share")
+    ... except ShareNotFound as exc:
+    ...     print(exc)
+    no share named 'no-such-share' is running for this user
+    """
+
+
+class ShareExists(AccordError):
+    """A share of that name is already running: attach to it or choose another name."""
+
+
+class CoordinatorStartFailed(AccordError):
+    """A new coordinator process did not start (it failed, or not in time).
+
+    The message carries what the coordinator reported.
+    """
+
+
+class RestartRefused(AccordError):
+    """`Share.restart()` cannot apply here.
+
+    Only the process that created a share can restart it, only once its
+    coordinator has died, and not for the memory backend (whose coordinator
+    is a thread of the creating process).
+    """
+
+
+class UsedFromOwnCoordinator(AccordError, RuntimeError):
+    """A share was used by code running on its own coordinator.
+
+    A shared object's method or an `apply()` function runs on the
+    coordinator; using the same share from there would wait for itself.
+    """
+
+
+class ShareNotPortable(AccordError):
+    """A memory-backend share was handed to another process.
+
+    The memory backend lives in the threads of one process; create the share
+    with ``Share(backend="shm")`` (or a redis URL) to hand it to processes.
+    """
+
+
+class UnsafeRuntimeDir(AccordError, PermissionError):
+    """accord's private directory for sockets and keys is not owned by this user.
+
+    Remove it and retry; accord recreates it with mode 0700.
+    """
+
+
+class AuthenticationError(AccordError):
+    """The other end of a connection does not hold the share's key."""
+
+
+class KeyRequired(AccordError, ValueError):
+    """Attaching to a share needs its key: pass ``key=...`` or set $ACCORD_KEY."""
+
+
+class TamperedPayload(AccordError):
+    """A payload read from a network backend was not signed with the share's key.
+
+    Nothing in it was unpickled.  Also raised when attaching with a key other
+    than the one the share was created with.
+    """
+
+
+class BackendUnavailable(AccordError, ConnectionError):
+    """The backend (Redis) could not be reached within the share's timeout.
+
+    The share resumes by itself once the backend is back: retry the operation.
+    """
+
+
+class BackendRefused(AccordError, PermissionError):
+    """The backend refused accord's credentials or lacks a permission it needs.
+
+    The message says which, and what to grant.
+    """
+
+
+class RemoteError(AccordError):
+    """An exception on the coordinator (or in a worker) that could not be sent back as itself.
+
+    The message carries its type and text; its traceback is attached as the
+    ``__cause__`` (a `RemoteTraceback`).
+    """
+
+
+class AugmentedAssignmentUnsupported(AccordError, RuntimeError):
+    """``share.x += 1`` cannot be made atomic on the running Python.
+
+    accord recognises augmented assignments from CPython's bytecode; on an
+    interpreter whose bytecode it does not recognise, such a statement raises
+    this instead of silently becoming a read and then a write.  Use
+    ``share.apply(name, fn)`` or ``share.lock(name)``.
     """
 
 
@@ -126,3 +239,10 @@ class TaskTimeout(AccordError, TimeoutError):
     ...         print(exc)
     sleep(30) ran longer than its timeout of 0.2 s; its worker was ended and replaced
     """
+
+
+# Tracebacks, reprs and pickles name the public path, as the user imports it.
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, BaseException):
+        _cls.__module__ = "accord"
+del _cls

@@ -14,6 +14,7 @@ the owner closes the share or dies.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import pickle
@@ -25,6 +26,7 @@ from collections import deque
 
 import cloudpickle
 
+from .. import _logging
 from .._remote import Unreadable, pack_error
 from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
@@ -36,6 +38,8 @@ from ._values import is_value
 HEARTBEAT_S = 0.1
 STUCK_S = 2.0
 SPIN_S = 0.0002
+
+log = logging.getLogger("accord.share")
 
 
 class _Lock:
@@ -137,10 +141,7 @@ class Coordinator:
                         except Exception:
                             # Only an authenticated peer can send; a garbled
                             # frame means a broken client: cut it off.
-                            print(
-                                "accord: dropping a client that sent a garbled command",
-                                file=sys.stderr,
-                            )
+                            log.warning("dropping a client that sent a garbled command")
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
@@ -176,10 +177,12 @@ class Coordinator:
         for i in range(0, len(waits), 2):
             slot, target = waits[i], waits[i + 1]
             if self.received[slot] < target:
-                print(
-                    f"accord: write flag {slot} stuck for {STUCK_S:.0f} s "
-                    f"({self.received[slot]} < {target}); crediting it",
-                    file=sys.stderr,
+                log.warning(
+                    "write flag %d stuck for %.0f s (%d < %d); crediting it",
+                    slot,
+                    STUCK_S,
+                    self.received[slot],
+                    target,
                 )
                 self.credit(None, (slot,) * (target - self.received[slot]))
 
@@ -237,7 +240,7 @@ class Coordinator:
     def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
         """Send the error of a fire-and-forget command (one until it is read)."""
         if peer.id in self.error_sent or peer.id in self.departed:
-            print(f"accord: error in a fire-and-forget command:\n{error[1]}", file=sys.stderr)
+            log.error("error in a fire-and-forget command:\n%s", error[1])
             return
         self.error_sent.add(peer.id)
         self.server.send(peer, cloudpickle.dumps((0, P.ERROR, *error), 5))
@@ -251,7 +254,7 @@ class Coordinator:
             try:
                 data = dumps(value)
             except Exception as exc:
-                print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot commit share.%s: %r", name, exc)
                 data = dumps(
                     Unreadable(
                         f"share.{name} can no longer be serialized ({type(exc).__name__}: "
@@ -287,7 +290,7 @@ class Coordinator:
             try:
                 self.mirror[name] = pickle.loads(data)
             except Exception as exc:
-                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot restore share.%s: %r", name, exc)
                 continue
             self.commit(name)
 
@@ -330,9 +333,6 @@ class Coordinator:
             obj = getattr(obj, key) if path[i] == P.ATTR else obj[key]
         return obj
 
-    def get_place(self, place: tuple):
-        return self.resolve(place)
-
     def set_place(self, place: tuple, value) -> None:
         if len(place) == 1:
             self.mirror[place[0]] = value
@@ -364,7 +364,7 @@ class Coordinator:
         place, op, operand = message[4:7]
         if op not in P.INPLACE:
             raise ValueError(f"unknown in-place operator {op!r}")
-        current = self.get_place(place)
+        current = self.resolve(place)
         self.set_place(place, getattr(operator, op)(current, unpack(operand)))
 
     def op_call(self, peer, message):
@@ -467,7 +467,7 @@ class OrderedCoordinator(Coordinator):
             if waits and not self.satisfied(waits):
                 # Cannot happen while flags and commands move together;
                 # never hang on it: credit what is missing and say so.
-                print(f"accord: unmet waits {waits}; crediting them", file=sys.stderr)
+                log.warning("unmet waits %s; crediting them", waits)
                 for i in range(0, len(waits), 2):
                     missing = waits[i + 1] - self.received[waits[i]]
                     if missing > 0:
@@ -496,6 +496,7 @@ def _stop(signum, frame):
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     signal.signal(signal.SIGTERM, _stop)
+    _logging.to_stderr()
     config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
     _shm_client.coordinating = config["stem"]

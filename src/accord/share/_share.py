@@ -14,7 +14,13 @@ import sys
 import threading
 import weakref
 
-from .._errors import AccordError, CoordinatorLost
+from .._errors import (
+    AccordError,
+    CoordinatorStartFailed,
+    RestartRefused,
+    ShareExists,
+    ShareNotFound,
+)
 from ..backends.shm import _transport
 from ..backends.shm._client import (
     ShareInfo,
@@ -186,7 +192,7 @@ class Share:
             raise ValueError(f"invalid share name {name!r}")
         info = load_record(name)
         if info is None:
-            raise AccordError(f"no share named {name!r} is running for this user")
+            raise ShareNotFound(f"no share named {name!r} is running for this user")
         share = cls._attach(info)
         share._link.client.check_alive()
         return share
@@ -350,7 +356,7 @@ class Share:
         working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
-            raise AccordError("only the process that created a share can restart it")
+            raise RestartRefused("only the process that created a share can restart it")
         link = self._link
         client = link.info.client()
         process = client.owner_process
@@ -360,12 +366,12 @@ class Share:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=2.0)
         if process is not None and process.poll() is None:
-            raise AccordError(
+            raise RestartRefused(
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
         if link.info.backend == "memory":
-            raise AccordError("a memory share cannot be restarted: its coordinator is a thread")
+            raise RestartRefused("a memory share cannot be restarted: its coordinator is a thread")
         if link.info.backend == "redis":
             # Nothing to salvage: the committed state and every command after
             # it are in Redis; the new coordinator continues from there.
@@ -568,7 +574,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         process.kill()
         process.wait()
         undo()
-        raise AccordError(
+        raise CoordinatorStartFailed(
             f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
         )
     return process, line
@@ -594,7 +600,7 @@ def _start_redis(url: str, name: str, key, window: float):
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
-        raise AccordError(f"the coordinator did not start within {timeout} s")
+        raise CoordinatorStartFailed(f"the coordinator did not start within {timeout} s")
     return process.stdout.readline()
 
 
@@ -609,9 +615,9 @@ def _refuse_if_alive(name: str) -> None:
         return  # nobody home: leftovers of a dead share
     try:
         Share.connect(name)
-    except (CoordinatorLost, AccordError, OSError):
+    except (AccordError, OSError):  # lost, closed, refused: not a live share
         return
-    raise AccordError(
+    raise ShareExists(
         f"a share named {name!r} is already running (coordinator pid {pid}); "
         f"attach to it with Share.connect({name!r}) or choose another name"
     )

@@ -9,6 +9,7 @@ and how it ended.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -19,6 +20,8 @@ import threading
 
 from . import _interpreters
 from ._worker import INTERPRETER_BOOT, serve_process
+
+log = logging.getLogger("accord.spawn")
 
 _PATIENCE_S = 5.0
 
@@ -232,11 +235,10 @@ class InterpreterHandle(WorkerHandle):
         An interpreter still running at exit would abort the whole process."""
         self._thread.join(_PATIENCE_S)
         if self._thread.is_alive():
-            print(
-                "accord: waiting for a task that ran past its timeout in a sub-interpreter "
+            log.warning(
+                "waiting for a task that ran past its timeout in a sub-interpreter "
                 "to end (a sub-interpreter cannot be killed; use a process backend for "
-                "tasks that must be stopped)",
-                file=sys.stderr,
+                "tasks that must be stopped)"
             )
             self._thread.join()
 

@@ -84,10 +84,6 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
     return engine
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def sqlite_path(engine: Engine) -> Path:
     return Path(engine.url.database or "").resolve()
 

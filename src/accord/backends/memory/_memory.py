@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, ShareNotPortable, UsedFromOwnCoordinator
 from .._replies import Replies, kind_of
 from ..shm._control import SLOTS
 from ..shm._snapshots import MISSING
@@ -65,7 +65,7 @@ class MemoryInfo:
         if client is None:
             raise ShareClosed(f"share {self.name!r} is closed")
         if threading.current_thread() is client.state.thread:
-            raise AccordError(
+            raise UsedFromOwnCoordinator(
                 f"share {self.name!r} cannot be used by code running on its own coordinator "
                 "(a shared object's method or an apply() function): it would wait for itself"
             )
@@ -83,7 +83,7 @@ class MemoryInfo:
 def _find(share_id: int, name: str, pid: int) -> MemoryInfo:
     client = _clients.get(share_id)
     if pid != os.getpid() or client is None:
-        raise AccordError(
+        raise ShareNotPortable(
             f"share {name!r} uses the memory backend: it lives in process {pid} (its "
             "threads) only; create it with Share(backend='shm') to hand it to processes"
         )
@@ -106,7 +106,7 @@ class MemoryClient:
         self.info = info
         self.state = state
         self.cache: dict[str, _Snapshot] = {}
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None
         self.replies = Replies()
         self._send_lock = threading.Lock()

@@ -18,12 +18,23 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import (
+    AccordError,
+    BackendRefused,
+    BackendUnavailable,
+    CoordinatorLost,
+    ShareClosed,
+    ShareExists,
+    ShareNotFound,
+    UsedFromOwnCoordinator,
+)
 from .._replies import Replies, kind_of
 from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
 from ._signing import Signer, TamperedPayload
+
+__all__ = ["BackendUnavailable", "RedisClient", "RedisInfo", "TamperedPayload"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds an operation waits for an unreachable Redis
 DEFAULT_TTL = 3600.0  # seconds an abandoned share's keys live on
@@ -32,13 +43,6 @@ BLOCK_S = 0.2  # one wait for a reply; the lease is checked between waits
 
 monotonic = time.monotonic
 dumps = pickle.dumps
-
-
-class BackendUnavailable(AccordError, ConnectionError):
-    """Redis could not be reached within the share's timeout.
-
-    The share resumes by itself once Redis is back: retry the operation.
-    """
 
 
 class RedisInfo:
@@ -120,7 +124,7 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
         try:
             return fn(*args, **kwargs)
         except redis.exceptions.AuthenticationError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"Redis at {safe_url(info.url)} refused the credentials ({exc}): put the "
                 "user and password in the URL, redis://USER:PASSWORD@host:port/db"
             ) from None
@@ -137,7 +141,7 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
                 ) from None
             time.sleep(0.05)  # pacing retries while the server is down
         except redis.exceptions.NoPermissionError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"{info.where()}: the Redis user lacks a permission accord needs ({exc}); "
                 "it needs read/write on keys accord:{NAME}:* and EVALSHA/EVAL"
             ) from None
@@ -170,7 +174,7 @@ class RedisClient:
         self._fields: dict = {}
         self._specs: dict = {}
         self.owner_process = None
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -361,7 +365,7 @@ def client_for(info: RedisInfo) -> RedisClient:
     """This process's client of the share described by `info`."""
     stem = info.stem
     if stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"{info.where()} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )
@@ -398,7 +402,7 @@ def init_share(info: RedisInfo) -> None:
     keys = Keys(info.name)
     try:
         if call(info, r.exists, keys.lease):
-            raise AccordError(
+            raise ShareExists(
                 f"{info.where()} is already running; attach to it with "
                 f"Share.connect({safe_url(info.url)!r}, name={info.name!r}) or choose another name"
             )
@@ -429,7 +433,7 @@ def check_share(info: RedisInfo) -> None:
     client = client_for(info)
     check = client.call(client.r.hget, client.keys.state, "check")
     if check is None:
-        raise AccordError(f"no {info.where()} exists (never created, closed, or expired)")
+        raise ShareNotFound(f"no {info.where()} exists (never created, closed, or expired)")
     if check != client.signer.check_value():
         forget(info)
         raise TamperedPayload(

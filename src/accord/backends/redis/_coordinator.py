@@ -22,6 +22,7 @@ JSON on stdin, like the shm coordinator), or as a service with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -32,6 +33,8 @@ import traceback
 
 import redis
 
+from ... import _logging
+from ..._errors import ShareExists, ShareNotFound
 from ...share._coordinator import OrderedCoordinator
 from . import _client
 from ._client import RedisInfo, connect_redis
@@ -42,6 +45,8 @@ BEAT_S = 0.1
 LINGER_S = 0.0005
 LINGER_BATCH = 64
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+log = logging.getLogger("accord.backends.redis")
 
 
 class RedisCoordinator(OrderedCoordinator):
@@ -61,7 +66,7 @@ class RedisCoordinator(OrderedCoordinator):
             try:
                 value = pickle.loads(data)
             except Exception as exc:
-                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot restore share.%s: %r", name, exc)
                 lost.append(name)
                 continue
             self.mirror[name] = value
@@ -160,7 +165,7 @@ class RedisCoordinator(OrderedCoordinator):
             self.server.flush()
             self.server.release()
         except Exception as exc:  # Redis gone, or the share taken: nothing to keep
-            print(f"accord: coordinator stopping: {exc!r}", file=sys.stderr)
+            log.error("coordinator stopping: %r", exc)
         self.server.close()
 
 
@@ -195,10 +200,10 @@ def serve(
             break
         if epoch == -2:
             server.close()
-            raise _client.AccordError(f"no {info.where()} exists (closed, or expired)")
+            raise ShareNotFound(f"no {info.where()} exists (closed, or expired)")
         if deadline is not None and time.monotonic() > deadline:
             server.close()
-            raise _client.AccordError(f"another coordinator holds {info.where()}")
+            raise ShareExists(f"another coordinator holds {info.where()}")
         time.sleep(BEAT_S)  # polling the lease of a live coordinator
     coordinator = RedisCoordinator(server, owner_pid, window)
     try:
@@ -216,6 +221,7 @@ def serve(
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     signal.signal(signal.SIGTERM, _stop)
+    _logging.to_stderr()
     config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
     info = RedisInfo(

@@ -8,21 +8,24 @@ replaced can never overwrite its successor's state.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
-import sys
 import threading
 
-from ..._errors import AccordError
 from . import _keys
 from ._client import RedisInfo, call, connect_redis
 from ._keys import Keys
 from ._signing import Signer, TamperedPayload
 
+log = logging.getLogger("accord.backends.redis")
 
-class TakenOver(AccordError):
-    """Another coordinator took the share over (this one was presumed dead)."""
+
+class TakenOver(Exception):
+    """Another coordinator took the share over (this one was presumed dead).
+
+    Private: ends this coordinator's loop; never reaches a user."""
 
 
 class Peer:
@@ -113,11 +116,11 @@ class RedisServer:
                     message = list(message)
                     message[2] = [int(x) for x in waits.split(b",")] if waits else []
                 except TamperedPayload as exc:
-                    print(f"accord: dropped a command: {exc}", file=sys.stderr)
+                    log.warning("dropped a command: %s", exc)
                     out.append((entry_id, 0, None))
                     continue
                 except Exception as exc:  # signed, yet not a command: a broken client
-                    print(f"accord: dropped a garbled command: {exc!r}", file=sys.stderr)
+                    log.warning("dropped a garbled command: %r", exc)
                     out.append((entry_id, 0, None))
                     continue
                 out.append((entry_id, client_id, tuple(message)))

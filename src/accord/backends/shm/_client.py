@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -131,7 +131,7 @@ class ShmClient:
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
 
     # -- the connection --------------------------------------------------------
@@ -149,7 +149,7 @@ class ShmClient:
         self._seq = 0
         return sock
 
-    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
+    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
 
         `undelivered` marks an error raised before the command left this
@@ -343,7 +343,7 @@ coordinating: str | None = None
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     if info.stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"share {info.name!r} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )

@@ -217,10 +217,6 @@ class SnapshotReader:
             return cached
         return None
 
-    def still_current(self, cached: _Cached) -> bool:
-        """Has nothing been committed since `cached` was read?  One load."""
-        return cached.commits == load(self._control, _control.COMMITS)
-
     def kind(self, name: str):
         """(type of the committed object, its kind tuple), or MISSING — from
         the index and the object last read, without unpickling when the
