@@ -81,8 +81,6 @@ class Proxy:
         if is_augmented():
             place = (*path, P.ITEM, key)
             return Augmenting(lambda op, operand: link.augment(place, op, operand))
-        if isinstance(key, slice):
-            return private(link.value(path)[key])
         return link.item(path, key)
 
     def __setitem__(self, key, value) -> None:
