@@ -273,7 +273,9 @@ class Pool(concurrent.futures.Executor):
             chunksize = 1
         total = _known_length(iterables)
         bar = _progress_bar(total) if progress else None
-        mapping = _Mapping(self, blob, fn, zip(*iterables), total, timeout, retries, chunksize, bar)
+        mapping = _Mapping(
+            self, blob, fn, zip(*iterables, strict=False), total, timeout, retries, chunksize, bar
+        )
         try:
             mapping.top_up()  # work starts now, as with Executor.map
         except BaseException:
