@@ -38,6 +38,11 @@ STUCK_S = 2.0
 SPIN_S = 0.0002
 
 
+class Stop(BaseException):
+    """Raised by SIGTERM: the owner stops the coordinator.  The one
+    BaseException a command's error handling lets through."""
+
+
 class _Lock:
     __slots__ = ("owner", "waiters")
 
@@ -134,7 +139,9 @@ class Coordinator:
                     if type(message) is bytes:
                         try:
                             message = queue[0] = pickle.loads(message)
-                        except Exception:
+                        except Stop:
+                            raise
+                        except BaseException:
                             # Only an authenticated peer can send; a garbled
                             # frame means a broken client: cut it off.
                             print(
@@ -192,7 +199,12 @@ class Coordinator:
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
-        except Exception as exc:
+        except Stop:
+            raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit... raised by user
+            # code are that command's error, raised in its caller with their
+            # type: never the end of the coordinator and every object in it.
             result = pack_error(exc)
             status = P.ERROR
         if writes:
@@ -228,7 +240,9 @@ class Coordinator:
                     payload = pickle.dumps((reply_id, P.OK, result), 5)
                 else:
                     payload = cloudpickle_dumps((reply_id, P.OK, result))
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 payload = cloudpickle.dumps((reply_id, P.ERROR, *pack_error(exc)), 5)
         else:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
@@ -250,7 +264,9 @@ class Coordinator:
             value = self.mirror[name]
             try:
                 data = dumps(value)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
                 data = dumps(
                     Unreadable(
@@ -286,7 +302,9 @@ class Coordinator:
         for name, data in snapshots.items():
             try:
                 self.mirror[name] = pickle.loads(data)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
                 continue
             self.commit(name)
@@ -485,12 +503,8 @@ class _NoReply:
 _no_reply = _NoReply()
 
 
-class _Stop(BaseException):
-    """Raised by SIGTERM: the owner closes the share."""
-
-
 def _stop(signum, frame):
-    raise _Stop
+    raise Stop
 
 
 def main() -> None:
@@ -512,7 +526,7 @@ def main() -> None:
         coordinator.restore(restored)
         print("READY", flush=True)  # only now may anyone read or connect
         coordinator.run()
-    except _Stop:
+    except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()
     except BaseException:

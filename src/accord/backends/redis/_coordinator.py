@@ -32,7 +32,7 @@ import traceback
 
 import redis
 
-from ...share._coordinator import OrderedCoordinator
+from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver
@@ -60,7 +60,9 @@ class RedisCoordinator(OrderedCoordinator):
         for name, ((generation, is_value), data) in objects.items():
             try:
                 value = pickle.loads(data)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
                 lost.append(name)
                 continue
@@ -164,7 +166,7 @@ class RedisCoordinator(OrderedCoordinator):
         self.server.close()
 
 
-class _Stop(BaseException):
+class _Stop(Stop):
     """Raised by SIGTERM."""
 
 
