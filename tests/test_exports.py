@@ -21,6 +21,7 @@ ERRORS = [
     "ShareExists",
     "ShareNotFound",
     "ShareNotPortable",
+    "SnapshotNotSettled",
     "TamperedPayload",
     "TaskTimeout",
     "UnsafeRuntimeDir",

@@ -118,6 +118,14 @@ class UnsafeRuntimeDir(AccordError, PermissionError):
     """
 
 
+class SnapshotNotSettled(AccordError, TimeoutError):
+    """A snapshot being rewritten did not settle in time although its coordinator is alive.
+
+    The coordinator may be overloaded; retry the read.  If it persists, it is
+    a bug: please report it.
+    """
+
+
 class AuthenticationError(AccordError):
     """The other end of a connection does not hold the share's key."""
 

@@ -7,8 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accord import Share
+from accord.share._protocol import INPLACE_OPERATORS
+
+SYMBOLS = sorted(set(INPLACE_OPERATORS) - {"@="})  # no int defines @=
 
 values = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.lists(st.integers(), max_size=3))
+
+small = st.none() | st.integers(-4, 4)
+slices = st.builds(slice, small, small, st.none() | st.sampled_from([-2, -1, 1, 2]))
 
 list_ops = st.lists(
     st.one_of(
@@ -23,9 +29,16 @@ list_ops = st.lists(
         st.tuples(st.just("clear")),
         st.tuples(st.just("read"), st.integers(-3, 3)),
         st.tuples(st.just("len")),
+        st.tuples(st.just("getslice"), slices),
+        st.tuples(st.just("setslice"), slices, st.lists(values, max_size=3)),
+        st.tuples(st.just("delslice"), slices),
+        st.tuples(st.just("iaddslice"), slices, st.lists(values, max_size=2)),
+        st.tuples(st.just("imul"), st.integers(0, 2)),
     ),
     max_size=25,
 )
+
+operands = st.integers(-3, 3)
 
 dict_ops = st.lists(
     st.one_of(
@@ -36,6 +49,7 @@ dict_ops = st.lists(
         st.tuples(st.just("update"), st.dictionaries(st.text(max_size=2), values, max_size=3)),
         st.tuples(st.just("get"), st.text(max_size=2)),
         st.tuples(st.just("incr"), st.text(max_size=2)),
+        st.tuples(st.just("inplace"), st.sampled_from(SYMBOLS), st.text(max_size=2), operands),
     ),
     max_size=25,
 )
@@ -91,6 +105,20 @@ def _apply_list(target, op):
         return target.clear()
     if name == "read":
         return target[args[0]]
+    if name == "getslice":
+        return target[args[0]]
+    if name == "setslice":
+        target[args[0]] = args[1]
+        return None
+    if name == "delslice":
+        del target[args[0]]
+        return None
+    if name == "iaddslice":
+        target[args[0]] += args[1]
+        return None
+    if name == "imul":
+        target *= args[0]
+        return None
     return len(target)
 
 
@@ -125,6 +153,10 @@ def _apply_dict(target, op):
         return target.update(args[0])
     if name == "get":
         return target.get(args[0])
+    if name == "inplace":
+        symbol, key, operand = args
+        exec(f"target[key] {symbol} operand", {"target": target, "key": key, "operand": operand})
+        return None
     target[args[0]] += 1  # KeyError when missing (reported by flush for the share)
     return None
 
@@ -141,6 +173,8 @@ def test_shared_dict_matches_local_dict(module_share, ops):
         got = _outcome(lambda: _apply_dict(module_share.d, op), module_share)  # noqa: B023
         assert got == expected, op
         assert module_share.d == local
+        if any(isinstance(v, int) and abs(v) > 10**9 for v in local.values()):
+            break  # (**= and <<= grow fast)
     assert module_share.get("d") == local
 
 
@@ -153,3 +187,35 @@ def test_counter_matches_sum(module_share, increments):
     for n in increments:
         module_share.counter += n
     assert module_share.counter == sum(increments)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.tuples(st.sampled_from(SYMBOLS), operands), max_size=25))
+def test_counter_with_every_inplace_operator(module_share, steps):
+    """Any sequence of `share.counter op= n`: the same values, the same
+    errors (ZeroDivisionError, a negative shift, & on a float) as locally."""
+    module_share.counter = 7
+    local = {"counter": 7}
+    for symbol, operand in steps:
+        statement = f"target.counter {symbol} {operand}"
+        expected = _outcome(lambda: exec(statement, {"target": _Namespace(local)}))  # noqa: B023
+        got = _outcome(lambda: exec(statement, {"target": module_share}), module_share)  # noqa: B023
+        assert got == expected, (symbol, operand)
+        assert module_share.counter == local["counter"]
+        if abs(local["counter"]) > 10**9:
+            module_share.counter = local["counter"] = 7  # (**= and <<= grow fast)
+
+
+class _Namespace:
+    """The local model: attribute access on a dict."""
+
+    def __init__(self, values):
+        object.__setattr__(self, "values", values)
+
+    def __getattr__(self, name):
+        return self.values[name]
+
+    def __setattr__(self, name, value):
+        self.values[name] = value

@@ -29,24 +29,9 @@ import dis
 import sys
 
 from .._errors import AugmentedAssignmentUnsupported
+from ._protocol import INPLACE_OPERATORS
 
 _verdicts: dict[tuple, bool] = {}
-
-_INPLACE_NAMES = {
-    "+=": "iadd",
-    "-=": "isub",
-    "*=": "imul",
-    "@=": "imatmul",
-    "/=": "itruediv",
-    "//=": "ifloordiv",
-    "%=": "imod",
-    "**=": "ipow",
-    "<<=": "ilshift",
-    ">>=": "irshift",
-    "&=": "iand",
-    "^=": "ixor",
-    "|=": "ior",
-}
 
 
 def is_augmented(depth: int = 2) -> bool:
@@ -94,7 +79,7 @@ def _analyse(code, lasti: int) -> bool:
     # augmented assignments are statements and cannot nest inside the operand.
     for i in range(at + 1, len(instructions)):
         ins = instructions[i]
-        if ins.opname == "BINARY_OP" and ins.argrepr in _INPLACE_NAMES:
+        if ins.opname == "BINARY_OP" and ins.argrepr in INPLACE_OPERATORS:
             tail = instructions[i + 1 : i + 2 + len(swaps)]
             if [t.opname for t in tail[:-1]] != ["SWAP"] * len(swaps):
                 return False
@@ -119,7 +104,7 @@ def _refuse(code, lasti: int) -> bool:
         if (
             ins.positions is not None
             and ins.positions.lineno == line
-            and (ins.argrepr in _INPLACE_NAMES or ins.opname.startswith("INPLACE_"))
+            and (ins.argrepr in INPLACE_OPERATORS or ins.opname.startswith("INPLACE_"))
         ):
             version = ".".join(map(str, sys.version_info[:3]))
             raise AugmentedAssignmentUnsupported(
@@ -209,44 +194,17 @@ class Augmenting:
         self._send(op, operand)
         return DONE
 
-    def __iadd__(self, other):
-        return self._apply("iadd", other)
 
-    def __isub__(self, other):
-        return self._apply("isub", other)
+def _sender(name: str):
+    def method(self, other):
+        return self._apply(name, other)
 
-    def __imul__(self, other):
-        return self._apply("imul", other)
+    method.__name__ = method.__qualname__ = f"__{name}__"
+    return method
 
-    def __imatmul__(self, other):
-        return self._apply("imatmul", other)
 
-    def __itruediv__(self, other):
-        return self._apply("itruediv", other)
-
-    def __ifloordiv__(self, other):
-        return self._apply("ifloordiv", other)
-
-    def __imod__(self, other):
-        return self._apply("imod", other)
-
-    def __ipow__(self, other):
-        return self._apply("ipow", other)
-
-    def __ilshift__(self, other):
-        return self._apply("ilshift", other)
-
-    def __irshift__(self, other):
-        return self._apply("irshift", other)
-
-    def __iand__(self, other):
-        return self._apply("iand", other)
-
-    def __ixor__(self, other):
-        return self._apply("ixor", other)
-
-    def __ior__(self, other):
-        return self._apply("ior", other)
+for _name in INPLACE_OPERATORS.values():
+    setattr(Augmenting, f"__{_name}__", _sender(_name))
 
 
 class _Done:

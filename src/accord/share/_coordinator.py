@@ -42,6 +42,11 @@ SPIN_S = 0.0002
 log = logging.getLogger("accord.share")
 
 
+class Stop(BaseException):
+    """Raised by SIGTERM: the owner stops the coordinator.  The one
+    BaseException a command's error handling lets through."""
+
+
 class _Lock:
     __slots__ = ("owner", "waiters")
 
@@ -138,7 +143,9 @@ class Coordinator:
                     if type(message) is bytes:
                         try:
                             message = queue[0] = pickle.loads(message)
-                        except Exception:
+                        except Stop:
+                            raise
+                        except BaseException:
                             # Only an authenticated peer can send; a garbled
                             # frame means a broken client: cut it off.
                             log.warning("dropping a client that sent a garbled command")
@@ -195,7 +202,12 @@ class Coordinator:
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
-        except Exception as exc:
+        except Stop:
+            raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit... raised by user
+            # code are that command's error, raised in its caller with their
+            # type: never the end of the coordinator and every object in it.
             result = pack_error(exc)
             status = P.ERROR
         if writes:
@@ -231,7 +243,9 @@ class Coordinator:
                     payload = pickle.dumps((reply_id, P.OK, result), 5)
                 else:
                     payload = cloudpickle_dumps((reply_id, P.OK, result))
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 payload = cloudpickle.dumps((reply_id, P.ERROR, *pack_error(exc)), 5)
         else:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
@@ -253,7 +267,9 @@ class Coordinator:
             value = self.mirror[name]
             try:
                 data = dumps(value)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 log.error("cannot commit share.%s: %r", name, exc)
                 data = dumps(
                     Unreadable(
@@ -289,7 +305,9 @@ class Coordinator:
         for name, data in snapshots.items():
             try:
                 self.mirror[name] = pickle.loads(data)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 log.error("cannot restore share.%s: %r", name, exc)
                 continue
             self.commit(name)
@@ -485,12 +503,8 @@ class _NoReply:
 _no_reply = _NoReply()
 
 
-class _Stop(BaseException):
-    """Raised by SIGTERM: the owner closes the share."""
-
-
 def _stop(signum, frame):
-    raise _Stop
+    raise Stop
 
 
 def main() -> None:
@@ -513,7 +527,7 @@ def main() -> None:
         coordinator.restore(restored)
         print("READY", flush=True)  # only now may anyone read or connect
         coordinator.run()
-    except _Stop:
+    except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()
     except BaseException:

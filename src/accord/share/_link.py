@@ -78,6 +78,29 @@ def _is_item_of(mapping: dict, args: tuple, result) -> bool:
     return bool(args) and is_plain(args[0]) and args[0] in mapping and not is_value(result)
 
 
+def is_selector(key) -> bool:
+    """A slice, mask or index array (unhashable): it picks a part of the
+    object, never names one item of it."""
+    if type(key) in _NAME_KEYS:
+        return False
+    try:
+        hash(key)
+    except TypeError:
+        return True
+    return False
+
+
+_NAME_KEYS = frozenset({int, str, bytes, float, bool})
+
+
+def _selection(result):
+    result = private(result)
+    flags = getattr(result, "flags", None)
+    if flags is not None and getattr(flags, "writeable", False) and hasattr(result, "setflags"):
+        result.setflags(write=False)
+    return result
+
+
 def _attr_of(path: tuple) -> str | None:
     # The first attribute step decides which attribute flag a path uses.
     return path[2] if len(path) >= 3 and path[1] == P.ATTR else None
@@ -142,14 +165,20 @@ class Link:
 
     def read_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
         key = (path, access)
-        slots = self._read_slots.get(key)
+        try:
+            slots = self._read_slots.get(key)
+        except TypeError:  # a slice or an array in the path: not memoised
+            return self._compute_read_slots(path, access)
         if slots is None:
             slots = _remember(self._read_slots, key, self._compute_read_slots(path, access))
         return slots
 
     def write_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
         key = (path, access)
-        slots = self._write_slots.get(key)
+        try:
+            slots = self._write_slots.get(key)
+        except TypeError:  # a slice or an array in the path: not memoised
+            return self._compute_write_slots(path, access)
         if slots is None:
             slots = _remember(self._write_slots, key, self._compute_write_slots(path, access))
         return slots
@@ -337,7 +366,12 @@ class Link:
         return self.get((*path, P.ATTR, attr))
 
     def item(self, path: tuple, key):
-        """``proxy[key]``: a value or a proxy."""
+        """``proxy[key]``: a value or a proxy.  For a selector (a slice, a
+        mask, an index array: an unhashable key), a copy; a numpy array
+        copy is read-only, so that a write meant for the share (locally a
+        view would take it) raises instead of changing the copy alone."""
+        if is_selector(key):
+            return _selection(self.value(path)[key])
         kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
         obj = self.peek(path) if kind is MISSING or kind[0] is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:

@@ -24,19 +24,25 @@ ITEM = 1
 OK = 0
 ERROR = 1
 
-# In-place operators `share.x op= y` may use, by the dunder name sent.
-INPLACE = [
-    "iadd",
-    "isub",
-    "imul",
-    "imatmul",
-    "itruediv",
-    "ifloordiv",
-    "imod",
-    "ipow",
-    "ilshift",
-    "irshift",
-    "iand",
-    "ixor",
-    "ior",
-]
+# The in-place operators, by the symbol of `x op= y`: the one table the
+# proxies, the augmented-assignment detector (`_augmented`) and the
+# coordinator use.  The name is the `operator` module's function (``iadd``)
+# and, in dunders, the method (``__iadd__``); the binary operator is the name
+# without its leading "i" (``add``).  tests/share/test_augmented.py checks it
+# against the operators of the running Python.
+INPLACE_OPERATORS = {
+    "+=": "iadd",
+    "-=": "isub",
+    "*=": "imul",
+    "@=": "imatmul",
+    "/=": "itruediv",
+    "//=": "ifloordiv",
+    "%=": "imod",
+    "**=": "ipow",
+    "<<=": "ilshift",
+    ">>=": "irshift",
+    "&=": "iand",
+    "^=": "ixor",
+    "|=": "ior",
+}
+INPLACE = frozenset(INPLACE_OPERATORS.values())

@@ -81,8 +81,6 @@ class Proxy:
         if is_augmented():
             place = (*path, P.ITEM, key)
             return Augmenting(lambda op, operand: link.augment(place, op, operand))
-        if isinstance(key, slice):
-            return private(link.value(path)[key])
         return link.item(path, key)
 
     def __setitem__(self, key, value) -> None:
@@ -129,25 +127,8 @@ class Proxy:
             *args, **kwargs
         )
 
-    # -- in-place operators: one atomic command ------------------------------
-
-    def __iadd__(self, other):
-        return _augment(self, "iadd", other)
-
-    def __isub__(self, other):
-        return _augment(self, "isub", other)
-
-    def __imul__(self, other):
-        return _augment(self, "imul", other)
-
-    def __iand__(self, other):
-        return _augment(self, "iand", other)
-
-    def __ior__(self, other):
-        return _augment(self, "ior", other)
-
-    def __ixor__(self, other):
-        return _augment(self, "ixor", other)
+    # In-place operators (all of P.INPLACE_OPERATORS, one atomic AUGMENT
+    # command each) are set below the class.
 
     # -- pickling: a proxy travels as (share, path) --------------------------
 
@@ -185,6 +166,14 @@ def _reflected(op):
     return method
 
 
+def _augmenting(name: str):
+    def method(self, other):
+        return _augment(self, name, other)
+
+    method.__name__ = method.__qualname__ = f"__{name}__"
+    return method
+
+
 for _name, _op in {
     "__eq__": operator.eq,
     "__ne__": operator.ne,
@@ -192,27 +181,20 @@ for _name, _op in {
     "__le__": operator.le,
     "__gt__": operator.gt,
     "__ge__": operator.ge,
-    "__add__": operator.add,
-    "__sub__": operator.sub,
-    "__mul__": operator.mul,
-    "__truediv__": operator.truediv,
-    "__floordiv__": operator.floordiv,
-    "__mod__": operator.mod,
-    "__and__": operator.and_,
-    "__or__": operator.or_,
-    "__xor__": operator.xor,
     "__neg__": operator.neg,
+    "__pos__": operator.pos,
+    "__abs__": operator.abs,
+    "__invert__": operator.invert,
 }.items():
     setattr(Proxy, _name, _reading(_op))
-for _name, _op in {
-    "__radd__": operator.add,
-    "__rsub__": operator.sub,
-    "__rmul__": operator.mul,
-    "__rand__": operator.and_,
-    "__ror__": operator.or_,
-    "__rxor__": operator.xor,
-}.items():
-    setattr(Proxy, _name, _reflected(_op))
+for _inplace in P.INPLACE_OPERATORS.values():
+    # `proxy op= x` is one command on the coordinator; `proxy op x` and
+    # `x op proxy` compute on a private copy.
+    _binary = _inplace[1:]  # "iadd" -> "add"
+    _op = getattr(operator, _binary, None) or getattr(operator, f"{_binary}_")  # and_, or_
+    setattr(Proxy, f"__{_inplace}__", _augmenting(_inplace))
+    setattr(Proxy, f"__{_binary}__", _reading(_op))
+    setattr(Proxy, f"__r{_binary}__", _reflected(_op))
 
 
 class BoundMethod:

@@ -35,7 +35,7 @@ import redis
 
 from ... import _logging
 from ..._errors import ShareExists, ShareNotFound
-from ...share._coordinator import OrderedCoordinator
+from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver
@@ -65,7 +65,9 @@ class RedisCoordinator(OrderedCoordinator):
         for name, ((generation, is_value), data) in objects.items():
             try:
                 value = pickle.loads(data)
-            except Exception as exc:
+            except Stop:
+                raise
+            except BaseException as exc:
                 log.error("cannot restore share.%s: %r", name, exc)
                 lost.append(name)
                 continue
@@ -169,7 +171,7 @@ class RedisCoordinator(OrderedCoordinator):
         self.server.close()
 
 
-class _Stop(BaseException):
+class _Stop(Stop):
     """Raised by SIGTERM."""
 
 

@@ -121,7 +121,7 @@ class ShmClient:
             raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
         _control.check_header(self.control.buf)
         self.ctrl = self.control.buf
-        self.snapshots = SnapshotReader(self.control, info.stem)
+        self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
         self.replies = Replies()
         self._sock: socket.socket | None = None
@@ -186,6 +186,13 @@ class ShmClient:
             raise self._lose("closed")
         if not _pid_alive(self.info.pid, self.owner_process):
             raise self._lose("its process has exited")
+
+    def _check_waiting(self) -> None:
+        """check_alive for a reader waiting on the coordinator: a closed
+        share is noticed at once, not once the heartbeat is stale."""
+        if self.lost is None and load(self.ctrl, _control.CLOSED):
+            raise self._lose("closed")
+        self.check_alive()
 
     # -- sending -------------------------------------------------------------
 

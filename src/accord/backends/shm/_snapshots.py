@@ -19,7 +19,9 @@ import itertools
 import os
 import pickle
 import struct
+import time
 
+from ..._errors import ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
 from ._segment import Segment
@@ -28,6 +30,46 @@ _LENGTH = struct.Struct("<Q")
 HEADER = 16  # version, length
 MIN_SIZE = 4096
 MISSING = object()
+# A retry loop of a reader that has not settled after this long, with the
+# coordinator alive, gives up (a live coordinator finishes a commit or a
+# segment swap far sooner; a dead one is noticed within about a second).
+SETTLE_S = 30.0
+_EAGER_TRIES = 64  # retries before the first liveness check: a commit takes microseconds
+
+
+class _Patience:
+    """Paces and bounds one retry loop of a reader.
+
+    Every retry after the first few checks that the share is alive
+    (`check` raises CoordinatorLost or ShareClosed) and sleeps a little, so
+    a reader never spins at full speed on a writer that will not come back
+    (a coordinator killed mid-commit leaves a seqlock odd for ever; a closed
+    share's segments vanish while a reader looks them up).
+    """
+
+    __slots__ = ("check", "deadline", "tries", "what")
+
+    def __init__(self, check, what: str) -> None:
+        self.check = check
+        self.what = what
+        self.tries = 0
+        self.deadline = 0.0
+
+    def __call__(self) -> None:
+        self.tries += 1
+        if self.tries <= _EAGER_TRIES:
+            os.sched_yield()
+            return
+        self.check()
+        now = time.monotonic()
+        if not self.deadline:
+            self.deadline = now + SETTLE_S
+        elif now > self.deadline:
+            raise SnapshotNotSettled(
+                f"{self.what} did not settle within {SETTLE_S:g} s although the coordinator "
+                "is alive; it may be overloaded (or this is a bug: please report it)"
+            )
+        time.sleep(0.0005)  # pacing: the writer needs the CPU more than we do
 
 
 def index_name(stem: str, generation: int) -> str:
@@ -43,15 +85,18 @@ def _write(seg: Segment, data: bytes) -> None:
     store(buf, 0, version + 2)
 
 
-def _read(seg: Segment, known_version: int) -> tuple[int, bytes | None]:
+def _read(seg: Segment, known_version: int, check, what: str) -> tuple[int, bytes | None]:
     """(version, data); data is None when the version is `known_version`."""
     buf = seg.buf
+    patience = None
     while True:
         version = load(buf, 0)
         if version == known_version:
             return version, None
         if version & 1:
-            os.sched_yield()
+            if patience is None:
+                patience = _Patience(check, what)
+            patience()
             continue
         (length,) = _LENGTH.unpack_from(buf, 8)
         data = buf[HEADER : HEADER + length]
@@ -154,11 +199,14 @@ class SnapshotReader:
     """A process's view of the committed snapshots (safe to use from threads).
 
     `read(name)` returns the committed object (shared with later reads of
-    the same version: callers must not mutate it) or MISSING.
+    the same version: callers must not mutate it) or MISSING.  It never
+    waits for ever: `check()` (raising CoordinatorLost or ShareClosed) is
+    called while a retry loop waits for the coordinator.
     """
 
-    def __init__(self, control: Segment, stem: str) -> None:
+    def __init__(self, control: Segment, stem: str, check=None) -> None:
         self._control = control.buf
+        self._check = self._closed if check is None else check
         self._stem = stem
         self._index_gen = -1
         self._index_seg: Segment | None = None
@@ -166,18 +214,26 @@ class SnapshotReader:
         self._index: dict[str, tuple] = {}
         self._cache: dict[str, _Cached] = {}
 
+    def _closed(self) -> None:
+        if load(self._control, _control.CLOSED):
+            raise ShareClosed(f"share {self._stem!r} is closed")
+
     def _refresh_index(self) -> dict[str, tuple]:
         gen = load(self._control, _control.INDEX_GEN)
+        patience = None
         while gen != self._index_gen:
             try:
                 seg = Segment.attach(index_name(self._stem, gen))
-            except FileNotFoundError:  # replaced while we looked
+            except FileNotFoundError:  # replaced while we looked, or closed
+                if patience is None:
+                    patience = _Patience(self._check, "the share's index")
+                patience()
                 gen = load(self._control, _control.INDEX_GEN)
                 continue
             # The old mapping is not closed here: another thread may be
             # reading it.  It is unmapped when the last reference goes.
             self._index_seg, self._index_gen, self._index_version = seg, gen, -1
-        version, data = _read(self._index_seg, self._index_version)
+        version, data = _read(self._index_seg, self._index_version, self._check, "the index")
         if data is not None:
             self._index = pickle.loads(data)
             self._index_version = version
@@ -188,6 +244,7 @@ class SnapshotReader:
         cached = self._cache.get(name)
         if cached is not None and cached.commits == commits:
             return cached.obj  # nothing was committed since we last looked
+        patience = None
         while True:
             entry = self._refresh_index().get(name)
             if entry is None:
@@ -198,10 +255,15 @@ class SnapshotReader:
             if cached is None or cached.segment.name != segname:
                 try:
                     cached = _Cached(Segment.attach(segname))
-                except FileNotFoundError:
-                    continue  # replaced while we looked: read the index again
+                except FileNotFoundError:  # replaced while we looked, or closed
+                    if patience is None:
+                        patience = _Patience(self._check, f"the snapshot of {name!r}")
+                    patience()
+                    continue  # read the index again
                 self._cache[name] = cached  # (the old mapping goes with its last user)
-            version, data = _read(cached.segment, cached.version)
+            version, data = _read(
+                cached.segment, cached.version, self._check, f"the snapshot of {name!r}"
+            )
             if data is not None:
                 cached.obj = pickle.loads(data)
                 cached.version = version
