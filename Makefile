@@ -21,6 +21,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/basedpyright --pythonpath $(PY)
 
 # Servers the suite starts for itself (on free loopback ports): PostgreSQL
 # for accord.work.  Installed from Debian only when missing; the cluster the

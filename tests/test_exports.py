@@ -95,3 +95,9 @@ def test_backend_modules_reexport_the_public_errors():
     assert BackendUnavailable is accord.BackendUnavailable
     assert TamperedPayload is accord.TamperedPayload
     assert AuthenticationError is accord.AuthenticationError
+
+
+def test_accord_ships_its_annotations():
+    from pathlib import Path
+
+    assert (Path(accord.__file__).parent / "py.typed").is_file()

@@ -44,6 +44,10 @@ class CoordinatorLost(AccordError):
         lost [] [1, 2]
     """
 
+    # True when the command never left this process: it may safely be sent
+    # again to a restarted coordinator.
+    undelivered: bool = False
+
 
 class ShareClosed(AccordError):
     """The share was closed with `close()`; it cannot be used any more.
@@ -61,6 +65,8 @@ class ShareClosed(AccordError):
     ...     print("closed")
     closed
     """
+
+    undelivered: bool = False  # as CoordinatorLost's
 
 
 class ShareNotFound(AccordError, LookupError):

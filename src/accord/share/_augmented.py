@@ -99,7 +99,8 @@ def _refuse(code, lasti: int) -> bool:
     a plain read (False), unless its line holds an augmented assignment."""
     instructions = list(dis.get_instructions(code))
     at = bisect.bisect_right([ins.offset for ins in instructions], lasti) - 1
-    line = instructions[at].positions.lineno if at >= 0 and instructions[at].positions else None
+    positions = instructions[at].positions if at >= 0 else None
+    line = positions.lineno if positions is not None else None
     for ins in instructions:
         if (
             ins.positions is not None
@@ -119,14 +120,16 @@ def _refuse(code, lasti: int) -> bool:
 class _Probe:
     """Records, for each attribute or item read, the detector's verdict."""
 
-    def __init__(self, verdicts: list) -> None:
+    _verdicts: list[bool]
+
+    def __init__(self, verdicts: list[bool]) -> None:
         object.__setattr__(self, "_verdicts", verdicts)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name) -> _Inplace:
         self._verdicts.append(is_augmented())
         return _Inplace()
 
-    def __getitem__(self, key):
+    def __getitem__(self, key) -> _Inplace:
         self._verdicts.append(is_augmented())
         return _Inplace()
 

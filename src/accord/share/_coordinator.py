@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from typing import Any
 
 import cloudpickle
 
@@ -56,7 +57,9 @@ class _Lock:
 
 
 class Coordinator:
-    def __init__(self, server: ShmServer, owner_pid: int, window: float) -> None:
+    # `server` is any backend's server (shm, memory, redis); the protocol
+    # they share is not yet complete enough to name here.
+    def __init__(self, server: Any, owner_pid: int, window: float) -> None:
         self.server = server
         self.owner_pid = owner_pid
         self.window = window
@@ -341,9 +344,9 @@ class Coordinator:
 
     # -- paths -----------------------------------------------------------------
 
-    def resolve(self, path: tuple):
+    def resolve(self, path: tuple) -> Any:
         try:
-            obj = self.mirror[path[0]]
+            obj: Any = self.mirror[path[0]]
         except KeyError:
             raise AttributeError(f"share has no attribute {path[0]!r}") from None
         for i in range(1, len(path), 2):
@@ -466,7 +469,7 @@ class OrderedCoordinator(Coordinator):
         super().__init__(server, owner_pid, window)
         self.inbox: deque = deque()
         self.position = ""  # of the last command run
-        self.clients: dict[int, object] = {}
+        self.clients: dict[int, Any] = {}  # each backend's own peer objects
 
     def peer(self, client_id: int):
         peer = self.clients.get(client_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import copy
 import inspect
+from typing import Any
 
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
@@ -97,7 +98,7 @@ def _selection(result):
     result = private(result)
     flags = getattr(result, "flags", None)
     if flags is not None and getattr(flags, "writeable", False) and hasattr(result, "setflags"):
-        result.setflags(write=False)
+        result.setflags(write=False)  # pyright: ignore[reportAttributeAccessIssue]  (numpy)
     return result
 
 
@@ -334,7 +335,7 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
         if kind is not MISSING:
             cls = kind[0]
             memo = self._methods.get((path, attr))
@@ -372,7 +373,7 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
         obj = self.peek(path) if kind is MISSING or kind[0] is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.

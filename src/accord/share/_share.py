@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from typing import Any
 
 from .._errors import (
     AccordError,
@@ -21,6 +22,7 @@ from .._errors import (
     ShareExists,
     ShareNotFound,
 )
+from ..backends._protocol import BackendInfo
 from ..backends.shm import _transport
 from ..backends.shm._client import (
     ShareInfo,
@@ -165,7 +167,7 @@ class Share:
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
 
-    def _adopt(self, info, process: subprocess.Popen) -> None:
+    def _adopt(self, info, process: Any) -> None:  # a Popen, or the memory thread shaped like one
         info.client().owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
@@ -198,7 +200,7 @@ class Share:
         return share
 
     @classmethod
-    def _attach(cls, info: ShareInfo) -> Share:
+    def _attach(cls, info: BackendInfo) -> Share:
         share = object.__new__(cls)
         object.__setattr__(share, "_link", Link(info))
         object.__setattr__(share, "_owner_pid", None)
@@ -568,6 +570,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         close_fds=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
     )
+    assert process.stdin is not None and process.stdout is not None  # both are PIPEs
     try:
         process.stdin.write(json.dumps(config).encode() + b"\n" + extra)
         process.stdin.close()
@@ -607,6 +610,7 @@ def _start_redis(url: str, name: str, key, window: float):
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:
+    assert process.stdout is not None  # a PIPE
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
         raise CoordinatorStartFailed(f"the coordinator did not start within {timeout} s")

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
 from . import _interpreters
 from ._worker import INTERPRETER_BOOT, serve_process
@@ -116,6 +117,9 @@ class WorkerHandle:
     fd: int
     ident: str
 
+    def wait_for_task(self) -> None:
+        """Wait for the task of a dismissed worker to end (a process: nothing to wait for)."""
+
     def kill(self) -> None:
         """End the worker now, wherever it is (if the backend can)."""
         raise NotImplementedError
@@ -145,7 +149,7 @@ class ProcessHandle(WorkerHandle):
     """A worker process started by fork, forkserver or spawn."""
 
     def __init__(self, method: str, initializer: bytes | None, stem: str) -> None:
-        ctx = multiprocessing.get_context(method)
+        ctx: Any = multiprocessing.get_context(method)  # one with .Process
         ours, theirs = _pair()
         self._register(ours)
         fd = theirs.detach()

@@ -809,7 +809,7 @@ def _advance(bar, n: int, _future) -> None:
     bar.update(n)
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task")
@@ -837,7 +837,7 @@ def _shutdown_live_pools() -> None:
 # atexit is no equivalent: it would run after multiprocessing's hook whenever
 # multiprocessing.util is imported after this module, and Python 3.12.0-3.12.1
 # refuse to start threads from atexit handlers, which a shutdown may need.
-threading._register_atexit(_shutdown_live_pools)
+threading._register_atexit(_shutdown_live_pools)  # pyright: ignore[reportAttributeAccessIssue]
 # A worker started by fork inherits the pools (and maybe a held pool lock):
 # they belong to the parent, the worker must never shut them down.
 os.register_at_fork(after_in_child=_live_pools.clear)

@@ -17,6 +17,12 @@ import time
 
 from . import _wire
 
+# Not `from typing import ...`: typing would lengthen every sub-interpreter's
+# start-up (annotations are not evaluated at run time here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # Reply kinds (one byte after the task id).
 RESULT, ERROR, INIT_FAILED, INTERRUPTED = 0, 1, 2, 3
 _TASK = struct.Struct("<QB")
@@ -75,7 +81,7 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 watchdog.arm(timeout)
             try:
                 # Pool.map sends chunks of calls, each with its own result or error.
-                result = _run_chunk(fn, args) if chunk else fn(*args, **kwargs)
+                result: Any = _run_chunk(fn, args) if chunk else fn(*args, **kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
@@ -125,7 +131,7 @@ def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: floa
     return _pickled((values, packed, elapsed))
 
 
-_functions: dict[bytes, object] = {}
+_functions: dict[bytes, Any] = {}
 
 
 def _function(blob: bytes):

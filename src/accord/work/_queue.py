@@ -181,6 +181,7 @@ class _Work(Generic[T]):
                     return
                 if isinstance(outcome, Stopped):
                     raise WorkFailed(_stopped_message(self.name, outcome))
+                assert isinstance(outcome, Claimed)  # WAIT and DONE were handled above
                 pause.reset()
                 try:
                     yield self._objects[outcome.key]
@@ -196,7 +197,7 @@ class _Work(Generic[T]):
                     return
                 finished = (outcome, COMPLETED, None)
         finally:
-            if finished is not None:
+            if finished is not None and conn is not None:
                 # The claim that would have recorded it failed (database gone?)
                 try:
                     store.finish(conn, worker_id, *finished)

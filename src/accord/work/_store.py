@@ -111,7 +111,7 @@ class Store:
             if row is None:
                 self.queue_id = conn.execute(
                     insert(queues).values(name=name, kind=kind, created_at=time.time())
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
             elif row.kind != kind:
                 other = "WorkQueue" if row.kind == "queue" else "TaskGraph"
                 raise InvalidWork(
@@ -307,7 +307,7 @@ class Store:
                     heartbeat_timeout=timeout,
                     status="active",
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
 
     def beat(self, worker_id: int) -> bool:
         """Record a heartbeat; False if others had already declared this worker dead."""
@@ -477,6 +477,7 @@ class Store:
         """
         now = time.time()
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         with conn.begin():
             if finished is not None:
                 self._finish(conn, worker_id, *finished, now)
@@ -531,6 +532,7 @@ class Store:
 
     def _next(self, conn: Connection):
         if self.requirement_filter is None and not conn.info.get(_SKIPPING):
+            assert self._sql is not None  # prepared by connect()
             return self._sql.next(conn, b_queue=self.queue_id).first()
         query = (
             select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
@@ -550,6 +552,7 @@ class Store:
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
         if status == COMPLETED and self.kind == "graph" and self.postgres:
             # Registration recounts every task's unmet deps in one UPDATE
@@ -603,6 +606,7 @@ class Store:
             claimed.fingerprint,
             current,
         )
+        assert self._sql is not None  # prepared by connect()
         self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
         self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 

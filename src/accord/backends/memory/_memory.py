@@ -127,6 +127,10 @@ class MemoryClient:
         self._send_lock = threading.Lock()
         self._next_reply = 0
 
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
+
     def check_alive(self) -> None:
         if self.lost is not None:
             raise type(self.lost)(*self.lost.args)
@@ -256,7 +260,8 @@ class _Thread:
         self.pid = os.getpid()
 
     def poll(self):
-        return None if self.state.thread.is_alive() else 0
+        thread = self.state.thread
+        return None if thread is not None and thread.is_alive() else 0
 
     def terminate(self) -> None:
         with self.state.inbox_ready:
@@ -266,7 +271,8 @@ class _Thread:
     kill = terminate
 
     def wait(self, timeout: float | None = None) -> int:
-        self.state.thread.join(timeout)
+        if self.state.thread is not None:
+            self.state.thread.join(timeout)
         return 0
 
 

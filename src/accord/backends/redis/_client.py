@@ -13,8 +13,10 @@ import os
 import pickle
 import threading
 import time
+from typing import Any
 
 import redis
+import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -115,7 +117,7 @@ def _not_sent(exc: Exception) -> bool:
     return "connecting" in str(exc)
 
 
-def call(info, fn, *args, idempotent: bool = True, **kwargs):
+def call(info, fn, *args, idempotent: bool = True, **kwargs) -> Any:
     """Run one redis-py call; retry while Redis is unreachable, up to the
     share's timeout, then raise BackendUnavailable.  A call that may have
     reached the server is retried only if running it twice is harmless."""
@@ -445,7 +447,7 @@ def check_share(info: RedisInfo) -> None:
 def delete_share(info: RedisInfo, r: redis.Redis | None = None) -> None:
     """Delete every key of the share."""
     own = r is None
-    if own:
+    if r is None:
         r = connect_redis(info.url, info.timeout)
     try:
         keys = Keys(info.name)

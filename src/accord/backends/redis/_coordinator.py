@@ -32,6 +32,7 @@ import time
 import traceback
 
 import redis
+import redis.exceptions
 
 from ... import _logging
 from ..._errors import ShareExists, ShareNotFound
@@ -217,7 +218,7 @@ def serve(
         coordinator.stopping = str(exc)
     finally:
         coordinator.stop()
-    return coordinator.stopping
+    return coordinator.stopping or "stopped"
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import os
 import pickle
 import socket
 import threading
+from typing import Any
 
 from . import _keys
 from ._client import RedisInfo, call, connect_redis
@@ -75,6 +76,7 @@ class RedisServer:
     def beat(self, r) -> int:
         """Renew the lease and the keys' TTL: 1; 0 if the share was deleted,
         -1 if another coordinator took it."""
+        assert self.epoch is not None  # beats follow a successful acquire()
         return self._beat(
             keys=[self.keys.state, self.keys.lease, self.keys.snap, self.keys.cmd],
             args=[self.token, self.epoch, self.lease_ms, self.ttl_ms],
@@ -104,7 +106,7 @@ class RedisServer:
 
     def read(self, last_id: str, block_ms: int | None) -> list[tuple[str, int, tuple]]:
         """Commands after `last_id`: [(id, client id, message)], verified."""
-        found = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
+        found: Any = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
         out = []
         for _stream, entries in found or ():
             for entry_id, fields in entries:

@@ -169,6 +169,10 @@ class ShmClient:
         if self.lost is not None:
             raise type(self.lost)(*self.lost.args)
 
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
+
     def check_alive(self) -> None:
         """Raise CoordinatorLost if the coordinator has died or the share closed.
 

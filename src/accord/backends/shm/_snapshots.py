@@ -233,6 +233,7 @@ class SnapshotReader:
             # The old mapping is not closed here: another thread may be
             # reading it.  It is unmapped when the last reference goes.
             self._index_seg, self._index_gen, self._index_version = seg, gen, -1
+        assert self._index_seg is not None  # mapped above
         version, data = _read(self._index_seg, self._index_version, self._check, "the index")
         if data is not None:
             self._index = pickle.loads(data)
