@@ -14,31 +14,22 @@ import copy
 import inspect
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._protocol import describe
+from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
+from .._core._values import is_value, private
 from .._errors import CoordinatorLost, ShareClosed, UnshareableError
 from .._remote import Unreadable, rebuild_error
-from ..backends.shm import _control
-from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
-from ..backends.shm._snapshots import MISSING
-from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
-from ._values import is_value, private
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..backends._protocol import BackendClient, BackendInfo
 
-_MAX_WRITE_SLOTS = _control.INTENT_SLOTS
-
-
-def describe(path: tuple) -> str:
-    """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
-    text = f"share.{path[0]}"
-    for i in range(1, len(path), 2):
-        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
-    return text
+_MAX_WRITE_SLOTS = MAX_WRITE_SLOTS
 
 
 _MEMO_LIMIT = 10_000

@@ -32,10 +32,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from .._core._serialize import cloudpickle_dumps
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
 from ..backends.shm import _segment
-from ..share._serialize import cloudpickle_dumps
 from . import _handles, _worker
 from ._wire import FrameReader, frame
 

@@ -154,7 +154,7 @@ def _pickled(result) -> bytes:
     try:
         return pickle.dumps(result, 5)
     except Exception:
-        from ..share._serialize import cloudpickle_dumps
+        from .._core._serialize import cloudpickle_dumps
 
         return cloudpickle_dumps(result)
 

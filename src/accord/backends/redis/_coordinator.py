@@ -35,8 +35,8 @@ import redis
 import redis.exceptions
 
 from ... import _logging
+from ..._core._coordinator import OrderedCoordinator, Stop
 from ..._errors import ShareExists, ShareNotFound
-from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver

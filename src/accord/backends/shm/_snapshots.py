@@ -21,6 +21,7 @@ import pickle
 import struct
 import time
 
+from ..._core._slots import MISSING
 from ..._errors import ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
@@ -29,7 +30,6 @@ from ._segment import Segment
 _LENGTH = struct.Struct("<Q")
 HEADER = 16  # version, length
 MIN_SIZE = 4096
-MISSING = object()
 # A retry loop of a reader that has not settled after this long, with the
 # coordinator alive, gives up (a live coordinator finishes a commit or a
 # segment swap far sooner; a dead one is noticed within about a second).
