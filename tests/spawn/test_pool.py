@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -608,3 +609,113 @@ def test_a_worker_that_fails_to_start_leaves_no_socket_open(monkeypatch):
     with pytest.raises(OSError, match="Resource temporarily"):
         Pool(1, backend="fork")
     assert _open_sockets() <= before
+
+
+# -- map: adaptive chunks, per-call results, lazy input --------------------------
+
+
+def odd_fails(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def _collect(iterator):
+    """(values before the first error, that error)."""
+    values = []
+    try:
+        for value in iterator:
+            values.append(value)
+    except Exception as exc:
+        return values, exc
+    return values, None
+
+
+def _tasks_sent(pool) -> int:
+    return next(pool._ids)  # ids count every task (chunk) sent
+
+
+def test_map_sends_tiny_calls_in_chunks_with_a_result_or_error_each(spawn_backend):
+    with Pool(2, backend=spawn_backend) as pool:
+        before = _tasks_sent(pool)
+        assert list(pool.map(square, range(5000))) == [x * x for x in range(5000)]
+        assert _tasks_sent(pool) - before < 100  # not one task per call
+        for chunksize in (None, 1, 7):
+            values, error = _collect(pool.map(odd_fails, [0, 2, 4, 5, 6], chunksize=chunksize))
+            assert values == [0, 2, 4]
+            assert isinstance(error, ValueError) and str(error) == "odd 5"
+            assert isinstance(error.__cause__, RemoteTraceback)
+        # A value that cannot travel fails its own call only.
+        values, error = _collect(pool.map(_lock_at, range(4), chunksize=4))
+        assert values == [0, 1] and isinstance(error, TypeError)
+
+
+def _lock_at(x):
+    return threading.Lock() if x == 2 else x
+
+
+def test_map_spreads_long_calls_over_every_worker(spawn_backend):
+    with Share() as share, Pool(2, backend=spawn_backend) as pool:
+        share.started, share.open = 0, False
+        results = pool.map(gated, [share] * 6, range(6))
+        wait_for(share, "started", 2)  # both workers run a call: neither holds all
+        share.open = True
+        assert list(results) == list(range(6))
+
+
+def test_map_reads_its_input_a_bounded_window_ahead(spawn_backend):
+    from accord.spawn._pool import _CHUNKS_PER_WORKER, _MAX_CHUNK
+
+    read = [0]
+
+    def endless():
+        for i in itertools.count():
+            read[0] = i + 1
+            yield i
+
+    with Pool(2, backend=spawn_backend) as pool:
+        results = pool.map(square, endless())
+        first = list(itertools.islice(results, 20000))
+        assert first == [x * x for x in range(20000)]
+        # The chunks submitted and the one being yielded from, no more.
+        assert read[0] - 20000 <= (2 * _CHUNKS_PER_WORKER + 1) * _MAX_CHUNK
+        results.close()  # the chunks still out are cancelled or finish; nothing hangs
+        assert pool.submit(square, 3).result(timeout=30) == 9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(300)
+def test_map_over_ten_million_items_in_bounded_memory(spawn_backend):
+    n = 10_000_000
+    with Pool(2, backend=spawn_backend) as pool:
+        sum(pool.map(abs, range(50_000)))  # warm up: caches and arenas settle
+        before = _rss_bytes()
+        peak = before
+        total = 0
+        for i, value in enumerate(pool.map(abs, (j for j in range(n)))):
+            total += value
+            if i % 500_000 == 0:
+                peak = max(peak, _rss_bytes())
+        assert total == n * (n - 1) // 2
+        # The input alone, read first, would take ~360 MB (a list and its ints).
+        assert peak - before < 60 * 2**20, f"grew by {(peak - before) / 2**20:.0f} MB"
+
+
+def die_at_3(x):
+    if x == 3:
+        os._exit(5)
+    return x
+
+
+def test_a_chunk_whose_worker_died_runs_its_calls_again_one_by_one(
+    spawn_backend, separate_processes
+):
+    with Pool(2, backend=spawn_backend) as pool:
+        values, error = _collect(pool.map(die_at_3, range(8), chunksize=8))
+        assert values == [0, 1, 2]
+        assert isinstance(error, WorkerLost) and "die_at_3(3)" in str(error)
+        assert list(pool.map(die_at_3, [0, 1, 2, 4], chunksize=2)) == [0, 1, 2, 4]

@@ -71,6 +71,10 @@ def dumps(value) -> bytes:
 _by_value: set[str] = set()
 
 
+_OPEN_FILES = (io.IOBase,)
+_IN_MEMORY_FILES = (io.BytesIO, io.StringIO)  # values: they pickle as themselves
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, keeping the ``__slots__`` of classes it ships by value.
 
@@ -81,6 +85,14 @@ class _Pickler(cloudpickle.Pickler):
     """
 
     def reducer_override(self, obj):
+        if isinstance(obj, _OPEN_FILES) and not isinstance(obj, _IN_MEMORY_FILES):
+            # cloudpickle would ship a file opened for reading as a StringIO
+            # of its contents: a silent copy, not the file.
+            name = getattr(obj, "name", None)
+            raise TypeError(
+                f"an open file or stream ({type(obj).__name__}"
+                f"{f' {name!r}' if name is not None else ''}) cannot be shared"
+            )
         if isinstance(obj, type) and "__slots__" in vars(obj):
             from cloudpickle import cloudpickle as internals
 

@@ -207,21 +207,20 @@ class Share:
 
     def __getattribute__(self, name: str):
         # __getattribute__, not __getattr__: see Proxy.__getattribute__.
-        if name[0] == "_" or name in RESERVED:
-            return _get(self, name)
+        if not name or name[0] == "_" or name in RESERVED:
+            return _get(self, name)  # ("": AttributeError, as for any object)
         return _get(self, "_link").get_name(name)
 
     def __setattr__(self, name: str, value) -> None:
         if value is DONE or _is_own_proxy(self, name, value):
             return  # the second half of `share.x += y`, already applied
-        if name in RESERVED or name.startswith("_"):
-            raise AttributeError(
-                f"{name!r} is {'part of the Share API' if name in RESERVED else 'private'}; "
-                f"store it with share[{name!r}] = ..."
-            )
+        _check_attribute_name(name, "store it with share[{name!r}] = ...")
         _get(self, "_link").assign((name,), value)
 
     def __delattr__(self, name: str) -> None:
+        # As for assignment: `del share.close` must not delete a shared
+        # object named "close" that `share.close` never reads.
+        _check_attribute_name(name, "delete it with del share[{name!r}]")
         self._link.delete((name,))
 
     def __getitem__(self, name: str):
@@ -492,6 +491,16 @@ def _is_own_proxy(share: Share, name: str, value) -> bool:
         and _get(value, "_accord_path") == (name,)
         and _get(value, "_accord_link") is _get(share, "_link")
     )
+
+
+def _check_attribute_name(name: str, instead: str) -> None:
+    if not name:
+        raise AttributeError("share names are non-empty strings")
+    if name in RESERVED or name.startswith("_"):
+        raise AttributeError(
+            f"{name!r} is {'part of the Share API' if name in RESERVED else 'private'}; "
+            + instead.format(name=name)
+        )
 
 
 def _check_name(name) -> str:

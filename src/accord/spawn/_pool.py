@@ -63,9 +63,9 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    __slots__ = ("args", "fn", "future", "id", "payload", "retries", "timeout")
+    __slots__ = ("args", "blob", "chunk", "fn", "future", "id", "payload", "retries", "timeout")
 
-    def __init__(self, task_id, future, payload, timeout, retries, fn, args):
+    def __init__(self, task_id, future, payload, timeout, retries, fn, args, blob, chunk):
         self.id = task_id
         self.future = future
         self.payload = payload
@@ -73,11 +73,28 @@ class _Task:
         self.retries = retries
         self.fn = fn
         self.args = args
+        self.blob = blob  # the pickled function: a chunk's items may be sent again alone
+        self.chunk = chunk  # a chunk of `map`: args is a list of calls, the result an _Outcome
 
     @property
     def what(self) -> str:
         """``name(args)`` for error messages (made only when one is needed)."""
+        if self.chunk and len(self.args) == 1:
+            return _describe(self.fn, self.args[0])
+        if self.chunk:
+            return f"a chunk of {len(self.args)} calls of {_describe(self.fn, self.args[0])}"
         return _describe(self.fn, self.args)
+
+
+class _Outcome:
+    """What a chunk of `map` gave: a value or an error per call, and the time it ran."""
+
+    __slots__ = ("elapsed", "errors", "values")
+
+    def __init__(self, values: list, errors: dict[int, BaseException], elapsed: float) -> None:
+        self.values = values
+        self.errors = errors
+        self.elapsed = elapsed
 
 
 class _Slot:
@@ -199,10 +216,8 @@ class Pool(concurrent.futures.Executor):
         _check_limits(timeout, retries)
         return self._submit(self._pickle_function(fn), fn, args, kwargs, timeout, retries)
 
-    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunked=False) -> TaskFuture:
-        payload = self._pickle_call(blob, fn, args, kwargs, chunked, timeout)
-        future = TaskFuture()
-        task = _Task(next(self._ids), future, payload, timeout, retries, fn, args)
+    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunk=False) -> TaskFuture:
+        task = self._new_task(blob, fn, args, kwargs, timeout, retries, chunk)
         with self._lock:
             if self._broken is not None:
                 raise concurrent.futures.BrokenExecutor(str(self._broken))
@@ -212,42 +227,61 @@ class Pool(concurrent.futures.Executor):
             self._dispatch_pending()  # if no worker has room, the next reply hands it out
             if timeout is not None:
                 self._wake()  # the dispatcher must watch its deadline
-        return future
+        return task.future
+
+    def _new_task(self, blob, fn, args, kwargs, timeout, retries, chunk) -> _Task:
+        payload = self._pickle_call(blob, fn, args, kwargs, chunk, timeout)
+        future = TaskFuture()
+        return _Task(next(self._ids), future, payload, timeout, retries, fn, args, blob, chunk)
 
     def map(
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         retries: int = 0,
         progress: bool = False,
     ) -> Iterator[Any]:
         """``fn`` over the items, in parallel; results in order.
 
-        Unlike `concurrent.futures.Executor.map`, ``timeout`` bounds each
-        task (each chunk, with ``chunksize`` > 1), as in `submit`.  Every
-        task is submitted at once; iterating yields results in input order
-        and raises the first failed task's error.  ``progress=True`` shows a
-        tqdm bar of completed items.
+        Calls travel in chunks, one task each: by default sized from the
+        time calls take (a few milliseconds of work per chunk, at most a
+        quarter of the items per worker when their number is known), so tiny
+        calls cost little and long ones still spread over every worker;
+        ``chunksize=n`` fixes the size.  Each call still has its own result
+        or error: iterating yields results in input order and raises the
+        first failed call's error when it gets there.
+
+        The input is read as results are consumed, a bounded number of
+        chunks ahead: a huge or endless iterable works in bounded memory.
+
+        ``timeout`` bounds each call (with ``chunksize`` > 1, each chunk),
+        unlike `concurrent.futures.Executor.map`'s overall deadline; given
+        without ``chunksize``, every call is a task of its own.  ``retries``
+        counts per call: a call that raised runs again on its own.  A chunk
+        whose worker was lost or that ran past its timeout is split: its
+        calls run again one per task, so that only the one at fault fails
+        (calls of that chunk that had finished run a second time).
+        ``progress=True`` shows a tqdm bar of completed calls.
         """
-        if not isinstance(chunksize, int) or chunksize < 1:
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
         _check_limits(timeout, retries)
         blob = self._pickle_function(fn)  # once for every task of the map
-        calls = list(zip(*iterables, strict=False))  # as Executor.map: up to the shortest
-        bar = _progress_bar(len(calls)) if progress else None
-        futures = []
-        for start in range(0, len(calls), chunksize):
-            chunk = calls[start : start + chunksize]
-            if chunksize == 1:
-                future = self._submit(blob, fn, chunk[0], {}, timeout, retries)
-            else:
-                future = self._submit(blob, fn, chunk, {}, timeout, retries, chunked=True)
-            if bar is not None:
-                future.add_done_callback(functools.partial(_advance, bar, len(chunk)))
-            futures.append(future)
-        return _results(futures, chunksize > 1, bar)
+        if chunksize is None and timeout is not None:
+            chunksize = 1
+        total = _known_length(iterables)
+        bar = _progress_bar(total) if progress else None
+        mapping = _Mapping(
+            self, blob, fn, zip(*iterables, strict=False), total, timeout, retries, chunksize, bar
+        )
+        try:
+            mapping.top_up()  # work starts now, as with Executor.map
+        except BaseException:
+            mapping.close()
+            raise
+        return mapping.results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; end the workers once the submitted tasks are done.
@@ -358,7 +392,11 @@ class Pool(concurrent.futures.Executor):
     def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
         try:
             if kind == _worker.RESULT:
-                task.future.set_result(pickle.loads(payload))
+                result = pickle.loads(payload)
+                if task.chunk:
+                    self._settle_chunk(task, result)
+                else:
+                    task.future.set_result(result)
                 return
             if kind == _worker.INTERRUPTED:
                 error = TaskTimeout(
@@ -367,16 +405,85 @@ class Pool(concurrent.futures.Executor):
                 )
             else:
                 error = rebuild_error(*pickle.loads(payload))
-        except Exception as exc:  # a result or an error that does not unpickle here
+        except BaseException as exc:
+            # A result or an error that does not unpickle here: that task's
+            # error, whatever it raised (KeyboardInterrupt, SystemExit...)
+            # -- the dispatcher lives on (this thread never gets a real one).
             error = exc
         self._retry_or_fail(task, error)
 
+    def _settle_chunk(self, task: _Task, reply) -> None:
+        values, packed, elapsed = reply
+        errors = {}
+        for i, error in packed.items():
+            try:
+                errors[i] = rebuild_error(*error)
+            except BaseException as exc:
+                errors[i] = exc
+        again = [i for i in errors if task.retries > 0]
+        if not again or self._broken is not None:
+            task.future.set_result(_Outcome(values, errors, elapsed))
+            return
+        # A call that raised runs again on its own, as a task of one call.
+        self._rerun_calls(task, again, task.retries - 1, _Outcome(values, errors, elapsed))
+
+    def _rerun_calls(self, task: _Task, indexes, retries: int, outcome: _Outcome) -> None:
+        """Run calls `indexes` of chunk `task` again, one per task; settle
+        `task` with `outcome` completed by their results."""
+        left = [len(indexes)]
+        lock = threading.Lock()
+
+        def done(i, sub_future) -> None:
+            try:
+                result = sub_future.result()
+            except BaseException as exc:  # cancelled, or the pool broke
+                outcome.errors[i] = exc
+            else:
+                if result.errors:
+                    outcome.errors[i] = result.errors[0]
+                else:
+                    outcome.errors.pop(i, None)
+                    outcome.values[i] = result.values[0]
+            with lock:
+                left[0] -= 1
+                last = not left[0]
+            if last:
+                task.future.set_result(outcome)
+
+        subtasks = []
+        for i in indexes:
+            sub = self._new_task(
+                task.blob, task.fn, [task.args[i]], {}, task.timeout, retries, True
+            )
+            sub.future.set_running_or_notify_cancel()  # part of a started task: not cancellable
+            sub.future.add_done_callback(functools.partial(done, i))
+            subtasks.append(sub)
+        with self._lock:
+            broken = self._broken
+            if broken is None:
+                self._pending.extendleft(reversed(subtasks))
+                self._dispatch_pending()
+        if broken is not None:
+            for sub in subtasks:
+                sub.future.set_exception(broken)
+
     def _retry_or_fail(self, task: _Task, error: BaseException) -> None:
+        if task.chunk and len(task.args) > 1 and self._broken is None:
+            # Which call failed the whole chunk (a lost worker, a timeout) is
+            # unknown: each runs again on its own, with all its tries left.
+            outcome = _Outcome([None] * len(task.args), {}, 0.0)
+            self._rerun_calls(task, range(len(task.args)), task.retries, outcome)
+            return
         if task.retries > 0 and self._broken is None:
             task.retries -= 1
             with self._lock:
                 self._pending.appendleft(task)
                 self._dispatch_pending()
+            return
+        if task.chunk:
+            task.future.set_result(
+                _Outcome([None] * len(task.args), dict.fromkeys(range(len(task.args)), error), 0.0)
+            )
             return
         task.future.set_exception(error)
 
@@ -537,8 +644,8 @@ class Pool(concurrent.futures.Executor):
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
-    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunked: bool, timeout) -> bytes:
-        call = (blob, args, kwargs, chunked, timeout)
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout) -> bytes:
+        call = (blob, args, kwargs, chunk, timeout)
         if self.backend != "subinterpreter":
             with contextlib.suppress(Exception):
                 return pickle.dumps(call, 5)
@@ -605,20 +712,97 @@ def _describe(fn, args: tuple) -> str:
     return f"{name}({shown})"
 
 
-def _results(futures: list, chunked: bool, bar) -> Iterator[Any]:
-    futures.reverse()
-    try:
-        while futures:
-            result = futures.pop().result()
-            if chunked:
-                yield from result
-            else:
-                yield result
-    finally:
-        for future in futures:
+_TARGET_CHUNK_S = 0.005  # work per chunk: a round trip (~0.15 ms) costs a few % of it
+_MAX_CHUNK = 4096  # calls per chunk when the input's length is unknown
+_CHUNKS_PER_WORKER = 4  # chunks submitted ahead of the consumer, per worker
+
+
+class _Mapping:
+    """One `Pool.map`: reads the input as results are consumed, sizes chunks.
+
+    At most `_CHUNKS_PER_WORKER` chunks per worker are submitted and not yet
+    consumed, so memory is bounded whatever the input's length.  Until the
+    first chunk's time is known every chunk holds one call (a long call
+    must not hold a whole chunk hostage); then chunks are sized to take
+    about `_TARGET_CHUNK_S` each, from the time workers measured.
+    """
+
+    def __init__(self, pool, blob, fn, calls, total, timeout, retries, chunksize, bar) -> None:
+        self.pool = pool
+        self.blob = blob
+        self.fn = fn
+        self.calls = calls
+        self.timeout = timeout
+        self.retries = retries
+        self.fixed = chunksize
+        self.bar = bar
+        self.window: collections.deque = collections.deque()
+        self.exhausted = False
+        self.per_call_s: float | None = None
+        limit = pool.workers * _CHUNKS_PER_WORKER
+        self.cap = _MAX_CHUNK if total is None else max(1, -(-total // limit))
+        self.limit = limit
+
+    def _size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_call_s is None:
+            return 1
+        return max(1, min(self.cap, int(_TARGET_CHUNK_S / max(self.per_call_s, 1e-9))))
+
+    def top_up(self) -> None:
+        while not self.exhausted and len(self.window) < self.limit:
+            if (
+                self.per_call_s is None
+                and self.fixed is None
+                and len(self.window) >= self.pool.workers
+            ):
+                return  # one probe per worker until a time is known
+            chunk = list(itertools.islice(self.calls, self._size()))
+            if not chunk:
+                self.exhausted = True
+                return
+            future = self.pool._submit(
+                self.blob, self.fn, chunk, {}, self.timeout, self.retries, True
+            )
+            if self.bar is not None:
+                future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
+            self.window.append(future)
+
+    def results(self) -> Iterator[Any]:
+        try:
+            while self.window:
+                outcome = self.window.popleft().result()
+                if outcome.elapsed > 0:
+                    per_call = outcome.elapsed / len(outcome.values)
+                    old = self.per_call_s
+                    self.per_call_s = per_call if old is None else (old + per_call) / 2
+                self.top_up()
+                errors = outcome.errors
+                if not errors:
+                    yield from outcome.values
+                    continue
+                for i, value in enumerate(outcome.values):
+                    if i in errors:
+                        raise errors[i]
+                    yield value
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for future in self.window:
             future.cancel()
-        if bar is not None:
-            bar.close()
+        self.window.clear()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _known_length(iterables) -> int | None:
+    """How many calls `zip(*iterables)` makes, if every iterable knows its length."""
+    try:
+        return min(len(it) for it in iterables) if iterables else 0
+    except TypeError:
+        return None
 
 
 def _advance(bar, n: int, _future) -> None:

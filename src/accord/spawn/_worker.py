@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import time
 
 from . import _wire
 
@@ -68,17 +69,19 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
         task_id, _ = _TASK.unpack_from(frame)
         interrupted = False
         try:
-            blob, args, kwargs, chunked, timeout = pickle.loads(memoryview(frame)[_TASK.size :])
+            blob, args, kwargs, chunk, timeout = pickle.loads(memoryview(frame)[_TASK.size :])
             fn = _function(blob)
             if watchdog is not None:
                 watchdog.arm(timeout)
             try:
-                # Pool.map(chunksize=n) sends n calls as one task.
-                result = [fn(*one) for one in args] if chunked else fn(*args, **kwargs)
+                # Pool.map sends chunks of calls, each with its own result or error.
+                result = _run_chunk(fn, args) if chunk else fn(*args, **kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
-            reply = _TASK.pack(task_id, RESULT) + _pickled(result)
+            reply = _TASK.pack(task_id, RESULT) + (
+                _pickled_chunk(*result) if chunk else _pickled(result)
+            )
         except BaseException as exc:  # the task's error, SystemExit included, is its result
             if interrupted or type(exc).__name__ == "Interrupted":
                 reply = _TASK.pack(task_id, INTERRUPTED)
@@ -86,6 +89,40 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
         del frame
         _wire.send(fd, reply, stem)
+
+
+def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
+    """(values, {index: error}, seconds) of `calls`, each run on its own."""
+    values = []
+    errors = {}
+    started = time.perf_counter()
+    for one in calls:
+        try:
+            values.append(fn(*one))
+        except BaseException as exc:
+            if type(exc).__name__ == "Interrupted":  # the watchdog: the whole task stops
+                raise
+            errors[len(values)] = exc
+            values.append(None)
+    return values, errors, time.perf_counter() - started
+
+
+def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: float) -> bytes:
+    try:
+        return pickle.dumps((values, {i: _packed_error(e) for i, e in errors.items()}, elapsed), 5)
+    except Exception:
+        pass
+    # Some value does not pickle (or needs cloudpickle): each on its own, so
+    # only the calls whose value cannot travel fail.
+    for i, value in enumerate(values):
+        if i not in errors:
+            try:
+                _pickled(value)
+            except Exception as exc:
+                errors[i] = exc
+                values[i] = None
+    packed = {i: _packed_error(e) for i, e in errors.items()}
+    return _pickled((values, packed, elapsed))
 
 
 _functions: dict[bytes, object] = {}
@@ -117,9 +154,13 @@ def _pickled(result) -> bytes:
 
 
 def _pickled_error(exc: BaseException) -> bytes:
+    return pickle.dumps(_packed_error(exc))
+
+
+def _packed_error(exc: BaseException) -> tuple[bytes, str]:
     from .._remote import pack_error
 
-    return pickle.dumps(pack_error(exc))
+    return pack_error(exc)
 
 
 def serve_process(conn, initializer: bytes | None, stem: str) -> None:

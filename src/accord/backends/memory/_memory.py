@@ -15,6 +15,7 @@ import pickle
 import threading
 import time
 from collections import deque
+from multiprocessing.reduction import ForkingPickler
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
 from .._replies import Replies, kind_of
@@ -78,6 +79,20 @@ class MemoryInfo:
         client = _clients.pop(self.id, None)
         if client is not None:
             client.lost = ShareClosed(f"share {self.name!r} is closed")
+
+
+def _refuse_to_leave(info: MemoryInfo):
+    # multiprocessing pickles for another process (a Pool task, a Process
+    # started by spawn): refuse here, in the caller, rather than kill the
+    # worker that would fail to unpickle it.
+    raise AccordError(
+        f"share {info.name!r} uses the memory backend: it lives in process {os.getpid()} "
+        "(its threads) only and cannot be sent to another process; create it with "
+        "Share(backend='shm') to hand it to processes"
+    )
+
+
+ForkingPickler.register(MemoryInfo, _refuse_to_leave)
 
 
 def _find(share_id: int, name: str, pid: int) -> MemoryInfo:
