@@ -335,7 +335,14 @@ class WorkQueue(_Work[T]):
     times (default 2).  ``retry_failed=True`` puts an item whose body raised
     back in the queue too, within the same ``max_retries`` (deaths and
     failures count together); the exception still propagates, and the
-    item is failed for good only after its last try.  ``max_workers``
+    item is failed for good only after its last try.  Short items are
+    claimed several at a time (``claim_batch``, default: about 0.1 s of
+    work by their measured time, at most 100; one at a time for a graph);
+    the items of a batch the loop does not reach go back to the queue.  A
+    worker that loses the database (server restart, dropped connection,
+    SQLite busy past its timeout) reconnects with backoff for up to
+    ``reconnect_timeout`` s (default 300), then raises
+    `DatabaseUnavailable`.  ``max_workers``
     (default no limit) caps how many workers take part; one started beyond
     it does nothing.  ``progress``
     shows a tqdm bar (default: when stderr is a terminal).  ``worker`` names
