@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -719,3 +720,123 @@ def test_a_chunk_whose_worker_died_runs_its_calls_again_one_by_one(
         assert values == [0, 1, 2]
         assert isinstance(error, WorkerLost) and "die_at_3(3)" in str(error)
         assert list(pool.map(die_at_3, [0, 1, 2, 4], chunksize=2)) == [0, 1, 2, 4]
+
+
+# -- what a task returns never kills the dispatcher; a killed parent leaves no segments --
+
+
+def _explode(name):
+    raise {"interrupt": KeyboardInterrupt, "exit": SystemExit, "base": BaseException}[name](name)
+
+
+class Bomb:
+    """A value whose unpickling (in the pool's process) raises `name`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        return _explode, (self.name,)
+
+
+def bomb(name):
+    return Bomb(name)
+
+
+def test_a_result_whose_unpickling_raises_fails_its_future_only(spawn_backend):
+    with Pool(1, backend=spawn_backend) as pool:
+        for name, kind in [("interrupt", KeyboardInterrupt), ("exit", SystemExit)]:
+            with pytest.raises(kind):
+                pool.submit(bomb, name).result(timeout=30)
+        values, error = _collect_base(pool.map(bomb_at_1, range(3), chunksize=3))
+        assert len(values) == 1 and type(error) is BaseException
+        assert pool.submit(square, 4).result(timeout=30) == 16  # the dispatcher lives on
+        assert pool._thread.is_alive()
+
+
+def bomb_at_1(x):
+    return Bomb("base") if x == 1 else x
+
+
+def _collect_base(iterator):
+    values = []
+    try:
+        for value in iterator:
+            values.append(value)
+    except BaseException as exc:
+        return values, exc
+    return values, None
+
+
+_PARENT_SCRIPT = """
+import os, sys, time
+from accord import Pool
+
+def hold(gate):
+    # Holds its worker until the test opens the gate (deadline: never for ever).
+    end = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.005)
+    return b"r" * 200_000  # a big reply: its segment outlives a dead pool
+
+if __name__ == "__main__":
+    backend, gate = sys.argv[1], sys.argv[2]
+    pool = Pool(1, backend=backend)
+    pool.submit(hold, gate)
+    pool.submit(len, b"x" * 200_000)  # in a segment its worker has not taken
+    print(os.getpid(), flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def _pool_segments_of(pid: int) -> list[str]:
+    from accord.backends.shm._segment import leftovers
+
+    return [n for n in leftovers(f"accord.{os.getuid()}.anon-{pid}-pool")]
+
+
+def _killed_parent(tmp_path, spawn_backend):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_SCRIPT)
+    gate = tmp_path / "gate"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), spawn_backend, str(gate)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(parent.stdout.readline())
+    assert _pool_segments_of(pid)  # the argument's segment is there
+    parent.kill()
+    parent.wait(timeout=30)
+    parent.stdin.close()
+    parent.stdout.close()
+    return pid, gate
+
+
+def _wait_until(condition, deadline_s=30.0):
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_workers_of_a_killed_parent_unlink_their_segments(
+    spawn_backend, separate_processes, tmp_path
+):
+    pid, gate = _killed_parent(tmp_path, spawn_backend)
+    gate.touch()  # the worker finishes, cannot reply, and cleans up as it ends
+    assert _wait_until(lambda: not _pool_segments_of(pid)), _pool_segments_of(pid)
+
+
+def test_the_next_pool_sweeps_the_segments_of_a_killed_parent(spawn_backend, tmp_path):
+    pid, gate = _killed_parent(tmp_path, spawn_backend)
+    try:
+        # The worker (a process) is still held: nothing has unlinked them yet.
+        assert _pool_segments_of(pid)
+        with Pool(1, backend=spawn_backend):
+            assert _pool_segments_of(pid) == []
+    finally:
+        gate.touch()  # a worker process of the dead parent ends

@@ -24,6 +24,7 @@ import functools
 import itertools
 import os
 import pickle
+import re
 import selectors
 import socket
 import threading
@@ -168,6 +169,7 @@ class Pool(concurrent.futures.Executor):
         self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
         # Names of the segments of big frames: this process's, this pool's.
         self._stem = f"{_segment.PREFIX}.{os.getuid()}.anon-{os.getpid()}-pool{id(self):x}~"
+        _sweep_dead_pools()
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
@@ -675,6 +677,30 @@ class Pool(concurrent.futures.Executor):
 
 
 _SCRIPT_MODULES = ("__main__", "__mp_main__")
+_POOL_SEGMENT = re.compile(r"anon-(\d+)-pool[0-9a-f]+~")
+
+
+def _sweep_dead_pools() -> None:
+    """Unlink the segments of pools whose process died (SIGKILL) before a
+    worker could take them.
+
+    Only names of this user's pools, in files this user owns, whose creating
+    process is gone: a live process's segments are never touched.
+    """
+    uid = os.getuid()
+    start = f"{_segment.PREFIX}.{uid}."
+    for name in _segment.leftovers(start):
+        match = _POOL_SEGMENT.match(name, len(start))
+        if match is None:
+            continue
+        try:
+            if os.stat(f"/dev/shm/{name}").st_uid != uid:
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            _segment.unlink(name)
+        except OSError:  # gone meanwhile, or a process we may not signal: alive
+            continue
 
 
 def _module_of(fn) -> str | None:

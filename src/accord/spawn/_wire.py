@@ -92,6 +92,13 @@ def _from_segment(name: str) -> bytes:
         segment.close()
 
 
+def unlink_leftovers(stem: str) -> None:
+    from ..backends.shm import _segment
+
+    for name in _segment.leftovers(stem):
+        _segment.unlink(name)
+
+
 class FrameReader:
     """Frames arriving on a non-blocking descriptor, as they become complete."""
 

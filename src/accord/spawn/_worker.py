@@ -43,9 +43,16 @@ def serve(
     watchdog = _start_watchdog() if watch else None
     try:
         _serve(fd, initializer, watchdog, stem)
+    except (BrokenPipeError, ConnectionResetError):  # the pool's process died: stop quietly
+        pass
     finally:
         if watchdog is not None:
             watchdog.stop()
+        if stem is not None:
+            # Frames no one will take: the pool's, if its process died before
+            # this worker read them, and a reply it could not send.  (The
+            # pool sweeps them too when it ends a worker; whichever is first.)
+            _wire.unlink_leftovers(stem)
 
 
 def _start_watchdog():
