@@ -154,7 +154,8 @@ class ProcessHandle(WorkerHandle):
         )
         _handing_over.fd = fd
         try:
-            self.process.start()
+            with _main_without_a_file() if method != "fork" else contextlib.nullcontext():
+                self.process.start()
         except BaseException:
             self.close()  # no worker: nobody will ever close our end
             raise
@@ -185,6 +186,31 @@ class ProcessHandle(WorkerHandle):
             except ValueError:
                 return f"was killed by signal {-code}"
         return f"exited with code {code}"
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_without_a_file():
+    """Start a spawn or forkserver worker without re-running a script that
+    is not a file (read from standard input: ``python - <<EOF``).
+
+    multiprocessing runs the main script again in each such worker, by its
+    ``__file__`` -- "<stdin>" there, which does not exist.  The pool needs
+    none of it: the script's functions travel by value (as for ``-c``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    with _main_lock:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
 
 
 class InterpreterHandle(WorkerHandle):

@@ -36,8 +36,7 @@ from typing import Any
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
 from ..backends.shm import _segment
-from ..share._serialize import cloudpickle_dumps
-from . import _handles, _worker
+from . import _handles, _pickling, _worker
 from ._wire import FrameReader, frame
 
 _PER_WORKER = 2  # tasks a worker holds: the running one and the next
@@ -166,7 +165,7 @@ class Pool(concurrent.futures.Executor):
         # the pool dismisses it only if that did not work within the grace.
         self._grace = _GRACE_S if self.backend == "subinterpreter" else 0.0
         self.workers = workers
-        self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
+        self._initializer = _pickling.dumps((initializer, initargs)) if initializer else None
         # Names of the segments of big frames: this process's, this pool's.
         self._stem = f"{_segment.PREFIX}.{os.getuid()}.anon-{os.getpid()}-pool{id(self):x}~"
         _sweep_dead_pools()
@@ -642,7 +641,7 @@ class Pool(concurrent.futures.Executor):
         # Lambdas, local functions, the script's functions (which a
         # sub-interpreter has not imported): by value, with their globals.
         try:
-            return cloudpickle_dumps(fn)
+            return _pickling.dumps(fn, with_source=True)
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
@@ -652,7 +651,7 @@ class Pool(concurrent.futures.Executor):
             with contextlib.suppress(Exception):
                 return pickle.dumps(call, 5)
         try:
-            return cloudpickle_dumps(call)
+            return _pickling.dumps(call)
         except Exception as exc:
             raise _cannot_send(fn, args, exc) from exc
 

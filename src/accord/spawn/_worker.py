@@ -132,6 +132,15 @@ def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: floa
     return _pickled((values, packed, elapsed))
 
 
+def with_source(sources: dict[str, list[str]], value):
+    """`value`, with the source of its code registered for tracebacks here."""
+    import linecache
+
+    for name, lines in sources.items():
+        linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+    return value
+
+
 _functions: dict[bytes, object] = {}
 
 
