@@ -840,3 +840,123 @@ def test_the_next_pool_sweeps_the_segments_of_a_killed_parent(spawn_backend, tmp
             assert _pool_segments_of(pid) == []
     finally:
         gate.touch()  # a worker process of the dead parent ends
+
+
+# -- scripts from standard input, the cause of a lost worker, traceback file names --
+
+
+def _run_script(source: str, *args: str, stdin: bool = False, tmp_path=None):
+    """Run `source` as a script (from standard input, or as a file); (rc, stdout, stderr)."""
+    if stdin:
+        command, text = [sys.executable, "-", *args], source
+    else:
+        script = tmp_path / "script.py"
+        script.write_text(source)
+        command, text = [sys.executable, str(script), *args], ""
+    done = subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+_STDIN_SCRIPT = """
+import sys
+from accord import Pool
+
+def double(x):
+    return 2 * x
+
+def broken(x):
+    y = x + 1
+    raise ValueError(f"broken {y}")
+
+if __name__ == "__main__":
+    with Pool(2, backend=sys.argv[1]) as pool:
+        print(pool.submit(double, 21).result(timeout=60), list(pool.map(double, range(4))))
+        try:
+            pool.submit(broken, 1).result(timeout=60)
+        except ValueError as exc:
+            print(exc.__cause__)
+"""
+
+
+def test_a_script_read_from_standard_input_runs_its_functions_in_workers(spawn_backend):
+    rc, out, err = _run_script(_STDIN_SCRIPT, spawn_backend, stdin=True)
+    assert rc == 0, err
+    assert "42 [0, 2, 4, 6]" in out
+    assert 'File "<stdin>", line 10, in broken' in out  # the real name and line
+
+
+def _shipped_lambda_fails():
+    return lambda x: {}[x]  # by value: cloudpickle ships local functions' code
+
+
+def test_tracebacks_of_shipped_functions_name_the_real_file_and_line(spawn_backend):
+    import linecache
+
+    with Pool(1, backend=spawn_backend) as pool:
+        with pytest.raises(KeyError) as info:
+            pool.submit(_shipped_lambda_fails(), "nope").result(timeout=30)
+        shown = str(info.value.__cause__)
+        line = _shipped_lambda_fails.__code__.co_firstlineno + 1
+        assert f'File "{__file__}", line {line}, in <lambda>' in shown
+        assert "return lambda x: {}[x]" in shown  # the source line, read there
+        # Code whose source is only in this process's linecache (a notebook cell).
+        source = "def cell(x):\n    y = x * 2\n    raise ValueError(y)\n"
+        name = f"<cell-{os.getpid()}>"
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+        namespace = {}
+        exec(compile(source, name, "exec"), namespace)
+        with pytest.raises(ValueError) as info:
+            pool.submit(namespace["cell"], 1).result(timeout=30)
+        shown = str(info.value.__cause__)
+        assert f'File "{name}", line 3, in cell' in shown
+        assert "raise ValueError(y)" in shown
+
+
+_LAST_WORDS = """
+import os, sys
+from accord import Pool
+
+def die():
+    print("the disk is full (the worker's last words)", file=sys.stderr, flush=True)
+    os._exit(3)
+
+if __name__ == "__main__":
+    with Pool(1, backend=sys.argv[1]) as pool:
+        try:
+            pool.submit(die).result(timeout=60)
+        except Exception as exc:
+            print(repr(exc))
+        print(pool.submit(abs, -5).result(timeout=60))
+"""
+
+
+def test_a_lost_worker_error_carries_its_exit_code_and_last_words(
+    spawn_backend, separate_processes, tmp_path
+):
+    # In a script of its own: the worker's stderr is this process's too.
+    rc, out, err = _run_script(_LAST_WORDS, spawn_backend, tmp_path=tmp_path)
+    assert rc == 0, err
+    assert "WorkerLost" in out and "exited with code 3 while running die()" in out
+    assert "the end of its standard error" in out and "the worker's last words" in out
+    assert "the worker's last words" in err  # passed on as it was written
+    assert out.strip().endswith("5")  # replaced, the pool goes on
+
+
+_NO_GUARD = """
+import sys
+from accord import Pool
+
+with Pool(1, backend=sys.argv[1]) as pool:
+    print("result", pool.submit(abs, -3).result(timeout=60))
+"""
+
+
+def test_a_script_without_its_main_guard_gets_an_error_that_says_so(spawn_backend, tmp_path):
+    rc, out, err = _run_script(_NO_GUARD, spawn_backend, tmp_path=tmp_path)
+    if spawn_backend in ("spawn", "forkserver"):
+        assert rc != 0
+        assert "before it started" in err
+        assert 'has no `if __name__ == "__main__":` guard' in err
+    else:  # workers do not import the script again: it works
+        assert rc == 0, err
+        assert "result 3" in out

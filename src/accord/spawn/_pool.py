@@ -27,6 +27,7 @@ import pickle
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -109,6 +110,41 @@ class _Slot:
         self.outbox = bytearray()
         self.watching_writes = False
         self.overdue: _Task | None = None  # the task whose timeout ended this worker
+        self.ready = False  # the worker has started (its first frame came)
+        err = getattr(handle, "err", None)
+        self.stderr = None if err is None else _Stderr(err)
+
+
+class _Stderr:
+    """A worker process's standard error: passed on to ours, its tail kept."""
+
+    _TAIL = 2000
+
+    def __init__(self, end: socket.socket) -> None:
+        self.end = end
+        self.tail = bytearray()
+
+    def read(self) -> None:
+        while True:
+            try:
+                chunk = self.end.recv(1 << 16)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            with contextlib.suppress(OSError):
+                os.write(2, chunk)
+            self.tail += chunk
+            del self.tail[: -self._TAIL]
+
+    def last_words(self) -> str:
+        """The end of what it wrote, for an error message ("" if nothing)."""
+        self.read()
+        text = self.tail.decode(errors="replace").strip()
+        if not text:
+            return ""
+        lines = text.splitlines()[-15:]
+        return "; the end of its standard error:\n    " + "\n    ".join(lines)
 
 
 class Pool(concurrent.futures.Executor):
@@ -315,6 +351,9 @@ class Pool(concurrent.futures.Executor):
                 for key, events in self._selector.select(self._time_to_next_deadline()):
                     if key.data is None:
                         self._drain_wake()
+                    elif type(key.data) is _Stderr:
+                        key.data.read()
+                        continue
                     elif events & selectors.EVENT_WRITE:
                         with self._lock:
                             self._flush(key.data)
@@ -358,6 +397,9 @@ class Pool(concurrent.futures.Executor):
                 if self._broken is not None:
                     break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
+                if kind == _worker.READY:
+                    slot.ready = True
+                    continue
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
                     break
@@ -375,12 +417,24 @@ class Pool(concurrent.futures.Executor):
         if lost is None:
             return
         reason = lost.handle.reap(_REAP_S)
+        words = "" if lost.stderr is None else lost.stderr.last_words()
         if lost.handle.ended():  # big frames it never took (or sent, in vain)
             for name in _segment.leftovers(lost.stem):
                 _segment.unlink(name)
         overdue = lost.overdue
+        if overdue is None and not lost.ready:
+            # It never started: the next would fail the same way (a script
+            # without its __main__ guard, a broken environment).  Stop.
+            error = WorkerLost(_start_failed(self.backend, lost.handle.ident, reason) + words)
+            with self._lock:
+                doomed = self._break_with(error) + list(lost.tasks)
+                lost.tasks.clear()
+            for task in doomed:
+                if not task.future.cancelled():
+                    task.future.set_exception(self._broken)
+            return
         if overdue is None:
-            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}", words)
         elif lost.tasks and lost.tasks[0] is overdue:
             self._fail_head(lost, TaskTimeout, _timed_out(overdue))
         else:  # it answered the overdue task after all, then started the next one
@@ -488,7 +542,7 @@ class Pool(concurrent.futures.Executor):
             return
         task.future.set_exception(error)
 
-    def _fail_head(self, slot: _Slot, error_type, why: str) -> None:
+    def _fail_head(self, slot: _Slot, error_type, why: str, words: str = "") -> None:
         """Fail (or retry) the task `slot` was running; requeue the one it held next."""
         held = list(slot.tasks)
         with self._lock:
@@ -496,7 +550,7 @@ class Pool(concurrent.futures.Executor):
         if held:  # before the worker is replaced, which may fail
             head = held[0]
             if error_type is WorkerLost:
-                message = f"{why} while running {head.what}; it was replaced"
+                message = f"{why} while running {head.what}; it was replaced{words}"
             else:
                 message = why.format(what=head.what)
             self._retry_or_fail(head, error_type(message))
@@ -592,11 +646,16 @@ class Pool(concurrent.futures.Executor):
         stem = f"{self._stem}w{next(self._worker_ids)}-"
         slot = _Slot(_handles.start(self.backend, self._initializer, stem), stem)
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
+        if slot.stderr is not None:
+            self._selector.register(slot.stderr.end, selectors.EVENT_READ, slot.stderr)
         self._slots.append(slot)
 
     def _remove(self, slot: _Slot) -> _Slot:
         self._slots.remove(slot)
         self._selector.unregister(slot.handle.fd)
+        if slot.stderr is not None:
+            self._selector.unregister(slot.stderr.end)
+            slot.stderr.read()  # all of it: the worker's end closed as it did
         slot.handle.close()
         return slot
 
@@ -608,9 +667,17 @@ class Pool(concurrent.futures.Executor):
 
         Returns the tasks to fail (outside the lock: their callbacks may
         call back into the pool)."""
-        cause = rebuild_error(*pickle.loads(payload))
-        self._broken = WorkerLost(f"the worker initializer failed: {cause!r}")
-        self._broken.__cause__ = cause
+        try:
+            cause = rebuild_error(*pickle.loads(payload))
+        except BaseException as exc:  # what a worker sent never stops the dispatcher
+            cause = exc
+        error = WorkerLost(f"the worker initializer failed: {cause!r}")
+        error.__cause__ = cause
+        return self._break_with(error)
+
+    def _break_with(self, error: BaseException) -> list[_Task]:
+        if self._broken is None:
+            self._broken = error
         self._shutdown = True
         doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
         self._pending.clear()
@@ -660,6 +727,9 @@ class Pool(concurrent.futures.Executor):
             slots, self._slots = self._slots, []
         for slot in slots:
             self._selector.unregister(slot.handle.fd)
+            if slot.stderr is not None:
+                self._selector.unregister(slot.stderr.end)
+                slot.stderr.read()
             slot.handle.close()
         for handle in [slot.handle for slot in slots]:
             handle.reap(_REAP_S)
@@ -838,6 +908,29 @@ def _progress_bar(total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task")
+
+
+def _start_failed(backend: str, ident: str, reason: str) -> str:
+    message = f"worker {ident} {reason} before it started; the pool cannot run tasks"
+    if backend not in ("spawn", "forkserver"):
+        return message
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    source = ""
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as f:
+            source = f.read()
+    if source and not re.search(r"""__name__\s*==\s*['"]__main__['"]""", source):
+        return (
+            f'{message}. The script {path} has no `if __name__ == "__main__":` guard: '
+            f"under backend={backend!r} each worker first imports the main script, which "
+            "then starts a pool again (its error is on standard error above). Put the code "
+            "that starts the pool under that guard, or use backend='fork'"
+        )
+    return (
+        f"{message} (under backend={backend!r} a worker first imports the main script "
+        "again: its error is on standard error above)"
+    )
 
 
 def _cpu_count() -> int:

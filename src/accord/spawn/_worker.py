@@ -11,6 +11,7 @@ this worker hold it, which is what lets both sides unpickle what arrives.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import time
@@ -18,7 +19,7 @@ import time
 from . import _wire
 
 # Reply kinds (one byte after the task id).
-RESULT, ERROR, INIT_FAILED, INTERRUPTED = 0, 1, 2, 3
+RESULT, ERROR, INIT_FAILED, INTERRUPTED, READY = 0, 1, 2, 3, 4
 _TASK = struct.Struct("<QB")
 
 
@@ -65,6 +66,9 @@ def _start_watchdog():
 
 
 def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> None:
+    # Started: a worker that dies before this arrives failed to start (the
+    # pool then stops rather than start one failing worker after another).
+    _wire.send(fd, _TASK.pack(0, READY))
     if initializer is not None:
         try:
             init, args = pickle.loads(initializer)
@@ -179,8 +183,15 @@ def _packed_error(exc: BaseException) -> tuple[bytes, str]:
     return pack_error(exc)
 
 
-def serve_process(conn, initializer: bytes | None, stem: str) -> None:
-    """Entry point of a worker process (`conn`: its end of the pool's socketpair)."""
+def serve_process(conn, initializer: bytes | None, stem: str, err=None) -> None:
+    """Entry point of a worker process (`conn`: its end of the pool's socketpair;
+    `err`: where its standard error goes, for the pool to pass on)."""
+    if err is not None:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(err.fileno(), 2)
+        err.close()
     fd = conn.fileno()
     try:
         serve(fd, initializer, stem=stem)
