@@ -1,6 +1,7 @@
 """The ``accord`` command.
 
-``accord status DB`` and ``accord reset DB --failed`` (work queues),
+``accord status DB``, ``accord reset DB --failed|--all`` and ``accord drop DB
+--name NAME`` (work queues),
 ``accord coordinator URL --name NAME`` (redis shares).  Each subcommand is
 a click command on the `main` group and imports its layer only when run.
 """
@@ -21,11 +22,11 @@ def main() -> None:
     """accord: shared Python objects and work distribution."""
 
 
-def _engine(db: str):
+def _engine(db: str, read_only: bool = False):
     from .work._db import open_engine
 
     try:
-        return open_engine(db, must_exist=True)
+        return open_engine(db, must_exist=True, read_only=read_only)
     except AccordError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -39,11 +40,13 @@ def _engine(db: str):
 def status(db: str, name: str | None, failures: int) -> None:
     """Where the work queues in DB stand: items per status, active workers, failures.
 
-    DB is the URL the workers use, e.g. sqlite:///run.sqlite.
+    DB is the URL the workers use, e.g. sqlite:///run.sqlite.  It is only
+    read: no lock is taken that would hold a worker up, and a read-only copy
+    of a SQLite file (or one on a read-only mount) works.
     """
     from .work._status import report
 
-    engine = _engine(db)
+    engine = _engine(db, read_only=True)
     try:
         click.echo(report(engine, name, failures))
     except AccordError as exc:
@@ -56,20 +59,58 @@ def status(db: str, name: str | None, failures: int) -> None:
 @click.argument("db")
 @click.option("--name", help="Only this queue or graph (default: all in DB).")
 @click.option("--failed", is_flag=True, help="Re-queue failed items.")
-def reset(db: str, name: str | None, failed: bool) -> None:
-    """Put items of the queues in DB back in the queue, to be done again."""
-    from .work._status import reset as reset_items
+@click.option(
+    "--all", "everything", is_flag=True, help="Re-queue every item: completed, failed, running."
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (--all).")
+def reset(db: str, name: str | None, failed: bool, everything: bool, yes: bool) -> None:
+    """Put items of the queues in DB back in the queue, to be done again.
 
-    if not failed:
-        raise click.UsageError("say which items to re-queue: --failed")
+    --all starts the queues over: completed items are done again, and
+    running ones are handed out again (their workers' outcomes are not
+    recorded).
+    """
+    from .work._status import reset as reset_items
+    from .work._store import COMPLETED, FAILED, RUNNING
+
+    if failed == everything:
+        raise click.UsageError("say which items to re-queue: --failed or --all")
+    if everything and not yes:
+        where = f"queue {name!r}" if name else "every queue"
+        click.confirm(f"Re-queue every item of {where} in {db}?", abort=True, err=True)
+    statuses = (COMPLETED, FAILED, RUNNING) if everything else (FAILED,)
     engine = _engine(db)
     try:
-        for queue, n in reset_items(engine, name).items():
-            click.echo(f"{queue}: {n} failed items re-queued")
+        for queue, n in reset_items(engine, name, statuses).items():
+            click.echo(f"{queue}: {n} {'' if everything else 'failed '}items re-queued")
     except AccordError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         engine.dispose()
+
+
+@main.command()
+@click.argument("db")
+@click.option("--name", required=True, help="The queue or graph to delete.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def drop(db: str, name: str, yes: bool) -> None:
+    """Delete the queue or graph NAME from DB, with its items and history.
+
+    Refused while workers of it are running.  The next worker that builds
+    a queue of that name starts it afresh.
+    """
+    from .work._status import drop as drop_queue
+
+    if not yes:
+        click.confirm(f"Delete {name!r} and all its history from {db}?", abort=True, err=True)
+    engine = _engine(db)
+    try:
+        n = drop_queue(engine, name)
+    except AccordError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
+    click.echo(f"{name}: dropped ({n} items)")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 from work_helpers import barrier, wait_until
 
-from accord.work import DatabaseUnavailable, InvalidWork, WorkFailed, WorkQueue
+from accord.work import DatabaseUnavailable, InvalidWork, Task, TaskGraph, WorkFailed, WorkQueue
 
 
 def test_four_workers_do_each_of_400_items_once(db, workers, tmp_path):
@@ -328,3 +329,60 @@ def test_an_item_whose_outcome_could_not_be_recorded_is_not_left_running(sqlite_
     assert done == [0, 1]
     assert [h.status for h in other.history(0)] == ["running", "killed", "running", "completed"]
     other.dispose()
+
+
+def _last_bar(stderr: str) -> str:
+    return [line for line in stderr.replace("\r", "\n").splitlines() if "|" in line][-1]
+
+
+def test_every_workers_progress_bar_ends_at_100_percent(db, workers, tmp_path):
+    config = {"db": db, "name": "embed", "items": 60, "work_s": 0.01}
+    config["options"] = {"progress": True}
+    config["barrier"] = [str(barrier(tmp_path)), 3]
+    procs = [workers.start(**config) for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        # Each worker did only some items, and synced at most once a second
+        # while running: the bar left on screen is the database's count.
+        assert "100%" in _last_bar(err) and "60/60" in _last_bar(err), err
+
+
+def test_a_graphs_progress_bar_counts_tasks(sqlite_db, capsys):
+    tasks = [Task("a"), Task("b", deps=["a"]), Task("c", deps=["b"])]
+    list(TaskGraph(tasks, db=sqlite_db, name="g", progress=True))
+    bar = _last_bar(capsys.readouterr().err)
+    assert "3/3" in bar and "task" in bar and "it" not in bar.split("]")[0].split("[")[-1]
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_retry_failed_requeues_a_failing_item_up_to_max_retries(db, max_retries):
+    tries: list[int] = []
+
+    def run():
+        queue = WorkQueue(
+            range(3), db=db, name="q", progress=False, retry_failed=True, max_retries=max_retries
+        )
+        with contextlib.suppress(ValueError):
+            for item in queue:
+                if item == 1:
+                    tries.append(item)
+                    raise ValueError("flaky")
+        return queue
+
+    for _ in range(max_retries + 2):
+        queue = run()
+    assert len(tries) == max_retries + 1
+    assert queue.counts() == {"pending": 0, "running": 0, "completed": 2, "failed": 1}
+    statuses = [h.status for h in queue.history(1)]
+    assert statuses == ["running", "failed"] * (max_retries + 1)
+    queue.dispose()
+
+
+def test_without_retry_failed_a_failure_is_final(sqlite_db):
+    queue = WorkQueue(range(2), db=sqlite_db, name="q", progress=False, max_retries=2)
+    with pytest.raises(ValueError):
+        for _ in queue:
+            raise ValueError("once")
+    assert list(queue) == [1]
+    assert queue.counts()["failed"] == 1

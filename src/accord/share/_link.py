@@ -20,7 +20,7 @@ from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
 from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
-from ._methods import LOCAL, QUEUE, Access, method_access, property_access
+from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
 from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from ._values import is_value, private
@@ -349,6 +349,7 @@ class Link:
             return memo[1]
         access = method_access(cls, attr)
         if access is not None and attr not in getattr(obj, "__dict__", ()):
+            access = checked(access, obj)
             slots = (
                 self.read_slots(path, access)
                 if access.kind == LOCAL
@@ -359,6 +360,7 @@ class Link:
             return method
         prop = property_access(cls, attr)
         if prop is not None:
+            prop = checked(prop, obj)
             if prop.kind == LOCAL:
                 self.wait_for(self.read_slots(path, prop))
                 return private(getattr(self.value_at(path), attr))

@@ -22,6 +22,7 @@ safe fallback: CALL, reading and writing the whole object.
 
 from __future__ import annotations
 
+import array
 import ast
 import collections
 import inspect
@@ -41,45 +42,108 @@ class Access:
     kind: str
     reads: frozenset[str] | None = None  # attribute names; None: the whole object
     writes: frozenset[str] | None = None  # attribute names; None: unknown
+    # (attribute, method) calls the analysis took to only read, on the
+    # grounds that the attribute holds a builtin whose table says so;
+    # `checked` confirms that on the object before this access is used.
+    assumes: frozenset[tuple[str, str]] = frozenset()
 
 
 _WHOLE_CALL = Access(CALL)
 _WHOLE_QUEUE = Access(QUEUE)
 _WHOLE_LOCAL = Access(LOCAL)
 
-# Builtin containers: (fire-and-forget writes, blocking writes).  Every other
-# method of these types only reads.
-_TABLES: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
+# Builtin containers: (fire-and-forget writes, blocking writes, reads).
+# Every method of these types is named in one of the three (a test checks
+# it against the running Python's `dir()`, so a method a new Python adds
+# fails there); a name in none of them runs on the coordinator (CALL):
+# when in doubt, it is a write.
+_TABLES: dict[type, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {}
+
+# What `object` gives every type: `__init__`, `__setattr__`, `__delattr__`
+# change the receiver; the rest only read it.
+_OBJECT_CALL = "__init__ __setattr__ __delattr__"
+_OBJECT_READS = (
+    "__dir__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __format__ __getattribute__ "
+    "__getstate__ __hash__ __init_subclass__ __new__ __reduce__ __reduce_ex__ __repr__ "
+    "__sizeof__ __str__ __subclasshook__ __class_getitem__ __contains__ __getitem__ "
+    "__iter__ __len__ __reversed__ __copy__ __deepcopy__"
+)
+_SEQUENCE_READS = "__add__ __mul__ __rmul__ copy count index"
+_MAPPING_READS = "__or__ __ror__ copy fromkeys get items keys values"
 
 
-def _table(cls: type, queue: str, call: str) -> None:
-    _TABLES[cls] = (frozenset(queue.split()), frozenset(call.split()))
+def _table(cls: type, queue: str, call: str, reads: str) -> None:
+    _TABLES[cls] = (
+        frozenset(queue.split()),
+        frozenset(f"{call} {_OBJECT_CALL}".split()),
+        frozenset(f"{reads} {_OBJECT_READS}".split()) - frozenset(f"{call} {queue}".split()),
+    )
 
 
 _table(
     list,
     "append extend insert clear sort reverse __setitem__ __iadd__ __imul__",
     "pop remove __delitem__",
+    _SEQUENCE_READS,
 )
-_table(dict, "update clear __setitem__ __ior__", "pop popitem setdefault __delitem__")
+_table(
+    dict,
+    "update clear __setitem__ __ior__",
+    "pop popitem setdefault __delitem__",
+    _MAPPING_READS,
+)
 _table(
     set,
     "add discard update difference_update intersection_update "
     "symmetric_difference_update clear __ior__ __iand__ __isub__ __ixor__",
     "pop remove",
+    "__and__ __or__ __sub__ __xor__ __rand__ __ror__ __rsub__ __rxor__ copy difference "
+    "intersection isdisjoint issubset issuperset symmetric_difference union",
 )
 _table(
-    bytearray, "append extend insert clear reverse __setitem__ __iadd__", "pop remove __delitem__"
+    bytearray,
+    "append extend insert clear reverse __setitem__ __iadd__ __imul__",
+    "pop remove __delitem__",
+    f"{_SEQUENCE_READS} __alloc__ __mod__ __rmod__ capitalize center decode endswith "
+    "expandtabs find fromhex hex isalnum isalpha isascii isdigit islower isspace istitle "
+    "isupper join ljust lower lstrip maketrans partition removeprefix removesuffix replace "
+    "rfind rindex rjust rpartition rsplit rstrip split splitlines startswith strip swapcase "
+    "title translate upper zfill",
 )
 _table(
     collections.deque,
-    "append appendleft extend extendleft clear rotate reverse __setitem__ __iadd__",
+    "append appendleft extend extendleft insert clear rotate reverse __setitem__ __iadd__ __imul__",
     "pop popleft remove __delitem__",
+    _SEQUENCE_READS,
 )
-_table(collections.Counter, "update subtract clear __setitem__", "pop popitem setdefault")
-_table(collections.OrderedDict, "update clear move_to_end __setitem__", "pop popitem setdefault")
-# defaultdict.__getitem__ inserts a missing key: the coordinator must do it.
-_table(collections.defaultdict, "update clear __setitem__", "pop popitem setdefault __getitem__")
+_table(
+    collections.Counter,
+    "update subtract clear __setitem__ __iadd__ __isub__ __iand__ __ior__",
+    "pop popitem setdefault __delitem__ _keep_positive",
+    f"{_MAPPING_READS} __add__ __sub__ __and__ __neg__ __pos__ __missing__ elements "
+    "most_common total",
+)
+_table(
+    collections.OrderedDict,
+    "update clear move_to_end __setitem__ __ior__",
+    "pop popitem setdefault __delitem__",
+    _MAPPING_READS,
+)
+# defaultdict.__getitem__ (through __missing__) inserts a missing key: the
+# coordinator must do it.
+_table(
+    collections.defaultdict,
+    "update clear __setitem__ __ior__",
+    "pop popitem setdefault __delitem__ __getitem__ __missing__",
+    _MAPPING_READS,
+)
+_table(
+    array.array,
+    "append extend insert reverse byteswap frombytes fromlist fromunicode __setitem__ "
+    "__iadd__ __imul__",
+    "pop remove fromfile __delitem__",
+    f"{_SEQUENCE_READS} buffer_info tobytes tofile tolist tounicode",
+)
 
 # Methods that never mutate their receiver, whatever its type: a call of
 # one of these on ``self.x`` is a read of x, not a write.
@@ -207,12 +271,12 @@ def _lookup(cls: type, name: str) -> Access | None:
     for base in cls.__mro__:
         if name in vars(base):
             if base in _TABLES:
-                queue, call = _TABLES[base]
+                queue, call, reads = _TABLES[base]
                 if name in queue:
                     return _WHOLE_QUEUE
-                if name in call:
-                    return _WHOLE_CALL
-                return _WHOLE_LOCAL
+                if name in reads and name not in call:
+                    return _WHOLE_LOCAL
+                return _WHOLE_CALL  # a write, or a method the table does not know
             break
     if isinstance(attr, staticmethod):
         return _WHOLE_LOCAL
@@ -241,7 +305,35 @@ def property_access(cls: type, name: str) -> Access | None:
     facts = _Analysis(cls).function(attr.fget)
     if facts is None or facts.writes != set():
         return _WHOLE_CALL
-    return Access(LOCAL, frozenset(facts.reads) if facts.reads is not None else None, frozenset())
+    reads = frozenset(facts.reads) if facts.reads is not None else None
+    return Access(LOCAL, reads, frozenset(), frozenset(facts.assumes))
+
+
+# Types whose every method only reads (they cannot change).
+_IMMUTABLE = frozenset({str, bytes, int, float, complex, bool, tuple, frozenset, range, type(None)})
+_absent = object()
+
+
+def checked(access: Access, obj) -> Access:
+    """`access` if the calls it assumed read-only are so on `obj` (each
+    attribute holds a builtin whose table lists the method as a read), else
+    the safe fallback: a blocking call that may write the whole object."""
+    for attr, method in access.assumes:
+        value = getattr(obj, attr, _absent)
+        if value is _absent or not _reads_only(type(value), method):
+            kind = CALL if access.kind == LOCAL else access.kind
+            return Access(kind)
+    return access
+
+
+def _reads_only(cls: type, method: str) -> bool:
+    for base in cls.__mro__:
+        if method in vars(base):
+            if base in _IMMUTABLE:
+                return True
+            table = _TABLES.get(base)
+            return table is not None and method in table[2]
+    return False
 
 
 def _declared(cls: type, name: str) -> Access | None:
@@ -260,13 +352,14 @@ def _declared(cls: type, name: str) -> Access | None:
 
 
 class _Facts:
-    __slots__ = ("raises", "reads", "returns", "writes")
+    __slots__ = ("assumes", "raises", "reads", "returns", "writes")
 
     def __init__(self) -> None:
         self.reads: set[str] | None = set()
         self.writes: set[str] | None = set()
         self.returns = False
         self.raises = False
+        self.assumes: set[tuple[str, str]] = set()
 
     def unknown(self) -> None:
         self.reads = None
@@ -281,10 +374,20 @@ class _Facts:
         if self.writes is not None:
             self.writes.add(attr)
 
+    def write_all(self, attrs: set[str] | None) -> None:
+        """What a value reached through these attributes may change (it was
+        returned by a property or a method, then mutated or passed on)."""
+        if attrs is None:
+            self.unknown()
+            return
+        for attr in attrs:
+            self.write(attr)
+
     def merge(self, other: _Facts | None) -> None:
         if other is None:
             self.unknown()
             return
+        self.assumes |= other.assumes
         if other.reads is None or self.reads is None:
             self.reads = None
         else:
@@ -298,11 +401,12 @@ class _Facts:
     def access(self) -> Access:
         reads = frozenset(self.reads) if self.reads is not None else None
         writes = frozenset(self.writes) if self.writes is not None else None
+        assumes = frozenset(self.assumes) if writes is not None else frozenset()
         if writes == frozenset():
-            return Access(LOCAL, reads, writes)
+            return Access(LOCAL, reads, writes, assumes)
         if self.returns or self.raises:
-            return Access(CALL, reads, writes)
-        return Access(QUEUE, reads, writes)
+            return Access(CALL, reads, writes, assumes)
+        return Access(QUEUE, reads, writes, assumes)
 
 
 class _Analysis:
@@ -362,12 +466,23 @@ class _Analysis:
             facts.unknown()  # `self` escapes: anything may happen to it
             return
         attr = parent.attr
+        if attr.startswith("__") and attr.endswith("__"):
+            # self.__dict__, self.__class__...: whatever is done with them
+            # may read or write any attribute.
+            facts.unknown()
+            return
         member = _static(self.cls, attr)
         if inspect.isfunction(member) or isinstance(member, staticmethod | classmethod):
             call = parents.get(parent)
             if isinstance(call, ast.Call) and call.func is parent:
                 if inspect.isfunction(member):
-                    facts.merge(self.function(member))
+                    helper = self.function(member)
+                    facts.merge(helper)
+                    if helper is not None and _mutating_use(call, parents):
+                        # self._bucket().append(x): what the helper returns
+                        # may be internal state; changing it writes what the
+                        # helper could reach.
+                        facts.write_all(helper.reads)
                 elif isinstance(member, classmethod):
                     facts.unknown()
                 return
@@ -377,14 +492,23 @@ class _Analysis:
             if not isinstance(parent.ctx, ast.Load):
                 facts.unknown()  # a setter or deleter
             elif member.fget is not None and inspect.isfunction(member.fget):
-                facts.merge(self.function(member.fget))
+                getter = self.function(member.fget)
+                facts.merge(getter)
+                if getter is not None and _mutating_use(parent, parents):
+                    # self.items.append(x), `items` returning self._items.
+                    facts.write_all(getter.reads)
             else:
                 facts.unknown()
             return
         if member is not None and hasattr(type(member), "__get__") and not _is_data(member):
             facts.unknown()  # some other descriptor
             return
-        if _mutating_use(parent, parents):
+
+        def assume(method: str) -> bool:
+            facts.assumes.add((attr, method))
+            return True
+
+        if _mutating_use(parent, parents, assume):
             facts.write(attr)
         else:
             facts.read(attr)
@@ -452,9 +576,15 @@ def _is_super_call(node: ast.Call) -> bool:
     )
 
 
-def _mutating_use(expr: ast.Attribute, parents) -> bool:
-    """Does this use of ``self.x`` (possibly) change what x refers to?"""
-    if not isinstance(expr.ctx, ast.Load):
+def _mutating_use(expr: ast.expr, parents, assume=None) -> bool:
+    """Does this use of ``self.x`` (or of what a call returned) possibly
+    change what it refers to?  When in doubt, yes.
+
+    A call of a method named in `_READ_ONLY_NAMES` directly on ``self.x``
+    counts as a read only if `assume(method)` records it, to be confirmed on
+    the object (`checked`); on anything else it may be a user method that
+    writes, so it is a write."""
+    if not isinstance(getattr(expr, "ctx", _LOAD), ast.Load):
         return True  # self.x = … / del self.x
     # Climb the chain self.x.y[k].z to its top.
     top = expr
@@ -469,7 +599,13 @@ def _mutating_use(expr: ast.Attribute, parents) -> bool:
     parent = parents.get(top)
     if isinstance(parent, ast.Call) and parent.func is top:
         # A method called on the chain: self.x.append(…) writes x.
-        return not (isinstance(top, ast.Attribute) and top.attr in _READ_ONLY_NAMES)
+        if not (isinstance(top, ast.Attribute) and top.attr in _READ_ONLY_NAMES):
+            return True
+        if assume is None or top.value is not expr or not assume(top.attr):
+            return True
+        # self.x.get(k): a read of x, if what it returns is only read too
+        # (self.x.get(k).append(v) writes x).
+        return _mutating_use(parent, parents)
     if isinstance(parent, ast.AugAssign) and parent.target is top:
         return True
     if isinstance(
@@ -499,6 +635,9 @@ def _mutating_use(expr: ast.Attribute, parents) -> bool:
     return True  # bound to a name, passed on, stored: it may be changed later
 
 
+_LOAD = ast.Load()
+
+
 def _loop_mutates(target: ast.AST, body) -> bool:
     """Does a loop body (possibly) change the elements it iterates over?"""
     names = {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
@@ -516,11 +655,9 @@ def _loop_mutates(target: ast.AST, body) -> bool:
                 root = node.func.value
                 while isinstance(root, ast.Attribute | ast.Subscript):
                     root = root.value
-                if (
-                    isinstance(root, ast.Name)
-                    and root.id in names
-                    and node.func.attr not in _READ_ONLY_NAMES
-                ):
+                if isinstance(root, ast.Name) and root.id in names:
+                    # A method of an element: the element's type is unknown
+                    # here, and its `get` may be an LRU cache's.  A write.
                     return True
             if isinstance(node, ast.Call):
                 pure = isinstance(node.func, ast.Name) and node.func.id in _PURE_FUNCTIONS

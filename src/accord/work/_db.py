@@ -24,6 +24,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -48,11 +49,13 @@ def describe(url: str | URL) -> str:
         return str(url)
 
 
-def open_engine(url: str, *, must_exist: bool = False) -> Engine:
+def open_engine(url: str, *, must_exist: bool = False, read_only: bool = False) -> Engine:
     """An engine for ``url`` that is known to connect, or `DatabaseUnavailable`.
 
     ``must_exist``: a SQLite file that does not exist is an error rather than
-    created (for tools that only read).
+    created (for tools that only read).  ``read_only``: the engine never
+    writes nor takes a write lock (see `_read_only_sqlite`); on PostgreSQL
+    every transaction is READ ONLY.  It implies ``must_exist``.
     """
     try:
         parsed = make_url(url)
@@ -63,13 +66,16 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
         ) from exc
     shown = describe(parsed)
     backend = parsed.get_backend_name()
-    if backend == "sqlite":
+    if backend == "sqlite" and read_only:
+        engine = _read_only_sqlite(parsed, url)
+    elif backend == "sqlite":
         engine = _sqlite_engine(parsed, url, must_exist)
     elif backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres"):
             # SQLAlchemy 2.0 would pick psycopg2; accord installs psycopg 3.
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = create_engine(parsed, pool_pre_ping=True)
+        options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=options)
     else:
         raise DatabaseUnavailable(
             f"cannot open {shown}: accord.work supports sqlite:/// and postgresql:// URLs"
@@ -131,7 +137,7 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
+def _sqlite_file(parsed: URL, url: str, must_exist: bool) -> Path:
     database = parsed.database or ""
     if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
         raise DatabaseUnavailable(
@@ -143,6 +149,45 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
         raise DatabaseUnavailable(f"cannot open {url}: the directory {path.parent} does not exist")
     if must_exist and not path.is_file():
         raise DatabaseUnavailable(f"cannot open {url}: {path} does not exist")
+    return path
+
+
+def _read_only_sqlite(parsed: URL, url: str) -> Engine:
+    """An engine that reads the file and writes nothing, not even beside it.
+
+    Opening a WAL database, even with ``mode=ro``, creates its ``-wal`` and
+    ``-shm`` files when they are missing (and fails where it cannot: a
+    read-only copy, directory or mount).  They exist while any worker has
+    the database open; then ``mode=ro`` reads through them, seeing committed
+    transactions without locking anyone out.  When they do not, no worker
+    is running and the main file holds every commit: it is opened
+    ``immutable``, which reads it without locks and creates nothing.  A
+    database in rollback-journal mode (network filesystems) is read with
+    ``mode=ro`` and shared locks, which create nothing either.
+    ``query_only`` makes any write that slips through fail.
+    """
+    path = _sqlite_file(parsed, url, must_exist=True)
+    try:
+        with path.open("rb") as f:
+            # Bytes 18-19 of the header are the file format versions: 2 for WAL.
+            wal = f.read(20)[18:20] == b"\x02\x02"
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot open {url}: {exc}") from exc
+    quiet = wal and not path.with_name(path.name + "-wal").exists()
+    flags = "mode=ro&immutable=1" if quiet else "mode=ro"
+    # quote(): a path with '?' or '#' must not end the file name in the URI.
+    uri = f"file:{quote(str(path))}?{flags}"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    return create_engine(parsed, creator=connect)
+
+
+def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
+    path = _sqlite_file(parsed, url, must_exist)
     journal = "DELETE" if filesystem_type(path.parent) in NETWORK_FILESYSTEMS else "WAL"
     engine = create_engine(
         parsed,

@@ -46,6 +46,7 @@ class WorkOptions(TypedDict, total=False):
     max_retries: int
     max_workers: int | None
     progress: bool | None
+    retry_failed: bool
     worker: str | None
 
 
@@ -68,6 +69,7 @@ class _Work(Generic[T]):
         max_retries: int = 2,
         max_workers: int | None = None,
         progress: bool | None = None,
+        retry_failed: bool = False,
         worker: str | None = None,
     ) -> None:
         if isinstance(labels, str):
@@ -91,6 +93,7 @@ class _Work(Generic[T]):
         self.heartbeat_interval = heartbeat_interval
         self.max_retries = max_retries
         self.max_workers = max_workers
+        self.retry_failed = retry_failed
         self.labels = frozenset(labels)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.worker = (
@@ -126,6 +129,7 @@ class _Work(Generic[T]):
             if set(filter(None, r.split(","))) <= self.labels
         }
         store.max_retries = self.max_retries
+        store.retry_failed = self.retry_failed
         store.keys_given = len(self._objects)
         store.stop_on_failure = self.failure_policy == "stop"
         store.reap_interval = self.heartbeat_interval
@@ -164,7 +168,8 @@ class _Work(Generic[T]):
             # Inside the try: a database that fails here must not leave the
             # heartbeat thread beating (and this worker "active") for good.
             conn = store.connect()
-            bar = _Progress(store, len(self._objects), self.name, self.progress)
+            unit = "task" if self._kind == "graph" else "item"
+            bar = _Progress(store, len(self._objects), self.name, self.progress, unit)
             while True:
                 outcome = store.claim(conn, worker_id, finished)
                 finished = None
@@ -282,8 +287,12 @@ class WorkQueue(_Work[T]):
     heartbeat (sent every ``heartbeat_interval`` s from a thread, default a
     quarter of the timeout) is older than ``heartbeat_timeout`` s (default 60)
     is presumed dead and its item handed out again, at most ``max_retries``
-    times (default 2).  ``max_workers`` (default no limit) caps how many
-    workers take part; one started beyond it does nothing.  ``progress``
+    times (default 2).  ``retry_failed=True`` puts an item whose body raised
+    back in the queue too, within the same ``max_retries`` (deaths and
+    failures count together); the exception still propagates, and the
+    item is failed for good only after its last try.  ``max_workers``
+    (default no limit) caps how many workers take part; one started beyond
+    it does nothing.  ``progress``
     shows a tqdm bar (default: when stderr is a terminal).  ``worker`` names
     this worker in the history (default: ``$ACCORD_WORKER`` or
     host:pid:random).
@@ -309,13 +318,19 @@ class WorkQueue(_Work[T]):
 
 
 class _Progress:
-    """A tqdm bar of the whole queue's completed items, as this worker sees them."""
+    """A tqdm bar of the whole queue's completed items, as this worker sees them.
 
-    def __init__(self, store: Store, total: int, name: str, enabled: bool) -> None:
+    Between syncs with the database it counts this worker's own items; the
+    last sync is when the loop ends, so the bar left on screen is the
+    database's count then (all of it, when the loop ended because nothing
+    was left).
+    """
+
+    def __init__(self, store: Store, total: int, name: str, enabled: bool, unit: str) -> None:
         self._store = store
         # No tqdm at all when disabled: even a disabled one starts tqdm's
         # monitor thread, which then outlives the loop.
-        self._bar = tqdm(total=total, desc=name, unit="item") if enabled else None
+        self._bar = tqdm(total=total, desc=name, unit=unit) if enabled else None
         self._next_sync = 0.0
         if enabled:
             self.update()
@@ -334,8 +349,13 @@ class _Progress:
         self._bar.refresh()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self._bar is None:
+            return
+        try:
+            self._bar.n = self._store.counts()[COMPLETED]
+        except Exception as exc:  # the database is gone: the bar stays as it was
+            log.warning("%s: could not read the final progress: %s", self._store.name, exc)
+        self._bar.close()
 
 
 class _Backoff:

@@ -90,3 +90,31 @@ def reset(
         for queue in found:
             done[queue.name] = len(_store.reset(conn, queue.id, statuses))
     return done
+
+
+def drop(engine: Engine, name: str) -> int:
+    """Delete the queue or graph ``name`` and everything recorded about it.
+
+    Refused (`WorkError`) while a worker of it is alive: one that still
+    heartbeats would fail at its next claim.  Returns how many items went.
+    """
+    (queue,) = _queues(engine, name)
+    now = time.time()
+    with engine.begin() as conn:
+        alive = (
+            conn.execute(
+                select(workers.c.name).where(
+                    workers.c.queue_id == queue.id,
+                    workers.c.status == "active",
+                    workers.c.heartbeat_at + workers.c.heartbeat_timeout >= now,
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if alive:
+            raise WorkError(
+                f"{name!r} has {len(alive)} active workers ({', '.join(alive[:5])}); "
+                "stop them first (a killed worker counts until its heartbeat timeout)"
+            )
+        return _store.drop(conn, queue.id)

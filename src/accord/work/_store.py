@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -121,6 +122,7 @@ class Store:
                 self.queue_id = row.id
         # Set by the worker that iterates (see _queue._Work).
         self.max_retries = 0
+        self.retry_failed = False
         self.stop_on_failure = False
         self.reap_interval = 1.0
         self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
@@ -270,15 +272,7 @@ class Store:
         return doomed
 
     def _count_unmet(self, conn: Connection) -> None:
-        """Recompute every item's count of unfinished dependencies, in one statement."""
-        upstream = items.alias("upstream")
-        unfinished = (
-            select(func.count())
-            .select_from(deps.join(upstream, upstream.c.id == deps.c.dep_id))
-            .where(deps.c.item_id == items.c.id, upstream.c.status != COMPLETED)
-            .scalar_subquery()
-        )
-        conn.execute(update(items).where(self._mine()).values(unmet=unfinished))
+        count_unmet(conn, self.queue_id)
 
     # -- workers ------------------------------------------------------------
 
@@ -569,6 +563,8 @@ class Store:
             if not done and sql.requeue(conn, **mine).rowcount:
                 self._outdated(conn, worker_id, claimed, now)
                 return
+        elif status == FAILED and self.retry_failed:
+            done = sql.fail_or_retry(conn, **mine, b_error=error, b_max=self.max_retries).rowcount
         else:
             done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
         if not done:
@@ -648,8 +644,25 @@ def counts(conn: Connection, queue_id: int) -> dict[str, int]:
     return {status: found.get(status, 0) for status in STATUSES}
 
 
+def count_unmet(conn: Connection, queue_id: int) -> None:
+    """Recompute every item's count of unfinished dependencies, in one statement."""
+    upstream = items.alias("upstream")
+    unfinished = (
+        select(func.count())
+        .select_from(deps.join(upstream, upstream.c.id == deps.c.dep_id))
+        .where(deps.c.item_id == items.c.id, upstream.c.status != COMPLETED)
+        .scalar_subquery()
+    )
+    conn.execute(update(items).where(items.c.queue_id == queue_id).values(unmet=unfinished))
+
+
 def reset(conn: Connection, queue_id: int, statuses: Sequence[str]) -> list[str]:
-    """Put items with these statuses back in the queue; returns their keys."""
+    """Put items with these statuses back in the queue; returns their keys.
+
+    Completed tasks of a graph that go back make their dependents wait for
+    them again.  A running item goes back too: its worker's outcome is then
+    not recorded (it finds the item taken away, as after an invalidation).
+    """
     rows = conn.execute(
         select(items.c.id, items.c.key, items.c.fingerprint).where(
             items.c.queue_id == queue_id, items.c.status.in_(statuses)
@@ -669,7 +682,20 @@ def reset(conn: Connection, queue_id: int, statuses: Sequence[str]) -> list[str]
             for r in rows
         ),
     )
+    if rows and COMPLETED in statuses:
+        count_unmet(conn, queue_id)
     return [r.key for r in rows]
+
+
+def drop(conn: Connection, queue_id: int) -> int:
+    """Delete a queue or graph: its items, edges, history and workers; returns its item count."""
+    mine = select(items.c.id).where(items.c.queue_id == queue_id)
+    conn.execute(delete(history).where(history.c.item_id.in_(mine)))
+    conn.execute(delete(deps).where(deps.c.item_id.in_(mine)))
+    n = conn.execute(delete(items).where(items.c.queue_id == queue_id)).rowcount
+    conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
+    conn.execute(delete(queues).where(queues.c.id == queue_id))
+    return n
 
 
 def downstream(roots: Iterable[str], entries: Iterable[Entry]) -> list[str]:
@@ -748,6 +774,19 @@ class _Statements:
             .where(running)
             .values(
                 status=bindparam("b_status"),
+                error=bindparam("b_error"),
+                updated_at=bindparam("b_now"),
+            ),
+            dialect,
+        )
+        # A failure counts as a try, like a death (see _requeue): back to
+        # the queue while tries are left.
+        self.fail_or_retry = Prepared(
+            update(items)
+            .where(running)
+            .values(
+                status=case((items.c.kills < bindparam("b_max"), PENDING), else_=FAILED),
+                kills=items.c.kills + 1,
                 error=bindparam("b_error"),
                 updated_at=bindparam("b_now"),
             ),
