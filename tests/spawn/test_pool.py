@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -398,11 +399,13 @@ def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
     with Share() as share:
         share.started, share.open, share.runs = 0, False, 0
         with Pool(1, backend=spawn_backend) as pool:
-            first = pool.submit(gated, share, "done", timeout=0.5)
+            pool.submit(record, share).result(timeout=30)  # imported, attached: quick now
+            share.runs = 0
+            first = pool.submit(gated, share, "done", timeout=1.0)
             second = pool.submit(record, share)
             wait_for(share, "started", 1)
             with pool._lock:  # the dispatcher stops on its way to end the worker
-                deadline = pool._slots[0].head_since + 0.5
+                deadline = pool._slots[0].head_since + 1.0
                 end = time.monotonic() + 30
                 while not (
                     _in_function(pool._thread, "_end_overdue") and time.monotonic() > deadline
@@ -533,6 +536,34 @@ def _readable(fd):
     return bool(select.select([fd], [], [], 0)[0])
 
 
+@contextlib.contextmanager
+def _parked(pool, deadline_s=30.0):
+    """Hold `pool`'s lock with its dispatcher parked: it has read a wake-up
+    and blocks on the lock before its next select().
+
+    (Not sys._current_frames(): from 3.12 it reads the threads of
+    interpreters that run under their own GIL.)  If the dispatcher was busy
+    elsewhere, waiting for the lock (a worker's first frame had just come),
+    let it go and try again.
+    """
+    end = time.monotonic() + deadline_s
+    while True:
+        pool._lock.acquire()
+        pool._wake()
+        try:
+            _until(lambda: not _readable(pool._wake_r.fileno()), deadline_s=0.5)
+        except AssertionError:
+            pool._lock.release()
+            assert time.monotonic() < end, "the dispatcher never parked"
+            _until(lambda: not _readable(pool._wake_r.fileno()))  # it drains without us
+            continue
+        try:
+            yield
+        finally:
+            pool._lock.release()
+        return
+
+
 def _until(predicate, deadline_s=30.0):
     end = time.monotonic() + deadline_s
     while not predicate():
@@ -556,12 +587,7 @@ def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backen
         futures = [pool.submit(gated, share, i) for i in range(2)]  # one per worker
         wait_for(share, "started", 1)  # on the worker whose initializer passed
         fds = [slot.handle.fd for slot in pool._slots]
-        with pool._lock:  # the dispatcher waits while both workers write
-            # Once it has read this wake-up it blocks on the lock before its
-            # next select().  (Not sys._current_frames(): from 3.12 it reads
-            # the threads of interpreters that run under their own GIL.)
-            pool._wake()
-            _until(lambda: not _readable(pool._wake_r.fileno()))
+        with _parked(pool):  # the dispatcher waits while both workers write
             share.fail = True
             _until(lambda: any(_readable(fd) for fd in fds))
             share.open = True
@@ -586,7 +612,10 @@ def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_proc
             with pytest.raises(WorkerLost):
                 doomed.result(timeout=30)
             assert queued.result(timeout=30) == len(big)  # sent again, in a new segment
-        assert leftovers(pool._stem) == []
+        live = tuple(slot.stem for slot in pool._slots)
+        # Only the live worker's buffers remain (they are reused, frame after frame).
+        assert [n for n in leftovers(pool._stem) if not n.startswith(live)] == []
+    assert leftovers(pool._stem) == []
 
 
 def _open_sockets():
@@ -960,3 +989,66 @@ def test_a_script_without_its_main_guard_gets_an_error_that_says_so(spawn_backen
     else:  # workers do not import the script again: it works
         assert rc == 0, err
         assert "result 3" in out
+
+
+# -- big arguments: out of band (pickle protocol 5), in reused shared-memory buffers --
+
+
+class Blob:
+    """Pickles its data as an out-of-band buffer (protocol 5), as numpy arrays do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+def blob_sum(blob):
+    return sum(memoryview(blob.data)[::4096]), type(blob.data).__name__
+
+
+def blob_double(blob):
+    return Blob(bytearray(blob.data) * 2)
+
+
+def test_big_buffers_travel_out_of_band_in_reused_segments(spawn_backend):
+    from accord.backends.shm._segment import leftovers
+    from accord.spawn._wire import _KEEP
+
+    data = bytearray(os.urandom(1 << 20))
+    expected = sum(memoryview(data)[::4096])
+    with Pool(2, backend=spawn_backend) as pool:
+        payload, buffers = pool._pickle_call(
+            pool._pickle_function(blob_sum), blob_sum, (Blob(data),), {}, False, None
+        )
+        assert len(payload) < 1000 and [b.nbytes for b in buffers] == [len(data)]
+        for _ in range(3):  # warm: each side's buffers exist
+            assert pool.submit(blob_sum, Blob(data)).result(timeout=30) == (expected, "bytearray")
+        before = set(leftovers(pool._stem))
+        for _ in range(20):
+            futures = [pool.submit(blob_double, Blob(data)) for _ in range(4)]
+            for future in futures:
+                assert future.result(timeout=30).data == data * 2
+        after = set(leftovers(pool._stem))
+        # Reused, not one segment per frame: at most _KEEP per side of each worker.
+        assert len(after) <= 2 * 2 * _KEEP, after
+        assert len(after - before) <= 2 * 2 * _KEEP
+
+
+def numpy_total(array):
+    return float(array.sum()), array.flags.writeable
+
+
+def test_numpy_arrays_cross_without_a_copy_into_the_pickle(spawn_backend):
+    if spawn_backend == "subinterpreter":
+        pytest.skip("numpy cannot be imported in a sub-interpreter (single-phase init)")
+    numpy = pytest.importorskip("numpy")
+    array = numpy.arange(250_000, dtype=numpy.float64)
+    with Pool(1, backend=spawn_backend) as pool:
+        blob = pool._pickle_function(numpy_total)
+        payload, buffers = pool._pickle_call(blob, numpy_total, (array,), {}, False, None)
+        assert len(payload) < 1000 and buffers[0].nbytes == array.nbytes
+        assert pool.submit(numpy_total, array).result(timeout=30) == (float(array.sum()), True)
+        back = pool.submit(numpy.negative, array).result(timeout=30)
+        assert (back == -array).all() and back.flags.writeable

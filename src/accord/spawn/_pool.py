@@ -37,7 +37,7 @@ from typing import Any
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
 from ..backends.shm import _segment
-from . import _handles, _pickling, _worker
+from . import _handles, _pickling, _wire, _worker
 from ._wire import FrameReader, frame
 
 _PER_WORKER = 2  # tasks a worker holds: the running one and the next
@@ -64,12 +64,23 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    __slots__ = ("args", "blob", "chunk", "fn", "future", "id", "payload", "retries", "timeout")
+    __slots__ = (
+        "args",
+        "blob",
+        "buffers",
+        "chunk",
+        "fn",
+        "future",
+        "id",
+        "payload",
+        "retries",
+        "timeout",
+    )
 
     def __init__(self, task_id, future, payload, timeout, retries, fn, args, blob, chunk):
         self.id = task_id
         self.future = future
-        self.payload = payload
+        self.payload, self.buffers = payload  # the pickle and its out-of-band buffers
         self.timeout = timeout
         self.retries = retries
         self.fn = fn
@@ -393,12 +404,13 @@ class Pool(concurrent.futures.Executor):
         frames, ended = slot.reader.read(final)
         settle, lost, doomed = [], None, []
         with self._lock:
-            for reply in frames:
+            for reply, buffers in frames:
                 if self._broken is not None:
                     break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
                 if kind == _worker.READY:
                     slot.ready = True
+                    slot.head_since = time.monotonic()  # a timeout counts from here
                     continue
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
@@ -406,21 +418,20 @@ class Pool(concurrent.futures.Executor):
                 task = slot.tasks.popleft()
                 assert task.id == task_id, "a worker answered out of order"
                 slot.head_since = time.monotonic()
-                settle.append((task, kind, payload))
+                settle.append((task, kind, payload, buffers))
             if ended and slot in self._slots:
                 lost = self._remove(slot)
         for task in doomed:
             if not task.future.cancelled():  # cancelled while it waited: already done
                 task.future.set_exception(self._broken)
-        for task, kind, payload in settle:
-            self._settle(task, kind, payload)
+        for task, kind, payload, buffers in settle:
+            self._settle(task, kind, payload, buffers)
         if lost is None:
             return
         reason = lost.handle.reap(_REAP_S)
         words = "" if lost.stderr is None else lost.stderr.last_words()
         if lost.handle.ended():  # big frames it never took (or sent, in vain)
-            for name in _segment.leftovers(lost.stem):
-                _segment.unlink(name)
+            _wire.unlink_leftovers(lost.stem)
         overdue = lost.overdue
         if overdue is None and not lost.ready:
             # It never started: the next would fail the same way (a script
@@ -444,10 +455,10 @@ class Pool(concurrent.futures.Executor):
                 f"worker {lost.handle.ident} was ended as {overdue.what} ran past its timeout",
             )
 
-    def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
+    def _settle(self, task: _Task, kind: int, payload: bytes, buffers=()) -> None:
         try:
             if kind == _worker.RESULT:
-                result = pickle.loads(payload)
+                result = pickle.loads(payload, buffers=buffers)
                 if task.chunk:
                     self._settle_chunk(task, result)
                 else:
@@ -589,8 +600,8 @@ class Pool(concurrent.futures.Executor):
     def _deadline(self, slot: _Slot) -> float | None:
         """When `slot`'s running task is overdue (None: it has no timeout)."""
         head = slot.tasks[0] if slot.tasks else None
-        if head is None or head.timeout is None:
-            return None
+        if head is None or head.timeout is None or not slot.ready:
+            return None  # (a worker's start-up is not its task's time)
         return slot.head_since + head.timeout + self._grace
 
     def _time_to_next_deadline(self) -> float | None:
@@ -613,7 +624,8 @@ class Pool(concurrent.futures.Executor):
             if not slot.tasks:
                 slot.head_since = time.monotonic()
             slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload), slot.stem))
+            data = frame(_worker.encode_task(task.id, task.payload), slot.stem, task.buffers)
+            self._send(slot, data)
         return True
 
     def _send(self, slot: _Slot, data: bytes) -> None:
@@ -712,13 +724,18 @@ class Pool(concurrent.futures.Executor):
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
-    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout) -> bytes:
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout):
+        """(pickle, out-of-band buffers) of a call: big buffers (numpy arrays'
+        data) travel beside the pickle, never copied into it."""
         call = (blob, args, kwargs, chunk, timeout)
+        buffers: list = []
+        collect = _worker._collector(buffers)
         if self.backend != "subinterpreter":
             with contextlib.suppress(Exception):
-                return pickle.dumps(call, 5)
+                return pickle.dumps(call, 5, buffer_callback=collect), buffers
+            buffers.clear()
         try:
-            return _pickling.dumps(call)
+            return _pickling.dumps(call, buffer_callback=collect), buffers
         except Exception as exc:
             raise _cannot_send(fn, args, exc) from exc
 
@@ -735,8 +752,7 @@ class Pool(concurrent.futures.Executor):
             handle.reap(_REAP_S)
         for handle in self._dismissed:
             handle.wait_for_task()
-        for name in _segment.leftovers(self._stem):  # big frames no one took
-            _segment.unlink(name)
+        _wire.unlink_leftovers(self._stem)  # buffers, and big frames no one took
         with _handles._fork_lock:
             for end in (self._wake_r, self._wake_w):
                 _handles._parent_ends.pop(end.fileno(), None)

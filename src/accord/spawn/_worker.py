@@ -66,9 +66,6 @@ def _start_watchdog():
 
 
 def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> None:
-    # Started: a worker that dies before this arrives failed to start (the
-    # pool then stops rather than start one failing worker after another).
-    _wire.send(fd, _TASK.pack(0, READY))
     if initializer is not None:
         try:
             init, args = pickle.loads(initializer)
@@ -76,11 +73,17 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
         except BaseException as exc:
             _wire.send(fd, _TASK.pack(0, INIT_FAILED) + _pickled_error(exc))
             return
-    while (frame := _wire.recv(fd)) is not None:
+    # Started: a worker that dies before this arrives failed to start (the
+    # pool then stops rather than start one failing worker after another).
+    _wire.send(fd, _TASK.pack(0, READY))
+    while (received := _wire.recv(fd)) is not None:
+        frame, buffers = received
         task_id, _ = _TASK.unpack_from(frame)
         interrupted = False
+        out_of_band = []
         try:
-            blob, args, kwargs, chunk, timeout = pickle.loads(memoryview(frame)[_TASK.size :])
+            call = pickle.loads(memoryview(frame)[_TASK.size :], buffers=buffers)
+            blob, args, kwargs, chunk, timeout = call
             fn = _function(blob)
             if watchdog is not None:
                 watchdog.arm(timeout)
@@ -91,15 +94,16 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
             reply = _TASK.pack(task_id, RESULT) + (
-                _pickled_chunk(*result) if chunk else _pickled(result)
+                _pickled_chunk(*result) if chunk else _pickled(result, out_of_band)
             )
         except BaseException as exc:  # the task's error, SystemExit included, is its result
             if interrupted or type(exc).__name__ == "Interrupted":
                 reply = _TASK.pack(task_id, INTERRUPTED)
             else:
                 reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
-        del frame
-        _wire.send(fd, reply, stem)
+        frame = buffers = received = call = args = kwargs = None  # free them before sending
+        _wire.send(fd, reply, stem, out_of_band)
+        out_of_band = result = None
 
 
 def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
@@ -164,13 +168,31 @@ def _function(blob: bytes):
 # of tiny tasks that never fail never imports cloudpickle or the share layer.
 
 
-def _pickled(result) -> bytes:
+def _pickled(result, out_of_band: list | None = None) -> bytes:
+    """`result` pickled; its big buffers go to `out_of_band` (if given)."""
     try:
-        return pickle.dumps(result, 5)
+        if out_of_band is None:
+            return pickle.dumps(result, 5)
+        return pickle.dumps(result, 5, buffer_callback=_collector(out_of_band))
     except Exception:
+        if out_of_band:
+            out_of_band.clear()
         from ..share._serialize import cloudpickle_dumps
 
         return cloudpickle_dumps(result)
+
+
+def _collector(out_of_band: list):
+    """A pickle ``buffer_callback``: buffers of `OOB_BYTES` or more go out of band."""
+
+    def collect(buffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < _wire.OOB_BYTES:
+            return True  # in band
+        out_of_band.append(view)
+        return False
+
+    return collect
 
 
 def _pickled_error(exc: BaseException) -> bytes:
