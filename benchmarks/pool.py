@@ -166,9 +166,9 @@ def compare(backends, quick: bool) -> None:
         rows = [
             (
                 "start-up (ms)",
-                best(lambda: startup_s(ours, _executor_wave), 2) * 1e3,  # noqa: B023
-                best(lambda: startup_s(mp_pool, _mp_wave), 2) * 1e3,  # noqa: B023
-                best(lambda: startup_s(executor, _executor_wave), 2) * 1e3,  # noqa: B023
+                best(lambda: startup_s(ours, _executor_wave), 2) * 1e3,
+                best(lambda: startup_s(mp_pool, _mp_wave), 2) * 1e3,
+                best(lambda: startup_s(executor, _executor_wave), 2) * 1e3,
             )
         ]
         pools = ours(), mp_pool(), executor()
@@ -183,7 +183,9 @@ def compare(backends, quick: bool) -> None:
             )
             # numpy cannot be imported in sub-interpreters (single-phase init).
             if _has_numpy() and backend != "subinterpreter":
-                for pool, run in zip(pools, (_executor_arrays, _mp_arrays, _executor_arrays)):
+                for pool, run in zip(
+                    pools, (_executor_arrays, _mp_arrays, _executor_arrays), strict=True
+                ):
                     run(pool, 10)  # warm up
                 rows.append(
                     (
@@ -193,7 +195,7 @@ def compare(backends, quick: bool) -> None:
                         best(lambda: elapsed_ms(pools[2], _executor_arrays), repeat),  # noqa: B023
                     )
                 )
-            for pool, run in zip(pools, (_executor_map, _mp_map, _executor_map)):
+            for pool, run in zip(pools, (_executor_map, _mp_map, _executor_map), strict=True):
                 run(pool, 200)  # warm up
             rows.append(
                 (
