@@ -379,11 +379,23 @@ class Coordinator:
     def get_place(self, place: tuple):
         return self.resolve(place)
 
+    def resolve_target(self, path: tuple):
+        """The object at `path`, which a write is about to change: refused
+        if it is a temporary that the write would change alone."""
+        obj = self.resolve(path)
+        if len(path) > 1 and _is_temporary(obj) and self.resolve(path) is not obj:
+            raise AccordError(
+                f"{_describe(path)} is a temporary {type(obj).__name__}, made anew at each "
+                "access (pandas copy-on-write): a write to it would be lost. Write through "
+                "the frame instead, e.g. share.df.loc[row, column] = value"
+            )
+        return obj
+
     def set_place(self, place: tuple, value) -> None:
         if len(place) == 1:
             self.mirror[place[0]] = value
             return
-        parent = self.resolve(place[:-2])
+        parent = self.resolve_target(place[:-2])
         if place[-2] == P.ATTR:
             setattr(parent, place[-1], value)
         else:
@@ -400,7 +412,7 @@ class Coordinator:
             if self.mirror.pop(place[0], _missing) is _missing:
                 raise AttributeError(f"share has no attribute {place[0]!r}")
             return
-        parent = self.resolve(place[:-2])
+        parent = self.resolve_target(place[:-2])
         if place[-2] == P.ATTR:
             delattr(parent, place[-1])
         else:
@@ -522,6 +534,22 @@ class OrderedCoordinator(Coordinator):
 
 
 _missing = object()
+
+
+def _is_temporary(obj) -> bool:
+    # pandas hands out a new Series/DataFrame for df["c"] (copy-on-write);
+    # its indexers (.loc, ...) write through to their frame.
+    cls = type(obj)
+    return cls.__module__.startswith("pandas") and not cls.__name__.endswith("Indexer")
+
+
+def _describe(path: tuple) -> str:
+    text = f"share.{path[0]}"
+    for i in range(1, len(path), 2):
+        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
+    return text
+
+
 HELD_ERRORS = 100  # per process; beyond that only counted
 
 

@@ -198,8 +198,20 @@ def _selection(result):
 
 
 def _attr_of(path: tuple) -> str | None:
-    # The first attribute step decides which attribute flag a path uses.
-    return path[2] if len(path) >= 3 and path[1] == P.ATTR else None
+    # The first attribute step decides which attribute flag a path uses; an
+    # indexer (share.df.loc[...]) reads and writes the whole object.
+    if len(path) >= 3 and path[1] == P.ATTR and path[2] not in INDEXERS:
+        return path[2]
+    return None
+
+
+# pandas' indexers: `share.df.loc[i, "c"] = v` is one command on the
+# coordinator's frame (an indexer fetched and used here would change a copy).
+INDEXERS = frozenset({"loc", "iloc", "at", "iat"})
+
+
+def _is_pandas(obj) -> bool:
+    return type(obj).__module__.startswith("pandas")
 
 
 class Link:
@@ -461,6 +473,8 @@ class Link:
         obj = self.peek(path)
         if obj is MISSING:
             obj = self.value(path)
+        if attr in INDEXERS and _is_pandas(obj):
+            return self.proxy((*path, P.ATTR, attr))
         cls = type(obj)
         memo = self._methods.get((path, attr))
         if memo is not None and memo[0] is cls:
