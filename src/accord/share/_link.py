@@ -182,6 +182,8 @@ def is_selector(key) -> bool:
     object, never names one item of it."""
     if type(key) in _NAME_KEYS:
         return False
+    if type(key) is slice:
+        return True  # hashable since Python 3.12, a selector all the same
     try:
         hash(key)
     except TypeError:
