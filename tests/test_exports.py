@@ -15,6 +15,7 @@ ERRORS = [
     "CommandQuarantined",
     "CoordinatorLost",
     "CoordinatorStartFailed",
+    "ErrorsDropped",
     "ForeignSegment",
     "KeyRequired",
     "RemoteError",
@@ -27,10 +28,13 @@ ERRORS = [
     "SnapshotNotSettled",
     "TamperedPayload",
     "TaskTimeout",
+    "TemporaryTarget",
+    "Unconfirmed",
     "UnsafeRuntimeDir",
     "UnshareableError",
     "UsedFromOwnCoordinator",
     "WorkerLost",
+    "WritesLost",
 ]
 
 
@@ -64,6 +68,7 @@ def test_errors_derive_from_accord_error():
     assert issubclass(accord.UnshareableError, TypeError)
     assert issubclass(accord.BackendUnavailable, ConnectionError)
     assert issubclass(accord.ShareNotFound, LookupError)
+    assert issubclass(accord.WritesLost, accord.CoordinatorLost)
 
 
 def test_a_closed_share_is_not_a_lost_coordinator():

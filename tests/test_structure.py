@@ -105,7 +105,8 @@ def _breaks_a_rule(importer: str, imported: str) -> bool:
         # a backend only through the registry / protocol modules
         return high not in ("core", "share") and imported not in (
             "accord.backends",
-            "accord.backends._protocol",
+            "accord.backends._protocol",  # the seam
+            "accord.backends._replies",  # its client-side reply bookkeeping
         )
     if low in ("spawn", "work"):
         return high not in ("core", low)

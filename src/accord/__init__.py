@@ -21,6 +21,7 @@ from ._errors import (
     CommandQuarantined,
     CoordinatorLost,
     CoordinatorStartFailed,
+    ErrorsDropped,
     ForeignSegment,
     KeyRequired,
     RemoteError,
@@ -34,10 +35,13 @@ from ._errors import (
     SnapshotNotSettled,
     TamperedPayload,
     TaskTimeout,
+    TemporaryTarget,
+    Unconfirmed,
     UnsafeRuntimeDir,
     UnshareableError,
     UsedFromOwnCoordinator,
     WorkerLost,
+    WritesLost,
 )
 
 # Not `from typing import TYPE_CHECKING`: typing alone takes longer to import
@@ -58,6 +62,7 @@ __all__ = [
     "CommandQuarantined",
     "CoordinatorLost",
     "CoordinatorStartFailed",
+    "ErrorsDropped",
     "ForeignSegment",
     "KeyRequired",
     "Pool",
@@ -75,10 +80,13 @@ __all__ = [
     "SnapshotNotSettled",
     "TamperedPayload",
     "TaskTimeout",
+    "TemporaryTarget",
+    "Unconfirmed",
     "UnsafeRuntimeDir",
     "UnshareableError",
     "UsedFromOwnCoordinator",
     "WorkerLost",
+    "WritesLost",
 ]
 
 # Imported on first use: a pool worker, and a sub-interpreter above all,

@@ -49,6 +49,27 @@ class CoordinatorLost(AccordError):
     undelivered: bool = False
 
 
+class WritesLost(CoordinatorLost):
+    """Writes this process sent may have been lost with a dead coordinator.
+
+    `Share.restart()` starts from the last committed state: a write the dead
+    coordinator had not committed yet (applied or still queued) is gone,
+    although the call that sent it returned normally.  Every process that
+    sent such writes gets this error once, at its first operation after the
+    restart; that operation is not performed.  `names` are the shared
+    objects those writes went to and `count` how many there were: re-read
+    them and redo what is needed.
+    """
+
+    def __init__(self, message: str, names: tuple[str, ...] = (), count: int = 0) -> None:
+        super().__init__(message)
+        self.names = names
+        self.count = count
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.names, self.count)
+
+
 class ShareClosed(AccordError):
     """The share was closed with `close()`; it cannot be used any more.
 
@@ -222,6 +243,24 @@ class CommandQuarantined(AccordError):
     for a fire-and-forget one).  The share's other objects and commands are
     unaffected.
     """
+
+
+class Unconfirmed(AccordError):
+    """Fire-and-forget commands whose outcome could not be learnt in time.
+
+    Their coordinator or backend did not answer before a close, the end of a
+    `Pool` task or interpreter exit: whether they succeeded is unknown.
+    """
+
+
+class ErrorsDropped(AccordError):
+    """More fire-and-forget commands of this process failed than accord keeps
+    errors for; the message says how many were not kept."""
+
+
+class TemporaryTarget(AccordError):
+    """A write would land on a temporary object, made anew at each access
+    (pandas copy-on-write), and be lost: write through its parent instead."""
 
 
 class UnshareableError(AccordError, TypeError):

@@ -48,12 +48,14 @@ def test_recognised_forms():
     p.b |= {2}
     p.c -= f(3) * 2 if p.flag else 0
     p["k"] += 1
+    p[1:3] += 1  # BINARY_SLICE / STORE_SLICE on 3.12+
     p.d[1] if False else None
     assert ("a", True) in p.seen
     assert ("b", True) in p.seen
     assert ("c", True) in p.seen
     assert ("flag", False) in p.seen
     assert ("k", True) in p.seen
+    assert (slice(1, 3), True) in p.seen
 
 
 def test_plain_reads_are_not_augmented():

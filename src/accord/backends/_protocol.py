@@ -40,6 +40,7 @@ class Snapshot(Protocol):
 
 class BackendClient(Protocol):
     remote: bool  # reads cost a round trip (Link then decides `+=` from `known`)
+    replies: Any  # backends/_replies.Replies: replies and deferred errors of this process
 
     @property
     def lost(self) -> Exception | None: ...  # set once closed (or the coordinator died)

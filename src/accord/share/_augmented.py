@@ -7,6 +7,7 @@ augmented assignment compiles to a recognisable instruction sequence::
 
     COPY 1; LOAD_ATTR x; <operand>; BINARY_OP +=; SWAP 2; STORE_ATTR x
     COPY 2; COPY 2; BINARY_SUBSCR; <operand>; BINARY_OP +=; SWAP 3; SWAP 2; STORE_SUBSCR
+    COPY 3 (x3); BINARY_SLICE; <operand>; BINARY_OP +=; SWAP 4; SWAP 3; SWAP 2; STORE_SLICE
 
 When the read is such a step, the share returns an `Augmenting` marker
 instead of the value: its in-place operator sends ``AUGMENT`` (applied on
@@ -73,6 +74,13 @@ def _analyse(code, lasti: int) -> bool:
         ):
             return False
         store, swaps = ("STORE_SUBSCR", None), [3, 2]
+    elif current.opname == "BINARY_SLICE":  # 3.12+: `x[a:b] op= y`
+        if at < 3 or any(
+            instructions[at - k].opname != "COPY" or instructions[at - k].arg != 3
+            for k in (1, 2, 3)
+        ):
+            return False
+        store, swaps = ("STORE_SLICE", None), [4, 3, 2]
     else:
         return False
     # The first in-place operator after the read belongs to this statement:
@@ -155,6 +163,10 @@ def _augmented_item(d) -> None:
     d["k"] += 1
 
 
+def _augmented_slice(d) -> None:
+    d[1:3] += 1
+
+
 def _plain_reads(o) -> None:
     x = o.a
     x += 1  # on a local name: the read above is a plain one
@@ -172,7 +184,8 @@ def self_check() -> bool:
         del verdicts[:]
         _augmented_attribute(probe)
         _augmented_item(probe)
-        if verdicts != [True, True]:
+        _augmented_slice(probe)
+        if verdicts != [True, True, True]:
             return False
         del verdicts[:]
         _plain_reads(probe)
