@@ -115,3 +115,31 @@ def test_32_workers_on_sqlite_never_see_a_locked_database_nor_complete_twice(
     completions = collections.Counter(h.key for h in queue.history() if h.status == "completed")
     assert completions == {str(i): 1 for i in range(n)}
     queue.dispose()
+
+
+def test_a_waiting_worker_looks_without_taking_the_write_lock(sqlite_db, tmp_path, monkeypatch):
+    import sqlite3
+
+    from accord.work import _db
+    from accord.work._store import Entry, Store
+
+    monkeypatch.setattr(_db, "BUSY_TIMEOUT_S", 0.2)
+    engine = _db.open_engine(sqlite_db)
+    store = Store(engine, "q", "queue")
+    store.register([Entry("0", 0), Entry("1", 1)])
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    assert store.peek(conn)  # an item is free
+    claimed = store.claim(conn, worker, want=2)
+    assert not store.peek(conn)  # both run here: nothing to do but wait
+    writer = sqlite3.connect(tmp_path / "run.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a working worker's claim
+    try:
+        assert not store.peek(conn)  # would be "database is locked" with the lock
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store.claim(conn, worker, [(c, "completed", None) for c in claimed], want=0)
+    assert store.peek(conn)  # the end: a claim now says DONE
+    conn.close()
+    engine.dispose()

@@ -34,6 +34,9 @@ from ._errors import DatabaseUnavailable
 
 BUSY_TIMEOUT_S = 60.0
 
+# In a SQLite connection's info: its next transaction only reads (see _begin).
+READING = "accord_reading"
+
 # Filesystems on which several machines can open one file; SQLite's WAL
 # index lives in shared memory and cannot work across them.
 NETWORK_FILESYSTEMS = frozenset(
@@ -208,6 +211,9 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that only reads (READING set in the connection's
+        # info) takes no lock: in WAL mode it neither waits for the writer
+        # nor holds it up.
+        connection.exec_driver_sql("BEGIN" if connection.info.get(READING) else "BEGIN IMMEDIATE")
 
     return engine

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 
 from . import _history
+from ._db import READING
 from ._errors import InvalidWork
 from ._schema import Id, create, deps, history, items, queues, workers
 
@@ -525,6 +526,23 @@ class Store:
             else:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
+
+    def peek(self, conn: Connection) -> bool:
+        """Whether a claim may find an item now, or the end: read without the write lock.
+
+        For a worker waiting for others' items to finish: on SQLite a claim
+        takes the write lock, which every working worker then waits for;
+        this read takes none.
+        """
+        conn.info[READING] = True
+        try:
+            with conn.begin():
+                ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
+                if conn.execute(ready).first() is not None:
+                    return True
+                return self._sql.busy(conn, b_queue=self.queue_id).first() is None
+        finally:
+            conn.info[READING] = False
 
     def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
         """Hand back items this worker claimed and never started (history: ``released``)."""
