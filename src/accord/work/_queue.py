@@ -212,6 +212,9 @@ class _Work(Generic[T]):
                     release.extend(claimed)
                     claimed.clear()
                 if not claimed:
+                    # Given up before this claim: it revives the worker, and
+                    # what it claims is this worker's.
+                    lost.clear()
                     outcome = link.claim(finished, size.next(), release)
                     finished, release = [], []
                     if outcome == WAIT:
@@ -510,13 +513,13 @@ def transient(exc: BaseException) -> bool:
     """Whether a database error may pass: the connection or the lock, not the SQL."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if not isinstance(exc, (OperationalError, InterfaceError)):
-        return False
-    if isinstance(exc.orig, sqlite3.Error):
+    # Unwrapped: the write lock is taken below SQLAlchemy (see _db._take_write_lock).
+    orig = exc if isinstance(exc, sqlite3.Error) else getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
         # SQLite's OperationalError also means "no such table" and the like.
-        text = str(exc.orig).lower()
+        text = str(orig).lower()
         return any(w in text for w in ("locked", "busy", "disk i/o", "unable to open"))
-    return True
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class _BatchSize:

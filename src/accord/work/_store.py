@@ -700,6 +700,8 @@ class Store:
             done = sql.fail_or_retry(conn, **mine, b_error=error, b_max=self.max_retries).rowcount
         else:
             done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
+        if not done and self._recorded(conn, worker_id, claimed, status):
+            return
         if not done:
             # This worker missed its heartbeats long enough to be declared
             # dead, or a task upstream was invalidated: the item went back
@@ -716,6 +718,14 @@ class Store:
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
         sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def _recorded(self, conn, worker_id: int, claimed: Claimed, status: str) -> bool:
+        """Whether this outcome is already recorded: a retried transaction had committed."""
+        row = conn.execute(
+            select(items.c.status, items.c.worker_id).where(items.c.id == claimed.item_id)
+        ).first()
+        # A failure retried with retry_failed is back to pending: not told apart.
+        return row is not None and tuple(row) == (status, worker_id)
 
     def _outdated(self, conn, worker_id, claimed: Claimed, now) -> None:
         """History of a task completed with a fingerprint changed while it ran.
