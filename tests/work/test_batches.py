@@ -12,6 +12,10 @@ from work_helpers import barrier, wait_until
 from accord.work import WorkQueue
 from accord.work._queue import _BatchSize
 
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
+
 
 def _statements(queue: WorkQueue) -> list[str]:
     seen: list[str] = []
@@ -66,13 +70,13 @@ def test_the_unstarted_items_of_a_batch_go_back_when_the_loop_ends(db, leave):
 def test_a_dead_workers_batch_is_handed_out_again(db, workers):
     options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2, "claim_batch": 5}
     victim = workers.start(db=db, name="crash", items=12, options=options, hang_on=["1"])
-    wait_until(lambda: "start 1" in victim.stdout.readline(), what="the victim to take item 1")
+    wait_until(lambda: "start 1" in victim.stdout.readline(), 90, "the victim to take item 1")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     survivor = workers.start(db=db, name="crash", items=12, options=options)
     # Its whole batch came back, item 0 too: the victim finished it, but
     # died before its next claim would have recorded that.
-    assert sorted(workers.finish(survivor), key=int) == [str(i) for i in range(12)]
+    assert sorted(workers.finish(survivor, 120), key=int) == [str(i) for i in range(12)]
     queue = WorkQueue(range(12), db=db, name="crash", progress=False)
     assert queue.counts()["completed"] == 12
     for key in (0, 1, 4):

@@ -18,6 +18,10 @@ from work_helpers import barrier, wait_until
 
 from accord.work import DatabaseUnavailable, WorkQueue, _db
 
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
+
 
 def _completions(url: str) -> collections.Counter:
     """How many times each item's completion was recorded."""
