@@ -13,8 +13,17 @@ import subprocess
 import sys
 import threading
 import weakref
+from typing import Any
 
-from .._errors import AccordError, CoordinatorLost
+from .._errors import (
+    AccordError,
+    CoordinatorStartFailed,
+    RestartRefused,
+    ShareExists,
+    ShareNotFound,
+)
+from ..backends._protocol import BackendInfo
+from ..backends._replies import raise_all
 from ..backends.shm import _transport
 from ..backends.shm._client import (
     ShareInfo,
@@ -27,7 +36,7 @@ from ..backends.shm._server import remove_leftovers
 from . import _protocol as P
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
-from ._link import Link
+from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy
 from ._values import private
 
@@ -83,7 +92,9 @@ class Share:
       the coordinator and returns its result; its exception is raised here,
       with the coordinator's traceback as ``__cause__``.  A method that
       returns nothing is fire-and-forget; its error is raised by this
-      process's next blocking operation or `flush()`.
+      process's next read that waits or call that returns a value,
+      `flush()`, `close()` or the end of the ``with`` block (several: an
+      ExceptionGroup), else printed at exit — never lost.
     * **Nothing hangs**: if the coordinator dies, operations raise
       `CoordinatorLost` within about a second.
 
@@ -159,7 +170,7 @@ class Share:
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
 
-    def _adopt(self, info, process: subprocess.Popen) -> None:
+    def _adopt(self, info, process: Any) -> None:  # a Popen, or the memory thread shaped like one
         info.client().owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
@@ -186,13 +197,13 @@ class Share:
             raise ValueError(f"invalid share name {name!r}")
         info = load_record(name)
         if info is None:
-            raise AccordError(f"no share named {name!r} is running for this user")
+            raise ShareNotFound(f"no share named {name!r} is running for this user")
         share = cls._attach(info)
         share._link.client.check_alive()
         return share
 
     @classmethod
-    def _attach(cls, info: ShareInfo) -> Share:
+    def _attach(cls, info: BackendInfo) -> Share:
         share = object.__new__(cls)
         object.__setattr__(share, "_link", Link(info))
         object.__setattr__(share, "_owner_pid", None)
@@ -262,11 +273,21 @@ class Share:
         return self._link.info.pid
 
     def flush(self) -> None:
-        """Wait until every write this process queued is applied and visible."""
-        client = self._link.client
-        client.raise_deferred()
-        self._link.request(P.FLUSH, ())
-        client.raise_deferred()  # errors of fire-and-forget calls before the flush
+        """Wait until every write this process queued is applied and visible.
+
+        Raises the errors of this process's fire-and-forget commands that
+        nothing raised yet (an ExceptionGroup if several)."""
+        link = self._link
+        client = link.client
+        errors = client.replies.take_deferred()
+        _unsettled.pop(id(client), None)
+        try:
+            link.request(P.FLUSH, ())
+        finally:
+            # The flush's reply came after every earlier command ran, and
+            # the errors of those that failed before it.
+            errors += client.replies.take_deferred()
+            raise_all(errors)
 
     def get(self, name, default=_MISSING):
         """A private copy of a shared object (a name or a proxy), current as of now."""
@@ -329,27 +350,35 @@ class Share:
 
     def close(self) -> None:
         """Stop using the share.  In the creating process: stop the coordinator
-        and remove its shared memory and socket (pending writes are dropped;
-        call `flush()` first to wait for them)."""
+        and remove its shared memory and socket.
+
+        Waits (up to `SETTLE_TIMEOUT` seconds) for this process's
+        fire-and-forget commands to run, then raises their errors that
+        nothing raised yet (an ExceptionGroup if several); they are not
+        committed for other readers (call `flush()` first for that)."""
         link = self._link
         if link.closed:
             return
-        if self._owner_pid == os.getpid() and self._finalizer is not None:
-            self._finalizer()
-        link.closed = True
+        errors = settle_within(link._client, SETTLE_TIMEOUT)
+        try:
+            if self._owner_pid == os.getpid() and self._finalizer is not None:
+                self._finalizer()
+        finally:
+            link.closed = True
+        raise_all(errors)
 
     def restart(self) -> list[str]:
         """Start a new coordinator from the last committed state.
 
         For the creating process, after `CoordinatorLost`.  Every object is
         restored as it was last committed; writes the dead coordinator had
-        applied but not yet committed (at most a commit window's worth,
-        2 ms by default) are lost, and so is an object it died while
-        committing — its name is returned.  Proxies of this share keep
+        not committed are lost (each process that sent some gets
+        `WritesLost` at its next operation), and so is an object it died
+        while committing — its name is returned.  Proxies of this share keep
         working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
-            raise AccordError("only the process that created a share can restart it")
+            raise RestartRefused("only the process that created a share can restart it")
         link = self._link
         client = link.info.client()
         process = client.owner_process
@@ -359,12 +388,12 @@ class Share:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=2.0)
         if process is not None and process.poll() is None:
-            raise AccordError(
+            raise RestartRefused(
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
         if link.info.backend == "memory":
-            raise AccordError("a memory share cannot be restarted: its coordinator is a thread")
+            raise RestartRefused("a memory share cannot be restarted: its coordinator is a thread")
         if link.info.backend == "redis":
             # Nothing to salvage: the committed state and every command after
             # it are in Redis; the new coordinator continues from there.
@@ -375,6 +404,7 @@ class Share:
             self._adopt(link.info, process)
             return lost
         restored, lost = client.snapshots.salvage()
+        link.note_lost_writes(client)  # before its segments go
         self._finalizer.detach()
         forget(link.info)
         remove_leftovers(link.info.stem, link.info.socket_path)
@@ -386,8 +416,17 @@ class Share:
     def __enter__(self) -> Share:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()  # raises what fire-and-forget commands raised
+            return
+        try:
+            self.close()
+        except BaseException as errors:  # the block's own error goes on; note these
+            exc.add_note(f"(also, leaving `with Share()`: {errors!r})")
+
+
+SETTLE_TIMEOUT = 10.0
 
 
 class ShareLock:
@@ -522,10 +561,14 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     runtime = _transport.runtime_dir()
     socket_path = runtime / f"{name}.sock"
     key_file = runtime / f"{name}.key"
-    stem = f"accord.{os.getuid()}.{name}"
+    # Segment names carry a random part: another local user, who can list
+    # /dev/shm, cannot create them first (see _segment for the checks).
+    # "~" is not allowed in share names: "accord.UID.NAME~" is this share's.
+    stem = f"accord.{os.getuid()}.{name}~{secrets.token_hex(8)}"
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
-        remove_leftovers(stem, str(socket_path))  # a dead share's, of this name
+        # A dead share's, of this name.
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path))
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)
@@ -562,6 +605,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         close_fds=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
     )
+    assert process.stdin is not None and process.stdout is not None  # both are PIPEs
     try:
         process.stdin.write(json.dumps(config).encode() + b"\n" + extra)
         process.stdin.close()
@@ -577,7 +621,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         process.kill()
         process.wait()
         undo()
-        raise AccordError(
+        raise CoordinatorStartFailed(
             f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
         )
     return process, line
@@ -601,9 +645,10 @@ def _start_redis(url: str, name: str, key, window: float):
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:
+    assert process.stdout is not None  # a PIPE
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
-        raise AccordError(f"the coordinator did not start within {timeout} s")
+        raise CoordinatorStartFailed(f"the coordinator did not start within {timeout} s")
     return process.stdout.readline()
 
 
@@ -618,9 +663,9 @@ def _refuse_if_alive(name: str) -> None:
         return  # nobody home: leftovers of a dead share
     try:
         Share.connect(name)
-    except (CoordinatorLost, AccordError, OSError):
+    except (AccordError, OSError):  # lost, closed, refused: not a live share
         return
-    raise AccordError(
+    raise ShareExists(
         f"a share named {name!r} is already running (coordinator pid {pid}); "
         f"attach to it with Share.connect({name!r}) or choose another name"
     )

@@ -9,6 +9,7 @@ and how it ended.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -16,9 +17,12 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
 from . import _interpreters
 from ._worker import INTERPRETER_BOOT, serve_process
+
+log = logging.getLogger("accord.spawn")
 
 _PATIENCE_S = 5.0
 
@@ -65,9 +69,9 @@ def _close_parent_ends() -> None:
         fd = end.detach()
         if fd >= 0:
             os.close(fd)
-    keep = getattr(_handing_over, "fd", None)
+    keep = getattr(_handing_over, "fds", ())
     for fd, end in _worker_ends.items():
-        if fd != keep:
+        if fd not in keep:
             end.detach()  # a process's end is detached already (its Connection owns it)
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -113,6 +117,9 @@ class WorkerHandle:
     fd: int
     ident: str
 
+    def wait_for_task(self) -> None:
+        """Wait for the task of a dismissed worker to end (a process: nothing to wait for)."""
+
     def kill(self) -> None:
         """End the worker now, wherever it is (if the backend can)."""
         raise NotImplementedError
@@ -142,26 +149,43 @@ class ProcessHandle(WorkerHandle):
     """A worker process started by fork, forkserver or spawn."""
 
     def __init__(self, method: str, initializer: bytes | None, stem: str) -> None:
-        ctx = multiprocessing.get_context(method)
+        ctx: Any = multiprocessing.get_context(method)  # one with .Process
         ours, theirs = _pair()
         self._register(ours)
-        fd = theirs.detach()
+        # The worker's standard error, which the pool passes on to its own
+        # and keeps the tail of: what a dying worker said goes in WorkerLost.
+        err_ours, err_theirs = _pair()
+        err_ours.setblocking(False)
+        self.err = err_ours
+        fd, err_fd = theirs.detach(), err_theirs.detach()
         child = multiprocessing.connection.Connection(fd)
+        err_child = multiprocessing.connection.Connection(err_fd, readable=False)
         # Not a daemon: a task may start processes of its own.  The pool
         # closes its workers at exit (see _pool._close_at_exit).
         self.process = ctx.Process(
-            target=serve_process, args=(child, initializer, stem), name="accord-worker"
+            target=serve_process,
+            args=(child, initializer, stem, err_child),
+            name="accord-worker",
         )
-        _handing_over.fd = fd
+        _handing_over.fds = (fd, err_fd)
         try:
-            self.process.start()
+            with _main_without_a_file() if method != "fork" else contextlib.nullcontext():
+                self.process.start()
         except BaseException:
             self.close()  # no worker: nobody will ever close our end
             raise
         finally:
-            _handing_over.fd = None
+            _handing_over.fds = ()
             _release_worker_end(fd, child.close)
+            _release_worker_end(err_fd, err_child.close)
         self.ident = f"process {self.process.pid} ({method})"
+
+    def close(self) -> None:
+        super().close()
+        with _fork_lock:
+            if self.err.fileno() >= 0:
+                _parent_ends.pop(self.err.fileno(), None)
+                self.err.close()
 
     def kill(self) -> None:
         if self.process.exitcode is None:
@@ -185,6 +209,32 @@ class ProcessHandle(WorkerHandle):
             except ValueError:
                 return f"was killed by signal {-code}"
         return f"exited with code {code}"
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_without_a_file():
+    """Start a spawn or forkserver worker without re-running a script that
+    is not a file (read from standard input: ``python - <<EOF``).
+
+    multiprocessing runs the main script again in each such worker, by its
+    ``__file__`` -- "<stdin>" there, which does not exist.  The pool needs
+    none of it: the script's functions travel by value (as for ``-c``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    assert main is not None  # it has a __file__
+    with _main_lock:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
 
 
 class InterpreterHandle(WorkerHandle):
@@ -232,11 +282,10 @@ class InterpreterHandle(WorkerHandle):
         An interpreter still running at exit would abort the whole process."""
         self._thread.join(_PATIENCE_S)
         if self._thread.is_alive():
-            print(
-                "accord: waiting for a task that ran past its timeout in a sub-interpreter "
+            log.warning(
+                "waiting for a task that ran past its timeout in a sub-interpreter "
                 "to end (a sub-interpreter cannot be killed; use a process backend for "
-                "tasks that must be stopped)",
-                file=sys.stderr,
+                "tasks that must be stopped)"
             )
             self._thread.join()
 

@@ -24,8 +24,10 @@ import functools
 import itertools
 import os
 import pickle
+import re
 import selectors
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -35,8 +37,7 @@ from typing import Any
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
 from ..backends.shm import _segment
-from ..share._serialize import cloudpickle_dumps
-from . import _handles, _worker
+from . import _handles, _pickling, _wire, _worker
 from ._wire import FrameReader, frame
 
 _PER_WORKER = 2  # tasks a worker holds: the running one and the next
@@ -63,38 +64,54 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    __slots__ = ("args", "blob", "chunk", "fn", "future", "id", "payload", "retries", "timeout")
+    __slots__ = (
+        "args",
+        "blob",
+        "buffers",
+        "chunk",
+        "fn",
+        "future",
+        "id",
+        "payload",
+        "retries",
+        "timeout",
+    )
 
     def __init__(self, task_id, future, payload, timeout, retries, fn, args, blob, chunk):
         self.id = task_id
         self.future = future
-        self.payload = payload
+        self.payload, self.buffers = payload  # the pickle and its out-of-band buffers
         self.timeout = timeout
         self.retries = retries
         self.fn = fn
         self.args = args
         self.blob = blob  # the pickled function: a chunk's items may be sent again alone
-        self.chunk = chunk  # a chunk of `map`: args is a list of calls, the result an _Outcome
+        # A chunk of `map` (_worker.STAR or ONE): args is a list of calls
+        # (argument tuples, or single arguments), the result an _Outcome.
+        self.chunk = chunk
 
     @property
     def what(self) -> str:
         """``name(args)`` for error messages (made only when one is needed)."""
-        if self.chunk and len(self.args) == 1:
-            return _describe(self.fn, self.args[0])
         if self.chunk:
-            return f"a chunk of {len(self.args)} calls of {_describe(self.fn, self.args[0])}"
+            star = self.chunk & ~_worker.ADAPTIVE == _worker.STAR
+            first = self.args[0] if star else (self.args[0],)
+            if len(self.args) == 1:
+                return _describe(self.fn, first)
+            return f"a chunk of {len(self.args)} calls of {_describe(self.fn, first)}"
         return _describe(self.fn, self.args)
 
 
 class _Outcome:
-    """What a chunk of `map` gave: a value or an error per call, and the time it ran."""
+    """What a chunk of `map` gave: a value or an error per call, and the
+    time a call took there (0: not measured)."""
 
-    __slots__ = ("elapsed", "errors", "values")
+    __slots__ = ("errors", "per_call", "values")
 
-    def __init__(self, values: list, errors: dict[int, BaseException], elapsed: float) -> None:
+    def __init__(self, values: list, errors: dict[int, BaseException], per_call: float) -> None:
         self.values = values
         self.errors = errors
-        self.elapsed = elapsed
+        self.per_call = per_call
 
 
 class _Slot:
@@ -109,6 +126,41 @@ class _Slot:
         self.outbox = bytearray()
         self.watching_writes = False
         self.overdue: _Task | None = None  # the task whose timeout ended this worker
+        self.ready = False  # the worker has started (its first frame came)
+        err = getattr(handle, "err", None)
+        self.stderr = None if err is None else _Stderr(err)
+
+
+class _Stderr:
+    """A worker process's standard error: passed on to ours, its tail kept."""
+
+    _TAIL = 2000
+
+    def __init__(self, end: socket.socket) -> None:
+        self.end = end
+        self.tail = bytearray()
+
+    def read(self) -> None:
+        while True:
+            try:
+                chunk = self.end.recv(1 << 16)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            with contextlib.suppress(OSError):
+                os.write(2, chunk)
+            self.tail += chunk
+            del self.tail[: -self._TAIL]
+
+    def last_words(self) -> str:
+        """The end of what it wrote, for an error message ("" if nothing)."""
+        self.read()
+        text = self.tail.decode(errors="replace").strip()
+        if not text:
+            return ""
+        lines = text.splitlines()[-15:]
+        return "; the end of its standard error:\n    " + "\n    ".join(lines)
 
 
 class Pool(concurrent.futures.Executor):
@@ -165,9 +217,10 @@ class Pool(concurrent.futures.Executor):
         # the pool dismisses it only if that did not work within the grace.
         self._grace = _GRACE_S if self.backend == "subinterpreter" else 0.0
         self.workers = workers
-        self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
+        self._initializer = _pickling.dumps((initializer, initargs)) if initializer else None
         # Names of the segments of big frames: this process's, this pool's.
         self._stem = f"{_segment.PREFIX}.{os.getuid()}.anon-{os.getpid()}-pool{id(self):x}~"
+        _sweep_dead_pools()
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
@@ -216,18 +269,21 @@ class Pool(concurrent.futures.Executor):
         _check_limits(timeout, retries)
         return self._submit(self._pickle_function(fn), fn, args, kwargs, timeout, retries)
 
-    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunk=False) -> TaskFuture:
+    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunk=0) -> TaskFuture:
         task = self._new_task(blob, fn, args, kwargs, timeout, retries, chunk)
+        self._enqueue([task], timeout)
+        return task.future
+
+    def _enqueue(self, tasks: list[_Task], timeout) -> None:
         with self._lock:
             if self._broken is not None:
                 raise concurrent.futures.BrokenExecutor(str(self._broken))
             if self._shutdown:
                 raise RuntimeError("cannot submit to a pool after shutdown()")
-            self._pending.append(task)
+            self._pending.extend(tasks)
             self._dispatch_pending()  # if no worker has room, the next reply hands it out
             if timeout is not None:
                 self._wake()  # the dispatcher must watch its deadline
-        return task.future
 
     def _new_task(self, blob, fn, args, kwargs, timeout, retries, chunk) -> _Task:
         payload = self._pickle_call(blob, fn, args, kwargs, chunk, timeout)
@@ -273,9 +329,11 @@ class Pool(concurrent.futures.Executor):
             chunksize = 1
         total = _known_length(iterables)
         bar = _progress_bar(total) if progress else None
-        mapping = _Mapping(
-            self, blob, fn, zip(*iterables, strict=False), total, timeout, retries, chunksize, bar
-        )
+        if len(iterables) == 1:  # calls of one argument travel bare, not in 1-tuples
+            calls, kind = iter(iterables[0]), _worker.ONE
+        else:
+            calls, kind = zip(*iterables, strict=False), _worker.STAR
+        mapping = _Mapping(self, blob, fn, calls, kind, total, timeout, retries, chunksize, bar)
         try:
             mapping.top_up()  # work starts now, as with Executor.map
         except BaseException:
@@ -314,6 +372,9 @@ class Pool(concurrent.futures.Executor):
                 for key, events in self._selector.select(self._time_to_next_deadline()):
                     if key.data is None:
                         self._drain_wake()
+                    elif type(key.data) is _Stderr:
+                        key.data.read()
+                        continue
                     elif events & selectors.EVENT_WRITE:
                         with self._lock:
                             self._flush(key.data)
@@ -353,33 +414,48 @@ class Pool(concurrent.futures.Executor):
         frames, ended = slot.reader.read(final)
         settle, lost, doomed = [], None, []
         with self._lock:
-            for reply in frames:
+            for reply, buffers in frames:
                 if self._broken is not None:
                     break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
+                if kind == _worker.READY:
+                    slot.ready = True
+                    slot.head_since = time.monotonic()  # a timeout counts from here
+                    continue
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
                     break
                 task = slot.tasks.popleft()
                 assert task.id == task_id, "a worker answered out of order"
                 slot.head_since = time.monotonic()
-                settle.append((task, kind, payload))
+                settle.append((task, kind, payload, buffers))
             if ended and slot in self._slots:
                 lost = self._remove(slot)
         for task in doomed:
             if not task.future.cancelled():  # cancelled while it waited: already done
                 task.future.set_exception(self._broken)
-        for task, kind, payload in settle:
-            self._settle(task, kind, payload)
+        for task, kind, payload, buffers in settle:
+            self._settle(task, kind, payload, buffers)
         if lost is None:
             return
         reason = lost.handle.reap(_REAP_S)
+        words = "" if lost.stderr is None else lost.stderr.last_words()
         if lost.handle.ended():  # big frames it never took (or sent, in vain)
-            for name in _segment.leftovers(lost.stem):
-                _segment.unlink(name)
+            _wire.unlink_leftovers(lost.stem)
         overdue = lost.overdue
+        if overdue is None and not lost.ready:
+            # It never started: the next would fail the same way (a script
+            # without its __main__ guard, a broken environment).  Stop.
+            error = WorkerLost(_start_failed(self.backend, lost.handle.ident, reason) + words)
+            with self._lock:
+                doomed = self._break_with(error) + list(lost.tasks)
+                lost.tasks.clear()
+            for task in doomed:
+                if not task.future.cancelled():
+                    task.future.set_exception(self._broken)
+            return
         if overdue is None:
-            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}", words)
         elif lost.tasks and lost.tasks[0] is overdue:
             self._fail_head(lost, TaskTimeout, _timed_out(overdue))
         else:  # it answered the overdue task after all, then started the next one
@@ -389,10 +465,10 @@ class Pool(concurrent.futures.Executor):
                 f"worker {lost.handle.ident} was ended as {overdue.what} ran past its timeout",
             )
 
-    def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
+    def _settle(self, task: _Task, kind: int, payload: bytes, buffers=()) -> None:
         try:
             if kind == _worker.RESULT:
-                result = pickle.loads(payload)
+                result = pickle.loads(payload, buffers=buffers)
                 if task.chunk:
                     self._settle_chunk(task, result)
                 else:
@@ -420,30 +496,45 @@ class Pool(concurrent.futures.Executor):
                 errors[i] = rebuild_error(*error)
             except BaseException as exc:
                 errors[i] = exc
-        again = [i for i in errors if task.retries > 0]
-        if not again or self._broken is not None:
-            task.future.set_result(_Outcome(values, errors, elapsed))
+        done, n = len(values), len(task.args)
+        outcome = _Outcome(values, errors, elapsed / max(done, 1))
+        groups = []
+        if task.retries > 0 and self._broken is None:
+            # A call that raised runs again on its own, as a task of one call.
+            groups = [([i], task.retries - 1) for i in errors]
+        if done < n:
+            # An adaptive chunk that stopped early (its calls take long): the
+            # rest goes out again in chunks sized from the time measured.
+            values.extend([None] * (n - done))
+            size = _chunk_size(outcome.per_call, n - done)
+            groups += [
+                (list(range(start, min(start + size, n))), task.retries)
+                for start in range(done, n, size)
+            ]
+        if not groups:
+            task.future.set_result(outcome)
             return
-        # A call that raised runs again on its own, as a task of one call.
-        self._rerun_calls(task, again, task.retries - 1, _Outcome(values, errors, elapsed))
+        self._rerun_calls(task, groups, outcome)
 
-    def _rerun_calls(self, task: _Task, indexes, retries: int, outcome: _Outcome) -> None:
-        """Run calls `indexes` of chunk `task` again, one per task; settle
-        `task` with `outcome` completed by their results."""
-        left = [len(indexes)]
+    def _rerun_calls(self, task: _Task, groups: list, outcome: _Outcome) -> None:
+        """Run calls of chunk `task` again: `groups` of (indexes, retries),
+        one task each; settle `task` with `outcome` completed by theirs."""
+        left = [len(groups)]
         lock = threading.Lock()
 
-        def done(i, sub_future) -> None:
+        def done(indexes, sub_future) -> None:
             try:
                 result = sub_future.result()
             except BaseException as exc:  # cancelled, or the pool broke
-                outcome.errors[i] = exc
+                for i in indexes:
+                    outcome.errors[i] = exc
             else:
-                if result.errors:
-                    outcome.errors[i] = result.errors[0]
-                else:
-                    outcome.errors.pop(i, None)
-                    outcome.values[i] = result.values[0]
+                for k, i in enumerate(indexes):
+                    if k in result.errors:
+                        outcome.errors[i] = result.errors[k]
+                    else:
+                        outcome.errors.pop(i, None)
+                        outcome.values[i] = result.values[k]
             with lock:
                 left[0] -= 1
                 last = not left[0]
@@ -451,12 +542,11 @@ class Pool(concurrent.futures.Executor):
                 task.future.set_result(outcome)
 
         subtasks = []
-        for i in indexes:
-            sub = self._new_task(
-                task.blob, task.fn, [task.args[i]], {}, task.timeout, retries, True
-            )
+        for indexes, retries in groups:
+            calls = [task.args[i] for i in indexes]
+            sub = self._new_task(task.blob, task.fn, calls, {}, task.timeout, retries, task.chunk)
             sub.future.set_running_or_notify_cancel()  # part of a started task: not cancellable
-            sub.future.add_done_callback(functools.partial(done, i))
+            sub.future.add_done_callback(functools.partial(done, indexes))
             subtasks.append(sub)
         with self._lock:
             broken = self._broken
@@ -472,7 +562,7 @@ class Pool(concurrent.futures.Executor):
             # Which call failed the whole chunk (a lost worker, a timeout) is
             # unknown: each runs again on its own, with all its tries left.
             outcome = _Outcome([None] * len(task.args), {}, 0.0)
-            self._rerun_calls(task, range(len(task.args)), task.retries, outcome)
+            self._rerun_calls(task, [([i], task.retries) for i in range(len(task.args))], outcome)
             return
         if task.retries > 0 and self._broken is None:
             task.retries -= 1
@@ -487,7 +577,7 @@ class Pool(concurrent.futures.Executor):
             return
         task.future.set_exception(error)
 
-    def _fail_head(self, slot: _Slot, error_type, why: str) -> None:
+    def _fail_head(self, slot: _Slot, error_type, why: str, words: str = "") -> None:
         """Fail (or retry) the task `slot` was running; requeue the one it held next."""
         held = list(slot.tasks)
         with self._lock:
@@ -495,7 +585,7 @@ class Pool(concurrent.futures.Executor):
         if held:  # before the worker is replaced, which may fail
             head = held[0]
             if error_type is WorkerLost:
-                message = f"{why} while running {head.what}; it was replaced"
+                message = f"{why} while running {head.what}; it was replaced{words}"
             else:
                 message = why.format(what=head.what)
             self._retry_or_fail(head, error_type(message))
@@ -534,8 +624,8 @@ class Pool(concurrent.futures.Executor):
     def _deadline(self, slot: _Slot) -> float | None:
         """When `slot`'s running task is overdue (None: it has no timeout)."""
         head = slot.tasks[0] if slot.tasks else None
-        if head is None or head.timeout is None:
-            return None
+        if head is None or head.timeout is None or not slot.ready:
+            return None  # (a worker's start-up is not its task's time)
         return slot.head_since + head.timeout + self._grace
 
     def _time_to_next_deadline(self) -> float | None:
@@ -548,22 +638,30 @@ class Pool(concurrent.futures.Executor):
 
     def _dispatch_pending(self) -> bool:
         """Hand pending tasks to workers with room; False if some had to wait."""
-        while self._pending:
-            slot = min(self._slots, key=lambda s: len(s.tasks), default=None)
-            if slot is None or len(slot.tasks) >= _PER_WORKER:
-                return False
-            task = self._pending.popleft()
-            if not task.future.running() and not task.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            if not slot.tasks:
-                slot.head_since = time.monotonic()
-            slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload), slot.stem))
-        return True
-
-    def _send(self, slot: _Slot, data: bytes) -> None:
-        slot.outbox += data
-        self._flush(slot)
+        touched: list[_Slot] = []  # one write per worker, however many tasks it got
+        try:
+            while self._pending:
+                slot = min(self._slots, key=lambda s: len(s.tasks), default=None)
+                # Chunks of a map go deeper: a worker runs them back to back
+                # without waiting for the dispatcher to hand it the next.
+                depth = _CHUNKS_PER_WORKER if self._pending[0].chunk else _PER_WORKER
+                if slot is None or len(slot.tasks) >= depth:
+                    return False
+                task = self._pending.popleft()
+                if not task.future.running() and not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                if not slot.tasks:
+                    slot.head_since = time.monotonic()
+                slot.tasks.append(task)
+                slot.outbox += frame(
+                    _worker.encode_task(task.id, task.payload), slot.stem, task.buffers
+                )
+                if slot not in touched:
+                    touched.append(slot)
+            return True
+        finally:
+            for slot in touched:
+                self._flush(slot)
 
     def _flush(self, slot: _Slot) -> None:
         while slot.outbox:
@@ -591,11 +689,16 @@ class Pool(concurrent.futures.Executor):
         stem = f"{self._stem}w{next(self._worker_ids)}-"
         slot = _Slot(_handles.start(self.backend, self._initializer, stem), stem)
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
+        if slot.stderr is not None:
+            self._selector.register(slot.stderr.end, selectors.EVENT_READ, slot.stderr)
         self._slots.append(slot)
 
     def _remove(self, slot: _Slot) -> _Slot:
         self._slots.remove(slot)
         self._selector.unregister(slot.handle.fd)
+        if slot.stderr is not None:
+            self._selector.unregister(slot.stderr.end)
+            slot.stderr.read()  # all of it: the worker's end closed as it did
         slot.handle.close()
         return slot
 
@@ -607,9 +710,17 @@ class Pool(concurrent.futures.Executor):
 
         Returns the tasks to fail (outside the lock: their callbacks may
         call back into the pool)."""
-        cause = rebuild_error(*pickle.loads(payload))
-        self._broken = WorkerLost(f"the worker initializer failed: {cause!r}")
-        self._broken.__cause__ = cause
+        try:
+            cause = rebuild_error(*pickle.loads(payload))
+        except BaseException as exc:  # what a worker sent never stops the dispatcher
+            cause = exc
+        error = WorkerLost(f"the worker initializer failed: {cause!r}")
+        error.__cause__ = cause
+        return self._break_with(error)
+
+    def _break_with(self, error: BaseException) -> list[_Task]:
+        if self._broken is None:
+            self._broken = error
         self._shutdown = True
         doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
         self._pending.clear()
@@ -640,17 +751,22 @@ class Pool(concurrent.futures.Executor):
         # Lambdas, local functions, the script's functions (which a
         # sub-interpreter has not imported): by value, with their globals.
         try:
-            return cloudpickle_dumps(fn)
+            return _pickling.dumps(fn, with_source=True)
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
-    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout) -> bytes:
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout):
+        """(pickle, out-of-band buffers) of a call: big buffers (numpy arrays'
+        data) travel beside the pickle, never copied into it."""
         call = (blob, args, kwargs, chunk, timeout)
+        buffers: list = []
+        collect = _worker._collector(buffers)
         if self.backend != "subinterpreter":
             with contextlib.suppress(Exception):
-                return pickle.dumps(call, 5)
+                return pickle.dumps(call, 5, buffer_callback=collect), buffers
+            buffers.clear()
         try:
-            return cloudpickle_dumps(call)
+            return _pickling.dumps(call, buffer_callback=collect), buffers
         except Exception as exc:
             raise _cannot_send(fn, args, exc) from exc
 
@@ -659,13 +775,15 @@ class Pool(concurrent.futures.Executor):
             slots, self._slots = self._slots, []
         for slot in slots:
             self._selector.unregister(slot.handle.fd)
+            if slot.stderr is not None:
+                self._selector.unregister(slot.stderr.end)
+                slot.stderr.read()
             slot.handle.close()
         for handle in [slot.handle for slot in slots]:
             handle.reap(_REAP_S)
         for handle in self._dismissed:
             handle.wait_for_task()
-        for name in _segment.leftovers(self._stem):  # big frames no one took
-            _segment.unlink(name)
+        _wire.unlink_leftovers(self._stem)  # buffers, and big frames no one took
         with _handles._fork_lock:
             for end in (self._wake_r, self._wake_w):
                 _handles._parent_ends.pop(end.fileno(), None)
@@ -675,6 +793,30 @@ class Pool(concurrent.futures.Executor):
 
 
 _SCRIPT_MODULES = ("__main__", "__mp_main__")
+_POOL_SEGMENT = re.compile(r"anon-(\d+)-pool[0-9a-f]+~")
+
+
+def _sweep_dead_pools() -> None:
+    """Unlink the segments of pools whose process died (SIGKILL) before a
+    worker could take them.
+
+    Only names of this user's pools, in files this user owns, whose creating
+    process is gone: a live process's segments are never touched.
+    """
+    uid = os.getuid()
+    start = f"{_segment.PREFIX}.{uid}."
+    for name in _segment.leftovers(start):
+        match = _POOL_SEGMENT.match(name, len(start))
+        if match is None:
+            continue
+        try:
+            if os.stat(f"/dev/shm/{name}").st_uid != uid:
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            _segment.unlink(name)
+        except OSError:  # gone meanwhile, or a process we may not signal: alive
+            continue
 
 
 def _module_of(fn) -> str | None:
@@ -712,7 +854,7 @@ def _describe(fn, args: tuple) -> str:
     return f"{name}({shown})"
 
 
-_TARGET_CHUNK_S = 0.005  # work per chunk: a round trip (~0.15 ms) costs a few % of it
+_TARGET_CHUNK_S = _worker.STOP_AFTER_S  # work per chunk: a round trip costs a few % of it
 _MAX_CHUNK = 4096  # calls per chunk when the input's length is unknown
 _CHUNKS_PER_WORKER = 4  # chunks submitted ahead of the consumer, per worker
 
@@ -727,14 +869,18 @@ class _Mapping:
     about `_TARGET_CHUNK_S` each, from the time workers measured.
     """
 
-    def __init__(self, pool, blob, fn, calls, total, timeout, retries, chunksize, bar) -> None:
+    def __init__(self, pool, blob, fn, calls, kind, total, timeout, retries, chunksize, bar):
         self.pool = pool
+        self.kind = kind
         self.blob = blob
         self.fn = fn
         self.calls = calls
         self.timeout = timeout
         self.retries = retries
         self.fixed = chunksize
+        if chunksize is None:
+            self.kind |= _worker.ADAPTIVE
+        self.known = total is not None
         self.bar = bar
         self.window: collections.deque = collections.deque()
         self.exhausted = False
@@ -747,45 +893,58 @@ class _Mapping:
         if self.fixed is not None:
             return self.fixed
         if self.per_call_s is None:
-            return 1
-        return max(1, min(self.cap, int(_TARGET_CHUNK_S / max(self.per_call_s, 1e-9))))
+            # Unknown cost.  A known number of calls: a quarter per worker,
+            # as multiprocessing does -- an adaptive chunk stops early if its
+            # calls are long.  An unknown number: one call per chunk, until
+            # one has come back (not to read far ahead of a slow consumer).
+            return self.cap if self.known else 1
+        return _chunk_size(self.per_call_s, self.cap)
 
     def top_up(self) -> None:
-        while not self.exhausted and len(self.window) < self.limit:
+        pool = self.pool
+        tasks = []
+        while not self.exhausted and len(self.window) + len(tasks) < self.limit:
             if (
                 self.per_call_s is None
                 and self.fixed is None
-                and len(self.window) >= self.pool.workers
+                and not self.known
+                and len(self.window) + len(tasks) >= pool.workers
             ):
-                return  # one probe per worker until a time is known
+                break  # one probe per worker until a time is known
             chunk = list(itertools.islice(self.calls, self._size()))
             if not chunk:
                 self.exhausted = True
-                return
-            future = self.pool._submit(
-                self.blob, self.fn, chunk, {}, self.timeout, self.retries, True
+                break
+            task = pool._new_task(
+                self.blob, self.fn, chunk, {}, self.timeout, self.retries, self.kind
             )
             if self.bar is not None:
-                future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
-            self.window.append(future)
+                task.future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
+            tasks.append(task)
+        if tasks:  # all at once: one lock, one write per worker
+            pool._enqueue(tasks, self.timeout)
+            self.window.extend(task.future for task in tasks)
 
     def results(self) -> Iterator[Any]:
+        """The results in order: a C-level iterator over each chunk's values."""
+        return _Results(self._values_by_chunk(), self)
+
+    def _values_by_chunk(self) -> Iterator[list]:
         try:
             while self.window:
                 outcome = self.window.popleft().result()
-                if outcome.elapsed > 0:
-                    per_call = outcome.elapsed / len(outcome.values)
+                if outcome.per_call > 0:
                     old = self.per_call_s
-                    self.per_call_s = per_call if old is None else (old + per_call) / 2
+                    new = outcome.per_call
+                    self.per_call_s = new if old is None else (old + new) / 2
                 self.top_up()
                 errors = outcome.errors
                 if not errors:
-                    yield from outcome.values
+                    yield outcome.values
                     continue
-                for i, value in enumerate(outcome.values):
-                    if i in errors:
-                        raise errors[i]
-                    yield value
+                first = min(errors)
+                yield outcome.values[:first]
+                raise errors[first]
         finally:
             self.close()
 
@@ -795,6 +954,37 @@ class _Mapping:
         self.window.clear()
         if self.bar is not None:
             self.bar.close()
+
+
+class _Results:
+    """What `Pool.map` returns: an iterator over the results.
+
+    Iterating it (``for``, ``list``) runs at C speed over each chunk's
+    values (`itertools.chain`); ``close()`` stops the map, as a generator's
+    does: chunks no worker has started are cancelled.
+    """
+
+    __slots__ = ("_chain", "_chunks", "_mapping")
+
+    def __init__(self, chunks, mapping) -> None:
+        self._chunks = chunks
+        self._mapping = mapping
+        self._chain = itertools.chain.from_iterable(chunks)
+
+    def __iter__(self):
+        return self._chain
+
+    def __next__(self):
+        return next(self._chain)
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._mapping.close()  # also when iteration never began
+
+
+def _chunk_size(per_call_s: float, cap: int) -> int:
+    """Calls per chunk for calls of `per_call_s` each: about _TARGET_CHUNK_S of work."""
+    return max(1, min(cap, int(_TARGET_CHUNK_S / max(per_call_s, 1e-9))))
 
 
 def _known_length(iterables) -> int | None:
@@ -809,10 +999,33 @@ def _advance(bar, n: int, _future) -> None:
     bar.update(n)
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task")
+
+
+def _start_failed(backend: str, ident: str, reason: str) -> str:
+    message = f"worker {ident} {reason} before it started; the pool cannot run tasks"
+    if backend not in ("spawn", "forkserver"):
+        return message
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    source = ""
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as f:
+            source = f.read()
+    if source and not re.search(r"""__name__\s*==\s*['"]__main__['"]""", source):
+        return (
+            f'{message}. The script {path} has no `if __name__ == "__main__":` guard: '
+            f"under backend={backend!r} each worker first imports the main script, which "
+            "then starts a pool again (its error is on standard error above). Put the code "
+            "that starts the pool under that guard, or use backend='fork'"
+        )
+    return (
+        f"{message} (under backend={backend!r} a worker first imports the main script "
+        "again: its error is on standard error above)"
+    )
 
 
 def _cpu_count() -> int:
@@ -831,7 +1044,17 @@ def _shutdown_live_pools() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-threading._register_atexit(_shutdown_live_pools)
+# Private on purpose (concurrent.futures uses the same hook): it runs in
+# threading's shutdown, before non-daemon threads are joined and before any
+# atexit handler -- multiprocessing's included, whichever was imported first.
+# atexit is no equivalent: it would run after multiprocessing's hook whenever
+# multiprocessing.util is imported after this module, and Python 3.12.0-3.12.1
+# refuse to start threads from atexit handlers, which a shutdown may need.
+threading._register_atexit(_shutdown_live_pools)  # pyright: ignore[reportAttributeAccessIssue]
 # A worker started by fork inherits the pools (and maybe a held pool lock):
 # they belong to the parent, the worker must never shut them down.
 os.register_at_fork(after_in_child=_live_pools.clear)
+
+# Tracebacks, reprs and pickles name the public path, as the user imports it.
+Pool.__module__ = "accord"
+TaskFuture.__module__ = "accord.spawn"

@@ -94,10 +94,6 @@ def open_engine(url: str, *, must_exist: bool = False, read_only: bool = False) 
     return engine
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def sqlite_path(engine: Engine) -> Path:
     return Path(engine.url.database or "").resolve()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
@@ -600,6 +601,9 @@ def _stopped_message(name: str, stopped: Stopped) -> str:
 # Items this process marked failed with LEFT_LOOP, and the frame that ran
 # the loop: an exception that ends the process and passed through that frame
 # is what ended the loop, and its traceback replaces the generic reason.
+# Read at exit from sys.last_exc / sys.last_value, which the interpreter sets
+# for the uncaught exception that ended the program before atexit runs:
+# sys.excepthook stays the application's.
 _recent_failures: list[tuple[Store, Claimed, tuple[int, Any]]] = []
 _hook_lock = threading.Lock()
 _hook_installed = False
@@ -613,14 +617,14 @@ def _remember_failure(store: Store, claimed: Claimed, loop_frame: Any) -> None:
         _recent_failures[:] = [r for r in _recent_failures if r[0] is not store][-15:]
         _recent_failures.append((store, claimed, where))
         if not _hook_installed:
-            previous = sys.excepthook
-
-            def hook(kind, value, tb):
-                _record_uncaught(kind, value, tb)
-                previous(kind, value, tb)
-
-            sys.excepthook = hook
+            atexit.register(_record_uncaught_at_exit)
             _hook_installed = True
+
+
+def _record_uncaught_at_exit() -> None:
+    value = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if value is not None:
+        _record_uncaught(type(value), value, value.__traceback__)
 
 
 def _record_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:

@@ -113,7 +113,7 @@ class Store:
             if row is None:
                 self.queue_id = conn.execute(
                     insert(queues).values(name=name, kind=kind, created_at=time.time())
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
             elif row.kind != kind:
                 other = "WorkQueue" if row.kind == "queue" else "TaskGraph"
                 raise InvalidWork(
@@ -131,7 +131,8 @@ class Store:
         self.requirement_filter: list[str] | None = None
         self.keys_given: int | None = None  # how many keys the worker's list has
         self._next_reap = 0.0
-        self._sql: _Statements | None = None
+        # Compiled by connect(), before any claim: None only until then.
+        self._sql: _Statements = None  # pyright: ignore[reportAttributeAccessIssue]
 
     def _mine(self):
         return items.c.queue_id == self.queue_id
@@ -309,7 +310,7 @@ class Store:
                     heartbeat_timeout=timeout,
                     status="active",
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
 
     def beat(self, worker_id: int) -> bool:
         """Record a heartbeat; False if others had already declared this worker dead."""
@@ -472,6 +473,7 @@ class Store:
         """
         now = time.time()
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         with conn.begin():
             self._finish_all(conn, worker_id, finished, now)
             if release:
@@ -624,7 +626,7 @@ class Store:
             ready = and_(ready, items.c.id.not_in(select(skipped.c.id)))
         return ready
 
-    def _next(self, conn: Connection, n: int) -> list:
+    def _next(self, conn: Connection, n: int) -> Sequence:
         if self.requirement_filter is None and not conn.info.get(_SKIPPING):
             return self._sql.next(conn, b_queue=self.queue_id, b_limit=n).all()
         query = (
@@ -683,6 +685,7 @@ class Store:
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
         if status == COMPLETED and self.kind == "graph" and self.postgres:
             # Registration recounts every task's unmet deps in one UPDATE
@@ -746,6 +749,7 @@ class Store:
             claimed.fingerprint,
             current,
         )
+        assert self._sql is not None  # prepared by connect()
         self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
         self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 

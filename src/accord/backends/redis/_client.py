@@ -13,17 +13,30 @@ import os
 import pickle
 import threading
 import time
+from typing import Any
 
 import redis
+import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import (
+    AccordError,
+    BackendRefused,
+    BackendUnavailable,
+    CoordinatorLost,
+    ShareClosed,
+    ShareExists,
+    ShareNotFound,
+    UsedFromOwnCoordinator,
+)
 from .._replies import Replies, kind_of
 from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
 from ._signing import Signer, TamperedPayload
+
+__all__ = ["BackendUnavailable", "RedisClient", "RedisInfo", "TamperedPayload"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds an operation waits for an unreachable Redis
 DEFAULT_TTL = 3600.0  # seconds an abandoned share's keys live on
@@ -32,13 +45,6 @@ BLOCK_S = 0.2  # one wait for a reply; the lease is checked between waits
 
 monotonic = time.monotonic
 dumps = pickle.dumps
-
-
-class BackendUnavailable(AccordError, ConnectionError):
-    """Redis could not be reached within the share's timeout.
-
-    The share resumes by itself once Redis is back: retry the operation.
-    """
 
 
 class RedisInfo:
@@ -111,7 +117,7 @@ def _not_sent(exc: Exception) -> bool:
     return "connecting" in str(exc)
 
 
-def call(info, fn, *args, idempotent: bool = True, **kwargs):
+def call(info, fn, *args, idempotent: bool = True, **kwargs) -> Any:
     """Run one redis-py call; retry while Redis is unreachable, up to the
     share's timeout, then raise BackendUnavailable.  A call that may have
     reached the server is retried only if running it twice is harmless."""
@@ -120,7 +126,7 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
         try:
             return fn(*args, **kwargs)
         except redis.exceptions.AuthenticationError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"Redis at {safe_url(info.url)} refused the credentials ({exc}): put the "
                 "user and password in the URL, redis://USER:PASSWORD@host:port/db"
             ) from None
@@ -137,10 +143,23 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
                 ) from None
             time.sleep(0.05)  # pacing retries while the server is down
         except redis.exceptions.NoPermissionError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"{info.where()}: the Redis user lacks a permission accord needs ({exc}); "
                 "it needs read/write on keys accord:{NAME}:* and EVALSHA/EVAL"
             ) from None
+
+
+def parse_entry(entry: bytes) -> tuple[bytes, int, bool, bytes]:
+    """(version, type generation, is value, epoch) of a ``v:<name>`` entry."""
+    version, generation, is_value, epoch = entry.split()
+    return version, int(generation), is_value == b"1", epoch
+
+
+def snapshot_context(name: str, version: bytes, epoch: bytes) -> bytes:
+    """What a snapshot's MAC covers besides the share's name and its data:
+    the object's name, the commit (version) and the coordinator (epoch) that
+    wrote it, so that it cannot be served under another name or version."""
+    return b"s%s\0%s\0%s" % (name.encode(), version, epoch)
 
 
 class _Snapshot:
@@ -149,10 +168,10 @@ class _Snapshot:
     __slots__ = ("entry", "kind", "obj", "version")
 
     def __init__(self, entry: bytes, obj) -> None:
-        version, generation, is_value = entry.split()
+        version, generation, is_value, _epoch = parse_entry(entry)
         self.entry = entry
         self.version = version
-        self.kind = (int(generation), is_value == b"1")
+        self.kind = (generation, is_value)
         self.obj = obj
 
 
@@ -170,7 +189,7 @@ class RedisClient:
         self._fields: dict = {}
         self._specs: dict = {}
         self.owner_process = None
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -178,6 +197,12 @@ class RedisClient:
         self._next_reply = 0
         self.replies = Replies()
         self._checked = 0.0
+        # Every command carries (client id, sequence) under its MAC; the
+        # coordinator applies each sequence number of a client once, in
+        # order, so a command copied back into the stream is ignored.  The
+        # lock keeps this process's commands in the stream in their order.
+        self._seq = 0
+        self._send_lock = threading.Lock()
 
     def call(self, fn, *args, **kwargs):
         return call(self.info, fn, *args, **kwargs)
@@ -271,7 +296,17 @@ class RedisClient:
                 cached = self.snapshots[name] = _Snapshot(entry, cached.obj)
             return cached.obj
         where = f"{self.info.where()}: the snapshot of {name!r}"
-        obj = pickle.loads(self.signer.open(b"s" + name.encode(), data, where))
+        try:
+            version, _generation, _is_value, epoch = parse_entry(entry)
+        except ValueError:
+            raise TamperedPayload(f"{where}: its index entry is malformed") from None
+        if cached is not None and int(version) < int(cached.version):
+            raise TamperedPayload(
+                f"{where}: version {int(version)} is older than version "
+                f"{int(cached.version)} read before (the share's keys were rolled back)"
+            )
+        data = self.signer.open(snapshot_context(name, version, epoch), data, where)
+        obj = pickle.loads(data)
         self.snapshots[name] = _Snapshot(entry, obj)
         return obj
 
@@ -299,18 +334,27 @@ class RedisClient:
                 reply_id = self._next_reply
         else:
             reply_id = 0
-        payload = self.signer.sign(
-            b"c", dumps((client_id, (op, reply_id, None, writes, *fields)), 5)
-        )
+        message = (op, reply_id, None, writes, *fields)
         spec = self._specs.get((reads, writes))
         if spec is None:
             spec = f"{','.join(map(str, reads))};{','.join(map(str, writes))}"
             if len(self._specs) < 10_000:
                 self._specs[(reads, writes)] = spec
         keys = self.keys
-        done = self.call(
-            self._send, self.r, 3, keys.state, keys.cmd, keys.lease, payload, spec, idempotent=False
-        )
+        with self._send_lock:
+            self._seq += 1  # used even if the send fails: a gap is harmless
+            payload = self.signer.sign(b"c", dumps((client_id, self._seq, message), 5))
+            done = self.call(
+                self._send,
+                self.r,
+                3,
+                keys.state,
+                keys.cmd,
+                keys.lease,
+                payload,
+                spec,
+                idempotent=False,
+            )
         if done != 1:
             if done == 0:
                 error = ShareClosed(f"{self.info.where()} is closed (or expired)")
@@ -361,7 +405,7 @@ def client_for(info: RedisInfo) -> RedisClient:
     """This process's client of the share described by `info`."""
     stem = info.stem
     if stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"{info.where()} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )
@@ -398,7 +442,7 @@ def init_share(info: RedisInfo) -> None:
     keys = Keys(info.name)
     try:
         if call(info, r.exists, keys.lease):
-            raise AccordError(
+            raise ShareExists(
                 f"{info.where()} is already running; attach to it with "
                 f"Share.connect({safe_url(info.url)!r}, name={info.name!r}) or choose another name"
             )
@@ -429,7 +473,7 @@ def check_share(info: RedisInfo) -> None:
     client = client_for(info)
     check = client.call(client.r.hget, client.keys.state, "check")
     if check is None:
-        raise AccordError(f"no {info.where()} exists (never created, closed, or expired)")
+        raise ShareNotFound(f"no {info.where()} exists (never created, closed, or expired)")
     if check != client.signer.check_value():
         forget(info)
         raise TamperedPayload(
@@ -441,7 +485,7 @@ def check_share(info: RedisInfo) -> None:
 def delete_share(info: RedisInfo, r: redis.Redis | None = None) -> None:
     """Delete every key of the share."""
     own = r is None
-    if own:
+    if r is None:
         r = connect_redis(info.url, info.timeout)
     try:
         keys = Keys(info.name)

@@ -15,9 +15,10 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -116,7 +117,7 @@ class ShmClient:
     def __init__(self, info: ShareInfo) -> None:
         self.info = info
         try:
-            self.control = Segment.attach(f"{info.stem}~control")
+            self.control = Segment.attach(f"{info.stem}~control", _control.SIZE)
         except FileNotFoundError:
             raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
         _control.check_header(self.control.buf)
@@ -131,8 +132,12 @@ class ShmClient:
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
+        # (WHOLE slot, its pending count after our write, name) of each write
+        # sent and not yet known to be committed: if the coordinator dies,
+        # these may be lost with it (see `unconfirmed`).
+        self._sent: deque = deque()
 
     # -- the connection --------------------------------------------------------
 
@@ -142,6 +147,12 @@ class ShmClient:
             sock, client_id = _transport.connect(self.info.socket_path, self.info.key)
         except (FileNotFoundError, ConnectionRefusedError):
             raise self._lose("its socket is gone", undelivered=True) from None
+        except _transport.AuthenticationError:
+            # The socket's path now serves another coordinator (the share was
+            # restarted): this incarnation is gone; Link follows the new one.
+            raise self._lose(
+                "its socket now serves a newer coordinator", undelivered=True
+            ) from None
         except OSError as exc:
             raise self._lose(f"cannot connect: {exc}", undelivered=True) from None
         self._sock, self._id = sock, client_id
@@ -149,7 +160,7 @@ class ShmClient:
         self._seq = 0
         return sock
 
-    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
+    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
 
         `undelivered` marks an error raised before the command left this
@@ -168,6 +179,10 @@ class ShmClient:
     def _check_lost(self) -> None:
         if self.lost is not None:
             raise type(self.lost)(*self.lost.args)
+
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
 
     def check_alive(self) -> None:
         """Raise CoordinatorLost if the coordinator has died or the share closed.
@@ -241,6 +256,12 @@ class ShmClient:
             except OSError as exc:
                 raise self._lose(f"send failed ({exc})", undelivered=True) from None
             self._seq = seq
+            if writes:
+                sent = self._sent
+                sent.append((writes[0], old + 1, fields[0][0] if fields else ""))
+                # Forget what is committed (the oldest first: commits follow).
+                while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
+                    sent.popleft()
         if reply:
             return self._await(reply_id)
         return None
@@ -266,8 +287,20 @@ class ShmClient:
         return [pickle.loads(data) for data in self._buffer.frames()]
 
     def raise_deferred(self) -> None:
-        """Raise the first error of an earlier fire-and-forget command."""
+        """Raise the errors of earlier fire-and-forget commands."""
         self.replies.raise_deferred()
+
+    def unconfirmed(self) -> list[str]:
+        """After the coordinator died: the names written by the writes this
+        process sent that it had not committed (a restart loses them), once
+        (the list is then forgotten).  Reads the old control segment: call
+        it before `close()`."""
+        sent, self._sent = self._sent, deque()
+        try:
+            buf = self.ctrl
+            return [name for slot, target, name in sent if load(buf, APPLIED + 8 * slot) < target]
+        except (ValueError, TypeError):  # unmapped already
+            return [name for _slot, _target, name in sent]
 
     # -- reading ---------------------------------------------------------------
 
@@ -320,6 +353,7 @@ class ShmClient:
         self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
         self.owner_process = None
+        self.snapshots.after_fork()
 
 
 def _pid_alive(pid: int, process) -> bool:
@@ -350,7 +384,7 @@ coordinating: str | None = None
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     if info.stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"share {info.name!r} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )
