@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 
 import pytest
 from sqlalchemy import event
@@ -11,6 +12,10 @@ from work_helpers import barrier, wait_until
 
 from accord.work import WorkQueue
 from accord.work._queue import _BatchSize
+
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
 
 
 def _statements(queue: WorkQueue) -> list[str]:
@@ -66,13 +71,13 @@ def test_the_unstarted_items_of_a_batch_go_back_when_the_loop_ends(db, leave):
 def test_a_dead_workers_batch_is_handed_out_again(db, workers):
     options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2, "claim_batch": 5}
     victim = workers.start(db=db, name="crash", items=12, options=options, hang_on=["1"])
-    wait_until(lambda: "start 1" in victim.stdout.readline(), what="the victim to take item 1")
+    wait_until(lambda: "start 1" in victim.stdout.readline(), 90, "the victim to take item 1")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     survivor = workers.start(db=db, name="crash", items=12, options=options)
     # Its whole batch came back, item 0 too: the victim finished it, but
     # died before its next claim would have recorded that.
-    assert sorted(workers.finish(survivor), key=int) == [str(i) for i in range(12)]
+    assert sorted(workers.finish(survivor, 120), key=int) == [str(i) for i in range(12)]
     queue = WorkQueue(range(12), db=db, name="crash", progress=False)
     assert queue.counts()["completed"] == 12
     for key in (0, 1, 4):
@@ -114,4 +119,65 @@ def test_32_workers_on_sqlite_never_see_a_locked_database_nor_complete_twice(
     queue = WorkQueue(range(n), db=sqlite_db, name="q", progress=False)
     completions = collections.Counter(h.key for h in queue.history() if h.status == "completed")
     assert completions == {str(i): 1 for i in range(n)}
+    queue.dispose()
+
+
+def test_a_waiting_worker_looks_without_taking_the_write_lock(sqlite_db, tmp_path, monkeypatch):
+    import sqlite3
+
+    from accord.work import _db
+    from accord.work._store import Entry, Store
+
+    monkeypatch.setattr(_db, "BUSY_TIMEOUT_S", 0.2)
+    engine = _db.open_engine(sqlite_db)
+    store = Store(engine, "q", "queue")
+    store.register([Entry("0", 0), Entry("1", 1)])
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    assert store.peek(conn)  # an item is free
+    claimed = store.claim(conn, worker, want=2)
+    assert not store.peek(conn)  # both run here: nothing to do but wait
+    writer = sqlite3.connect(tmp_path / "run.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a working worker's claim
+    try:
+        assert not store.peek(conn)  # would be "database is locked" with the lock
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store.claim(conn, worker, [(c, "completed", None) for c in claimed], want=0)
+    assert store.peek(conn)  # the end: a claim now says DONE
+    conn.close()
+    engine.dispose()
+
+
+def test_a_worker_presumed_dead_does_not_run_the_rest_of_its_batch(sqlite_db):
+    from sqlalchemy import select, update
+
+    from accord.work._schema import workers
+    from accord.work._store import Store
+
+    options = {"heartbeat_timeout": 30.0, "heartbeat_interval": 0.05}
+    queue = WorkQueue(range(4), db=sqlite_db, name="q", progress=False, claim_batch=3, **options)
+    engine = queue._engine
+    seen = []
+    for item in queue:
+        seen.append(item)
+        if len(seen) == 1:
+            # Others give this worker up (as if it had been suspended): in one
+            # transaction its heartbeat looks stale and a claim reaps it.
+            reaper = Store(engine, "q", "queue")
+            reaper.max_retries = 2
+            with engine.begin() as conn:
+                conn.execute(update(workers).values(heartbeat_at=0.0))
+                reaper._reap(conn, time.time())
+
+            def revived():
+                with engine.connect() as conn:
+                    return conn.execute(select(workers.c.status)).scalar() == "active"
+
+            wait_until(revived, 30, "its heartbeat to learn it had been given up")
+    # Items 1 and 2 went back to the queue with 0: not run from the old batch,
+    # but claimed again, with 0, whose first outcome was not recorded.
+    assert seen == [0, 0, 1, 2, 3]
+    assert [h.status for h in queue.history(1)] == ["running", "killed", "running", "completed"]
     queue.dispose()

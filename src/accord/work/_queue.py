@@ -213,10 +213,13 @@ class _Work(Generic[T]):
                     release.extend(claimed)
                     claimed.clear()
                 if not claimed:
+                    # Given up before this claim: it revives the worker, and
+                    # what it claims is this worker's.
+                    lost.clear()
                     outcome = link.claim(finished, size.next(), release)
                     finished, release = [], []
                     if outcome == WAIT:
-                        pause.wait()
+                        pause.wait(link.peek)
                         continue
                     if outcome == DONE:
                         return
@@ -452,6 +455,16 @@ class _Link:
 
         return self._retry(attempt, "claim")
 
+    def peek(self) -> bool:
+        """`Store.peek`; True (claim now) when the database is away: the claim retries."""
+        try:
+            self._open()
+            return self._store.peek(self._conn)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return True
+
     def stop(self, finished, release) -> None:
         self._close()
         self._retry(
@@ -501,13 +514,13 @@ def transient(exc: BaseException) -> bool:
     """Whether a database error may pass: the connection or the lock, not the SQL."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if not isinstance(exc, (OperationalError, InterfaceError)):
-        return False
-    if isinstance(exc.orig, sqlite3.Error):
+    # Unwrapped: the write lock is taken below SQLAlchemy (see _db._take_write_lock).
+    orig = exc if isinstance(exc, sqlite3.Error) else getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
         # SQLite's OperationalError also means "no such table" and the like.
-        text = str(exc.orig).lower()
+        text = str(orig).lower()
         return any(w in text for w in ("locked", "busy", "disk i/o", "unable to open"))
-    return True
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class _BatchSize:
@@ -551,7 +564,13 @@ class _BatchSize:
 
 
 class _Backoff:
-    """Waits between claims that found nothing yet: short at first, then longer."""
+    """Waits between claims that found nothing yet: short at first, then longer.
+
+    While it waits it asks ``ready`` (a read that takes no lock) every few
+    ms, up to 50 ms apart, and claims as soon as an item is free or the
+    others are done: the end of a run is not held up by a long sleep, and
+    idle workers do not take the write lock from working ones.
+    """
 
     def __init__(self, longest: float) -> None:
         self._longest = min(longest, 1.0)
@@ -560,9 +579,15 @@ class _Backoff:
     def reset(self) -> None:
         self._next = 0.005
 
-    def wait(self) -> None:
-        time.sleep(self._next)
+    def wait(self, ready: Callable[[], bool] | None = None) -> None:
+        deadline = time.monotonic() + self._next
         self._next = min(self._next * 2, self._longest)
+        step = 0.005
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            step = min(step * 2, 0.05)
+            if ready is not None and time.monotonic() < deadline and ready():
+                return
 
 
 def _stopped_message(name: str, stopped: Stopped) -> str:

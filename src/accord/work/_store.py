@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 
 from . import _history
+from ._db import READING
 from ._errors import InvalidWork
 from ._schema import Id, create, deps, history, items, queues, workers
 
@@ -528,6 +529,23 @@ class Store:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
 
+    def peek(self, conn: Connection) -> bool:
+        """Whether a claim may find an item now, or the end: read without the write lock.
+
+        For a worker waiting for others' items to finish: on SQLite a claim
+        takes the write lock, which every working worker then waits for;
+        this read takes none.
+        """
+        conn.info[READING] = True
+        try:
+            with conn.begin():
+                ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
+                if conn.execute(ready).first() is not None:
+                    return True
+                return self._sql.busy(conn, b_queue=self.queue_id).first() is None
+        finally:
+            conn.info[READING] = False
+
     def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
         """Hand back items this worker claimed and never started (history: ``released``)."""
         mine = and_(items.c.id.in_(ids), items.c.worker_id == worker_id, items.c.status == RUNNING)
@@ -685,6 +703,8 @@ class Store:
             done = sql.fail_or_retry(conn, **mine, b_error=error, b_max=self.max_retries).rowcount
         else:
             done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
+        if not done and self._recorded(conn, worker_id, claimed, status):
+            return
         if not done:
             # This worker missed its heartbeats long enough to be declared
             # dead, or a task upstream was invalidated: the item went back
@@ -701,6 +721,14 @@ class Store:
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
         sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def _recorded(self, conn, worker_id: int, claimed: Claimed, status: str) -> bool:
+        """Whether this outcome is already recorded: a retried transaction had committed."""
+        row = conn.execute(
+            select(items.c.status, items.c.worker_id).where(items.c.id == claimed.item_id)
+        ).first()
+        # A failure retried with retry_failed is back to pending: not told apart.
+        return row is not None and tuple(row) == (status, worker_id)
 
     def _outdated(self, conn, worker_id, claimed: Claimed, now) -> None:
         """History of a task completed with a fingerprint changed while it ran.
