@@ -107,8 +107,12 @@ def settle_within(client, timeout: float) -> list[BaseException]:
             done.append([exc])
 
     thread = threading.Thread(target=run, name="accord-settle", daemon=True)
-    thread.start()
-    thread.join(timeout)
+    try:
+        thread.start()
+    except RuntimeError:  # Python 3.12.0-3.12.1 start no thread at interpreter exit
+        run()
+    else:
+        thread.join(timeout)
     if done:
         return done[0]
     info = getattr(client, "info", None)
