@@ -30,7 +30,16 @@ from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
 from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
-from ._serialize import PLAIN, cloudpickle_dumps, dumps, is_plain, unpack, unpack_call
+from ._ranges import changed_bytes
+from ._serialize import (
+    PLAIN,
+    cloudpickle_dumps,
+    dumps,
+    dumps_out_of_band,
+    is_plain,
+    unpack,
+    unpack_call,
+)
 from ._values import is_value
 
 HEARTBEAT_S = 0.1
@@ -69,6 +78,10 @@ class Coordinator:
         self.error_sent: set[int] = set()
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
+        # name -> byte ranges of its (array) buffer changed since its last
+        # commit; None: not known, the whole buffer (see _buffers).
+        self.touched: dict[str, list | None] = {}
+        self._changed = _UNKNOWN  # what the command being run changed
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -196,6 +209,7 @@ class Coordinator:
 
     def execute(self, peer: Peer, message: tuple) -> None:
         op, reply_id, _waits, writes = message[:4]
+        self._changed = _UNKNOWN
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
@@ -207,12 +221,23 @@ class Coordinator:
             # type: never the end of the coordinator and every object in it.
             result = pack_error(exc)
             status = P.ERROR
+            self._changed = _UNKNOWN
         if writes:
+            self.note_change(message[4][0], self._changed)
             self.credit(message[4][0], writes)
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
         elif status == P.ERROR:
             self.report(peer, result)
+
+    def note_change(self, name: str, changed) -> None:
+        ranges = self.touched.setdefault(name, [])
+        if ranges is None:
+            return
+        if changed is _UNKNOWN or changed is None or len(ranges) >= 1024:
+            self.touched[name] = None
+        elif changed:
+            ranges.append(changed)
 
     def credit(self, name: str | None, writes) -> None:
         received = self.received
@@ -260,13 +285,20 @@ class Coordinator:
 
     def commit(self, name: str) -> None:
         started = time.perf_counter()
+        writer = self.server.snapshots
+        touched = self.touched.pop(name, None)
         if name in self.mirror:
             value = self.mirror[name]
+            raws = None
             try:
-                data = dumps(value)
+                if getattr(writer, "zero_copy", False):  # big buffers, own segments
+                    data, raws = dumps_out_of_band(value)
+                else:
+                    data = dumps(value)
             except Stop:
                 raise
             except BaseException as exc:
+                raws = None
                 print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
                 data = dumps(
                     Unreadable(
@@ -275,9 +307,12 @@ class Coordinator:
                         f"repair it with share.apply({name!r}, fn) or assign it anew"
                     )
                 )
-            self.server.snapshots.write(name, data, self.kind(name, value))
+            if raws:
+                writer.write(name, data, self.kind(name, value), raws, touched)
+            else:
+                writer.write(name, data, self.kind(name, value))
         else:
-            self.server.snapshots.delete(name)
+            writer.delete(name)
         self.commit_cost[name] = time.perf_counter() - started
         self.dirty.pop(name, None)
         for s in self.dirty_slots.pop(name, ()):
@@ -359,6 +394,8 @@ class Coordinator:
         if place[-2] == P.ATTR:
             setattr(parent, place[-1], value)
         else:
+            if len(place) == 3:
+                self._changed = changed_bytes(parent, place[-1])
             parent[place[-1]] = value
 
     # -- commands --------------------------------------------------------------
@@ -494,6 +531,7 @@ class OrderedCoordinator(Coordinator):
 
 
 _missing = object()
+_UNKNOWN = object()  # a command whose changes are not known: all of the object
 
 
 class _NoReply:

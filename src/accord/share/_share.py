@@ -28,7 +28,7 @@ from . import _protocol as P
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link
-from ._proxy import Proxy
+from ._proxy import Proxy, read_only
 from ._values import private
 
 START_TIMEOUT = 30.0
@@ -268,10 +268,19 @@ class Share:
         self._link.request(P.FLUSH, ())
         client.raise_deferred()  # errors of fire-and-forget calls before the flush
 
-    def get(self, name, default=_MISSING):
-        """A private copy of a shared object (a name or a proxy), current as of now."""
+    def get(self, name, default=_MISSING, *, copy: bool = True):
+        """A private copy of a shared object (a name or a proxy), current as of now.
+
+        With ``copy=False``, the committed object itself, shared with every
+        later read of the same version: nothing is copied (on the shm
+        backend a numpy array or a DataFrame's columns are read-only views
+        of shared memory, which never change while you hold them).  Its
+        arrays are read-only; do not change anything else in it either.
+        """
         path = _path_of(name)
         try:
+            if not copy:
+                return read_only(self._link.value(path))
             return private(self._link.value(path))
         except (AttributeError, KeyError, IndexError):
             if default is _MISSING:

@@ -320,6 +320,7 @@ class ShmClient:
         self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
         self.owner_process = None
+        self.snapshots.after_fork()
 
 
 def _pid_alive(pid: int, process) -> bool:

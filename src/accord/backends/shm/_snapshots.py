@@ -24,6 +24,7 @@ import time
 from ..._errors import AccordError, ShareClosed
 from . import _control
 from ._atomic import load, store
+from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
 from ._segment import Segment
 
 _LENGTH = struct.Struct("<Q")
@@ -120,17 +121,29 @@ class SnapshotWriter:
         self._index_gen = 0
         self._index = Segment.create(index_name(stem, 0), MIN_SIZE)
         self._write_index()
+        self.buffers = BufferWriter(stem)
 
     def _new_segment(self, size: int) -> Segment:
         return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
 
-    def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
+    zero_copy = True  # takes big buffers out of band (see _buffers)
+
+    def write(
+        self, name: str, data: bytes, kind: tuple = (0, False), raws=None, touched=None
+    ) -> None:
         """Commit `data` as the snapshot of `name`.
 
         `kind` is a small tuple describing the object (its type generation
         and whether it is an immutable value); it is kept in the index, so
-        readers learn what an object is without unpickling it.
+        readers learn what an object is without unpickling it.  `raws`: the
+        out-of-band buffers of `data` (pickle protocol 5), each kept in its
+        own segments; `touched`: the byte ranges of a single buffer changed
+        since the last commit, None if not known.
         """
+        if raws:
+            data = self.buffers.publish(name, data, raws, touched)
+        else:
+            self.buffers.drop(name)
         seg = self._segments.get(name)
         if seg is None or HEADER + len(data) > seg.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
@@ -153,6 +166,7 @@ class SnapshotWriter:
         store(buf, _control.COMMITS, load(buf, _control.COMMITS) + 1)
 
     def delete(self, name: str) -> None:
+        self.buffers.drop(name)
         seg = self._segments.pop(name, None)
         self._kinds.pop(name, None)
         if seg is not None:
@@ -178,6 +192,7 @@ class SnapshotWriter:
             _write(self._index, data)
 
     def close(self) -> None:
+        self.buffers.close()
         for seg in [*self._segments.values(), self._index]:
             seg.unlink()
             seg.close()
@@ -213,6 +228,7 @@ class SnapshotReader:
         self._index_version = -1
         self._index: dict[str, tuple] = {}
         self._cache: dict[str, _Cached] = {}
+        self._buffers = BufferReader()
 
     def _closed(self) -> None:
         if load(self._control, _control.CLOSED):
@@ -265,7 +281,16 @@ class SnapshotReader:
                 cached.segment, cached.version, self._check, f"the snapshot of {name!r}"
             )
             if data is not None:
-                cached.obj = pickle.loads(data)
+                obj = pickle.loads(data)
+                if type(obj) is OutOfBand:
+                    try:
+                        obj = self._buffers.load(name, obj)
+                    except Stale:  # committed again since: read that
+                        if patience is None:
+                            patience = _Patience(self._check, f"the buffers of {name!r}")
+                        patience()
+                        continue
+                cached.obj = obj
                 cached.version = version
             cached.commits = commits
             cached.kind = entry[1:]
@@ -314,6 +339,11 @@ class SnapshotReader:
                 data = self._settled(Segment.attach(segname), tries)
             except FileNotFoundError:
                 data = None
+            if data is not None:
+                try:
+                    data = materialize(data)
+                except (OSError, pickle.UnpicklingError):
+                    data = None
             if data is None:
                 lost.append(name)
             else:
@@ -333,10 +363,17 @@ class SnapshotReader:
                 return data
         return None
 
+    def after_fork(self) -> None:
+        """In a forked child: drop what the parent read (its views are
+        pinned by the parent), so that reads here pin their own."""
+        self._cache.clear()
+        self._buffers.after_fork()
+
     def close(self) -> None:
         for cached in self._cache.values():
             cached.segment.close()
         self._cache.clear()
+        self._buffers.close()
         if self._index_seg is not None:
             self._index_seg.close()
             self._index_seg = None
