@@ -1,0 +1,585 @@
+/* Single-producer / single-consumer command rings in shared memory.
+ *
+ * Why C: an append must cost a copy and two release stores, with no system
+ * call, and it must be ordered for another process: Python has no atomics
+ * with release/acquire semantics, and a torn or reordered header would let
+ * the consumer see half an entry.
+ *
+ * A ring occupies `RING_DATA + capacity` bytes at offset `base` of a writable
+ * buffer (a shared mapping); capacity is a multiple of 8.  Header fields are
+ * 64-bit, each on its own cache line so producer and consumer do not share one:
+ *
+ *   base +   0  magic            RING_MAGIC once ring_init has run
+ *   base +   8  capacity         bytes of the data area
+ *   base +  64  head             bytes ever published by the producer
+ *   base + 128  tail             bytes ever committed by the consumer
+ *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
+ *   base + 256  data
+ *
+ * head and tail only grow; `pos % capacity` is where an entry starts.  An
+ * entry is an 8-byte header -- length (low 32 bits) and a marker (high 32
+ * bits) -- then the payload, padded to 8 bytes.  It never wraps: when it does
+ * not fit before the end of the data area, a WRAP header fills the rest.
+ *
+ * Durability: the producer writes the payload, then the header with its
+ * commit marker, then head, each store with release ordering.  A producer
+ * killed at any instant has published either the whole entry or nothing:
+ * the consumer reads only below head (acquire).
+ *
+ * Sleep and wake (a "doorbell", two u32 at an 8-byte aligned offset of any
+ * shared buffer: sleeping, then a sequence): the consumer takes the
+ * sequence, raises `sleeping`, checks every ring once more, and sleeps on
+ * the sequence with a futex only then; a producer that sees `sleeping`
+ * after publishing bumps the sequence and wakes it.  Both sides use
+ * sequentially consistent operations on those words, so either the consumer
+ * sees the new head or the producer sees it sleeping: no lost wake-up, and no
+ * system call at all while the consumer is awake.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RING_MAGIC 0x676E6972726F6361ULL /* "acorring" */
+#define OFF_MAGIC 0
+#define OFF_CAPACITY 8
+#define OFF_HEAD 64
+#define OFF_TAIL 128
+#define OFF_SPACE 192
+#define RING_DATA 256
+
+#define MARK_COMMIT 0xACC0DE00u
+#define MARK_WRAP 0xACF00D00u
+/* An entry's flag (0..255) is OR-ed into the low byte of its marker, which
+ * is 0 in both marks. */
+#define FLAG_MASK 0xFFu
+
+static int
+get_view(PyObject *buffer, Py_buffer *view)
+{
+    return PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE);
+}
+
+/* The ring at `base` of view, checked: returns its data pointer and
+ * capacity, or NULL with an exception. */
+static char *
+ring_at(Py_buffer *view, Py_ssize_t base, uint64_t *capacity)
+{
+    if (base < 0 || base % 64 != 0 || base + RING_DATA > view->len) {
+        PyErr_Format(PyExc_IndexError, "no ring at offset %zd", base);
+        return NULL;
+    }
+    char *ring = (char *)view->buf + base;
+    if (__atomic_load_n((uint64_t *)(ring + OFF_MAGIC), __ATOMIC_ACQUIRE) != RING_MAGIC) {
+        PyErr_Format(PyExc_ValueError, "no initialised ring at offset %zd", base);
+        return NULL;
+    }
+    uint64_t cap = *(uint64_t *)(ring + OFF_CAPACITY);
+    if (cap == 0 || cap % 8 != 0 || (uint64_t)base + RING_DATA + cap > (uint64_t)view->len) {
+        PyErr_Format(PyExc_ValueError, "corrupt ring header at offset %zd", base);
+        return NULL;
+    }
+    *capacity = cap;
+    return ring;
+}
+
+static inline uint64_t
+padded(uint64_t n)
+{
+    return (n + 7) & ~(uint64_t)7;
+}
+
+static long
+futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, value, timeout, NULL, 0);
+}
+
+static uint32_t *
+word_at(Py_buffer *view, Py_ssize_t offset)
+{
+    if (offset < 0 || offset % 8 != 0 || offset + 8 > view->len) {
+        PyErr_Format(PyExc_IndexError, "offset %zd is not an aligned doorbell", offset);
+        return NULL;
+    }
+    return (uint32_t *)((char *)view->buf + offset);
+}
+
+/* Wake whoever sleeps on the doorbell at bell[0..1] if it says it sleeps. */
+static void
+ring_bell(uint32_t *bell)
+{
+    if (__atomic_load_n(&bell[0], __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_add(&bell[1], 1, __ATOMIC_SEQ_CST);
+        futex(&bell[1], FUTEX_WAKE, INT_MAX, NULL);
+    }
+}
+
+/* Sleep on `word` while it holds `expected`, at most `seconds` (< 0: no
+ * limit).  Returns 0 when woken or the word changed, 1 on timeout. */
+static int
+sleep_on(uint32_t *word, uint32_t expected, double seconds)
+{
+    struct timespec ts, *tp = NULL;
+    if (seconds >= 0) {
+        ts.tv_sec = (time_t)seconds;
+        ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+        tp = &ts;
+    }
+    long rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = futex(word, FUTEX_WAIT, expected, tp);
+    Py_END_ALLOW_THREADS
+    return rc == -1 && errno == ETIMEDOUT;
+}
+
+/* ring_init(buffer, base, size): make an empty ring of `size` bytes in all
+ * (header included) at base.  Only while nobody else uses that ring. */
+static PyObject *
+ring_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ring_init(buffer, base, size)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (get_view(args[0], &view) < 0)
+        return NULL;
+    if (base < 0 || base % 64 != 0 || size < RING_DATA + 64 || size % 16 != 0 ||
+        base + size > view.len || size - RING_DATA > (Py_ssize_t)UINT32_MAX) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "cannot place a ring of %zd bytes at %zd", size, base);
+        return NULL;
+    }
+    char *ring = (char *)view.buf + base;
+    memset(ring, 0, RING_DATA);
+    *(uint64_t *)(ring + OFF_CAPACITY) = (uint64_t)(size - RING_DATA);
+    __atomic_store_n((uint64_t *)(ring + OFF_MAGIC), RING_MAGIC, __ATOMIC_RELEASE);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* The largest payload an append takes: half the ring, so that an entry
+ * always fits once the consumer has caught up, wherever head is. */
+static PyObject *
+ring_max_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    uint64_t cap;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ring_max_entry(buffer, base)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    char *ring = ring_at(&view, base, &cap);
+    PyBuffer_Release(&view);
+    if (ring == NULL)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(cap / 2 - 8);
+}
+
+/* Stop points of an append, for tests that kill a producer mid-append. */
+enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
+
+/* ring_append(buffer, base, data, flag, bell_buffer, bell_offset[, stop])
+ *   -> True when appended, False when the ring has no room now.
+ * Single producer: one process (and one thread at a time) per ring. */
+static PyObject *
+ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view, data, bell_view;
+    uint64_t cap;
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ring_append(buffer, base, data, flag, bell_buffer, bell_offset)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    long flag = PyLong_AsLong(args[3]);
+    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[5]);
+    long stop = nargs == 7 ? PyLong_AsLong(args[6]) : STOP_NONE;
+    if (PyErr_Occurred())
+        return NULL;
+    if (flag < 0 || flag > (long)FLAG_MASK) {
+        PyErr_SetString(PyExc_ValueError, "flag must be 0..255");
+        return NULL;
+    }
+    if (get_view(args[0], &view) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (get_view(args[4], &bell_view) < 0) {
+        PyBuffer_Release(&data);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    char *ring = ring_at(&view, base, &cap);
+    uint32_t *bell = ring ? word_at(&bell_view, bell_offset) : NULL;
+    if (bell == NULL)
+        goto done;
+    if ((uint64_t)data.len > cap / 2 - 8) {
+        PyErr_Format(PyExc_ValueError,
+                     "an entry of %zd bytes does not fit a ring of %llu (spill it)", data.len,
+                     (unsigned long long)cap);
+        goto done;
+    }
+    uint64_t *headp = (uint64_t *)(ring + OFF_HEAD);
+    uint64_t head = __atomic_load_n(headp, __ATOMIC_RELAXED); /* ours alone */
+    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
+    uint64_t need = 8 + padded((uint64_t)data.len);
+    uint64_t at = head % cap;
+    uint64_t skip = cap - at < need ? cap - at : 0;
+    if (head + skip + need - tail > cap) {
+        result = Py_False;
+        Py_INCREF(result);
+        goto done;
+    }
+    char *area = ring + RING_DATA;
+    if (skip) {
+        /* Visible only once head moves past it, with the entry. */
+        __atomic_store_n((uint64_t *)(area + at), (uint64_t)MARK_WRAP << 32, __ATOMIC_RELEASE);
+        at = 0;
+    }
+    memcpy(area + at + 8, data.buf, (size_t)data.len);
+    if (stop == STOP_AFTER_PAYLOAD)
+        goto stopped;
+    __atomic_store_n((uint64_t *)(area + at),
+                     (uint64_t)data.len | ((uint64_t)(MARK_COMMIT | (uint32_t)flag) << 32),
+                     __ATOMIC_RELEASE);
+    if (stop == STOP_AFTER_HEADER)
+        goto stopped;
+    __atomic_store_n(headp, head + skip + need, __ATOMIC_SEQ_CST);
+    ring_bell(bell);
+stopped:
+    result = Py_True;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&bell_view);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ring_drain(buffer, base, position, max_bytes) -> (entries, new position)
+ * Entries published from `position` on (at most about max_bytes of them):
+ * bytes for an entry of flag 0, (flag, bytes) otherwise.  Consumer only. */
+static PyObject *
+ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    uint64_t cap;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ring_drain(buffer, base, position, max_bytes)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    PyObject *entries = NULL, *item = NULL;
+    char *ring = ring_at(&view, base, &cap);
+    if (ring == NULL)
+        goto fail;
+    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
+    if (pos < tail || pos > head || head - tail > cap) {
+        PyErr_Format(PyExc_ValueError, "position %llu is outside the ring (%llu..%llu)", pos,
+                     (unsigned long long)tail, (unsigned long long)head);
+        goto fail;
+    }
+    entries = PyList_New(0);
+    if (entries == NULL)
+        goto fail;
+    char *area = ring + RING_DATA;
+    uint64_t taken = 0;
+    while (pos < head && (Py_ssize_t)taken < max_bytes) {
+        uint64_t at = pos % cap;
+        uint64_t header = __atomic_load_n((uint64_t *)(area + at), __ATOMIC_ACQUIRE);
+        uint32_t mark = (uint32_t)(header >> 32);
+        uint64_t length = header & 0xFFFFFFFFu;
+        if (mark == MARK_WRAP) {
+            pos += cap - at;
+            continue;
+        }
+        if ((mark & ~FLAG_MASK) != MARK_COMMIT || at + 8 + length > cap ||
+            pos + 8 + padded(length) > head) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "corrupt ring entry at position %llu (header %llu): the ring "
+                         "was written by something other than its producer",
+                         pos, (unsigned long long)header);
+            goto fail;
+        }
+        item = PyBytes_FromStringAndSize(area + at + 8, (Py_ssize_t)length);
+        if (item == NULL)
+            goto fail;
+        if (mark & FLAG_MASK) {
+            PyObject *pair = Py_BuildValue("(IN)", mark & FLAG_MASK, item);
+            item = pair;
+            if (item == NULL)
+                goto fail;
+        }
+        if (PyList_Append(entries, item) < 0)
+            goto fail;
+        Py_CLEAR(item);
+        pos += 8 + padded(length);
+        taken += 8 + length;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NK)", entries, pos);
+fail:
+    Py_XDECREF(item);
+    Py_XDECREF(entries);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* ring_commit(buffer, base, position): everything before `position` is
+ * applied and may be overwritten; wakes a producer waiting for room. */
+static PyObject *
+ring_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    uint64_t cap;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ring_commit(buffer, base, position)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    char *ring = ring_at(&view, base, &cap);
+    if (ring == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
+    uint64_t *tailp = (uint64_t *)(ring + OFF_TAIL);
+    if (pos < __atomic_load_n(tailp, __ATOMIC_RELAXED) || pos > head) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "cannot commit position %llu", pos);
+        return NULL;
+    }
+    __atomic_store_n(tailp, (uint64_t)pos, __ATOMIC_SEQ_CST);
+    ring_bell((uint32_t *)(ring + OFF_SPACE));
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* ring_state(buffer, base) -> (head, tail, capacity) */
+static PyObject *
+ring_state(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    uint64_t cap;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ring_state(buffer, base)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    char *ring = ring_at(&view, base, &cap);
+    if (ring == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(KKK)", head, tail, cap);
+}
+
+/* ring_wait_space(buffer, base, need, seconds) -> True if `need` payload
+ * bytes fit now, False after at most `seconds` (the caller checks the
+ * consumer's liveness and its deadline between calls). */
+static PyObject *
+ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    uint64_t cap;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ring_wait_space(buffer, base, need, seconds)");
+        return NULL;
+    }
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]);
+    double seconds = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    char *ring = ring_at(&view, base, &cap);
+    if (ring == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint32_t *bell = (uint32_t *)(ring + OFF_SPACE); /* [waiting, sequence] */
+    uint32_t *seq = &bell[1];
+    uint64_t need = 8 + padded((uint64_t)size);
+    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_RELAXED);
+    uint64_t at = head % cap;
+    uint64_t skip = cap - at < need ? cap - at : 0;
+    uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], 1, __ATOMIC_SEQ_CST);
+    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
+    int fits = head + skip + need - tail <= cap;
+    if (!fits) {
+        sleep_on(seq, ticket, seconds);
+        tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
+        fits = head + skip + need - tail <= cap;
+    }
+    __atomic_store_n(&bell[0], 0, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(fits);
+}
+
+/* bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> bool
+ * The consumer's sleep.  `positions` maps the base of every ring in buffer
+ * to the position the consumer has drained it to.  Raises `sleeping`, then
+ * sleeps at most `seconds` only if no ring has an entry beyond that
+ * position.  Returns True if there may be input, False on timeout. */
+static PyObject *
+bell_sleep(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer bell_view, view;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds)");
+        return NULL;
+    }
+    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[1]);
+    double seconds = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *positions = args[3];
+    if (!PyDict_Check(positions)) {
+        PyErr_SetString(PyExc_TypeError, "positions: a dict {ring base: drained position}");
+        return NULL;
+    }
+    if (get_view(args[0], &bell_view) < 0)
+        return NULL;
+    if (get_view(args[2], &view) < 0) {
+        PyBuffer_Release(&bell_view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    uint32_t *bell = word_at(&bell_view, bell_offset);
+    if (bell == NULL)
+        goto done;
+    uint32_t ticket = __atomic_load_n(&bell[1], __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], 1, __ATOMIC_SEQ_CST);
+    int pending = 0;
+    PyObject *key, *value;
+    Py_ssize_t i = 0;
+    while (!pending && PyDict_Next(positions, &i, &key, &value)) {
+        Py_ssize_t base = PyLong_AsSsize_t(key);
+        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
+        uint64_t cap;
+        if (PyErr_Occurred())
+            goto awake;
+        char *ring = ring_at(&view, base, &cap);
+        if (ring == NULL)
+            goto awake;
+        pending = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_SEQ_CST) != pos;
+    }
+    if (!pending)
+        pending = !sleep_on(&bell[1], ticket, seconds);
+    result = PyBool_FromLong(pending);
+awake:
+    __atomic_store_n(&bell[0], 0, __ATOMIC_SEQ_CST);
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&bell_view);
+    return result;
+}
+
+/* bell_ring(bell_buffer, bell_offset): wake the consumer if it sleeps. */
+static PyObject *
+bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bell_ring(bell_buffer, bell_offset)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    uint32_t *bell = word_at(&view, offset);
+    if (bell != NULL)
+        ring_bell(bell);
+    PyBuffer_Release(&view);
+    if (bell == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"ring_init", (PyCFunction)(void (*)(void))ring_init, METH_FASTCALL,
+     "ring_init(buffer, base, size): an empty ring of size bytes at base."},
+    {"ring_max_entry", (PyCFunction)(void (*)(void))ring_max_entry, METH_FASTCALL,
+     "ring_max_entry(buffer, base) -> the largest payload an append takes."},
+    {"ring_append", (PyCFunction)(void (*)(void))ring_append, METH_FASTCALL,
+     "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> appended (bool)."},
+    {"ring_drain", (PyCFunction)(void (*)(void))ring_drain, METH_FASTCALL,
+     "ring_drain(buffer, base, position, max_bytes) -> (entries, new position)."},
+    {"ring_commit", (PyCFunction)(void (*)(void))ring_commit, METH_FASTCALL,
+     "ring_commit(buffer, base, position): entries before position are applied."},
+    {"ring_state", (PyCFunction)(void (*)(void))ring_state, METH_FASTCALL,
+     "ring_state(buffer, base) -> (head, tail, capacity)."},
+    {"ring_wait_space", (PyCFunction)(void (*)(void))ring_wait_space, METH_FASTCALL,
+     "ring_wait_space(buffer, base, size, seconds) -> whether size bytes fit now."},
+    {"bell_sleep", (PyCFunction)(void (*)(void))bell_sleep, METH_FASTCALL,
+     "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> may have input."},
+    {"bell_ring", (PyCFunction)(void (*)(void))bell_ring, METH_FASTCALL,
+     "bell_ring(bell_buffer, bell_offset): wake the consumer if it sleeps."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+exec_module(PyObject *module)
+{
+    if (PyModule_AddIntConstant(module, "RING_DATA", RING_DATA) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "STOP_AFTER_PAYLOAD", STOP_AFTER_PAYLOAD) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "STOP_AFTER_HEADER", STOP_AFTER_HEADER) < 0)
+        return -1;
+    return 0;
+}
+
+/* Multi-phase initialisation with no module state: importable in
+ * sub-interpreters, including those with their own GIL. */
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_ring", "Single-producer command rings in shared memory.", 0,
+    methods, slots,
+};
+
+PyMODINIT_FUNC
+PyInit__ring(void)
+{
+    return PyModuleDef_Init(&module);
+}

@@ -1,0 +1,253 @@
+"""Command rings: one single-producer ring per client, in one shared segment.
+
+A client appends each command to its own ring (`Producer.append`): a copy
+and two release stores in C, no system call unless the consumer sleeps.  The
+consumer (the coordinator) drains every ring (`Consumer.drain`), applies,
+then commits the position it has applied up to (`Consumer.commit`); the ring
+reuses only committed space.  So:
+
+- an entry is durable once `append` returns: a producer killed afterwards
+  still has it applied, and one killed *during* an append has published the
+  whole entry or nothing (the commit marker and head are stored last);
+- a consumer that replaces a dead one (`Consumer(..., resume=True)`) starts
+  from every ring's committed position: nothing that was appended is lost.
+  (Applying an entry twice is the caller's to prevent: it commits only what
+  its durable state includes.)
+
+Payloads larger than half a ring spill to their own segment (created
+O_EXCL, mode 0600), referenced from the ring and removed once committed.
+
+Segment layout::
+
+    0      MAGIC, ring count, ring size (u64 each)
+    64     doorbell: consumer sleeping (u32), wake sequence (u32)
+    4096   ring 0, ring 1, ...  (`ring_size` bytes each; see _ring.c)
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import time
+from collections.abc import Callable
+
+from ..._errors import AccordError
+from ._ring import (
+    bell_ring,
+    bell_sleep,
+    ring_append,
+    ring_commit,
+    ring_drain,
+    ring_init,
+    ring_max_entry,
+    ring_state,
+    ring_wait_space,
+)
+from ._segment import Segment, unlink
+
+MAGIC = 0x61636F7272696E01  # "acorrin" + format 1
+BELL = 64
+FIRST_RING = 4096
+RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
+SPILL = 1  # entry flag: the payload is the name of a spill segment
+WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
+FULL_TIMEOUT_S = 30.0
+
+_HEADER = struct.Struct("<3Q")
+
+
+def private_attach(name: str) -> Segment:
+    """Map segment `name` after checking that it is ours and private (0600):
+    another local user could have created it to feed us entries."""
+    segment = Segment.attach(name)
+    # Segment.attach has closed its descriptor; check the file it mapped.
+    info = os.stat(f"/dev/shm/{name}")
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        segment.close()
+        raise AccordError(
+            f"shared-memory segment {name!r} is not private to this user "
+            f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): remove it"
+        )
+    return segment
+
+
+class RingSegment:
+    """The segment holding every client's ring and the consumer's doorbell."""
+
+    __slots__ = ("buf", "count", "ring_size", "segment")
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.buf = segment.buf
+        magic, self.count, self.ring_size = _HEADER.unpack_from(self.buf, 0)
+        if magic != MAGIC or FIRST_RING + self.count * self.ring_size > len(self.buf):
+            raise AccordError(f"{segment.name!r} is not an accord ring segment")
+
+    @classmethod
+    def create(cls, name: str, count: int, ring_size: int = RING_SIZE) -> RingSegment:
+        """Create (O_EXCL, 0600) a segment of `count` empty rings."""
+        segment = Segment.create(name, FIRST_RING + count * ring_size)
+        _HEADER.pack_into(segment.buf, 0, MAGIC, count, ring_size)
+        for i in range(count):
+            ring_init(segment.buf, FIRST_RING + i * ring_size, ring_size)
+        return cls(segment)
+
+    @classmethod
+    def attach(cls, name: str) -> RingSegment:
+        return cls(private_attach(name))
+
+    def base(self, index: int) -> int:
+        if not 0 <= index < self.count:
+            raise IndexError(f"no ring {index} (the segment has {self.count})")
+        return FIRST_RING + index * self.ring_size
+
+    def reset(self, index: int) -> None:
+        """Empty ring `index` for a new producer.  Only once its previous
+        producer is gone and every entry it published is committed."""
+        ring_init(self.buf, self.base(index), self.ring_size)
+
+    def close(self) -> None:
+        self.segment.close()
+
+
+class Producer:
+    """Appends to one ring.  One thread at a time (callers hold a lock)."""
+
+    __slots__ = ("_alive", "_base", "_buf", "_limit", "_spills", "_stem", "rings")
+
+    def __init__(self, rings: RingSegment, index: int, stem: str, alive: Callable[[], None]):
+        """`stem` names spill segments; `alive()` raises if the consumer is gone."""
+        self.rings = rings
+        self._buf = rings.buf
+        self._base = rings.base(index)
+        self._limit = ring_max_entry(self._buf, self._base)
+        self._stem = stem
+        self._alive = alive
+        self._spills = 0
+
+    def append(self, payload: bytes, timeout: float = FULL_TIMEOUT_S) -> None:
+        """Append one entry; durable when this returns.  Waits while the
+        ring is full (checking the consumer), at most `timeout` seconds."""
+        buf = self._buf
+        if len(payload) <= self._limit:
+            if ring_append(buf, self._base, payload, 0, buf, BELL):
+                return
+            self._wait(payload, 0, timeout)
+            return
+        name = self._spill(payload)
+        try:
+            reference = f"{name}\0{len(payload)}".encode()
+            if not ring_append(buf, self._base, reference, SPILL, buf, BELL):
+                self._wait(reference, SPILL, timeout)
+        except BaseException:
+            unlink(name)  # never referenced: nobody else would remove it
+            raise
+
+    def _wait(self, payload: bytes, flag: int, timeout: float) -> None:
+        buf = self._buf
+        deadline = time.monotonic() + timeout
+        while not ring_append(buf, self._base, payload, flag, buf, BELL):
+            bell_ring(buf, BELL)  # the consumer may sleep with our entries unread
+            self._alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AccordError(
+                    f"the command ring stayed full for {timeout:.0f} s: the coordinator "
+                    "is alive but not applying commands (a command that never returns?)"
+                )
+            ring_wait_space(buf, self._base, len(payload), min(WAIT_STEP_S, left))
+
+    def _spill(self, payload: bytes) -> str:
+        self._spills += 1
+        name = f"{self._stem}~spill.{os.getpid()}.{self._base}.{self._spills}"
+        segment = Segment.create(name, max(1, len(payload)))
+        try:
+            segment.buf[: len(payload)] = payload
+        finally:
+            segment.close()
+        return name
+
+    def state(self) -> tuple[int, int, int]:
+        """(head, tail, capacity) of this ring."""
+        return ring_state(self._buf, self._base)
+
+
+class Consumer:
+    """Drains every ring of a segment; commits what it has applied."""
+
+    def __init__(self, rings: RingSegment, resume: bool = False) -> None:
+        """`resume`: start from each ring's committed position (a consumer
+        replacing a dead one); else the rings must be new."""
+        self.rings = rings
+        self.buf = rings.buf
+        # base -> position drained to; what bell_sleep checks for input.
+        self.positions: dict[int, int] = {}
+        self._spilled: dict[int, list[tuple[int, str]]] = {}
+        for i in range(rings.count):
+            base = rings.base(i)
+            head, tail, _ = ring_state(self.buf, base)
+            if not resume and head != tail:
+                raise AccordError("a new consumer found entries in a ring: resume=True?")
+            self.positions[base] = tail
+
+    def drain(self, index: int, max_bytes: int = 1 << 20) -> tuple[list[bytes], int]:
+        """(payloads published in ring `index` beyond what was drained,
+        the position after them); pass that position to `commit` once they
+        are applied."""
+        base = self.rings.base(index)
+        entries, position = ring_drain(self.buf, base, self.positions[base], max_bytes)
+        if entries:
+            self.positions[base] = position
+            for i, entry in enumerate(entries):
+                if type(entry) is tuple:
+                    entries[i] = self._unspill(base, entry, position)
+        return entries, position
+
+    def _unspill(self, base: int, entry: tuple[int, bytes], position: int) -> bytes:
+        flag, data = entry
+        if flag != SPILL:
+            raise AccordError(f"unknown ring entry flag {flag}")
+        name, size = data.decode().split("\0")
+        if not name.startswith(self.rings.segment.name.split("~")[0] + "~spill."):
+            raise AccordError(f"a ring entry names a foreign segment {name!r}")
+        segment = private_attach(name)
+        try:
+            payload = bytes(segment.buf[: int(size)])
+        finally:
+            segment.close()
+        self._spilled.setdefault(base, []).append((position, name))
+        return payload
+
+    def commit(self, index: int, position: int) -> None:
+        """Entries of ring `index` before `position` are applied: their
+        space may be reused, their spill segments go."""
+        base = self.rings.base(index)
+        ring_commit(self.buf, base, position)
+        spilled = self._spilled.get(base)
+        if spilled:
+            keep = []
+            for end, name in spilled:
+                if end <= position:
+                    unlink(name)
+                else:
+                    keep.append((end, name))
+            self._spilled[base] = keep
+
+    def committed(self, index: int) -> int:
+        return ring_state(self.buf, self.rings.base(index))[1]
+
+    def reset(self, index: int) -> None:
+        """Recycle ring `index` for a new producer (its old one is gone and
+        all its entries are committed)."""
+        base = self.rings.base(index)
+        head, tail, _ = ring_state(self.buf, base)
+        if head != tail:
+            raise AccordError(f"ring {index} still holds uncommitted entries")
+        self.rings.reset(index)
+        self.positions[base] = 0
+
+    def sleep(self, timeout: float) -> bool:
+        """Sleep until a producer appends (or `timeout`); only if every ring
+        is drained.  True if there may be input."""
+        return bell_sleep(self.buf, BELL, self.buf, self.positions, timeout)

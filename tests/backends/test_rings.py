@@ -1,0 +1,289 @@
+"""The command rings alone (accord.backends.shm._rings): order, wrap-around,
+spills, full rings, producers killed mid-append, many producers."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import stat
+import time
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ring_workers import append_forever, append_then_die, check, entry, produce
+
+from accord._errors import AccordError
+from accord.backends.shm import _ring
+from accord.backends.shm._rings import BELL, SPILL, Consumer, Producer, RingSegment
+from accord.backends.shm._segment import leftovers, unlink
+
+_names = itertools.count()
+
+
+def _name() -> str:
+    # "test-" and our pid: the suite's leftover check covers these segments.
+    return f"accord.{os.getuid()}.test-ring-{os.getpid()}-{next(_names)}"
+
+
+@pytest.fixture
+def rings(request):
+    """A segment of rings (`count`, `size` from the test's parameters) and
+    its cleanup, spill segments included."""
+    made = []
+
+    def make(count=2, size=4096):
+        name = _name()
+        segment = RingSegment.create(name, count, size)
+        made.append(segment)
+        return segment
+
+    yield make
+    for segment in made:
+        name = segment.segment.name
+        segment.close()
+        for left in leftovers(name + "~"):
+            unlink(left)
+        unlink(name)
+
+
+def _nothing(*_):
+    return None
+
+
+def test_entries_come_out_in_order_across_wrap_around(rings):
+    segment = rings(1, 1024)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    consumer = Consumer(segment)
+    capacity = producer.state()[2]
+    sent = 0
+    got = []
+    # Sizes coprime to the ring: entries land at every offset, and many wrap.
+    while sent * 8 < capacity * 20:
+        producer.append(entry(0, sent, sent % 37))
+        sent += 1
+        if sent % 5 == 0:
+            entries, position = consumer.drain(0)
+            got += [check(e) for e in entries]
+            consumer.commit(0, position)
+    entries, position = consumer.drain(0)
+    got += [check(e) for e in entries]
+    consumer.commit(0, position)
+    assert got == [(0, i) for i in range(sent)]
+    head, tail, _ = producer.state()
+    assert head == tail == position > 10 * capacity  # wrapped many times
+
+
+def test_a_full_ring_waits_for_the_consumer_then_fails_with_a_deadline(rings):
+    segment = rings(1, 1024)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    consumer = Consumer(segment)
+    appended = 0
+    started = time.monotonic()
+    with pytest.raises(AccordError, match="stayed full"):
+        while True:
+            producer.append(b"x" * 100, timeout=0.3)
+            appended += 1
+    assert time.monotonic() - started < 10
+    entries, position = consumer.drain(0)
+    assert len(entries) == appended  # nothing half-appended by the failed call
+    consumer.commit(0, position)
+    producer.append(b"y", timeout=0.3)  # room again
+    assert consumer.drain(0)[0] == [b"y"]
+
+
+def test_a_full_ring_with_a_dead_consumer_raises_its_error(rings):
+    segment = rings(1, 1024)
+
+    def gone():
+        raise AccordError("the coordinator is gone")
+
+    producer = Producer(segment, 0, segment.segment.name, gone)
+    with pytest.raises(AccordError, match="is gone"):
+        for _ in range(100):
+            producer.append(b"x" * 100)
+
+
+def test_big_payloads_spill_to_a_private_segment_removed_on_commit(rings):
+    segment = rings(1, 1024)
+    name = segment.segment.name
+    producer = Producer(segment, 0, name, _nothing)
+    consumer = Consumer(segment)
+    big = os.urandom(100_000)
+    producer.append(b"small")
+    producer.append(big)
+    producer.append(b"after")
+    (spill,) = leftovers(name + "~spill.")
+    assert stat.S_IMODE(os.stat(f"/dev/shm/{spill}").st_mode) == 0o600
+    entries, position = consumer.drain(0)
+    assert entries == [b"small", big, b"after"]
+    assert leftovers(name + "~spill.") == [spill]  # until committed: a successor needs it
+    consumer.commit(0, position)
+    assert leftovers(name + "~spill.") == []
+
+
+def test_a_spill_entry_naming_a_foreign_segment_is_refused(rings):
+    segment = rings(1, 1024)
+    consumer = Consumer(segment)
+    base = segment.base(0)
+    _ring.ring_append(segment.buf, base, b"accord.0.other~spill.1\x0010", SPILL, segment.buf, BELL)
+    with pytest.raises(AccordError, match="foreign segment"):
+        consumer.drain(0)
+
+
+def test_a_new_consumer_resumes_from_the_committed_position(rings):
+    segment = rings(1, 2048)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    first = Consumer(segment)
+    for i in range(10):
+        producer.append(entry(0, i, 3))
+    entries, position = first.drain(0)
+    first.commit(0, position)
+    for i in range(10, 20):
+        producer.append(entry(0, i, 3))
+    entries, position = first.drain(0)
+    assert len(entries) == 10
+    # `first` dies having drained 10..19 without committing them.
+    with pytest.raises(AccordError, match="resume=True"):
+        Consumer(segment)
+    second = Consumer(segment, resume=True)
+    entries, position = second.drain(0)
+    assert [check(e)[1] for e in entries] == list(range(10, 20))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.integers(0, 600),  # append an entry of this size (> 496 spills)
+            st.just(-1),  # drain and commit
+            st.just(-2),  # drain, commit only half of it
+        ),
+        max_size=120,
+    )
+)
+def test_any_sequence_of_entry_sizes(rings, ops):
+    segment = rings(1, 1280)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    consumer = Consumer(segment)
+    model: deque[bytes] = deque()
+    seq = 0
+    for op in ops:
+        if op >= 0:
+            data = entry(0, seq, op)
+            seq += 1
+            try:
+                producer.append(data, timeout=0)
+            except AccordError:  # full: the model says so too
+                entries, position = consumer.drain(0)
+                assert entries == [model.popleft() for _ in entries]
+                consumer.commit(0, position)
+                producer.append(data, timeout=0)
+            model.append(data)
+        else:
+            entries, position = consumer.drain(0, max_bytes=1 << 20 if op == -1 else 300)
+            assert entries == [model.popleft() for _ in entries]
+            consumer.commit(0, position)
+    entries, position = consumer.drain(0)
+    assert entries == list(model)
+    consumer.commit(0, position)
+    assert leftovers(segment.segment.name + "~spill.") == []
+
+
+# -- producers in other processes ------------------------------------------------
+
+
+def _wait_exit(process, deadline_s=60):
+    process.join(deadline_s)
+    assert process.exitcode is not None, "the producer did not exit"
+    return process.exitcode
+
+
+@pytest.mark.parametrize("stop", [_ring.STOP_AFTER_PAYLOAD, _ring.STOP_AFTER_HEADER])
+def test_a_producer_killed_mid_append_leaves_no_half_entry(rings, ctx, separate_processes, stop):
+    segment = rings(1, 8192)  # room for every entry: the producer never waits
+    consumer = Consumer(segment)
+    process = ctx.Process(target=append_then_die, args=(segment.segment.name, 30, stop))
+    process.start()
+    assert _wait_exit(process) == -signal.SIGKILL
+    got = []
+    while True:
+        entries, position = consumer.drain(0)
+        if not entries:
+            break
+        got += [check(e) for e in entries]
+        consumer.commit(0, position)
+    assert got == [(0, i) for i in range(30)]  # every whole entry, not the half one
+    # Not stuck: the ring is recycled for the next producer.
+    consumer.reset(0)
+    Producer(segment, 0, segment.segment.name, _nothing).append(b"next")
+    assert consumer.drain(0)[0] == [b"next"]
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_killed_at_a_random_instant(rings, ctx, separate_processes):
+    segment = rings(1, 1 << 16)  # roomy: the producer is mostly mid-append
+    consumer = Consumer(segment)
+    process = ctx.Process(target=append_forever, args=(segment.segment.name,))
+    process.start()
+    got = []
+    try:
+        # Drain while it appends; kill it at whatever instant it is at.
+        deadline = time.monotonic() + 60
+        while len(got) < 2000 and time.monotonic() < deadline:
+            entries, position = consumer.drain(0)
+            got += [check(e) for e in entries]
+            consumer.commit(0, position)
+            if not entries:
+                consumer.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        _wait_exit(process)
+    entries, position = consumer.drain(0)
+    got += [check(e) for e in entries]
+    consumer.commit(0, position)
+    assert got == [(0, i) for i in range(len(got))]
+    assert len(got) >= 2000
+    consumer.reset(0)
+
+
+@pytest.mark.timeout(240)
+def test_sixteen_producers_on_two_cores(rings, ctx):
+    producers, count = 16, 1500
+    segment = rings(producers, 4096)  # small rings: producers wait for room
+    consumer = Consumer(segment)
+    processes = [
+        ctx.Process(target=produce, args=(segment.segment.name, w, count)) for w in range(producers)
+    ]
+    for p in processes:
+        p.start()
+    seen = [0] * producers
+    deadline = time.monotonic() + 200
+    try:
+        while sum(seen) < producers * count:
+            assert time.monotonic() < deadline, f"only {sum(seen)} entries arrived: {seen}"
+            idle = True
+            for w in range(producers):
+                entries, position = consumer.drain(w)
+                for data in entries:
+                    who, seq = check(data)
+                    assert (who, seq) == (w, seen[w]), "out of order or from the wrong ring"
+                    seen[w] += 1
+                if entries:
+                    idle = False
+                    consumer.commit(w, position)
+            if idle:
+                if any(p.exitcode not in (None, 0) for p in processes):
+                    pytest.fail(f"a producer failed: {[p.exitcode for p in processes]}")
+                consumer.sleep(0.1)
+    finally:
+        for p in processes:
+            p.join(60)
+    assert [p.exitcode for p in processes] == [0] * producers
+    assert seen == [count] * producers
