@@ -26,8 +26,8 @@ from collections import deque
 import cloudpickle
 
 from .._remote import Unreadable, pack_error
+from ..backends.shm import _changes, _control
 from ..backends.shm import _client as _shm_client
-from ..backends.shm import _control
 from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
 from ._ranges import changed_bytes
@@ -82,6 +82,11 @@ class Coordinator:
         # commit; None: not known, the whole buffer (see _buffers).
         self.touched: dict[str, list | None] = {}
         self._changed = _UNKNOWN  # what the command being run changed
+        # name -> operations since its last commit, replayable by readers
+        # (a list, dict, set or deque; see _changes); None: not replayable.
+        self.changes: dict[str, list | None] = {}
+        self._entry = None  # the replayable form of the command being run
+        self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -210,6 +215,7 @@ class Coordinator:
     def execute(self, peer: Peer, message: tuple) -> None:
         op, reply_id, _waits, writes = message[:4]
         self._changed = _UNKNOWN
+        self._entry = None
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
@@ -222,8 +228,10 @@ class Coordinator:
             result = pack_error(exc)
             status = P.ERROR
             self._changed = _UNKNOWN
+            self._entry = None
         if writes:
             self.note_change(message[4][0], self._changed)
+            self.note_entry(message[4][0], self._entry)
             self.credit(message[4][0], writes)
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
@@ -238,6 +246,18 @@ class Coordinator:
             self.touched[name] = None
         elif changed:
             ranges.append(changed)
+
+    def note_entry(self, name: str, entry) -> None:
+        log = self.changes.setdefault(name, [])
+        if log is not None:
+            if entry is None or len(log) >= 4096:
+                self.changes[name] = None
+            else:
+                log.append(entry)
+
+    def _replayable(self, obj, entry) -> None:
+        if type(obj) in _changes.REPLAYABLE:
+            self._entry = entry
 
     def credit(self, name: str | None, writes) -> None:
         received = self.received
@@ -287,7 +307,10 @@ class Coordinator:
         started = time.perf_counter()
         writer = self.server.snapshots
         touched = self.touched.pop(name, None)
-        if name in self.mirror:
+        changes = self.changes.pop(name, None)
+        if changes and name in self.mirror and self._append(writer, name, changes):
+            pass  # readers replay `changes`: the cost follows what changed
+        elif name in self.mirror:
             value = self.mirror[name]
             raws = None
             try:
@@ -295,10 +318,12 @@ class Coordinator:
                     data, raws = dumps_out_of_band(value)
                 else:
                     data = dumps(value)
+                self.unreadable.discard(name)
             except Stop:
                 raise
             except BaseException as exc:
                 raws = None
+                self.unreadable.add(name)  # no change log on this snapshot
                 print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
                 data = dumps(
                     Unreadable(
@@ -322,6 +347,22 @@ class Coordinator:
                 if not names:
                     del self.uncommitted[s]
                     self.server.set_applied(s, self.received[s])
+
+    def _append(self, writer, name: str, changes: list) -> bool:
+        append = getattr(writer, "append", None)
+        known = self.types.get(name)
+        if (
+            append is None
+            or known is None
+            or known[0] is not type(self.mirror[name])
+            or name in self.unreadable
+        ):
+            return False
+        try:
+            entry = pickle.dumps(changes, 5)
+        except Exception:
+            return False
+        return append(name, entry, (known[1], known[2]))
 
     def kind(self, name: str, value) -> tuple[int, bool]:
         """(type generation, is an immutable value): changes only when the
@@ -396,6 +437,8 @@ class Coordinator:
         else:
             if len(place) == 3:
                 self._changed = changed_bytes(parent, place[-1])
+                if is_plain(value) and is_plain(place[-1]):
+                    self._replayable(parent, (_changes.SET, place[-1], value))
             parent[place[-1]] = value
 
     # -- commands --------------------------------------------------------------
@@ -413,6 +456,8 @@ class Coordinator:
         if place[-2] == P.ATTR:
             delattr(parent, place[-1])
         else:
+            if len(place) == 3 and is_plain(place[-1]):
+                self._replayable(parent, (_changes.DEL, place[-1]))
             del parent[place[-1]]
 
     def op_augment(self, peer, message):
@@ -425,7 +470,12 @@ class Coordinator:
     def op_call(self, peer, message):
         path, method, packed = message[4:7]
         args, kwargs = unpack_call(packed)
-        return getattr(self.resolve(path), method)(*args, **kwargs)
+        obj = self.resolve(path)
+        if len(path) == 1 and type(packed) is tuple:  # plain arguments only
+            methods = _changes.REPLAYABLE.get(type(obj))
+            if methods is not None and method in methods:
+                self._entry = (_changes.CALL, method, args)
+        return getattr(obj, method)(*args, **kwargs)
 
     def op_apply(self, peer, message):
         path, packed, replace = message[4:7]

@@ -25,10 +25,15 @@ from ..._errors import AccordError, ShareClosed
 from . import _control
 from ._atomic import load, store
 from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
+from ._changes import replay
 from ._segment import Segment
 
 _LENGTH = struct.Struct("<Q")
-HEADER = 16  # version, length
+_STATE = struct.Struct("<3Q")  # length, epoch, used
+# version (odd while the coordinator writes), length of the base snapshot,
+# epoch (raised by every full snapshot), bytes of change log after the base.
+HEADER = 32
+LOG_MIN = 1 << 16  # a log may grow to this or the base's size, whichever is larger
 MIN_SIZE = 4096
 MISSING = object()
 # A retry loop of a reader that has not settled after this long, with the
@@ -82,8 +87,51 @@ def _write(seg: Segment, data: bytes) -> None:
     version = load(buf, 0)
     store(buf, 0, version + 1)  # odd: writing
     buf[HEADER : HEADER + len(data)] = data
-    _LENGTH.pack_into(buf, 8, len(data))
+    _length, epoch, _used = _STATE.unpack_from(buf, 8)
+    _STATE.pack_into(buf, 8, len(data), epoch + 1, 0)
     store(buf, 0, version + 2)
+
+
+def _append(seg: Segment, entry: bytes) -> bool:
+    """Append `entry` to the change log after the base; False if it does
+    not fit (then a full snapshot is due)."""
+    buf = seg.buf
+    length, epoch, used = _STATE.unpack_from(buf, 8)
+    end = HEADER + length + used
+    if end + len(entry) > seg.size or used + len(entry) > max(LOG_MIN, length):
+        return False
+    buf[end : end + len(entry)] = entry  # beyond `used`: no reader looks there yet
+    version = load(buf, 0)
+    store(buf, 0, version + 1)
+    _STATE.pack_into(buf, 8, length, epoch, used + len(entry))
+    store(buf, 0, version + 2)
+    return True
+
+
+def _read_log(seg: Segment, cached, check, what: str):
+    """(version, epoch, used, base or None, log): what changed since
+    `cached` read the segment.  The base is None when `cached` holds this
+    epoch's base: then `log` is only the entries it has not applied."""
+    buf = seg.buf
+    patience = None
+    while True:
+        version = load(buf, 0)
+        if not version & 1:
+            length, epoch, used = _STATE.unpack_from(buf, 8)
+            if epoch == cached.epoch and used >= cached.used:
+                base = None
+                log = buf[HEADER + length + cached.used : HEADER + length + used]
+            else:
+                base = buf[HEADER : HEADER + length]
+                log = buf[HEADER + length : HEADER + length + used]
+            # Entries are never rewritten within an epoch: appends since we
+            # looked leave our copy valid; a full snapshot changes the epoch.
+            after = load(buf, 0)
+            if after == version or (not after & 1 and _STATE.unpack_from(buf, 8)[1] == epoch):
+                return version, epoch, used, base, log
+        if patience is None:
+            patience = _Patience(check, what)
+        patience()
 
 
 def _read(seg: Segment, known_version: int, check, what: str) -> tuple[int, bytes | None]:
@@ -161,6 +209,15 @@ class SnapshotWriter:
                 self._write_index()
         self._committed()
 
+    def append(self, name: str, entry: bytes, kind: tuple) -> bool:
+        """Commit `entry` (logged operations, see _changes) as the change of
+        `name` since its last commit; False when a full snapshot is due."""
+        seg = self._segments.get(name)
+        if seg is None or self._kinds.get(name) != kind or not _append(seg, entry):
+            return False
+        self._committed()
+        return True
+
     def _committed(self) -> None:
         buf = self._control.buf
         store(buf, _control.COMMITS, load(buf, _control.COMMITS) + 1)
@@ -200,11 +257,13 @@ class SnapshotWriter:
 
 
 class _Cached:
-    __slots__ = ("commits", "kind", "obj", "segment", "version")
+    __slots__ = ("commits", "epoch", "kind", "obj", "segment", "used", "version")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
         self.version = -1
+        self.epoch = -1  # of the base obj was read from
+        self.used = 0  # bytes of that base's change log applied to obj
         self.commits = -1
         self.kind: tuple | None = None  # the index's kind when obj was read
         self.obj = None
@@ -277,24 +336,35 @@ class SnapshotReader:
                     patience()
                     continue  # read the index again
                 self._cache[name] = cached  # (the old mapping goes with its last user)
-            version, data = _read(
-                cached.segment, cached.version, self._check, f"the snapshot of {name!r}"
-            )
-            if data is not None:
-                obj = pickle.loads(data)
-                if type(obj) is OutOfBand:
-                    try:
-                        obj = self._buffers.load(name, obj)
-                    except Stale:  # committed again since: read that
-                        if patience is None:
-                            patience = _Patience(self._check, f"the buffers of {name!r}")
-                        patience()
+            if load(cached.segment.buf, 0) != cached.version:
+                version, epoch, used, base, log = _read_log(
+                    cached.segment, cached, self._check, f"the snapshot of {name!r}"
+                )
+                try:
+                    obj = cached.obj if base is None else self._load(name, base)
+                    if log:
+                        replay(obj, log)
+                except Stale:  # committed again since: read that
+                    if patience is None:
+                        patience = _Patience(self._check, f"the buffers of {name!r}")
+                    patience()
+                    continue
+                except Exception:
+                    if base is None:  # (cannot happen) start again from the base
+                        cached.epoch = -1
                         continue
+                    raise
                 cached.obj = obj
-                cached.version = version
+                cached.version, cached.epoch, cached.used = version, epoch, used
             cached.commits = commits
             cached.kind = entry[1:]
             return cached.obj
+
+    def _load(self, name: str, data: bytes):
+        obj = pickle.loads(data)
+        if type(obj) is OutOfBand:
+            obj = self._buffers.load(name, obj)
+        return obj
 
     def unchanged(self, name: str) -> _Cached | None:
         """What was last read for `name` (.obj, .kind) if nothing was
@@ -357,9 +427,14 @@ class SnapshotReader:
             version = load(seg.buf, 0)
             if version & 1:
                 continue
-            (length,) = _LENGTH.unpack_from(seg.buf, 8)
+            length, _epoch, used = _STATE.unpack_from(seg.buf, 8)
             data = seg.buf[HEADER : HEADER + length]
+            log = seg.buf[HEADER + length : HEADER + length + used]
             if load(seg.buf, 0) == version:
+                if log:  # the base and its change log, as one snapshot
+                    obj = pickle.loads(data)
+                    replay(obj, log)
+                    data = pickle.dumps(obj, 5)
                 return data
         return None
 
