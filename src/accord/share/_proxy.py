@@ -132,7 +132,12 @@ class Proxy:
     def __array__(self, dtype=None, copy=None):
         # np.asarray(share.arr): the committed array itself, a read-only
         # view of shared memory on the shm backend (no copy unless asked).
-        value = read_only(_value(self))
+        import numpy  # (numpy is asking: it is loaded)
+
+        value = _value(self)
+        if type(value) is not numpy.ndarray:  # a list, a DataFrame...: numpy converts
+            return numpy.array(value, dtype=dtype)
+        value = read_only(value)
         if copy or (dtype is not None and value.dtype != dtype):
             return value.astype(dtype or value.dtype, copy=True)
         return value
