@@ -12,7 +12,7 @@ import pytest
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
 
-from accord import Share  # noqa: E402
+from accord import ForeignSegment, Share  # noqa: E402
 from accord.backends.shm import _buffers  # noqa: E402
 
 BACKENDS = ("shm", "redis")  # a memory share lives in one process
@@ -94,7 +94,7 @@ def test_a_foreign_buffer_segment_is_refused(tmp_path):
         share.flush()
         (name,) = _buffer_segments(share)
         os.chmod(f"/dev/shm/{name}", 0o644)
-        with pytest.raises(PermissionError, match="not private"):
+        with pytest.raises(ForeignSegment, match="not private"):
             _buffers._Mapping(name)
 
 
@@ -161,7 +161,11 @@ def _write_rows(share, worker, rows, cols):
 
 def _write_frame_rows(share, worker, rows):
     for r in range(worker, rows, WORKERS):
-        share.apply("df", _set_row, r, float(r))
+        if r % 2:
+            share.apply("df", _set_row, r, float(r))
+        else:  # an indexer through the proxy: one command too
+            share.df.loc[r, "a"] = float(r)
+            share.df.loc[r, "b"] = -float(r)
 
 
 def _set_row(df, r, v):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import sys
 import time
 
 from . import _wire
@@ -75,7 +76,7 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 watchdog.arm(timeout)
             try:
                 # Pool.map sends chunks of calls, each with its own result or error.
-                result = _run_chunk(fn, args) if chunk else fn(*args, **kwargs)
+                result = _run_chunk(fn, args) if chunk else _run(fn, args, kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
@@ -91,6 +92,16 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
         _wire.send(fd, reply, stem)
 
 
+def _run(fn, args, kwargs):
+    """fn(*args, **kwargs); it fails if its fire-and-forget writes to a share
+    failed (the share module, if this worker used one, waits for them)."""
+    result = fn(*args, **kwargs)
+    link = sys.modules.get("accord.share._link")
+    if link is not None and link._unsettled:
+        link.settle_all()
+    return result
+
+
 def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
     """(values, {index: error}, seconds) of `calls`, each run on its own."""
     values = []
@@ -98,7 +109,7 @@ def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
     started = time.perf_counter()
     for one in calls:
         try:
-            values.append(fn(*one))
+            values.append(_run(fn, one, {}))
         except BaseException as exc:
             if type(exc).__name__ == "Interrupted":  # the watchdog: the whole task stops
                 raise

@@ -42,6 +42,7 @@ import stat
 import weakref
 from collections import deque
 
+from ..._errors import ForeignSegment
 from ._atomic import fetch_add, load, store
 from ._segment import Segment
 
@@ -58,6 +59,7 @@ PINS = 8  # processes holding a view of this segment's current contents
 _MINUS_ONE = (1 << 64) - 1
 _SEGMENTS = 3  # per buffer before pinned old ones are let go
 _HISTORY = 64  # changed ranges remembered per buffer (commits)
+_SQUAT_TRIES = 1000
 
 
 class OutOfBand:
@@ -175,6 +177,12 @@ class BufferWriter:
         self._commits: dict[str, int] = {}
 
     def _new_segment(self, size: int) -> Segment:
+        # A name another local user took first is skipped, never used.
+        for _ in range(_SQUAT_TRIES - 1):
+            try:
+                return Segment.create(f"{self._stem}~b{next(self._ids)}", size)
+            except ForeignSegment:
+                continue
         return Segment.create(f"{self._stem}~b{next(self._ids)}", size)
 
     def publish(self, name: str, data: bytes, raws: list, touched) -> bytes:
@@ -212,13 +220,23 @@ class _Mapping:
     __slots__ = ("data", "header", "pins")
 
     def __init__(self, name: str) -> None:
-        fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_NOFOLLOW)
+        except PermissionError:
+            raise ForeignSegment(f"/dev/shm/{name} cannot be opened (another user's)") from None
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-                raise PermissionError(
-                    f"shared-memory segment {name!r} is not private to this user "
-                    f"(owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): refusing to read it"
+            if (
+                st.st_uid != os.geteuid()
+                or st.st_mode & 0o077
+                or not stat.S_ISREG(st.st_mode)
+                or st.st_size <= PAGE
+            ):
+                raise ForeignSegment(
+                    f"/dev/shm/{name} is not private to this user (owner {st.st_uid}, mode "
+                    f"{stat.S_IMODE(st.st_mode):o}): it was not read. Another local user may "
+                    "have created it after the share's own one went: the share is closed or "
+                    "its coordinator died"
                 )
             self.header = mmap.mmap(fd, PAGE)
             self.data = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
