@@ -91,6 +91,17 @@ def test_a_held_view_never_changes():
             assert not view[k + 1 : 100].any()
 
 
+def test_reader_mappings_keep_no_descriptor():
+    with Share() as share:
+        share.flag = 0
+        share.get("flag")  # connected
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(20):
+            share[f"a{i}"] = np.full(100_000, i, dtype=np.float64)
+            assert share.get(f"a{i}", copy=False)[0] == i
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_foreign_buffer_segment_is_refused(tmp_path):
     with Share() as share:
         share.arr = np.arange(100_000, dtype=np.float64)

@@ -44,6 +44,7 @@ from collections import deque
 
 from ..._errors import ForeignSegment
 from ._atomic import fetch_add, load, store
+from ._atomic import map as _map
 from ._segment import Segment
 
 try:
@@ -238,14 +239,15 @@ class _Mapping:
                     "have created it after the share's own one went: the share is closed or "
                     "its coordinator died"
                 )
-            self.header = mmap.mmap(fd, PAGE)
-            self.data = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+            # Mappings that keep no descriptor (see _atomic.map).
+            self.header = _map(fd, PAGE)
+            self.data = _map(fd, st.st_size, True)
         finally:
             os.close(fd)
         self.pins: dict[int, weakref.ref] = {}  # sequence -> the pinned view
 
 
-def _unpin(header: mmap.mmap, pid: int) -> None:
+def _unpin(header, pid: int) -> None:
     # A forked child inherits views whose pins its parent holds: not its own.
     if os.getpid() == pid:
         fetch_add(header, PINS, _MINUS_ONE)
