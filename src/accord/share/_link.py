@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 
-from .._errors import AccordError, CoordinatorLost, ShareClosed, UnshareableError
+from .._errors import AccordError, CoordinatorLost, ShareClosed, UnshareableError, WritesLost
 from .._remote import Unreadable, rebuild_error
 from ..backends._replies import raise_all
 from ..backends.shm import _control
@@ -219,6 +219,7 @@ class Link:
         "_client",
         "_methods",
         "_names",
+        "_owed",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -229,6 +230,7 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
+        self._owed: WritesLost | None = None  # raised by the next operation
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -252,13 +254,35 @@ class Link:
             if client is not None:
                 self._follow_restart()
             client = self._client = self.info.client()
+            owed, self._owed = self._owed, None
+            if owed is not None:
+                raise owed
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
+        if self._client is not None:
+            self.note_lost_writes(self._client)
         self.info = info
         self._client = None
         self._methods.clear()
+
+    def note_lost_writes(self, old) -> None:
+        """Writes sent to the dead coordinator `old` that it had not
+        committed: the next operation raises WritesLost for them."""
+        unconfirmed = getattr(old, "unconfirmed", None)
+        names = unconfirmed() if unconfirmed is not None else []
+        if names:
+            shown = sorted(set(names))
+            self._owed = WritesLost(
+                f"the coordinator of share {self.info.name!r} died before committing "
+                f"{len(names)} write(s) this process sent (to "
+                f"{', '.join(f'share.{n}' for n in shown[:5])}{', ...' if len(shown) > 5 else ''})"
+                "; the restarted share does not have them. Re-read those objects and redo "
+                "what is needed. (This operation was not performed.)",
+                tuple(shown),
+                len(names),
+            )
 
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new

@@ -373,9 +373,9 @@ class Share:
 
         For the creating process, after `CoordinatorLost`.  Every object is
         restored as it was last committed; writes the dead coordinator had
-        applied but not yet committed (at most a commit window's worth,
-        2 ms by default) are lost, and so is an object it died while
-        committing — its name is returned.  Proxies of this share keep
+        not committed are lost (each process that sent some gets
+        `WritesLost` at its next operation), and so is an object it died
+        while committing — its name is returned.  Proxies of this share keep
         working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
@@ -405,6 +405,7 @@ class Share:
             self._adopt(link.info, process)
             return lost
         restored, lost = client.snapshots.salvage()
+        link.note_lost_writes(client)  # before its segments go
         self._finalizer.detach()
         forget(link.info)
         remove_leftovers(link.info.stem, link.info.socket_path)
