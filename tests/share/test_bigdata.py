@@ -298,3 +298,29 @@ def test_list_changes_replay_exactly(ops):
                     del share.lst[k]
                     del local[k]
             assert share.get("lst") == local
+
+
+def test_a_restart_keeps_big_buffers_and_logged_changes():
+    import signal
+
+    from accord import CoordinatorLost
+
+    share = Share()
+    try:
+        share.arr = np.arange(200_000, dtype=np.float64)
+        share.arr[5] = -1.0
+        share.lst = list(range(1000))
+        assert len(share.lst) == 1000
+        share.lst.append(-1)
+        assert share.lst[-1] == -1  # committed as a change log entry
+        share.flush()
+        os.kill(share.coordinator_pid, signal.SIGKILL)
+        share._link.client.owner_process.wait(10)
+        with pytest.raises(CoordinatorLost):
+            share.lst.pop()
+        assert share.restart() == []
+        arr = share.get("arr", copy=False)
+        assert arr[5] == -1.0 and arr[6] == 6.0
+        assert share.get("lst") == [*range(1000), -1]
+    finally:
+        share.close()
