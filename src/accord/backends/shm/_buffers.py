@@ -126,7 +126,7 @@ class _Buffer:
         self.history: deque[tuple[int, list]] = deque()  # (commit, [(lo, hi)])
         self.unknown_since = 0  # the last commit whose changes are not known
 
-    def publish(self, commit: int, raw: memoryview, ranges, new_segment) -> tuple:
+    def publish(self, commit: int, raw: memoryview, ranges, new_segment) -> tuple[tuple, int]:
         if ranges is None:
             self.history.clear()
             self.unknown_since = commit
@@ -150,17 +150,20 @@ class _Buffer:
             target = _Version(new_segment(PAGE + self.nbytes))
             target.claim()
             self.versions.append(target)
+        copied = 0
         if target.commit < self.unknown_since:
             target.data[: self.nbytes] = raw
+            copied = self.nbytes
         else:
             for done, changed in self.history:
                 if done > target.commit:
                     for lo, hi in changed:
                         target.data[lo:hi] = raw[lo:hi]
+                        copied += hi - lo
         target.commit = commit
         seq = target.release()
         self.published = target
-        return (target.seg.name, seq, self.nbytes)
+        return (target.seg.name, seq, self.nbytes), copied
 
     def drop(self) -> None:
         for version in self.versions:
@@ -176,6 +179,7 @@ class BufferWriter:
         self._ids = itertools.count()
         self._buffers: dict[str, list[_Buffer]] = {}
         self._commits: dict[str, int] = {}
+        self.copied = 0  # bytes copied into buffer segments, in all
 
     def _new_segment(self, size: int) -> Segment:
         # A name another local user took first is skipped, never used.
@@ -199,7 +203,9 @@ class BufferWriter:
         refs = []
         for i, (buffer, raw) in enumerate(zip(buffers, raws, strict=True)):
             ranges = touched if i == 0 and len(raws) == 1 else None
-            refs.append(buffer.publish(commit, raw.cast("B"), ranges, self._new_segment))
+            ref, copied = buffer.publish(commit, raw.cast("B"), ranges, self._new_segment)
+            refs.append(ref)
+            self.copied += copied
         return pickle.dumps(OutOfBand(data, tuple(refs)), 5)
 
     def drop(self, name: str) -> None:
