@@ -26,7 +26,11 @@ def changed_bytes(parent, key):
             if not any(p is Ellipsis for p in parts):
                 parts = (*parts, Ellipsis)  # a 0-d view even for a single element
             return _bounds(numpy, parent, parent[parts])
-        if type(key) is numpy.ndarray and key.dtype == bool and key.shape == parent.shape:
+        if (
+            type(key) is numpy.ndarray
+            and getattr(key, "dtype", None) == numpy.bool_
+            and getattr(key, "shape", None) == parent.shape
+        ):
             if not flags.c_contiguous:
                 return None
             found = numpy.flatnonzero(key)

@@ -172,7 +172,7 @@ def _read_log(seg: Segment, cached, check, what: str):
             length, epoch, used = _STATE.unpack_from(buf, 8)
             if length + used > seg.size - HEADER:  # torn: the version moves on, or corrupt
                 if load(buf, 0) == version:
-                    raise AccordError(f"{what} is corrupt (length {length} > its segment)")
+                    raise SegmentCorrupt(f"{what} is corrupt (length {length} > its segment)")
                 continue
             if epoch == cached.epoch and used >= cached.used:
                 base = None
