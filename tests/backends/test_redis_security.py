@@ -189,3 +189,44 @@ def test_the_sender_of_a_quarantined_command_gets_the_error(redis_server):
             share.flush()
             share._link.client.replies.raise_deferred()
             raise AssertionError("no error arrived") from None
+
+
+class Adder:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, numbers) -> None:
+        self.n = self.n + numbers["x"]  # a KeyError on the coordinator
+
+
+def test_replayed_replies_and_errors_are_dropped(redis_server, attacker):
+    name = "test-replay-reply"
+    with Share(name=name, backend=redis_server.url, key=KEY) as share:
+        share.adder = Adder()
+        share.lst = [1]
+        share.flush()
+        replies = _prefix(name) + f"r:{share._link.client._id}"
+        share.adder.add({})  # queued: its error waits in this process's reply list
+        errors = _until(lambda: attacker.lrange(replies, 0, -1), what="the error")
+        with pytest.raises(KeyError):
+            share.flush()
+        attacker.rpush(replies, *errors, *errors)  # the old error again, twice
+        share.flush()  # ... is not raised again
+        # A reply to an earlier call, copied back, answers no later call.
+        before = attacker.lrange(replies, 0, -1)
+        assert before == []
+        done = []
+        original_blpop = share._link.client.r.blpop
+
+        def eavesdrop(*args, **kwargs):  # what MONITOR would show an attacker
+            popped = original_blpop(*args, **kwargs)
+            if popped is not None:
+                done.append(popped[1])
+            return popped
+
+        share._link.client.r.blpop = eavesdrop
+        assert share.lst.pop() == 1
+        share.lst.append(2)
+        attacker.rpush(replies, *done)  # "1" again, for the next pop
+        assert share.lst.pop() == 2
+        assert share.adder.n == 0
