@@ -205,28 +205,26 @@ def test_replayed_replies_and_errors_are_dropped(redis_server, attacker):
         share.adder = Adder()
         share.lst = [1]
         share.flush()
-        replies = _prefix(name) + f"r:{share._link.client._id}"
-        share.adder.add({})  # queued: its error waits in this process's reply list
-        errors = _until(lambda: attacker.lrange(replies, 0, -1), what="the error")
-        with pytest.raises(KeyError):
-            share.flush()
-        attacker.rpush(replies, *errors, *errors)  # the old error again, twice
-        share.flush()  # ... is not raised again
-        # A reply to an earlier call, copied back, answers no later call.
-        before = attacker.lrange(replies, 0, -1)
-        assert before == []
-        done = []
-        original_blpop = share._link.client.r.blpop
+        client = share._link.client
+        replies = _prefix(name) + f"r:{client._id}"
+        seen = []  # what MONITOR would show an attacker of this process's replies
+        blpop = client.r.blpop
 
-        def eavesdrop(*args, **kwargs):  # what MONITOR would show an attacker
-            popped = original_blpop(*args, **kwargs)
+        def eavesdrop(*args, **kwargs):
+            popped = blpop(*args, **kwargs)
             if popped is not None:
-                done.append(popped[1])
+                seen.append(popped[1])
             return popped
 
-        share._link.client.r.blpop = eavesdrop
-        assert share.lst.pop() == 1
+        client.r.blpop = eavesdrop
+        share.adder.add({})  # queued: its error comes with the next reply
+        with pytest.raises(KeyError):
+            share.flush()
+        assert len(seen) >= 2  # the error, then the flush's own reply
+        attacker.rpush(replies, *seen, *seen)  # all of it again, twice
+        share.flush()  # no old error is raised again
+        assert share.lst.pop() == 1  # and no old reply answers a new call
         share.lst.append(2)
-        attacker.rpush(replies, *done)  # "1" again, for the next pop
+        attacker.rpush(replies, *seen)
         assert share.lst.pop() == 2
         assert share.adder.n == 0

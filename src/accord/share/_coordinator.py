@@ -563,10 +563,10 @@ def _dropped_message(count: int) -> str:
 def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
     """A process left without waiting for a reply after its failed
     fire-and-forget commands: nobody else can tell it, so say it here."""
-    for _data, tb in errors:
+    for error in errors:  # (data, traceback, ...)
         print(
             f"accord: a fire-and-forget command of a process (client {peer_id}) that has "
-            f"exited failed, and the process never read the error:\n{tb}",
+            f"exited failed, and the process never read the error:\n{error[1]}",
             file=sys.stderr,
         )
     if dropped:

@@ -385,11 +385,10 @@ class RedisClient:
                 if message[0] not in self._awaited:
                     return []
                 self._awaited.discard(message[0])
-        else:
-            sequence = message[4] if len(message) > 4 else 0
-            if sequence <= self._error_sequence:
+        elif len(message) > 4:  # (a notice of errors dropped has no sequence)
+            if message[4] <= self._error_sequence:
                 return []
-            self._error_sequence = sequence
+            self._error_sequence = message[4]
         return [message]
 
     def raise_deferred(self) -> None:
