@@ -77,7 +77,8 @@ class Coordinator:
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
         # of that reply, or printed if the peer leaves without one.
-        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        # peer id -> errors (pickled error, traceback, and what a backend adds)
+        self.held: dict[int, list[tuple[Any, ...]]] = {}
         self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
@@ -264,7 +265,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: Peer, error: tuple[Any, ...]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 import redis
 import redis.exceptions
@@ -188,7 +189,7 @@ class RedisCoordinator(OrderedCoordinator):
                 return
         super().execute(peer, message)
 
-    def report(self, peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer, error: tuple[Any, ...]) -> None:
         # With the command's sequence number: the client raises each error
         # of a queued command once, and refuses an old one copied back.
         super().report(peer, (*error, self.sequence))
