@@ -15,6 +15,8 @@ import threading
 import weakref
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._values import private
 from .._errors import (
     AccordError,
     CoordinatorStartFailed,
@@ -33,12 +35,11 @@ from ..backends.shm._client import (
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
-from . import _protocol as P
+from . import _proxy
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy
-from ._values import private
 
 START_TIMEOUT = 30.0
 _MISSING = object()
@@ -583,7 +584,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     }
     extra = pickle.dumps(restore, 5) if restore is not None else b""
     process, _line = _spawn(
-        "accord.share._coordinator",
+        "accord.backends.shm._coordinator",
         config,
         extra,
         name,
@@ -684,3 +685,7 @@ def _shutdown(info, process: subprocess.Popen, owner_pid: int) -> None:
         process.kill()
         process.wait()
     info.remove()
+
+
+# A pickled proxy travels with a handle of its share (see _proxy.attach_share).
+_proxy.attach_share = Share._attach

@@ -240,7 +240,7 @@ def _pickled(result, out_of_band: list | None = None) -> bytes:
     except Exception:
         if out_of_band:
             out_of_band.clear()
-        from ..share._serialize import cloudpickle_dumps
+        from .._core._serialize import cloudpickle_dumps
 
         return cloudpickle_dumps(result)
 
