@@ -106,6 +106,7 @@ def _breaks_a_rule(importer: str, imported: str) -> bool:
         return high not in ("core", "share") and imported not in (
             "accord.backends",
             "accord.backends._protocol",  # the seam
+            "accord.backends._registry",  # which backend a backend= value names
             "accord.backends._replies",  # its client-side reply bookkeeping
         )
     if low in ("spawn", "work"):
