@@ -161,8 +161,8 @@ def test_one_element_write_costs_what_changed():
 
 
 def test_a_commit_copies_only_the_changed_bytes():
-    from accord.share._ranges import changed_bytes
-    from accord.share._serialize import dumps_out_of_band
+    from accord._core._ranges import changed_bytes
+    from accord._core._serialize import dumps_out_of_band
 
     stem = f"accord.{os.getuid()}.test-{os.getpid()}-ranges"
     writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()

@@ -34,11 +34,12 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..._core._changes import replay
+from ..._core._slots import MISSING
 from ..._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
 from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
-from ._changes import replay
 from ._segment import Segment
 from ._segment import unlink as _unlink
 
@@ -50,7 +51,6 @@ _STATE = struct.Struct("<3Q")  # length, epoch, used
 HEADER = 32
 LOG_MIN = 1 << 16  # a log may grow to this or the base's size, whichever is larger
 MIN_SIZE = 4096
-MISSING = object()
 # Segments kept mapped per process (per share); the others are mapped again
 # when next used.
 MAX_MAPPED = 8192
