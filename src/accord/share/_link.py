@@ -249,7 +249,15 @@ class Link:
         if client is None or client.lost is not None:
             if client is not None:
                 self._follow_restart()
-            client = self._client = self.info.client()
+            try:
+                client = self._client = self.info.client()
+            except CoordinatorLost:
+                # This incarnation is gone (a process that had not used the
+                # share yet, or one that raced with restart()): follow the
+                # owner's restart if there is one, else it is still lost.
+                if not self._follow_restart():
+                    raise
+                client = self._client = self.info.client()
             owed, self._owed = self._owed, None
             if owed is not None:
                 raise owed

@@ -119,7 +119,13 @@ class ShmClient:
         try:
             self.control = Segment.attach(f"{info.stem}~control", _control.SIZE)
         except FileNotFoundError:
-            raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
+            if load_record(info.name) is None:  # its owner closed it
+                raise ShareClosed(f"share {info.name!r} is closed") from None
+            # Its owner still has it: the coordinator died (and restart()
+            # may be under way), so the caller may retry after a restart.
+            raise CoordinatorLost(
+                f"the coordinator of share {info.name!r} (pid {info.pid}) is gone"
+            ) from None
         _control.check_header(self.control.buf)
         self.ctrl = self.control.buf
         self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
