@@ -128,6 +128,19 @@ def settle_all() -> None:
     raise_all(errors)
 
 
+def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
+    shown = sorted(set(names))
+    listed = ", ".join(f"share.{n}" for n in shown[:5]) + (", ..." if len(shown) > 5 else "")
+    return WritesLost(
+        f"the coordinator of share {share_name!r} died before committing {len(names)} "
+        f"write(s) this process sent (to {listed}); the restarted share does not have "
+        "them. Re-read those objects and redo what is needed. (This operation was not "
+        "performed.)",
+        tuple(shown),
+        len(names),
+    )
+
+
 def describe(path: tuple) -> str:
     """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
     text = f"share.{path[0]}"
@@ -219,7 +232,6 @@ class Link:
         "_client",
         "_methods",
         "_names",
-        "_owed",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -230,7 +242,6 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
-        self._owed: WritesLost | None = None  # raised by the next operation
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -254,35 +265,18 @@ class Link:
             if client is not None:
                 self._follow_restart()
             client = self._client = self.info.client()
-            owed, self._owed = self._owed, None
-            if owed is not None:
-                raise owed
+            take = getattr(client, "take_lost_writes", None)
+            if take is not None:
+                lost = take()
+                if lost:
+                    raise _writes_lost(self.info.name, lost)
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
-        if self._client is not None:
-            self.note_lost_writes(self._client)
         self.info = info
         self._client = None
         self._methods.clear()
-
-    def note_lost_writes(self, old) -> None:
-        """Writes sent to the dead coordinator `old` that it had not
-        committed: the next operation raises WritesLost for them."""
-        unconfirmed = getattr(old, "unconfirmed", None)
-        names = unconfirmed() if unconfirmed is not None else []
-        if names:
-            shown = sorted(set(names))
-            self._owed = WritesLost(
-                f"the coordinator of share {self.info.name!r} died before committing "
-                f"{len(names)} write(s) this process sent (to "
-                f"{', '.join(f'share.{n}' for n in shown[:5])}{', ...' if len(shown) > 5 else ''})"
-                "; the restarted share does not have them. Re-read those objects and redo "
-                "what is needed. (This operation was not performed.)",
-                tuple(shown),
-                len(names),
-            )
 
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new
