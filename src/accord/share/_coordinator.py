@@ -113,6 +113,7 @@ class Coordinator:
                 self.server.heartbeat()
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
+        self.print_held()
         self.server.close()
 
     def _timeout(self) -> float:
@@ -273,6 +274,12 @@ class Coordinator:
             held.append(error)
         else:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
+
+    def print_held(self) -> None:
+        """The share closes: print the errors no process will read now."""
+        for peer_id, held in list(self.held.items()):
+            _print_lost(peer_id, held, self.held_dropped.get(peer_id, 0), "of the closing share")
+        self.held.clear()
 
     def send_held(self, peer) -> None:
         held = self.held.pop(peer.id, ())
@@ -560,13 +567,14 @@ def _dropped_message(count: int) -> str:
     )
 
 
-def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
-    """A process left without waiting for a reply after its failed
-    fire-and-forget commands: nobody else can tell it, so say it here."""
+def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has exited") -> None:
+    """A process left (or the share closes) without waiting for a reply
+    after its failed fire-and-forget commands: nobody else can tell it, so
+    say it here."""
     for _data, tb in errors:
         print(
-            f"accord: a fire-and-forget command of a process (client {peer_id}) that has "
-            f"exited failed, and the process never read the error:\n{tb}",
+            f"accord: a fire-and-forget command of a process (client {peer_id}) {why} "
+            f"failed, and the process never read the error:\n{tb}",
             file=sys.stderr,
         )
     if dropped:
@@ -605,6 +613,7 @@ def main() -> None:
         coordinator.run()
     except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        coordinator.print_held()
         server.close()
     except BaseException:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import copy
 import inspect
 import sys
@@ -50,9 +49,12 @@ def _settle_client(client) -> list[BaseException]:
     before it)."""
     errors = client.replies.take_deferred()
     if _unsettled.pop(id(client), None) is not None and client.lost is None:
-        # (CoordinatorLost: nobody can confirm them now; every later use says why.)
-        with contextlib.suppress(CoordinatorLost):
+        try:
             client.send(P.BARRIER, (), reply=True)
+        except CoordinatorLost:
+            pass  # nobody can confirm them now; every later use says why
+        except Exception as exc:  # the backend is unreachable (redis down...)
+            errors.append(_unconfirmed(client, f"({type(exc).__name__}: {exc})"))
         errors += client.replies.take_deferred()
     return errors
 
@@ -109,14 +111,15 @@ def settle_within(client, timeout: float) -> list[BaseException]:
     thread.join(timeout)
     if done:
         return done[0]
-    info = getattr(client, "info", None)
-    return [
-        Unconfirmed(
-            f"the fire-and-forget commands this process sent to share "
-            f"{getattr(info, 'name', '?')!r} could not be confirmed within {timeout} s "
-            "(its coordinator or backend did not answer): whether they succeeded is unknown"
-        )
-    ]
+    return [_unconfirmed(client, f"within {timeout} s (its coordinator or backend did not answer)")]
+
+
+def _unconfirmed(client, why: str) -> Unconfirmed:
+    name = getattr(getattr(client, "info", None), "name", "?")
+    return Unconfirmed(
+        f"the fire-and-forget commands this process sent to share {name!r} could not be "
+        f"confirmed {why}: whether they succeeded is unknown"
+    )
 
 
 def settle_all() -> None:
