@@ -18,7 +18,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -132,7 +132,7 @@ class ShmClient:
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
         # (WHOLE slot, its pending count after our write, name) of each write
         # sent and not yet known to be committed: if the coordinator dies,
@@ -160,7 +160,7 @@ class ShmClient:
         self._seq = 0
         return sock
 
-    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
+    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
 
         `undelivered` marks an error raised before the command left this
@@ -179,6 +179,10 @@ class ShmClient:
     def _check_lost(self) -> None:
         if self.lost is not None:
             raise type(self.lost)(*self.lost.args)
+
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
 
     def check_alive(self) -> None:
         """Raise CoordinatorLost if the coordinator has died or the share closed.
@@ -406,7 +410,7 @@ def note_unconfirmed(client: ShmClient) -> None:
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     if info.stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"share {info.name!r} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )
