@@ -14,6 +14,7 @@ import collections
 import copy
 import inspect
 import logging
+import os
 import threading
 from typing import Any
 
@@ -79,6 +80,9 @@ def _queued(client) -> None:
 
 _exit_hook = False
 EXIT_TIMEOUT = 5.0
+# A forked child has sent nothing yet: its parent's commands are not its own
+# to wait for (a Pool worker would settle them after every call).
+os.register_at_fork(after_in_child=_unsettled.clear)
 
 
 def _report_at_exit() -> None:
