@@ -12,7 +12,7 @@ import time
 import pytest
 
 from accord import Pool, RemoteTraceback, Share
-from accord.share import _coordinator
+from accord._core import _coordinator
 
 
 class Slow:

@@ -18,6 +18,11 @@ import os
 import threading
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._protocol import describe
+from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
+from .._core._values import is_value, private
 from .._errors import (
     CoordinatorLost,
     ShareClosed,
@@ -27,15 +32,9 @@ from .._errors import (
 )
 from .._remote import Unreadable, rebuild_error
 from ..backends._replies import raise_all
-from ..backends.shm import _control
-from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
-from ..backends.shm._snapshots import MISSING
-from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
-from ._values import is_value, private
 
 log = logging.getLogger("accord.share")
 
@@ -43,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..backends._protocol import BackendClient, BackendInfo
 
-_MAX_WRITE_SLOTS = _control.INTENT_SLOTS
+_MAX_WRITE_SLOTS = MAX_WRITE_SLOTS
 
 # The clients of this process that sent fire-and-forget commands not yet
 # confirmed: `settle` (flush, close, the end of an accord.Pool task) waits
@@ -149,14 +148,6 @@ def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
         tuple(shown),
         len(names),
     )
-
-
-def describe(path: tuple) -> str:
-    """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
-    text = f"share.{path[0]}"
-    for i in range(1, len(path), 2):
-        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
-    return text
 
 
 _MEMO_LIMIT = 10_000

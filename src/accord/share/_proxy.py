@@ -12,10 +12,13 @@ in-place operators (``+=``, ``|=``) are atomic commands.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
-from . import _protocol as P
+from .._core import _protocol as P
+from .._core._protocol import describe
+from .._core._values import private
 from ._augmented import DONE, Augmenting, is_augmented
-from ._values import private
 
 _get = object.__getattribute__
 _OWN = ("_accord_", "__")  # every other name is the shared object's
@@ -133,10 +136,8 @@ class Proxy:
     # -- pickling: a proxy travels as (share, path) --------------------------
 
     def __reduce__(self):
-        from ._share import Share
-
         return _rebuild, (
-            Share._attach(_get(self, "_accord_link").info),
+            attach_share(_get(self, "_accord_link").info),
             _get(self, "_accord_path"),
         )
 
@@ -145,6 +146,16 @@ class Proxy:
 
     def __deepcopy__(self, memo):
         return private(_value(self))
+
+
+def _share_not_imported(info: Any) -> Any:
+    raise RuntimeError("accord.share._share sets attach_share when it is imported")
+
+
+# A `Share` handle for an info: what a pickled proxy travels with.  Set by
+# share/_share.py (`Share._attach`), which sits above the proxies: this
+# module does not import it.
+attach_share: Callable[[Any], Any] = _share_not_imported
 
 
 def _rebuild(share, path: tuple) -> Proxy:
@@ -215,8 +226,6 @@ class BoundMethod:
         return self.link.call(self, args, kwargs)
 
     def __repr__(self) -> str:
-        from ._link import describe
-
         return f"<shared method {describe(self.path)}.{self.name} ({self.kind})>"
 
 

@@ -15,6 +15,8 @@ import threading
 import weakref
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._values import private
 from .._errors import (
     AccordError,
     CoordinatorStartFailed,
@@ -23,6 +25,7 @@ from .._errors import (
     ShareNotFound,
 )
 from ..backends._protocol import BackendInfo
+from ..backends._registry import backend_of
 from ..backends._replies import raise_all
 from ..backends.shm import _transport
 from ..backends.shm._client import (
@@ -34,12 +37,11 @@ from ..backends.shm._client import (
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
-from . import _protocol as P
+from . import _proxy
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy
-from ._values import private
 
 START_TIMEOUT = 30.0
 _MISSING = object()
@@ -134,13 +136,19 @@ class Share:
 
         `name` lets unrelated processes attach with ``Share.connect(name)``
         (``Share.connect(url, name=name)`` for a redis share); it must be
-        unique among live shares.  `backend` is ``"shm"`` (one machine, the
-        default) or a Redis URL (``redis://[user:password@]host:port/db``,
+        unique among live shares.  `backend` is ``"shm"`` or ``"shm://NAME"``
+        (one machine, the default), ``"memory"`` or ``"memory://"`` (threads of
+        this process) or a Redis URL (``redis://[user:password@]host:port/db``,
         ``rediss://`` for TLS; see the README's "Backends").  `key` (for
         redis; default ``$ACCORD_KEY``, else a random one) signs everything
         stored in Redis.  `commit_window` is the longest time (seconds) a
         changed object waits to be committed when no reader asks for it.
         """
+        kind, rest = backend_of(backend)
+        if kind != "redis" and rest:  # shm://NAME
+            if name is not None and name != rest:
+                raise ValueError(f"two names for one share: name={name!r} and {backend!r}")
+            name = rest
         if name is None:
             name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
         elif not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
@@ -150,22 +158,16 @@ class Share:
             )
         if commit_window < 0:
             raise ValueError("commit_window must be >= 0")
-        if backend == "shm":
+        if kind == "shm":
             if key is not None:
                 raise ValueError("key= is for network backends; shm shares make their own key")
             info, process = _start_coordinator(name, commit_window)
-        elif backend == "memory":
+        elif kind == "memory":
             from ..backends.memory._memory import start
 
             info, process = start(name, commit_window)
-        elif isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
-            info, process = _start_redis(backend, name, key, commit_window)
         else:
-            raise ValueError(
-                f"unknown backend {backend!r}: use 'shm' (processes of one machine), "
-                "'memory' (threads of this process) or a Redis URL "
-                "(redis://host:port/db, rediss://..., unix://...)"
-            )
+            info, process = _start_redis(backend, name, key, commit_window)
         object.__setattr__(self, "_link", Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
         object.__setattr__(self, "_window", commit_window)
@@ -584,7 +586,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     }
     extra = pickle.dumps(restore, 5) if restore is not None else b""
     process, _line = _spawn(
-        "accord.share._coordinator",
+        "accord.backends.shm._coordinator",
         config,
         extra,
         name,
@@ -685,3 +687,7 @@ def _shutdown(info, process: subprocess.Popen, owner_pid: int) -> None:
         process.kill()
         process.wait()
     info.remove()
+
+
+# A pickled proxy travels with a handle of its share (see _proxy.attach_share).
+_proxy.attach_share = Share._attach

@@ -20,6 +20,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..._core._slots import MISSING
 from ..._errors import (
     AccordError,
     BackendRefused,
@@ -31,7 +32,6 @@ from ..._errors import (
     UsedFromOwnCoordinator,
 )
 from .._replies import Replies, kind_of
-from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
 from ._signing import Signer, TamperedPayload

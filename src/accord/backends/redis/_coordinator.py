@@ -35,10 +35,10 @@ import redis
 import redis.exceptions
 
 from ... import _logging
+from ..._core import _protocol as P
+from ..._core._coordinator import OrderedCoordinator, Stop
 from ..._errors import CommandQuarantined, ShareExists, ShareNotFound
 from ..._remote import pack_error
-from ...share import _protocol as P
-from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver, stream_id

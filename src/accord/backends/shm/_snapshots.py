@@ -34,6 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..._core._slots import MISSING
 from ..._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
@@ -43,7 +44,6 @@ from ._segment import unlink as _unlink
 _LENGTH = struct.Struct("<Q")
 HEADER = 16  # version, length
 MIN_SIZE = 4096
-MISSING = object()
 # Segments kept mapped per process (per share); the others are mapped again
 # when next used.
 MAX_MAPPED = 8192

@@ -1,40 +1,33 @@
-"""The coordinator: the one process of a share that applies every write.
+"""The coordinator's state machine: the one place that applies every write.
 
 It keeps a mirror of every shared object, runs each client's commands in the
 order the client sent them (and after every write to the same object that
 was queued before them, by any process), and commits a snapshot of each
-changed object to shared memory — in batches: when a reader is waiting, or
-when a commit window has passed since the object first changed.
+changed object through its backend's server -- in batches: when a reader is
+waiting, or when a commit window has passed since the object first changed.
 
-Run as ``python -m accord.share._coordinator`` by `Share`; it reads its
-configuration as JSON on stdin, prints READY when it listens, and exits when
-the owner closes the share or dies.
+No I/O of its own: each backend drives it from its own loop
+(`backends/shm/_coordinator.py`, `backends/memory/_memory.py`,
+`backends/redis/_coordinator.py`) and hands it a server to reply and commit
+through.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import operator
-import os
 import pickle
-import signal
-import sys
 import time
-import traceback
 from collections import deque
 from typing import Any
 
 import cloudpickle
 
-from .. import _logging
 from .._errors import ErrorsDropped, TemporaryTarget
 from .._remote import Unreadable, pack_error
-from ..backends.shm import _client as _shm_client
-from ..backends.shm import _control
-from ..backends.shm._server import Peer, ShmServer
 from . import _protocol as P
 from ._serialize import PLAIN, cloudpickle_dumps, dumps, is_plain, unpack, unpack_call
+from ._slots import SLOTS
 from ._values import is_value
 
 HEARTBEAT_S = 0.1
@@ -42,6 +35,9 @@ STUCK_S = 2.0
 SPIN_S = 0.0002
 
 log = logging.getLogger("accord.share")
+
+# A backend's reply target (a client connection, a reply stream).
+_Peer = Any
 
 
 class Stop(BaseException):
@@ -54,7 +50,7 @@ class _Lock:
 
     def __init__(self) -> None:
         self.owner: tuple[int, int] | None = None
-        self.waiters: deque[tuple[Peer, int, int, float]] = deque()
+        self.waiters: deque[tuple[_Peer, int, int, float]] = deque()
 
 
 class Coordinator:
@@ -65,14 +61,14 @@ class Coordinator:
         self.owner_pid = owner_pid
         self.window = window
         self.mirror: dict[str, object] = {}
-        self.received = [0] * _control.SLOTS  # increments applied, per slot
+        self.received = [0] * SLOTS  # increments applied, per slot
         self.uncommitted: dict[int, set[str]] = {}  # slot -> names not yet committed
         self.dirty: dict[str, float] = {}  # name -> when it first changed
         self.dirty_slots: dict[str, set[int]] = {}
         self.commit_cost: dict[str, float] = {}
         self.types: dict[str, tuple] = {}  # name -> (type, generation, is value)
         self.queues: dict[int, deque] = {}
-        self.peers: dict[int, Peer] = {}
+        self.peers: dict[int, _Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
@@ -94,34 +90,7 @@ class Coordinator:
             P.NAMES: self.op_names,
         }
 
-    # -- the loop ----------------------------------------------------------------
-
-    def run(self) -> None:
-        last_beat = 0.0
-        last_input = 0.0
-        while True:
-            # Right after input, poll without sleeping for a moment: a client
-            # waiting for a reply usually sends its next command within tens
-            # of microseconds, and waking a sleeping process costs about that.
-            busy = time.monotonic() - last_input < SPIN_S
-            for peer, frames in self.server.poll(0 if busy else self._timeout()):
-                last_input = time.monotonic()
-                if frames is None:
-                    self.peer_left(peer)
-                else:
-                    self.peers[peer.id] = peer
-                    self.queues.setdefault(peer.id, deque()).extend(frames)
-            self.process()
-            now = time.monotonic()
-            self.commit_due(now)
-            self.expire_lock_waits(now)
-            if now - last_beat >= HEARTBEAT_S / 2:
-                last_beat = now
-                self.server.heartbeat()
-                if os.getppid() != self.owner_pid:
-                    break  # the owner died without closing: nobody can close now
-        self.print_held()
-        self.server.close()
+    # -- the loop (each backend's own, see ShmCoordinator.run) --------------------
 
     def _timeout(self) -> float:
         timeout = HEARTBEAT_S
@@ -210,7 +179,7 @@ class Coordinator:
         received = self.received
         return all(received[waits[i]] >= waits[i + 1] for i in range(0, len(waits), 2))
 
-    def execute(self, peer: Peer, message: tuple) -> None:
+    def execute(self, peer: _Peer, message: tuple) -> None:
         op, reply_id, _waits, writes = message[:4]
         try:
             result = self.handlers[op](peer, message)
@@ -246,7 +215,7 @@ class Coordinator:
 
     # -- replies ---------------------------------------------------------------
 
-    def reply(self, peer: Peer, reply_id: int, status: int, result) -> None:
+    def reply(self, peer: _Peer, reply_id: int, status: int, result) -> None:
         if peer.id in self.departed:
             return
         if peer.id in self.held:
@@ -265,7 +234,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: _Peer, error: tuple[bytes, str]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
@@ -354,7 +323,7 @@ class Coordinator:
 
     # -- departures ------------------------------------------------------------
 
-    def peer_left(self, peer: Peer) -> None:
+    def peer_left(self, peer: _Peer) -> None:
         # Read the intent now, before the client slot can be reused.
         self.departed[peer.id] = self.server.lost_intent(peer)
         for name, lock in list(self.locks.items()):
@@ -593,42 +562,3 @@ class _NoReply:
 
 
 _no_reply = _NoReply()
-
-
-def _stop(signum, frame):
-    raise Stop
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
-    signal.signal(signal.SIGTERM, _stop)
-    _logging.to_stderr()
-    config = json.loads(sys.stdin.buffer.readline())
-    sys.path[:] = config["sys_path"]
-    _shm_client.coordinating = config["stem"]
-    # After a restart, the owner sends the last committed state (pickled
-    # snapshots, from our own predecessor) behind the configuration.
-    restored = pickle.loads(sys.stdin.buffer.read()) if config.get("restore") else {}
-    try:
-        server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
-    except Exception as exc:
-        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-        sys.exit(1)
-    coordinator = Coordinator(server, config["owner_pid"], config["window"])
-    try:
-        coordinator.restore(restored)
-        print("READY", flush=True)  # only now may anyone read or connect
-        coordinator.run()
-    except Stop:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        coordinator.print_held()
-        server.close()
-    except BaseException:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        traceback.print_exc()
-        server.close()
-        raise
-
-
-if __name__ == "__main__":
-    main()
