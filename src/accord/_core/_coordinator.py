@@ -73,7 +73,8 @@ class Coordinator:
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
         # of that reply, or printed if the peer leaves without one.
-        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        # peer id -> errors (pickled error, traceback, and what a backend adds)
+        self.held: dict[int, list[tuple[Any, ...]]] = {}
         self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
@@ -234,7 +235,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: _Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: _Peer, error: tuple[Any, ...]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
@@ -545,13 +546,13 @@ def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has e
     """A process left (or the share closes) without waiting for a reply
     after its failed fire-and-forget commands: nobody else can tell it, so
     say it here."""
-    for _data, tb in errors:
+    for error in errors:  # (data, traceback, ...)
         log.error(
             "a fire-and-forget command of a process (client %d) %s failed, "
             "and the process never read the error:\n%s",
             peer_id,
             why,
-            tb,
+            error[1],
         )
     if dropped:
         log.error("%s", _dropped_message(dropped))
