@@ -73,7 +73,8 @@ class Coordinator:
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
         # of that reply, or printed if the peer leaves without one.
-        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        # peer id -> errors (pickled error, traceback, and what a backend adds)
+        self.held: dict[int, list[tuple[Any, ...]]] = {}
         self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
@@ -234,7 +235,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: _Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: _Peer, error: tuple[Any, ...]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
@@ -248,6 +249,12 @@ class Coordinator:
             held.append(error)
         else:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
+
+    def print_held(self) -> None:
+        """The share closes: print the errors no process will read now."""
+        for peer_id, held in list(self.held.items()):
+            _print_lost(peer_id, held, self.held_dropped.get(peer_id, 0), "of the closing share")
+        self.held.clear()
 
     def send_held(self, peer) -> None:
         held = self.held.pop(peer.id, [])
@@ -535,15 +542,17 @@ def _dropped_message(count: int) -> str:
     )
 
 
-def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
-    """A process left without waiting for a reply after its failed
-    fire-and-forget commands: nobody else can tell it, so say it here."""
-    for _data, tb in errors:
+def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has exited") -> None:
+    """A process left (or the share closes) without waiting for a reply
+    after its failed fire-and-forget commands: nobody else can tell it, so
+    say it here."""
+    for error in errors:  # (data, traceback, ...)
         log.error(
-            "a fire-and-forget command of a process (client %d) that has exited failed, "
+            "a fire-and-forget command of a process (client %d) %s failed, "
             "and the process never read the error:\n%s",
             peer_id,
-            tb,
+            why,
+            error[1],
         )
     if dropped:
         log.error("%s", _dropped_message(dropped))

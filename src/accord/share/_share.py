@@ -33,6 +33,7 @@ from ..backends.shm._client import (
     abandoned_records,
     forget,
     load_record,
+    note_unconfirmed,
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
@@ -406,7 +407,7 @@ class Share:
             self._adopt(link.info, process)
             return lost
         restored, lost = client.snapshots.salvage()
-        link.note_lost_writes(client)  # before its segments go
+        note_unconfirmed(client)  # before its segments go: the next operation says so
         self._finalizer.detach()
         forget(link.info)
         remove_leftovers(link.info.stem, link.info.socket_path, keep_record=True)
