@@ -296,6 +296,12 @@ class Coordinator:
         else:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
 
+    def print_held(self) -> None:
+        """The share closes: print the errors no process will read now."""
+        for peer_id, held in list(self.held.items()):
+            _print_lost(peer_id, held, self.held_dropped.get(peer_id, 0), "of the closing share")
+        self.held.clear()
+
     def send_held(self, peer) -> None:
         held = self.held.pop(peer.id, [])
         dropped = self.held_dropped.pop(peer.id, 0)
@@ -625,14 +631,16 @@ def _dropped_message(count: int) -> str:
     )
 
 
-def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
-    """A process left without waiting for a reply after its failed
-    fire-and-forget commands: nobody else can tell it, so say it here."""
+def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has exited") -> None:
+    """A process left (or the share closes) without waiting for a reply
+    after its failed fire-and-forget commands: nobody else can tell it, so
+    say it here."""
     for error in errors:  # (data, traceback, ...)
         log.error(
-            "a fire-and-forget command of a process (client %d) that has exited failed, "
+            "a fire-and-forget command of a process (client %d) %s failed, "
             "and the process never read the error:\n%s",
             peer_id,
+            why,
             error[1],
         )
     if dropped:

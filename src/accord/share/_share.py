@@ -33,6 +33,7 @@ from ..backends.shm._client import (
     abandoned_records,
     forget,
     load_record,
+    note_unconfirmed,
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
@@ -415,10 +416,10 @@ class Share:
             self._adopt(link.info, process)
             return lost
         restored, lost = client.snapshots.salvage()
-        link.note_lost_writes(client)  # before its segments go
+        note_unconfirmed(client)  # before its segments go: the next operation says so
         self._finalizer.detach()
         forget(link.info)
-        remove_leftovers(link.info.stem, link.info.socket_path)
+        remove_leftovers(link.info.stem, link.info.socket_path, keep_record=True)
         info, process = _start_coordinator(link.info.name, self._window, restored)
         link.rebind(info)
         self._adopt(info, process)
@@ -579,7 +580,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
         # A dead share's, of this name.
-        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path))
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)
