@@ -25,8 +25,18 @@ import cloudpickle
 
 from .._errors import ErrorsDropped, TemporaryTarget
 from .._remote import Unreadable, pack_error
+from . import _changes
 from . import _protocol as P
-from ._serialize import PLAIN, cloudpickle_dumps, dumps, is_plain, unpack, unpack_call
+from ._ranges import changed_bytes
+from ._serialize import (
+    PLAIN,
+    cloudpickle_dumps,
+    dumps,
+    dumps_out_of_band,
+    is_plain,
+    unpack,
+    unpack_call,
+)
 from ._slots import SLOTS
 from ._values import is_value
 
@@ -73,10 +83,20 @@ class Coordinator:
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
         # of that reply, or printed if the peer leaves without one.
-        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        # peer id -> errors (pickled error, traceback, and what a backend adds)
+        self.held: dict[int, list[tuple[Any, ...]]] = {}
         self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
+        # name -> byte ranges of its (array) buffer changed since its last
+        # commit; None: not known, the whole buffer (see _buffers).
+        self.touched: dict[str, list | None] = {}
+        self._changed = _UNKNOWN  # what the command being run changed
+        # name -> operations since its last commit, replayable by readers
+        # (a list, dict, set or deque; see _changes); None: not replayable.
+        self.changes: dict[str, list | None] = {}
+        self._entry = None  # the replayable form of the command being run
+        self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -181,6 +201,8 @@ class Coordinator:
 
     def execute(self, peer: _Peer, message: tuple) -> None:
         op, reply_id, _waits, writes = message[:4]
+        self._changed = _UNKNOWN
+        self._entry = None
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
@@ -192,12 +214,37 @@ class Coordinator:
             # type: never the end of the coordinator and every object in it.
             result = pack_error(exc)
             status = P.ERROR
+            self._changed = _UNKNOWN
+            self._entry = None
         if writes:
+            self.note_change(message[4][0], self._changed)
+            self.note_entry(message[4][0], self._entry)
             self.credit(message[4][0], writes)
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
         elif status == P.ERROR:
             self.report(peer, result)
+
+    def note_change(self, name: str, changed) -> None:
+        ranges = self.touched.setdefault(name, [])
+        if ranges is None:
+            return
+        if changed is _UNKNOWN or changed is None or len(ranges) >= 1024:
+            self.touched[name] = None
+        elif changed:
+            ranges.append(changed)
+
+    def note_entry(self, name: str, entry) -> None:
+        log = self.changes.setdefault(name, [])
+        if log is not None:
+            if entry is None or len(log) >= 4096:
+                self.changes[name] = None
+            else:
+                log.append(entry)
+
+    def _replayable(self, obj, entry) -> None:
+        if type(obj) in _changes.REPLAYABLE:
+            self._entry = entry
 
     def credit(self, name: str | None, writes) -> None:
         received = self.received
@@ -234,7 +281,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: _Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: _Peer, error: tuple[Any, ...]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
@@ -249,6 +296,12 @@ class Coordinator:
         else:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
 
+    def print_held(self) -> None:
+        """The share closes: print the errors no process will read now."""
+        for peer_id, held in list(self.held.items()):
+            _print_lost(peer_id, held, self.held_dropped.get(peer_id, 0), "of the closing share")
+        self.held.clear()
+
     def send_held(self, peer) -> None:
         held = self.held.pop(peer.id, [])
         dropped = self.held_dropped.pop(peer.id, 0)
@@ -261,13 +314,25 @@ class Coordinator:
 
     def commit(self, name: str) -> None:
         started = time.perf_counter()
-        if name in self.mirror:
+        writer = self.server.snapshots
+        touched = self.touched.pop(name, None)
+        changes = self.changes.pop(name, None)
+        if changes and name in self.mirror and self._append(writer, name, changes):
+            pass  # readers replay `changes`: the cost follows what changed
+        elif name in self.mirror:
             value = self.mirror[name]
+            raws = None
             try:
-                data = dumps(value)
+                if getattr(writer, "zero_copy", False):  # big buffers, own segments
+                    data, raws = dumps_out_of_band(value)
+                else:
+                    data = dumps(value)
+                self.unreadable.discard(name)
             except Stop:
                 raise
             except BaseException as exc:
+                raws = None
+                self.unreadable.add(name)  # no change log on this snapshot
                 log.error("cannot commit share.%s: %r", name, exc)
                 data = dumps(
                     Unreadable(
@@ -276,9 +341,12 @@ class Coordinator:
                         f"repair it with share.apply({name!r}, fn) or assign it anew"
                     )
                 )
-            self.server.snapshots.write(name, data, self.kind(name, value))
+            if raws:
+                writer.write(name, data, self.kind(name, value), raws, touched)
+            else:
+                writer.write(name, data, self.kind(name, value))
         else:
-            self.server.snapshots.delete(name)
+            writer.delete(name)
         self.commit_cost[name] = time.perf_counter() - started
         self.dirty.pop(name, None)
         for s in self.dirty_slots.pop(name, ()):
@@ -288,6 +356,22 @@ class Coordinator:
                 if not names:
                     del self.uncommitted[s]
                     self.server.set_applied(s, self.received[s])
+
+    def _append(self, writer, name: str, changes: list) -> bool:
+        append = getattr(writer, "append", None)
+        known = self.types.get(name)
+        if (
+            append is None
+            or known is None
+            or known[0] is not type(self.mirror[name])
+            or name in self.unreadable
+        ):
+            return False
+        try:
+            entry = pickle.dumps(changes, 5)
+        except Exception:
+            return False
+        return append(name, entry, (known[1], known[2]))
 
     def kind(self, name: str, value) -> tuple[int, bool]:
         """(type generation, is an immutable value): changes only when the
@@ -374,6 +458,10 @@ class Coordinator:
         if place[-2] == P.ATTR:
             setattr(parent, place[-1], value)
         else:
+            if len(place) == 3:
+                self._changed = changed_bytes(parent, place[-1])
+                if is_plain(value) and is_plain(place[-1]):
+                    self._replayable(parent, (_changes.SET, place[-1], value))
             parent[place[-1]] = value
 
     # -- commands --------------------------------------------------------------
@@ -391,6 +479,8 @@ class Coordinator:
         if place[-2] == P.ATTR:
             delattr(parent, place[-1])
         else:
+            if len(place) == 3 and is_plain(place[-1]):
+                self._replayable(parent, (_changes.DEL, place[-1]))
             del parent[place[-1]]
 
     def op_augment(self, peer, message):
@@ -403,7 +493,12 @@ class Coordinator:
     def op_call(self, peer, message):
         path, method, packed = message[4:7]
         args, kwargs = unpack_call(packed)
-        return getattr(self.resolve(path), method)(*args, **kwargs)
+        obj = self.resolve(path)
+        if len(path) == 1 and type(packed) is tuple:  # plain arguments only
+            methods = _changes.REPLAYABLE.get(type(obj))
+            if methods is not None and method in methods:
+                self._entry = (_changes.CALL, method, args)
+        return getattr(obj, method)(*args, **kwargs)
 
     def op_apply(self, peer, message):
         path, packed, replace = message[4:7]
@@ -509,6 +604,7 @@ class OrderedCoordinator(Coordinator):
 
 
 _missing = object()
+_UNKNOWN = object()  # a command whose changes are not known: all of the object
 
 
 def _is_temporary(obj) -> bool:
@@ -535,15 +631,17 @@ def _dropped_message(count: int) -> str:
     )
 
 
-def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
-    """A process left without waiting for a reply after its failed
-    fire-and-forget commands: nobody else can tell it, so say it here."""
-    for _data, tb in errors:
+def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has exited") -> None:
+    """A process left (or the share closes) without waiting for a reply
+    after its failed fire-and-forget commands: nobody else can tell it, so
+    say it here."""
+    for error in errors:  # (data, traceback, ...)
         log.error(
-            "a fire-and-forget command of a process (client %d) that has exited failed, "
+            "a fire-and-forget command of a process (client %d) %s failed, "
             "and the process never read the error:\n%s",
             peer_id,
-            tb,
+            why,
+            error[1],
         )
     if dropped:
         log.error("%s", _dropped_message(dropped))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import copy
 import inspect
 import logging
+import os
 import threading
 from typing import Any
 
@@ -57,9 +57,12 @@ def _settle_client(client) -> list[BaseException]:
     before it)."""
     errors = client.replies.take_deferred()
     if _unsettled.pop(id(client), None) is not None and client.lost is None:
-        # (CoordinatorLost: nobody can confirm them now; every later use says why.)
-        with contextlib.suppress(CoordinatorLost):
+        try:
             client.send(P.BARRIER, (), reply=True)
+        except CoordinatorLost:
+            pass  # nobody can confirm them now; every later use says why
+        except Exception as exc:  # the backend is unreachable (redis down...)
+            errors.append(_unconfirmed(client, f"({type(exc).__name__}: {exc})"))
         errors += client.replies.take_deferred()
     return errors
 
@@ -76,6 +79,9 @@ def _queued(client) -> None:
 
 _exit_hook = False
 EXIT_TIMEOUT = 5.0
+# A forked child has sent nothing yet: its parent's commands are not its own
+# to wait for (a Pool worker would settle them after every call).
+os.register_at_fork(after_in_child=_unsettled.clear)
 
 
 def _report_at_exit() -> None:
@@ -115,14 +121,15 @@ def settle_within(client, timeout: float) -> list[BaseException]:
         thread.join(timeout)
     if done:
         return done[0]
-    info = getattr(client, "info", None)
-    return [
-        Unconfirmed(
-            f"the fire-and-forget commands this process sent to share "
-            f"{getattr(info, 'name', '?')!r} could not be confirmed within {timeout} s "
-            "(its coordinator or backend did not answer): whether they succeeded is unknown"
-        )
-    ]
+    return [_unconfirmed(client, f"within {timeout} s (its coordinator or backend did not answer)")]
+
+
+def _unconfirmed(client, why: str) -> Unconfirmed:
+    name = getattr(getattr(client, "info", None), "name", "?")
+    return Unconfirmed(
+        f"the fire-and-forget commands this process sent to share {name!r} could not be "
+        f"confirmed {why}: whether they succeeded is unknown"
+    )
 
 
 def settle_all() -> None:
@@ -132,6 +139,19 @@ def settle_all() -> None:
     for client in list(_unsettled.values()):
         errors += _settle_client(client)
     raise_all(errors)
+
+
+def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
+    shown = sorted(set(names))
+    listed = ", ".join(f"share.{n}" for n in shown[:5]) + (", ..." if len(shown) > 5 else "")
+    return WritesLost(
+        f"the coordinator of share {share_name!r} died before committing {len(names)} "
+        f"write(s) this process sent (to {listed}); the restarted share does not have "
+        "them. Re-read those objects and redo what is needed. (This operation was not "
+        "performed.)",
+        tuple(shown),
+        len(names),
+    )
 
 
 _MEMO_LIMIT = 10_000
@@ -219,7 +239,6 @@ class Link:
         "_client",
         "_methods",
         "_names",
-        "_owed",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -230,7 +249,6 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
-        self._owed: WritesLost | None = None  # raised by the next operation
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -253,36 +271,27 @@ class Link:
         if client is None or client.lost is not None:
             if client is not None:
                 self._follow_restart()
-            client = self._client = self.info.client()
-            owed, self._owed = self._owed, None
-            if owed is not None:
-                raise owed
+            try:
+                client = self._client = self.info.client()
+            except CoordinatorLost:
+                # This incarnation is gone (a process that had not used the
+                # share yet, or one that raced with restart()): follow the
+                # owner's restart if there is one, else it is still lost.
+                if not self._follow_restart():
+                    raise
+                client = self._client = self.info.client()
+            take = getattr(client, "take_lost_writes", None)
+            if take is not None:
+                lost = take()
+                if lost:
+                    raise _writes_lost(self.info.name, lost)
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
-        if self._client is not None:
-            self.note_lost_writes(self._client)
         self.info = info
         self._client = None
         self._methods.clear()
-
-    def note_lost_writes(self, old) -> None:
-        """Writes sent to the dead coordinator `old` that it had not
-        committed: the next operation raises WritesLost for them."""
-        unconfirmed = getattr(old, "unconfirmed", None)
-        names = unconfirmed() if unconfirmed is not None else []
-        if names:
-            shown = sorted(set(names))
-            self._owed = WritesLost(
-                f"the coordinator of share {self.info.name!r} died before committing "
-                f"{len(names)} write(s) this process sent (to "
-                f"{', '.join(f'share.{n}' for n in shown[:5])}{', ...' if len(shown) > 5 else ''})"
-                "; the restarted share does not have them. Re-read those objects and redo "
-                "what is needed. (This operation was not performed.)",
-                tuple(shown),
-                len(names),
-            )
 
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new

@@ -24,6 +24,15 @@ _get = object.__getattribute__
 _OWN = ("_accord_", "__")  # every other name is the shared object's
 
 
+def read_only(value):
+    """`value`, its numpy flags set read-only if it is an array: a committed
+    object is shared with later reads, never to be changed in place."""
+    flags = getattr(value, "flags", None)
+    if flags is not None and getattr(flags, "writeable", False) and hasattr(value, "setflags"):
+        value.setflags(write=False)
+    return value
+
+
 def _value(proxy: Proxy):
     """The committed value behind a proxy, after the writes queued before now."""
     return _get(proxy, "_accord_link").value(_get(proxy, "_accord_path"))
@@ -122,6 +131,19 @@ class Proxy:
 
     def __dir__(self):
         return dir(_value(self))
+
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(share.arr): the committed array itself, a read-only
+        # view of shared memory on the shm backend (no copy unless asked).
+        import numpy  # (numpy is asking: it is loaded)
+
+        value = _value(self)
+        if type(value) is not numpy.ndarray:  # a list, a DataFrame...: numpy converts
+            return numpy.array(value, dtype=dtype)
+        value = read_only(value)
+        if copy or (dtype is not None and value.dtype != dtype):
+            return value.astype(dtype or value.dtype, copy=True)
+        return value
 
     __hash__ = None  # pyright: ignore[reportAssignmentType]  (a live mutable object is not hashable)
 

@@ -33,6 +33,7 @@ from ..backends.shm._client import (
     abandoned_records,
     forget,
     load_record,
+    note_unconfirmed,
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
@@ -40,7 +41,7 @@ from . import _proxy
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link, _unsettled, settle_within
-from ._proxy import Proxy
+from ._proxy import Proxy, read_only
 
 START_TIMEOUT = 30.0
 _MISSING = object()
@@ -291,10 +292,19 @@ class Share:
             errors += client.replies.take_deferred()
             raise_all(errors)
 
-    def get(self, name, default=_MISSING):
-        """A private copy of a shared object (a name or a proxy), current as of now."""
+    def get(self, name, default=_MISSING, *, copy: bool = True):
+        """A private copy of a shared object (a name or a proxy), current as of now.
+
+        With ``copy=False``, the committed object itself, shared with every
+        later read of the same version: nothing is copied (on the shm
+        backend a numpy array or a DataFrame's columns are read-only views
+        of shared memory, which never change while you hold them).  Its
+        arrays are read-only; do not change anything else in it either.
+        """
         path = _path_of(name)
         try:
+            if not copy:
+                return read_only(self._link.value(path))
             return private(self._link.value(path))
         except (AttributeError, KeyError, IndexError):
             if default is _MISSING:
@@ -406,10 +416,10 @@ class Share:
             self._adopt(link.info, process)
             return lost
         restored, lost = client.snapshots.salvage()
-        link.note_lost_writes(client)  # before its segments go
+        note_unconfirmed(client)  # before its segments go: the next operation says so
         self._finalizer.detach()
         forget(link.info)
-        remove_leftovers(link.info.stem, link.info.socket_path)
+        remove_leftovers(link.info.stem, link.info.socket_path, keep_record=True)
         info, process = _start_coordinator(link.info.name, self._window, restored)
         link.rebind(info)
         self._adopt(info, process)
@@ -570,7 +580,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
         # A dead share's, of this name.
-        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path))
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)

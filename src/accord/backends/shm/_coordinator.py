@@ -53,6 +53,7 @@ class ShmCoordinator(Coordinator):
                 self.server.heartbeat()
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
+        self.print_held()
         self.server.close()
 
 
@@ -82,6 +83,7 @@ def main() -> None:
         coordinator.run()
     except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        coordinator.print_held()
         server.close()
     except BaseException:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
