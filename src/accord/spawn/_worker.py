@@ -70,6 +70,11 @@ def serve(
 
 
 def _start_watchdog():
+    if sys.version_info[:2] == (3, 12):
+        # 3.12 refuses ``_ctypes`` in an interpreter with its own GIL only
+        # after running its single-phase init, and two interpreters doing so
+        # at once corrupt the heap (a crash 1 run in 8): never try there.
+        return None
     try:
         from ._watchdog import Watchdog
 
