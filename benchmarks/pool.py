@@ -15,9 +15,9 @@ accord is that many times faster.  Each figure is the best of a few runs
 (the development machine is shared: the best run is the least disturbed).
 
 Then CPU-bound scaling: a pure-Python loop, 8 tasks on 1 and then 2
-workers (the best of 3 runs each), sub-interpreters against processes -- on 3.12 and later each
-sub-interpreter has its own GIL and should scale like processes; on 3.11
-they share one.
+workers (the best of 3 runs each), sub-interpreters against processes --
+on 3.12 and later each sub-interpreter has its own GIL and should scale
+like processes; on 3.11 they share one.
 """
 
 from __future__ import annotations
