@@ -301,11 +301,12 @@ class Pool(concurrent.futures.Executor):
     ) -> Iterator[Any]:
         """``fn`` over the items, in parallel; results in order.
 
-        Calls travel in chunks, one task each: by default sized from the
-        time calls take (a few milliseconds of work per chunk, at most a
-        quarter of the items per worker when their number is known), so tiny
-        calls cost little and long ones still spread over every worker;
-        ``chunksize=n`` fixes the size.  Each call still has its own result
+        Calls travel in chunks, one task each: by default one chunk per
+        worker when the number of calls is known (at most 65,536 calls),
+        then sized from the time calls take (a few milliseconds of work per
+        chunk); a worker stops a chunk of long calls early and the rest
+        spreads over every worker.  A range, list or tuple is sliced, not
+        iterated.  ``chunksize=n`` fixes the size.  Each call still has its own result
         or error: iterating yields results in input order and raises the
         first failed call's error when it gets there.
 
