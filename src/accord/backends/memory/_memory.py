@@ -25,8 +25,8 @@ from ..._errors import (
     RestartRefused,
     ShareClosed,
     ShareNotPortable,
-    UsedFromOwnCoordinator,
 )
+from .._clients import own_coordinator
 from .._replies import Replies, kind_of
 
 if TYPE_CHECKING:
@@ -76,10 +76,7 @@ class MemoryInfo:
         if client is None:
             raise ShareClosed(f"share {self.name!r} is closed")
         if threading.current_thread() is client.state.thread:
-            raise UsedFromOwnCoordinator(
-                f"share {self.name!r} cannot be used by code running on its own coordinator "
-                "(a shared object's method or an apply() function): it would wait for itself"
-            )
+            raise own_coordinator(f"share {self.name!r}")
         return client
 
     def reload(self) -> None:
