@@ -19,7 +19,7 @@ def test_a_coordinator_that_fails_to_start_says_why_and_is_undone():
         key="not hex",  # the coordinator fails reading its configuration
         restore=False,
     )
-    with pytest.raises(CoordinatorStartFailed, match="test-bad-start.*ValueError"):
+    with pytest.raises(CoordinatorStartFailed, match=r"test-bad-start.*ValueError"):
         spawn(
             "accord.backends.shm._coordinator",
             config,
