@@ -41,7 +41,10 @@ def test_the_batch_size_follows_the_measured_item_time():
     assert size.next() == 1  # nothing measured yet
     for _ in range(20):
         size.measured(0.010)
-    assert [size.next() for _ in range(3)] == [4, 10, 10]  # 0.1 s of 10 ms items
+    assert [size.next() for _ in range(3)] == [10, 10, 10]  # 0.1 s of 10 ms items
+    trivial = _BatchSize(None)
+    trivial.measured(1e-6)
+    assert [trivial.next() for _ in range(3)] == [10, 100, 100]  # tenfold at most
     for _ in range(30):
         size.measured(2.0)
     assert size.next() == 1  # long items: one at a time

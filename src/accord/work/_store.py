@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 
 from . import _history
-from ._db import READING
+from ._db import reading
 from ._errors import InvalidWork
 from ._schema import Id, create, deps, history, items, queues, workers
 
@@ -432,7 +432,8 @@ class Store:
             self._sql = _Statements(self.engine.dialect, self.postgres)
         conn = self.engine.connect()
         try:
-            with conn.begin():
+            # Only the temporary table is written: no write lock (SQLite).
+            with reading(conn):
                 # The pool may hand back a connection with last loop's rows.
                 conn.exec_driver_sql(
                     f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
@@ -557,15 +558,11 @@ class Store:
         takes the write lock, which every working worker then waits for;
         this read takes none.
         """
-        conn.info[READING] = True
-        try:
-            with conn.begin():
-                ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
-                if conn.execute(ready).first() is not None:
-                    return True
-                return self._sql.busy(conn, b_queue=self.queue_id).first() is None
-        finally:
-            conn.info[READING] = False
+        with reading(conn):
+            ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
+            if conn.execute(ready).first() is not None:
+                return True
+            return self._sql.busy(conn, b_queue=self.queue_id).first() is None
 
     def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
         """Hand back items this worker claimed and never started (history: ``released``)."""
@@ -778,7 +775,9 @@ class Store:
     # -- reading and maintenance ---------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        with self.engine.begin() as conn:
+        # A read: progress bars ask every second, and must not queue for
+        # the write lock behind the workers (nor hold them up).
+        with self.engine.connect() as conn, reading(conn):
             return counts(conn, self.queue_id)
 
     def reset(self, statuses: Sequence[str] = (FAILED,)) -> list[str]:
