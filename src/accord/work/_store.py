@@ -319,20 +319,26 @@ class Store:
             ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
 
     def beat(self, worker_id: int) -> bool:
-        """Record a heartbeat; False if others had already declared this worker dead."""
+        """Record a heartbeat; False if others had already declared this worker dead.
+
+        A worker given up comes back to life; one whose loop ended (its
+        last claim found nothing left, and stopped it) stays stopped: the
+        heartbeat may beat once more before its thread is stopped.
+        """
         with self.engine.begin() as conn:
             alive = conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id, workers.c.status == "active")
                 .values(heartbeat_at=time.time())
             ).rowcount
-            if not alive:
-                conn.execute(
-                    update(workers)
-                    .where(workers.c.id == worker_id)
-                    .values(status="active", heartbeat_at=time.time())
-                )
-        return bool(alive)
+            if alive:
+                return True
+            revived = conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id, workers.c.status == "killed")
+                .values(status="active", heartbeat_at=time.time())
+            ).rowcount
+        return not revived
 
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
@@ -476,7 +482,8 @@ class Store:
         as they were).  ``recovering``: the last claim's transaction may have
         committed without this worker learning it (the connection broke):
         items it does not know it holds are handed back too.  Returns the
-        claimed items (in order), `WAIT`, `DONE`, or `Stopped`.
+        claimed items (in order), `WAIT`, `DONE` (the worker is then
+        stopped, as by `stop_worker`), or `Stopped`.
         """
         now = time.time()
         sql = self._sql
@@ -514,7 +521,18 @@ class Store:
                     ).first()
                 else:
                     waiting = sql.busy(conn, b_queue=self.queue_id).first()
-                return WAIT if waiting else DONE
+                if waiting:
+                    return WAIT
+                # The end of this worker's loop, recorded here rather than
+                # in a transaction of its own (each is one more wait for
+                # the write lock, for every worker): it holds no item, and
+                # its outcomes are recorded above.
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(status="stopped", heartbeat_at=now)
+                )
+                return DONE
         taken.sort(key=lambda r: r.position)
         return [Claimed(r.id, r.key, r.fingerprint) for r in taken]
 
