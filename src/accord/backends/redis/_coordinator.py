@@ -53,6 +53,8 @@ log = logging.getLogger("accord.backends.redis")
 
 
 class RedisCoordinator(OrderedCoordinator):
+    server: RedisServer
+
     def __init__(self, server: RedisServer, owner_pid: int | None, window: float) -> None:
         super().__init__(server, owner_pid or 0, window)
         self.last_id = "0-0"
