@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from accord import ForeignSegment, Share  # noqa: E402
 from accord.backends.shm import _buffers  # noqa: E402
 
-BACKENDS = ("shm", "redis")  # a memory share lives in one process
+BACKENDS = ("shm", "memory", "redis")  # (tests with workers: shm and redis, see conftest)
 WORKERS = 4
 DEADLINE_S = 30.0
 
