@@ -231,45 +231,6 @@ def array_rows(mb: int, reps: int) -> None:
             for w in workers:
                 w.stop()
 
-    # multiprocessing.Manager: a Namespace attribute ------------------------
-    with multiprocessing.Manager() as manager:
-        ns = manager.Namespace()
-        workers = [Worker(manager_worker, ns) for _ in range(4)]
-        idle = sum(w.ask("ping") or pss_kb(w.process.pid) for w in workers)
-        ns.arr = make()
-        try:
-            for w in workers:
-                w.ask("sum")
-            pids = [os.getpid(), manager._process.pid, *(w.process.pid for w in workers)]
-            memory["Manager"] = sum(pss_kb(p) for p in pids) / 1024
-            idle_workers["Manager"] = idle / 1024
-            read["Manager"] = workers[0].ask("read_time", 3) * 1e6
-            times = []
-            for i in range(min(reps, 5)):
-                started = time.perf_counter()
-                a = ns.arr  # the only way to write one element: the whole array
-                a[i] = -1.0
-                ns.arr = a
-                del a
-                assert workers[0].ask("item", i) == -1.0
-                times.append(time.perf_counter() - started)
-            write["Manager"] = statistics.median(times) * 1e3
-            ns.arr = None
-            ns.df = _frame(n)
-            times = []
-            for i in range(min(reps, 3)):
-                started = time.perf_counter()
-                df = ns.df  # likewise: the whole frame, both ways
-                df.loc[i, "c"] = -1.0
-                ns.df = df
-                del df
-                assert workers[0].ask("cell", i) == -1.0
-                times.append(time.perf_counter() - started)
-            frame["Manager"] = statistics.median(times) * 1e3
-        finally:
-            for w in workers:
-                w.stop()
-
     # multiprocessing.shared_memory + np.ndarray (no safety at all) ----------
     seg = multiprocessing.shared_memory.SharedMemory(create=True, size=n * 8)
     try:
@@ -325,6 +286,51 @@ def array_rows(mb: int, reps: int) -> None:
     else:
         _ray_rows(ray, make(), read, write, memory)
 
+    # multiprocessing.Manager: a Namespace attribute ------------------------
+    # (Measured last: the 100 MB pickles it moves through this process stay
+    # in its heap and would count against the memory of those after it.)
+    with multiprocessing.Manager() as manager:
+        ns = manager.Namespace()
+        workers = [Worker(manager_worker, ns) for _ in range(4)]
+        idle = sum(w.ask("ping") or pss_kb(w.process.pid) for w in workers)
+        ns.arr = make()
+        try:
+            for w in workers:
+                w.ask("sum")
+            pids = [os.getpid(), manager._process.pid, *(w.process.pid for w in workers)]
+            memory["Manager"] = sum(pss_kb(p) for p in pids) / 1024
+            idle_workers["Manager"] = idle / 1024
+            read["Manager"] = workers[0].ask("read_time", 3) * 1e6
+            times = []
+            for i in range(min(reps, 5)):
+                started = time.perf_counter()
+                a = ns.arr  # the only way to write one element: the whole array
+                a[i] = -1.0
+                ns.arr = a
+                del a
+                assert workers[0].ask("item", i) == -1.0
+                times.append(time.perf_counter() - started)
+            write["Manager"] = statistics.median(times) * 1e3
+            ns.arr = None
+            ns.df = _frame(n)
+            times = []
+            for i in range(min(reps, 3)):
+                started = time.perf_counter()
+                df = ns.df  # likewise: the whole frame, both ways
+                df.loc[i, "c"] = -1.0
+                ns.df = df
+                del df
+                assert workers[0].ask("cell", i) == -1.0
+                times.append(time.perf_counter() - started)
+            frame["Manager"] = statistics.median(times) * 1e3
+        finally:
+            for w in workers:
+                w.stop()
+
+    order = ("accord", "Manager", "shared_memory", "joblib", "Ray")
+    read, write, frame, memory = (
+        {k: d[k] for k in order if k in d} for d in (read, write, frame, memory)
+    )
     row(f"unchanged read of a {mb} MB array by another process", read, "us")
     row(f"one-element write, then a read in another process (median of {reps})", write, "ms")
     row(
