@@ -347,6 +347,11 @@ class Coordinator:
                 )
             if raws:
                 writer.write(name, data, self.kind(name, value), raws, touched)
+                # The shm backend holds an array's buffer once: our copy
+                # becomes a copy-on-write mapping of what readers map.
+                adopt = getattr(writer, "adopt", None)
+                if adopt is not None:
+                    self.mirror[name] = adopt(name, value, data)
             else:
                 writer.write(name, data, self.kind(name, value))
         else:
