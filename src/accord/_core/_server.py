@@ -32,8 +32,10 @@ class Server(Protocol):
     """What every backend's server does for the core."""
 
     # Where commits go: write(name, data, kind, ...) and delete(name); a
-    # writer with `zero_copy` takes big buffers out of band, one with
-    # `append` takes change logs (see Coordinator.commit).
+    # writer with `zero_copy` takes big buffers out of band (and one with
+    # `adopt` then says what the coordinator keeps of the object: the shm
+    # backend's copy-on-write mapping of them), one with `append` takes
+    # change logs (see Coordinator.commit).
     snapshots: Any
 
     def set_applied(self, slot: int, value: int) -> None: ...  # publish a flag's applied count
