@@ -237,6 +237,12 @@ class MemoryServer:
     def peer(self, client_id: int) -> _Peer:
         return _Peer(client_id)
 
+    def lost_intent(self, peer: _Peer) -> tuple[int, ...]:
+        return ()  # a write's flags and its command are queued in one step
+
+    def drop(self, peer: _Peer) -> None:
+        pass  # nothing is kept per client
+
     def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
         self.state.snapshots[name] = (next(self.state.versions), data, kind)
 

@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
+from ..._core._server import PeerServer
 from .._process import coordinator_main
 from . import _client
 from ._server import ShmServer
@@ -24,7 +25,7 @@ class ShmCoordinator(Coordinator):
     """Commands arrive per client connection, in any interleaving: the core's
     per-peer queues order them; this loop polls the sockets and beats."""
 
-    server: ShmServer
+    server: PeerServer
 
     def run(self) -> None:
         last_beat = 0.0
@@ -61,7 +62,9 @@ def serve(config: dict, extra: bytes, ready) -> None:
     # After a restart, the owner sends the last committed state (pickled
     # snapshots, from our own predecessor) behind the configuration.
     restored = pickle.loads(extra) if config.get("restore") else {}
-    server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
+    server: PeerServer = ShmServer(
+        config["stem"], config["socket_path"], bytes.fromhex(config["key"])
+    )
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
         coordinator.restore(restored)
