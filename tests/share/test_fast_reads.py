@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accord import CoordinatorLost, Proxy, Share, ShareClosed
+from accord._core._fastread import Control
 from accord.share._link import Link
 
 # Immutable values (served by the fast path) and a few containers (never).
@@ -214,3 +215,24 @@ def test_a_cached_read_raises_once_the_coordinator_is_dead_and_restart_resumes()
         assert share.x == 8
     finally:
         share.close()
+
+
+def test_the_values_remembered_are_bounded_and_released_on_close():
+    buf = bytearray(3 * 4096)
+    fast = Control(
+        buf, heartbeat=8, commits=40, pending=4096, applied=8192, slots=512, stale_ns=10**9, limit=3
+    )
+    for i in range(5):
+        fast.remember(f"n{i}", i, 0, i)
+    assert 1 <= len(fast) <= 3  # started afresh when full
+    fast.remember("n4", "again", 1, 4)  # an update, in place
+    assert len(fast) <= 3
+    with pytest.raises(IndexError):
+        fast.remember("n", 1, 0, 512)  # no such flag
+    with pytest.raises(ValueError):
+        Control(buf, heartbeat=8, commits=40, pending=4096, applied=8192, slots=1024, stale_ns=1)
+    fast.close()
+    assert not fast.open and len(fast) == 0
+    fast.remember("n", 1, 0, 0)  # closed: nothing is kept
+    assert len(fast) == 0
+    buf.append(0)  # the buffer is released: it may be resized again
