@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+import types
 
 import pytest
 from fast_read_workers import READS_AND_INCREMENTS, WAIT_S, read_then_increment, serve
@@ -180,6 +181,29 @@ def test_every_augmented_form_after_a_cached_read_is_one_command(share, monkeypa
     # One AUGMENT each, never a read here and an assignment of its result.
     assert sent == [("augment", n) for n in "snnnt"]
     assert (share.s, share.n, share.t) == ("ab", 14, (1, 2))
+
+
+def test_an_increment_past_the_256th_name_of_a_function_is_one_command(share, monkeypatch):
+    # `share.n` there is EXTENDED_ARG + LOAD_ATTR: the C check sends it to the
+    # Python detector, which must see through the prefix.
+    source = "def many(share, o):\n"
+    source += "".join(f"    o.a{i} = 1\n" for i in range(300))
+    source += "    share.n\n    share.n += 1\n"
+    namespace: dict = {}
+    exec(source, namespace)
+    share.n = 1
+    share.flush()
+    sent = []
+    original = Link.assign
+
+    def spy(link, place, *args):
+        sent.append(place[0])
+        return original(link, place, *args)
+
+    monkeypatch.setattr(Link, "assign", spy)
+    namespace["many"](share, types.SimpleNamespace())
+    assert sent == []  # an AUGMENT, not a read and an assignment
+    assert share.n == 2
 
 
 def test_a_read_after_close_raises_instead_of_serving_the_cache():
