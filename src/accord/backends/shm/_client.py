@@ -18,7 +18,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
+from ..._core._fastread import Control
+from ..._core._slots import SLOTS
+from ..._core._values import is_value
+from ..._errors import CoordinatorLost, ShareClosed
+from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -27,6 +31,8 @@ from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
 STALE_NS = 1_000_000_000
+# Values the fast read path remembers per client before it starts afresh.
+MAX_REMEMBERED = 10_000
 
 _INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
 monotonic_ns = time.monotonic_ns
@@ -128,6 +134,18 @@ class ShmClient:
             ) from None
         _control.check_header(self.control.buf)
         self.ctrl = self.control.buf
+        # The fast read path's view of the flags (see Link.get_name and
+        # _core/_fastread.c); closed before the control segment is unmapped.
+        self.fast = Control(
+            self.ctrl,
+            heartbeat=_control.HEARTBEAT,
+            commits=_control.COMMITS,
+            pending=PENDING,
+            applied=APPLIED,
+            slots=SLOTS,
+            stale_ns=STALE_NS,
+            limit=MAX_REMEMBERED,
+        )
         self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
         self.replies = Replies()
@@ -138,6 +156,7 @@ class ShmClient:
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
+        # Set once (by _lose or close), with the fast read path closed.
         self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
         # (WHOLE slot, its pending count after our write, name) of each write
@@ -178,6 +197,7 @@ class ShmClient:
             self.lost = CoordinatorLost(
                 f"the coordinator of share {self.info.name!r} (pid {self.info.pid}) is gone: {why}"
             )
+        self.fast.close()  # every read now goes through the checks in Python
         error = type(self.lost)(*self.lost.args)
         error.undelivered = undelivered
         return error
@@ -322,6 +342,24 @@ class ShmClient:
                 return False
         return True
 
+    def remember(self, name: str, slot: int, cached=None) -> None:
+        """Let the fast read path serve `name` (its WHOLE flag is `slot`)
+        while nothing is committed and no write to it is pending: what was
+        last read of it (`cached`, if the caller has it), if that is an
+        immutable value."""
+        if cached is None:
+            cached = self.snapshots.cached(name)
+            if cached is None:
+                return
+        # The count before the object: another thread may be storing a newer
+        # read of it, and an object newer than its count is still current
+        # while the count is (the reverse would not be).
+        commits = cached.commits
+        kind = cached.kind
+        obj = cached.obj
+        if commits >= 0 and kind is not None and kind[1] and is_value(obj):
+            self.fast.remember(name, obj, commits, slot)
+
     def lookup(self, name: str, slots):
         """(what was last read for `name` if nothing was committed since,
         else None; whether every write to `slots` queued before now is
@@ -351,6 +389,7 @@ class ShmClient:
         if self.lost is None:  # handles still holding this client re-resolve the share
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
+        self.fast.close()  # it holds a view of the control segment
         self.snapshots.close()
         self.control.close()
 
@@ -364,6 +403,7 @@ class ShmClient:
         self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
         self.owner_process = None
+        self.fast.forget()
         self.snapshots.after_fork()
 
 
@@ -382,14 +422,7 @@ def _pid_alive(pid: int, process) -> bool:
         return True
 
 
-_clients: dict[str, ShmClient] = {}
-_clients_lock = threading.Lock()
-
-
-# Set in a coordinator process: the share it coordinates.  Using that share
-# from inside its own coordinator (a method that reaches back into the share)
-# would wait for itself for ever; it is refused instead.
-coordinating: str | None = None
+_clients: Clients[ShmClient] = Clients()  # by stem; `coordinating` in a coordinator
 
 
 # Share name -> names written by writes this process sent to a coordinator
@@ -415,46 +448,33 @@ def note_unconfirmed(client: ShmClient) -> None:
 
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
-    if info.stem == coordinating:
-        raise UsedFromOwnCoordinator(
-            f"share {info.name!r} cannot be used by code running on its own coordinator "
-            "(a shared object's method or an apply() function): it would wait for itself"
-        )
-    client = _clients.get(info.stem)
-    if client is None or client.info.pid != info.pid:
-        with _clients_lock:
-            client = _clients.get(info.stem)
-            if client is None or client.info.pid != info.pid:
-                for old in list(_clients.values()):
-                    if old.info.name == info.name and old.info.pid != info.pid:
-                        note_unconfirmed(old)  # a restart: before it is swept
-                _sweep_closed()
-                client = ShmClient(info)
-                _clients[info.stem] = client
-    return client
+    return _clients.get(
+        info.stem,
+        f"share {info.name!r}",
+        lambda: _new_client(info),
+        lambda client: client.info.pid != info.pid,  # a restarted share's
+    )
+
+
+def _new_client(info: ShareInfo) -> ShmClient:  # under the registry's lock
+    for _stem, old in _clients.items():
+        if old.info.name == info.name and old.info.pid != info.pid:
+            note_unconfirmed(old)  # a restart: before it is swept
+    _sweep_closed()
+    return ShmClient(info)
 
 
 def _sweep_closed() -> None:
     # A long-lived worker may see many shares come and go: let go of the
     # sockets and mappings of those that were closed (or whose coordinator
     # was replaced).  Runs only when a new client is made.
-    for stem, client in list(_clients.items()):
+    for stem, client in _clients.items():
         if client.lost is not None or load(client.ctrl, _control.CLOSED):
-            del _clients[stem]
+            _clients.pop(stem)
             client.close()
 
 
 def forget(info: ShareInfo) -> None:
-    client = _clients.pop(info.stem, None)
+    client = _clients.pop(info.stem)
     if client is not None:
         client.close()
-
-
-def _after_fork_in_child() -> None:
-    global _clients_lock
-    _clients_lock = threading.Lock()
-    for client in _clients.values():
-        client._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
