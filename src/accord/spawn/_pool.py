@@ -86,8 +86,9 @@ class _Task:
         self.fn = fn
         self.args = args
         self.blob = blob  # the pickled function: a chunk's items may be sent again alone
-        # A chunk of `map` (_worker.STAR or ONE): args is a list of calls
-        # (argument tuples, or single arguments), the result an _Outcome.
+        # A chunk of `map` (_worker.STAR or ONE): args is a sequence of calls
+        # (argument tuples, or single arguments: a list, or a slice of the
+        # caller's range, list or tuple), the result an _Outcome.
         self.chunk = chunk
 
     @property
@@ -306,9 +307,9 @@ class Pool(concurrent.futures.Executor):
         then sized from the time calls take (a few milliseconds of work per
         chunk); a worker stops a chunk of long calls early and the rest
         spreads over every worker.  A range, list or tuple is sliced, not
-        iterated.  ``chunksize=n`` fixes the size.  Each call still has its own result
-        or error: iterating yields results in input order and raises the
-        first failed call's error when it gets there.
+        iterated.  ``chunksize=n`` fixes the size.  Each call still has its
+        own result or error: iterating yields results in input order and
+        raises the first failed call's error when it gets there.
 
         The input is read as results are consumed, a bounded number of
         chunks ahead: a huge or endless iterable works in bounded memory.
