@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import bisect
 import dis
+import opcode
 import sys
 
+from .._core import _fastread
 from .._core._protocol import INPLACE_OPERATORS
 from .._errors import AugmentedAssignmentUnsupported
 
@@ -53,7 +55,9 @@ def is_augmented(depth: int = 2) -> bool:
 
 
 def _analyse(code, lasti: int) -> bool:
-    instructions = list(dis.get_instructions(code))
+    # EXTENDED_ARG is a prefix of the next instruction's argument (an
+    # attribute name past the 256th of a function): not an instruction here.
+    instructions = [i for i in dis.get_instructions(code) if i.opname != "EXTENDED_ARG"]
     # A specialised instruction that calls Python code inline (3.11's
     # BINARY_SUBSCR_GETITEM) leaves f_lasti on its last inline cache entry:
     # the instruction is the last one starting at or before f_lasti.
@@ -239,3 +243,10 @@ RECOGNISED = self_check()
 if not RECOGNISED:
     _verdicts.clear()
     _analyser = _refuse
+# The fast read path (C) serves `share.x` only at a LOAD_ATTR not preceded by
+# COPY or EXTENDED_ARG, which `_analyse` never takes for an augmented read;
+# everything else comes here.  Unrecognised bytecode: everything comes here.
+if RECOGNISED:
+    _fastread.configure(
+        opcode.opmap["LOAD_ATTR"], opcode.opmap["COPY"], opcode.opmap["EXTENDED_ARG"]
+    )
