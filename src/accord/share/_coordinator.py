@@ -91,15 +91,25 @@ class Coordinator:
             # Right after input, poll without sleeping for a moment: a client
             # waiting for a reply usually sends its next command within tens
             # of microseconds, and waking a sleeping process costs about that.
+            server = self.server
             busy = time.monotonic() - last_input < SPIN_S
-            for peer, frames in self.server.poll(0 if busy else self._timeout()):
-                last_input = time.monotonic()
-                if frames is None:
-                    self.peer_left(peer)
-                else:
-                    self.peers[peer.id] = peer
-                    self.queues.setdefault(peer.id, deque()).extend(frames)
+            timeout = 0 if busy else self._timeout()
+            # Commands come through the rings; sleep in select() only once
+            # every ring is drained (a client that appends then wakes us).
+            if timeout and server.arm():
+                timeout = 0
+            left = server.poll(timeout)
+            server.disarm()
+            for peer in list(server.peers.values()):
+                if self.take(peer):
+                    last_input = time.monotonic()
+            for peer in left:
+                self.take(peer)  # what it appended before it died is applied
+                self.peer_left(peer)
             self.process()
+            for peer in list(server.peers.values()):
+                if peer.id not in self.queues:
+                    server.commit(peer)
             now = time.monotonic()
             self.commit_due(now)
             self.expire_lock_waits(now)
@@ -109,6 +119,24 @@ class Coordinator:
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
         self.server.close()
+
+    def take(self, peer: Peer) -> bool:
+        """Queue what `peer` appended to its ring; whether there was any."""
+        entries = self.server.drain(peer)
+        if entries is None:
+            print("accord: dropping a client that wrote garbage to its ring", file=sys.stderr)
+            self.queues.pop(peer.id, None)
+            self.server.disconnect(peer)  # poll reports it left
+            return False
+        if not entries:
+            return False
+        self.peers[peer.id] = peer
+        queue = self.queues.get(peer.id)
+        if queue is None:
+            self.queues[peer.id] = deque(entries)
+        else:
+            queue.extend(entries)
+        return True
 
     def _timeout(self) -> float:
         timeout = HEARTBEAT_S
@@ -317,6 +345,7 @@ class Coordinator:
     # -- departures ------------------------------------------------------------
 
     def peer_left(self, peer: Peer) -> None:
+        self.peers[peer.id] = peer  # to be dropped once its queue is done
         # Read the intent now, before the client slot can be reused.
         self.departed[peer.id] = self.server.lost_intent(peer)
         self.error_sent.discard(peer.id)

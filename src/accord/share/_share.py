@@ -374,6 +374,7 @@ class Share:
             process, lost = start(link.info, self._window, _spawn)
             self._adopt(link.info, process)
             return lost
+        client.retire()
         restored, lost = client.snapshots.salvage()
         self._finalizer.detach()
         forget(link.info)

@@ -21,6 +21,7 @@ from ..._errors import AccordError, CoordinatorLost, ShareClosed
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
+from ._rings import Producer, RingSegment
 from ._segment import Segment
 from ._snapshots import SnapshotReader
 
@@ -32,7 +33,6 @@ monotonic_ns = time.monotonic_ns
 PENDING = _control.PENDING
 APPLIED = _control.APPLIED
 dumps = pickle.dumps
-pack_length = struct.Struct("<I").pack
 
 
 class ShareInfo:
@@ -125,6 +125,8 @@ class ShmClient:
         self._send_lock = threading.Lock()  # a write's flags and its send, together
         self.replies = Replies()
         self._sock: socket.socket | None = None
+        self._rings: RingSegment | None = None
+        self._producer: Producer | None = None
         self._id = -1
         self._intent = 0
         self._seq = 0
@@ -144,10 +146,26 @@ class ShmClient:
             raise self._lose("its socket is gone", undelivered=True) from None
         except OSError as exc:
             raise self._lose(f"cannot connect: {exc}", undelivered=True) from None
+        try:
+            if self._rings is None:
+                self._rings = RingSegment.attach(f"{self.info.stem}~rings")
+            self._producer = Producer(self._rings, client_id, self.info.stem, self._ring_alive)
+        except FileNotFoundError:
+            sock.close()
+            raise self._lose("its command rings are gone", undelivered=True) from None
         self._sock, self._id = sock, client_id
         self._intent = _control.intent_offset(client_id)
         self._seq = 0
         return sock
+
+    def _ring_alive(self) -> None:
+        """Raise if the coordinator is gone (a client waiting for room in
+        its ring): the command was not queued and may be sent again."""
+        try:
+            self._check_waiting()
+        except CoordinatorLost as exc:
+            exc.undelivered = True
+            raise
 
     def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
         """Record that the coordinator is gone; the error to raise.
@@ -208,6 +226,10 @@ class ShmClient:
         if self.replies.deferred:
             self.replies.raise_deferred()
         buf = self.ctrl
+        if load(buf, _control.CLOSED):
+            # Closed, or replaced by restart(): a ring append would succeed
+            # and never be applied (a socket send to a dead peer fails).
+            raise self._lose("closed", undelivered=True)
         with self._send_lock:
             sock = self._sock or self._connect()
             waits = []
@@ -236,10 +258,14 @@ class ShmClient:
             else:
                 reply_id = 0
             payload = dumps((op, reply_id, waits, writes, *fields), 5)
-            try:
-                sock.sendall(pack_length(len(payload)) + payload)
-            except OSError as exc:
-                raise self._lose(f"send failed ({exc})", undelivered=True) from None
+            # Durable once appended: applied even if this process dies now.
+            if self._producer.append(payload):
+                try:  # the coordinator sleeps in select(): wake it there
+                    sock.send(b"\0", socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass  # full of wake-ups already
+                except OSError as exc:
+                    raise self._lose(f"wake-up failed ({exc})") from None
             self._seq = seq
         if reply:
             return self._await(reply_id)
@@ -300,13 +326,22 @@ class ShmClient:
 
     def disconnect(self) -> None:
         sock, self._sock = self._sock, None
+        self._producer = None
         if sock is not None:
             sock.close()
+
+    def retire(self) -> None:
+        """Mark this incarnation of the share closed (restart(), by the
+        owner, once its coordinator died): every client then stops
+        appending to its rings and follows the share to the new one."""
+        store(self.ctrl, _control.CLOSED, 1)
 
     def close(self) -> None:
         if self.lost is None:  # handles still holding this client re-resolve the share
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
+        if self._rings is not None:
+            self._rings.close()
         self.snapshots.close()
         self.control.close()
 
@@ -315,6 +350,7 @@ class ShmClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._producer = None  # the parent's ring stays the parent's
         self._id = -1
         self._send_lock = threading.Lock()
         self.replies = Replies()

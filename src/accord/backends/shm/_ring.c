@@ -111,14 +111,23 @@ word_at(Py_buffer *view, Py_ssize_t offset)
     return (uint32_t *)((char *)view->buf + offset);
 }
 
-/* Wake whoever sleeps on the doorbell at bell[0..1] if it says it sleeps. */
-static void
+/* The doorbell's first word: how the consumer sleeps, if it does. */
+#define AWAKE 0
+#define SLEEPS_ON_FUTEX 1
+#define SLEEPS_ON_SELECT 2 /* in select() on its sockets: the producer wakes it there */
+
+/* Wake whoever sleeps on the doorbell at bell[0..1], if it says it sleeps;
+ * returns how it sleeps. */
+static uint32_t
 ring_bell(uint32_t *bell)
 {
-    if (__atomic_load_n(&bell[0], __ATOMIC_SEQ_CST)) {
+    uint32_t how = __atomic_load_n(&bell[0], __ATOMIC_SEQ_CST);
+    if (how != AWAKE) {
         __atomic_fetch_add(&bell[1], 1, __ATOMIC_SEQ_CST);
-        futex(&bell[1], FUTEX_WAKE, INT_MAX, NULL);
+        if (how == SLEEPS_ON_FUTEX)
+            futex(&bell[1], FUTEX_WAKE, INT_MAX, NULL);
     }
+    return how;
 }
 
 /* Sleep on `word` while it holds `expected`, at most `seconds` (< 0: no
@@ -194,7 +203,8 @@ ring_max_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
 
 /* ring_append(buffer, base, data, flag, bell_buffer, bell_offset[, stop])
- *   -> True when appended, False when the ring has no room now.
+ *   -> 0 when the ring has no room now, 1 when appended, 2 when appended and
+ *   the consumer sleeps in select(): the caller wakes it there.
  * Single producer: one process (and one thread at a time) per ring. */
 static PyObject *
 ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -245,8 +255,7 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t at = head % cap;
     uint64_t skip = cap - at < need ? cap - at : 0;
     if (head + skip + need - tail > cap) {
-        result = Py_False;
-        Py_INCREF(result);
+        result = PyLong_FromLong(0);
         goto done;
     }
     char *area = ring + RING_DATA;
@@ -264,10 +273,10 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (stop == STOP_AFTER_HEADER)
         goto stopped;
     __atomic_store_n(headp, head + skip + need, __ATOMIC_SEQ_CST);
-    ring_bell(bell);
+    result = PyLong_FromLong(ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1);
+    goto done;
 stopped:
-    result = Py_True;
-    Py_INCREF(result);
+    result = PyLong_FromLong(1);
 done:
     PyBuffer_Release(&bell_view);
     PyBuffer_Release(&data);
@@ -435,7 +444,7 @@ ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t at = head % cap;
     uint64_t skip = cap - at < need ? cap - at : 0;
     uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&bell[0], 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
     uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
     int fits = head + skip + need - tail <= cap;
     if (!fits) {
@@ -443,7 +452,7 @@ ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
         fits = head + skip + need - tail <= cap;
     }
-    __atomic_store_n(&bell[0], 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
     PyBuffer_Release(&view);
     return PyBool_FromLong(fits);
 }
@@ -482,7 +491,7 @@ bell_sleep(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (bell == NULL)
         goto done;
     uint32_t ticket = __atomic_load_n(&bell[1], __ATOMIC_SEQ_CST);
-    __atomic_store_n(&bell[0], 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
     int pending = 0;
     PyObject *key, *value;
     Py_ssize_t i = 0;
@@ -501,7 +510,7 @@ bell_sleep(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pending = !sleep_on(&bell[1], ticket, seconds);
     result = PyBool_FromLong(pending);
 awake:
-    __atomic_store_n(&bell[0], 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
 done:
     PyBuffer_Release(&view);
     PyBuffer_Release(&bell_view);
@@ -529,13 +538,90 @@ bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* bell_arm(bell_buffer, bell_offset, buffer, positions) -> bool
+ * For a consumer about to sleep in select() on its sockets: says so in the
+ * doorbell, then checks the rings as bell_sleep does.  False: armed, every
+ * ring drained, sleep (a producer appending now sees the doorbell and wakes
+ * you through your sockets); True: there is input, not armed. */
+static PyObject *
+bell_arm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer bell_view, view;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bell_arm(bell_buffer, bell_offset, buffer, positions)");
+        return NULL;
+    }
+    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *positions = args[3];
+    if (!PyDict_Check(positions)) {
+        PyErr_SetString(PyExc_TypeError, "positions: a dict {ring base: drained position}");
+        return NULL;
+    }
+    if (get_view(args[0], &bell_view) < 0)
+        return NULL;
+    if (get_view(args[2], &view) < 0) {
+        PyBuffer_Release(&bell_view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    uint32_t *bell = word_at(&bell_view, bell_offset);
+    if (bell == NULL)
+        goto done;
+    __atomic_store_n(&bell[0], SLEEPS_ON_SELECT, __ATOMIC_SEQ_CST);
+    int pending = 0;
+    PyObject *key, *value;
+    Py_ssize_t i = 0;
+    while (!pending && PyDict_Next(positions, &i, &key, &value)) {
+        Py_ssize_t base = PyLong_AsSsize_t(key);
+        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
+        uint64_t cap;
+        char *ring = PyErr_Occurred() ? NULL : ring_at(&view, base, &cap);
+        if (ring == NULL) {
+            __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
+            goto done;
+        }
+        pending = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_SEQ_CST) != pos;
+    }
+    if (pending)
+        __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    result = PyBool_FromLong(pending);
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&bell_view);
+    return result;
+}
+
+/* bell_disarm(bell_buffer, bell_offset): the consumer is awake again. */
+static PyObject *
+bell_disarm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bell_disarm(bell_buffer, bell_offset)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+        return NULL;
+    uint32_t *bell = word_at(&view, offset);
+    if (bell != NULL)
+        __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    if (bell == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"ring_init", (PyCFunction)(void (*)(void))ring_init, METH_FASTCALL,
      "ring_init(buffer, base, size): an empty ring of size bytes at base."},
     {"ring_max_entry", (PyCFunction)(void (*)(void))ring_max_entry, METH_FASTCALL,
      "ring_max_entry(buffer, base) -> the largest payload an append takes."},
     {"ring_append", (PyCFunction)(void (*)(void))ring_append, METH_FASTCALL,
-     "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> appended (bool)."},
+     "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> 0 full, 1 appended, "
+     "2 appended and the consumer sleeps in select()."},
     {"ring_drain", (PyCFunction)(void (*)(void))ring_drain, METH_FASTCALL,
      "ring_drain(buffer, base, position, max_bytes) -> (entries, new position)."},
     {"ring_commit", (PyCFunction)(void (*)(void))ring_commit, METH_FASTCALL,
@@ -548,6 +634,10 @@ static PyMethodDef methods[] = {
      "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> may have input."},
     {"bell_ring", (PyCFunction)(void (*)(void))bell_ring, METH_FASTCALL,
      "bell_ring(bell_buffer, bell_offset): wake the consumer if it sleeps."},
+    {"bell_arm", (PyCFunction)(void (*)(void))bell_arm, METH_FASTCALL,
+     "bell_arm(bell_buffer, bell_offset, buffer, positions) -> input pending (not armed)."},
+    {"bell_disarm", (PyCFunction)(void (*)(void))bell_disarm, METH_FASTCALL,
+     "bell_disarm(bell_buffer, bell_offset): the consumer is awake."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -34,6 +34,8 @@ from collections.abc import Callable
 
 from ..._errors import AccordError
 from ._ring import (
+    bell_arm,
+    bell_disarm,
     bell_ring,
     bell_sleep,
     ring_append,
@@ -52,7 +54,10 @@ FIRST_RING = 4096
 RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
 SPILL = 1  # entry flag: the payload is the name of a spill segment
 WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
-FULL_TIMEOUT_S = 30.0
+# A full ring waits this long at most, for a coordinator that is alive (its
+# process is checked every WAIT_STEP_S) but applies nothing: a command that
+# never returns.  Long: a slow method with writes queued behind it is normal.
+FULL_TIMEOUT_S = 600.0
 
 _HEADER = struct.Struct("<3Q")
 
@@ -85,12 +90,17 @@ class RingSegment:
             raise AccordError(f"{segment.name!r} is not an accord ring segment")
 
     @classmethod
-    def create(cls, name: str, count: int, ring_size: int = RING_SIZE) -> RingSegment:
-        """Create (O_EXCL, 0600) a segment of `count` empty rings."""
+    def create(
+        cls, name: str, count: int, ring_size: int = RING_SIZE, init: bool = True
+    ) -> RingSegment:
+        """Create (O_EXCL, 0600) a segment of `count` rings, empty ones with
+        `init`; else each is made when `Consumer.recycle` hands it out (a
+        ring's pages are then only touched once a client uses it)."""
         segment = Segment.create(name, FIRST_RING + count * ring_size)
         _HEADER.pack_into(segment.buf, 0, MAGIC, count, ring_size)
-        for i in range(count):
-            ring_init(segment.buf, FIRST_RING + i * ring_size, ring_size)
+        if init:
+            for i in range(count):
+                ring_init(segment.buf, FIRST_RING + i * ring_size, ring_size)
         return cls(segment)
 
     @classmethod
@@ -126,28 +136,29 @@ class Producer:
         self._alive = alive
         self._spills = 0
 
-    def append(self, payload: bytes, timeout: float = FULL_TIMEOUT_S) -> None:
+    def append(self, payload: bytes, timeout: float = FULL_TIMEOUT_S) -> bool:
         """Append one entry; durable when this returns.  Waits while the
-        ring is full (checking the consumer), at most `timeout` seconds."""
+        ring is full (checking the consumer), at most `timeout` seconds.
+        True: the consumer sleeps in select() and the caller must wake it
+        there (`Consumer.arm`); a consumer sleeping in `Consumer.sleep` is
+        woken here."""
         buf = self._buf
         if len(payload) <= self._limit:
-            if ring_append(buf, self._base, payload, 0, buf, BELL):
-                return
-            self._wait(payload, 0, timeout)
-            return
+            done = ring_append(buf, self._base, payload, 0, buf, BELL)
+            return (done or self._wait(payload, 0, timeout)) == 2
         name = self._spill(payload)
         try:
             reference = f"{name}\0{len(payload)}".encode()
-            if not ring_append(buf, self._base, reference, SPILL, buf, BELL):
-                self._wait(reference, SPILL, timeout)
+            done = ring_append(buf, self._base, reference, SPILL, buf, BELL)
+            return (done or self._wait(reference, SPILL, timeout)) == 2
         except BaseException:
             unlink(name)  # never referenced: nobody else would remove it
             raise
 
-    def _wait(self, payload: bytes, flag: int, timeout: float) -> None:
+    def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
         buf = self._buf
         deadline = time.monotonic() + timeout
-        while not ring_append(buf, self._base, payload, flag, buf, BELL):
+        while not (done := ring_append(buf, self._base, payload, flag, buf, BELL)):
             bell_ring(buf, BELL)  # the consumer may sleep with our entries unread
             self._alive()
             left = deadline - time.monotonic()
@@ -157,6 +168,7 @@ class Producer:
                     "is alive but not applying commands (a command that never returns?)"
                 )
             ring_wait_space(buf, self._base, len(payload), min(WAIT_STEP_S, left))
+        return done
 
     def _spill(self, payload: bytes) -> str:
         self._spills += 1
@@ -177,16 +189,21 @@ class Consumer:
     """Drains every ring of a segment; commits what it has applied."""
 
     def __init__(self, rings: RingSegment, resume: bool = False) -> None:
-        """`resume`: start from each ring's committed position (a consumer
-        replacing a dead one); else the rings must be new."""
+        """Watches every initialised ring.  `resume`: start from each ring's
+        committed position (a consumer replacing a dead one); else the
+        rings must be empty."""
         self.rings = rings
         self.buf = rings.buf
-        # base -> position drained to; what bell_sleep checks for input.
+        # base -> position drained to, for every ring in use: what
+        # bell_sleep and bell_arm check for input.
         self.positions: dict[int, int] = {}
         self._spilled: dict[int, list[tuple[int, str]]] = {}
         for i in range(rings.count):
             base = rings.base(i)
-            head, tail, _ = ring_state(self.buf, base)
+            try:
+                head, tail, _ = ring_state(self.buf, base)
+            except ValueError:  # never handed out
+                continue
             if not resume and head != tail:
                 raise AccordError("a new consumer found entries in a ring: resume=True?")
             self.positions[base] = tail
@@ -244,8 +261,31 @@ class Consumer:
         head, tail, _ = ring_state(self.buf, base)
         if head != tail:
             raise AccordError(f"ring {index} still holds uncommitted entries")
+        self.recycle(index)
+
+    def recycle(self, index: int) -> None:
+        """Make ring `index` empty for a new producer and watch it, whatever
+        it held (a producer cut off for sending garbage)."""
+        base = self.rings.base(index)
+        for _end, name in self._spilled.pop(base, ()):
+            unlink(name)
         self.rings.reset(index)
         self.positions[base] = 0
+
+    def release(self, index: int) -> None:
+        """Stop watching ring `index` (its producer is gone, its entries
+        applied)."""
+        self.positions.pop(self.rings.base(index), None)
+
+    def arm(self) -> bool:
+        """For a consumer about to sleep in select(): False when every ring
+        is drained, and producers now wake it through its sockets (see
+        `Producer.append`); True when there is input (not armed).  Call
+        `disarm` once awake."""
+        return bell_arm(self.buf, BELL, self.buf, self.positions)
+
+    def disarm(self) -> None:
+        bell_disarm(self.buf, BELL)
 
     def sleep(self, timeout: float) -> bool:
         """Sleep until a producer appends (or `timeout`); only if every ring

@@ -1,8 +1,13 @@
 """The coordinator's side of the shm backend.
 
 Owns every resource of a share: the control segment, the snapshot segments,
-the listening socket and the key file.  `ShmServer.close()` removes all of
-them; nothing else ever unlinks.
+the command rings, the listening socket and the key file.
+`ShmServer.close()` removes all of them; nothing else ever unlinks (but the
+client that made a spill segment and could not reference it).
+
+Commands arrive through each client's ring (see _rings); a client's socket
+carries its authentication, its replies, a byte that wakes the coordinator
+when it sleeps, and -- by closing -- its death.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import os
 import selectors
 import socket
 import struct
+import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from ..._errors import AccordError
 from . import _control, _transport
 from ._atomic import store
-from ._segment import Segment, unlink
+from ._rings import Consumer, RingSegment
+from ._segment import Segment, leftovers, unlink
 from ._snapshots import SnapshotWriter
 
 _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
@@ -27,13 +34,15 @@ _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 class Peer:
     """One connected client process, as the coordinator sees it."""
 
-    __slots__ = ("buffer", "id", "received", "sock")
+    __slots__ = ("broken", "committed", "drained", "id", "received", "sock")
 
     def __init__(self, sock: socket.socket, client_id: int) -> None:
         self.sock = sock
         self.id = client_id
-        self.buffer = _transport.FrameBuffer()
-        self.received = 0  # complete frames received from this peer
+        self.received = 0  # commands drained from its ring
+        self.drained = 0  # ring position drained to
+        self.committed = 0  # ring position applied to
+        self.broken = False  # wrote garbage to its ring: being cut off
 
     def __repr__(self) -> str:
         return f"<peer {self.id}>"
@@ -47,14 +56,20 @@ class ShmServer:
         self.control = Segment.create(f"{stem}~control", _control.SIZE)
         _control.init_header(self.control.buf, os.getpid())
         self.snapshots = SnapshotWriter(self.control, stem)
+        try:
+            self.rings = RingSegment.create(f"{stem}~rings", _control.CLIENTS, init=False)
+        except BaseException:
+            self.snapshots.close()
+            self.control.unlink()
+            raise
+        self.consumer = Consumer(self.rings)
         self.listener = _transport.listen(self.socket_path)
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.peers: dict[int, Peer] = {}
         self.closed = False
-        self._inbox = bytearray(1 << 20)  # reused: no allocation per recv
-        self._inbox_view = memoryview(self._inbox)
+        self._inbox = bytearray(4096)  # wake-up bytes land here, unread
         self._free_ids = list(range(_control.CLIENTS - 1, -1, -1))
         self.heartbeat()
 
@@ -77,26 +92,54 @@ class ShmServer:
 
     # -- messages ------------------------------------------------------------
 
-    def poll(self, timeout: float | None) -> Iterator[tuple[Peer, list[bytes] | None]]:
-        """Yield (peer, frames) for peers with input; frames None when it left."""
+    def poll(self, timeout: float | None) -> list[Peer]:
+        """Wait for input at most `timeout` s; the peers whose connection
+        ended.  Call `arm()` first: a sleeping coordinator is woken by a
+        byte on a client's socket."""
+        left = []
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 self._accept()
                 continue
             peer: Peer = key.data
             try:
-                size = peer.sock.recv_into(self._inbox)
+                size = peer.sock.recv_into(self._inbox)  # wake-up bytes only
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 size = 0
             if not size:
-                yield peer, None
-                continue
-            peer.buffer.feed(self._inbox_view[:size])
-            frames = peer.buffer.frames()
-            peer.received += len(frames)
-            yield peer, frames
+                left.append(peer)
+        return left
+
+    def arm(self) -> bool:
+        """About to sleep in `poll`: True if a ring has input (then do not)."""
+        return self.consumer.arm()
+
+    def disarm(self) -> None:
+        self.consumer.disarm()
+
+    def drain(self, peer: Peer) -> list[bytes] | None:
+        """The commands `peer` appended since the last drain, in order;
+        None if its ring holds something it could not have written."""
+        if peer.broken:
+            return []
+        try:
+            entries, position = self.consumer.drain(peer.id)
+        except (AccordError, RuntimeError, ValueError, OSError) as exc:
+            print(f"accord: client {peer.id}'s command ring: {exc}", file=sys.stderr)
+            peer.broken = True
+            return None
+        if entries:
+            peer.received += len(entries)
+            peer.drained = position
+        return entries
+
+    def commit(self, peer: Peer) -> None:
+        """Everything drained from `peer` is applied: its ring may reuse the space."""
+        if peer.committed != peer.drained:
+            self.consumer.commit(peer.id, peer.drained)
+            peer.committed = peer.drained
 
     def _accept(self) -> None:
         if not self._free_ids:
@@ -108,6 +151,7 @@ class ShmServer:
         # handshake hands it the id, after which it may write there at once.
         start = _control.intent_offset(client_id)
         self.control.buf[start : start + _control.INTENT_SIZE] = bytes(_control.INTENT_SIZE)
+        self.consumer.recycle(client_id)  # and an empty ring
         try:
             sock = _transport.accept(self.listener, self.key, client_id)
         except (OSError, _transport.AuthenticationError):  # BlockingIOError included
@@ -131,12 +175,18 @@ class ShmServer:
             with contextlib.suppress(OSError):
                 peer.sock.setblocking(False)
 
+    def disconnect(self, peer: Peer) -> None:
+        """End `peer`'s connection; `poll` then reports it left."""
+        with contextlib.suppress(OSError):
+            peer.sock.shutdown(socket.SHUT_RDWR)
+
     def drop(self, peer: Peer) -> None:
         if self.peers.pop(peer.id, None) is None:
             return
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(peer.sock)
         peer.sock.close()
+        self.consumer.release(peer.id)
         self._free_ids.append(peer.id)
 
     # -- lifetime ------------------------------------------------------------
@@ -154,14 +204,16 @@ class ShmServer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.snapshots.close()
+        self.rings.segment.unlink()
+        self.rings.close()
+        for name in leftovers(f"{self.stem}~spill."):
+            unlink(name)
         self.control.unlink()
         self.control.close()
 
 
 def remove_leftovers(stem: str, socket_path: str) -> None:
     """Remove whatever a dead coordinator of this share left behind."""
-    from ._segment import leftovers
-
     for name in leftovers(stem + "~"):
         unlink(name)
     for path in (Path(socket_path), Path(socket_path).with_suffix(".key")):
