@@ -6,7 +6,9 @@ import accord
 def test_public_names():
     assert sorted(accord.__all__) == [
         "AccordError",
+        "CommandQuarantined",
         "CoordinatorLost",
+        "ForeignSegment",
         "Pool",
         "Proxy",
         "RemoteTraceback",
@@ -31,7 +33,15 @@ def test_spawn_names():
 
 def test_errors_derive_from_accord_error():
     assert issubclass(accord.TaskTimeout, TimeoutError)
-    for name in ("CoordinatorLost", "ShareClosed", "UnshareableError", "WorkerLost", "TaskTimeout"):
+    for name in (
+        "CoordinatorLost",
+        "ShareClosed",
+        "UnshareableError",
+        "WorkerLost",
+        "TaskTimeout",
+        "ForeignSegment",
+        "CommandQuarantined",
+    ):
         assert issubclass(getattr(accord, name), accord.AccordError)
     assert issubclass(accord.UnshareableError, TypeError)
     assert issubclass(accord.ShareClosed, accord.CoordinatorLost)

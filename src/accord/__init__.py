@@ -14,7 +14,9 @@ import importlib
 
 from ._errors import (
     AccordError,
+    CommandQuarantined,
     CoordinatorLost,
+    ForeignSegment,
     RemoteTraceback,
     ShareClosed,
     TaskTimeout,
@@ -33,7 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccordError",
+    "CommandQuarantined",
     "CoordinatorLost",
+    "ForeignSegment",
     "Pool",
     "Proxy",
     "RemoteTraceback",

@@ -53,6 +53,45 @@ class ShareClosed(CoordinatorLost):
     """
 
 
+class ForeignSegment(AccordError):
+    """A shared-memory segment is not one this user's accord made.
+
+    accord creates every segment new (``O_CREAT|O_EXCL``, mode 0600) and,
+    before reading a byte of one, checks that it belongs to this user, has
+    no group or other permission bits and has the size accord gave it.  A
+    segment that fails (another local user created the name first, or
+    re-created it after the share's own one was removed) is never read:
+    this error is raised instead.
+
+        >>> import os
+        >>> from accord import ForeignSegment
+        >>> from accord.backends.shm._segment import Segment
+        >>> name = f"accord-doc-{os.getpid()}"
+        >>> fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_RDWR, 0o644)
+        >>> os.ftruncate(fd, 4096); os.fchmod(fd, 0o644); os.close(fd)
+        >>> try:
+        ...     Segment.attach(name)
+        ... except ForeignSegment as exc:
+        ...     print("refused:", "mode is 644" in str(exc))
+        refused: True
+        >>> os.unlink(f"/dev/shm/{name}")
+    """
+
+
+class CommandQuarantined(AccordError):
+    """A command was skipped because coordinators kept dying while applying it.
+
+    Code run on the coordinator that ends its process (``os._exit``, a crash
+    in a C extension) cannot be caught there.  On the redis backend, whose
+    commands wait in Redis for the next coordinator, such a command would
+    kill every coordinator that takes the share over; after a few deaths in a
+    row, each while applying that one command, it is skipped instead, and its
+    sender gets this error (raised by the call, or by the next blocking call
+    for a fire-and-forget one).  The share's other objects and commands are
+    unaffected.
+    """
+
+
 class UnshareableError(AccordError, TypeError):
     """A value cannot be shared because it cannot be serialized.
 

@@ -127,12 +127,12 @@ def test_tampered_payloads_are_refused_and_never_unpickled(redis_server, tmp_pat
         prefix = "accord:{test-tamper}:"
         # A snapshot replaced by someone without the key (signed with a wrong MAC).
         r.hset(prefix + "snap", "cfg", b"\0" * 32 + evil)
-        r.hset(prefix + "state", "v:cfg", b"999999 0 0")
+        r.hset(prefix + "state", "v:cfg", b"999999 0 0 1")
         with pytest.raises(TamperedPayload, match="signature check failed"):
             share.get("cfg")
         # Unsigned data.
         r.hset(prefix + "snap", "cfg", b"short")
-        r.hset(prefix + "state", "v:cfg", b"999998 0 0")
+        r.hset(prefix + "state", "v:cfg", b"999998 0 0 1")
         with pytest.raises(TamperedPayload, match="not a signed accord payload"):
             share.get("cfg")
         # A forged command in the stream: the coordinator drops it.

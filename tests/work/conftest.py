@@ -58,85 +58,134 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A PostgreSQL server of our own, as an unprivileged user when we are root."""
-    bindir = _postgres_bin()
-    home = Path(tempfile.mkdtemp(prefix=PG_TMP_PREFIX))
-    data = home / "data"
-    demote = None
-    if os.geteuid() == 0:
-        # postgres refuses to run as root.
-        name = "postgres" if _has_user("postgres") else "nobody"
-        user = pwd.getpwnam(name)
-        os.chown(home, user.pw_uid, user.pw_gid)
+class PostgresServer:
+    """A PostgreSQL server of our own, as an unprivileged user when we are root.
 
-        def demote():
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
+    ``stop()`` and ``start()`` restart it on the same port and data (the
+    outage tests); ``close()`` removes everything.
+    """
 
-    def run(*cmd):
-        return subprocess.run(
-            cmd, preexec_fn=demote, capture_output=True, text=True, timeout=60, cwd=home
-        )
+    def __init__(self) -> None:
+        self.bindir = _postgres_bin()
+        self.home = Path(tempfile.mkdtemp(prefix=PG_TMP_PREFIX))
+        self.data = self.home / "data"
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+        self._demote = None
+        if os.geteuid() == 0:
+            # postgres refuses to run as root.
+            user = pwd.getpwnam("postgres" if _has_user("postgres") else "nobody")
+            os.chown(self.home, user.pw_uid, user.pw_gid)
 
-    init = run(
-        str(bindir / "initdb"),
-        "-D",
-        str(data),
-        "-U",
-        "accord",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-    )
-    assert init.returncode == 0, init.stderr
-    port = _free_port()
-    log = open(home / "log", "w")  # noqa: SIM115 - closed at teardown
-    server = subprocess.Popen(
-        [
-            str(bindir / "postgres"),
-            "-D", str(data),
-            "-p", str(port),
-            "-k", str(home),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", "fsync=off",
-            "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
-        ],
-        preexec_fn=demote,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=home,
-    )  # fmt: skip
-    try:
+            def demote():
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+
+            self._demote = demote
+        init = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D", str(self.data),
+                "-U", "accord",
+                "--auth=trust",
+                "-E", "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            preexec_fn=self._demote, capture_output=True, text=True, timeout=60, cwd=self.home,
+        )  # fmt: skip
+        assert init.returncode == 0, init.stderr
+        self._log = open(self.home / "log", "a")  # noqa: SIM115 - closed in close()
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://accord@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                str(self.bindir / "postgres"),
+                "-D", str(self.data),
+                "-p", str(self.port),
+                "-k", str(self.home),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ],
+            preexec_fn=self._demote,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
+        )  # fmt: skip
         import psycopg
 
         def ready():
-            if server.poll() is not None:
-                pytest.fail(f"postgres exited: {(home / 'log').read_text()}")
+            if self.process.poll() is not None:
+                pytest.fail(f"postgres exited: {(self.home / 'log').read_text()}")
             try:
                 psycopg.connect(
-                    host="127.0.0.1", port=port, user="accord", dbname="postgres"
+                    host="127.0.0.1", port=self.port, user="accord", dbname="postgres"
                 ).close()
                 return True
             except psycopg.OperationalError:
                 return False
 
         wait_until(ready, 30, "postgres to accept connections")
-        yield {"port": port, "counter": itertools.count()}
-    finally:
-        server.send_signal(signal.SIGINT)  # fast shutdown
+
+    def stop(self) -> None:
+        """Fast shutdown: every client's connection is terminated."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
         try:
-            server.wait(30)
+            self.process.wait(30)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(_databases)}"
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="accord", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self._log.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The session's PostgreSQL server."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def restartable_postgres():
+    """A PostgreSQL server of this test alone, which it may stop and start."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 def _has_user(name: str) -> bool:
@@ -150,15 +199,7 @@ def _has_user(name: str) -> bool:
 @pytest.fixture
 def postgres_db(postgres_server) -> str:
     """A new, empty database in the session's server."""
-    import psycopg
-
-    name = f"t{os.getpid()}_{next(postgres_server['counter'])}"
-    port = postgres_server["port"]
-    with psycopg.connect(
-        host="127.0.0.1", port=port, user="accord", dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://accord@127.0.0.1:{port}/{name}"
+    return postgres_server.create_database()
 
 
 @pytest.fixture

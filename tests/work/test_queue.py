@@ -305,16 +305,16 @@ def test_an_item_whose_outcome_could_not_be_recorded_is_not_left_running(sqlite_
 
     claim = Store.claim
 
-    def dropped(self, conn, worker_id, finished=None):
-        if finished is not None:
+    def dropped(self, conn, worker_id, finished=(), *args):
+        if finished:
             raise ConnectionError("the connection dropped")
-        return claim(self, conn, worker_id, finished)
+        return claim(self, conn, worker_id, finished, *args)
 
-    def still_dropped(self, *args):
-        raise ConnectionError("the connection dropped")
+    def lost(self, conn, worker_id, finished, now):
+        pass  # the outcomes never reach the database
 
     monkeypatch.setattr(Store, "claim", dropped)
-    monkeypatch.setattr(Store, "finish", still_dropped)
+    monkeypatch.setattr(Store, "_finish_all", lost)
     with pytest.raises(ConnectionError):
         for _ in WorkQueue(range(2), db=sqlite_db, name="q", progress=False):
             pass

@@ -60,7 +60,7 @@ def _running_worker(store: Store) -> tuple[int, object, Claimed]:
     """A worker that claimed item '0' and then went silent past its timeout."""
     worker = store.add_worker("slow", "host", 1, (), 1.0, None)
     conn = store.connect()
-    claimed = store.claim(conn, worker)
+    [claimed] = store.claim(conn, worker)
     assert isinstance(claimed, Claimed) and claimed.key == "0"
     with store.engine.begin() as c:
         c.execute(update(workers).where(workers.c.id == worker).values(heartbeat_at=0.0))
@@ -139,7 +139,7 @@ def test_a_worker_given_up_while_idle_is_active_again_when_it_claims(db, store):
             update(workers).where(workers.c.id == worker).values(status="killed", heartbeat_at=0.0)
         )
     conn = store.connect()
-    assert store.claim(conn, worker).key == "0"
+    assert store.claim(conn, worker)[0].key == "0"
     conn.close()
     # Its item comes back once its heartbeat is old, instead of staying
     # "running" forever and keeping every other worker waiting for it.
@@ -159,7 +159,7 @@ def test_tasks_registered_while_a_dependency_completes_still_unlock(postgres_db)
     store.register(graph)
     worker = store.add_worker("w", "host", 1, (), 60.0, None)
     conn = store.connect()
-    claimed = store.claim(conn, worker)
+    [claimed] = store.claim(conn, worker)
     assert claimed.key == "dep"
     # The worker completes dep (uncommitted) while another worker registers
     # the graph with one more task, which recounts every task's unmet deps.
@@ -200,5 +200,5 @@ def test_pruning_keeps_a_worker_presumed_dead_that_may_come_back(db, store):
     queue.dispose()
     # It comes back and claims: its row is still there to refer to.
     conn = store.connect()
-    assert store.claim(conn, worker).key == "0"
+    assert store.claim(conn, worker)[0].key == "0"
     conn.close()

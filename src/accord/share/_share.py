@@ -523,10 +523,14 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     runtime = _transport.runtime_dir()
     socket_path = runtime / f"{name}.sock"
     key_file = runtime / f"{name}.key"
-    stem = f"accord.{os.getuid()}.{name}"
+    # Segment names carry a random part: another local user, who can list
+    # /dev/shm, cannot create them first (see _segment for the checks).
+    # "~" is not allowed in share names: "accord.UID.NAME~" is this share's.
+    stem = f"accord.{os.getuid()}.{name}~{secrets.token_hex(8)}"
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
-        remove_leftovers(stem, str(socket_path))  # a dead share's, of this name
+        # A dead share's, of this name.
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path))
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)

@@ -12,7 +12,7 @@ from ._schema import history, items, workers
 
 # The statuses a history row can have: an item's status changes, plus the
 # events that change it without a worker running it.
-STATUSES = ("running", "completed", "failed", "killed", "invalidated", "reset")
+STATUSES = ("running", "completed", "failed", "killed", "invalidated", "reset", "released")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Integer,
     MetaData,
     Table,
     and_,
@@ -325,21 +326,6 @@ class Store:
                 )
         return bool(alive)
 
-    def stop_worker(self, worker_id: int, name: str) -> None:
-        with self.engine.begin() as conn:
-            # An item whose outcome could not be recorded (the claim's
-            # connection broke) is still "running" under this worker, and
-            # reaping looks only at active workers: put it back now, or it
-            # stays running for good and every other worker waits for it.
-            self._requeue(
-                conn, {worker_id: name}, time.time(), "ended its loop without recording the outcome"
-            )
-            conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(status="stopped", heartbeat_at=time.time())
-            )
-
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
         silent = and_(
@@ -469,17 +455,28 @@ class Store:
         self,
         conn: Connection,
         worker_id: int,
-        finished: tuple[Claimed, str, str | None] | None = None,
-    ) -> Claimed | Stopped | str:
-        """Finish the previous item (if any) and claim the next, in one transaction.
+        finished: Sequence[tuple[Claimed, str, str | None]] = (),
+        want: int = 1,
+        release: Sequence[Claimed] = (),
+        recovering: bool = False,
+    ) -> list[Claimed] | Stopped | str:
+        """Record outcomes, hand back items, and claim up to ``want`` more, in one transaction.
 
-        Returns the claimed item, `WAIT`, `DONE`, or `Stopped`.
+        ``finished``: (item, status, error) of items this worker ran;
+        ``release``: items it claimed but will not run (back to the queue
+        as they were).  ``recovering``: the last claim's transaction may have
+        committed without this worker learning it (the connection broke):
+        items it does not know it holds are handed back too.  Returns the
+        claimed items (in order), `WAIT`, `DONE`, or `Stopped`.
         """
         now = time.time()
         sql = self._sql
         with conn.begin():
-            if finished is not None:
-                self._finish(conn, worker_id, *finished, now)
+            self._finish_all(conn, worker_id, finished, now)
+            if release:
+                self._release(conn, worker_id, [c.item_id for c in release], now)
+            if recovering:
+                self._release_unknown(conn, worker_id, [c.item_id for c, *_ in finished], now)
             if now >= self._next_reap:
                 self._reap(conn, now)
                 self._next_reap = now + self.reap_interval
@@ -492,14 +489,17 @@ class Store:
                 ).all()
                 if failures:
                     return Stopped([tuple(f) for f in failures])
-            while (row := self._next(conn)) is not None:
-                if not self.accepts(row.key, row.requirements, row.fingerprint):
-                    # An item only other workers were given, one this worker
-                    # lacks the labels for, or a task whose fingerprint is
-                    # not the one this worker would run it with (a newer
-                    # worker changed it): never look at it again.
-                    conn.execute(insert(skipped).values(id=row.id))
+            while rows := self._next(conn, want):
+                taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
+                if len(taken) < len(rows):
+                    # Items only other workers were given, ones this worker
+                    # lacks the labels for, or tasks whose fingerprint is
+                    # not the one this worker would run them with (a newer
+                    # worker changed it): never look at them again.
+                    others = [{"id": r.id} for r in rows if r not in taken]
+                    conn.execute(insert(skipped), others)
                     conn.info[_SKIPPING] = True
+                if not taken:
                     continue
                 if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
                     # Others had given this worker up (it was suspended, or
@@ -508,9 +508,14 @@ class Store:
                     # only at active workers, so an item claimed as "killed"
                     # would stay running forever if this worker then died.
                     log.warning("%s: this worker had been presumed dead; active again", self.name)
-                sql.take(conn, b_id=row.id, b_worker=worker_id, b_now=now)
-                sql.event(conn, row.id, RUNNING, worker_id, now, row.fingerprint)
-                return Claimed(row.id, row.key, row.fingerprint)
+                sql.take.many(
+                    conn, [{"b_id": r.id, "b_worker": worker_id, "b_now": now} for r in taken]
+                )
+                sql.events(
+                    conn, [(r.id, RUNNING, worker_id, now, r.fingerprint, None) for r in taken]
+                )
+                taken.sort(key=lambda r: r.position)
+                return [Claimed(r.id, r.key, r.fingerprint) for r in taken]
             if self.postgres:
                 # Rows other claims had locked were skipped, not absent.
                 busy = or_(items.c.status == RUNNING, self._ready(conn))
@@ -521,6 +526,78 @@ class Store:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
 
+    def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
+        """Hand back items this worker claimed and never started (history: ``released``)."""
+        mine = and_(items.c.id.in_(ids), items.c.worker_id == worker_id, items.c.status == RUNNING)
+        query = select(items.c.id, items.c.fingerprint).where(mine)
+        if self.postgres:
+            query = query.with_for_update()
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        conn.execute(
+            update(items)
+            .where(items.c.id.in_([r.id for r in rows]))
+            .values(status=PENDING, updated_at=now)
+        )
+        self._sql.events(
+            conn, [(r.id, "released", worker_id, now, r.fingerprint, None) for r in rows]
+        )
+
+    def _release_unknown(self, conn: Connection, worker_id: int, known: list[int], now: float):
+        held = (
+            conn.execute(
+                select(items.c.id).where(
+                    items.c.worker_id == worker_id,
+                    items.c.status == RUNNING,
+                    items.c.id.not_in(known),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if held:
+            log.warning(
+                "%s: %d items claimed in a transaction whose answer was lost go back",
+                self.name,
+                len(held),
+            )
+            self._release(conn, worker_id, list(held), now)
+
+    def _finish_all(self, conn, worker_id, finished, now) -> None:
+        """Record the outcomes of items this worker ran.
+
+        The items of a queue completed (the usual case) go in three
+        statements whatever their number: which are still this worker's,
+        one UPDATE and one history INSERT run as batches.  Anything else
+        item by item (see `_finish`).
+        """
+        bulk = [c for c, status, _ in finished if status == COMPLETED and self.kind == "queue"]
+        ours: set[int] = set()
+        if len(bulk) > 1:
+            query = select(items.c.id).where(
+                items.c.id.in_([c.item_id for c in bulk]),
+                items.c.worker_id == worker_id,
+                items.c.status == RUNNING,
+            )
+            if self.postgres:
+                query = query.with_for_update()
+            ours = set(conn.execute(query).scalars())
+            done = [c for c in bulk if c.item_id in ours]
+            self._sql.complete.many(
+                conn,
+                [
+                    {"b_id": c.item_id, "b_worker": worker_id, "b_now": now, "b_fp": c.fingerprint}
+                    for c in done
+                ],
+            )
+            self._sql.events(
+                conn, [(c.item_id, COMPLETED, worker_id, now, c.fingerprint, None) for c in done]
+            )
+        for claimed, status, error in finished:
+            if claimed.item_id not in ours:
+                self._finish(conn, worker_id, claimed, status, error, now)
+
     def _ready(self, conn: Connection):
         ready = and_(items.c.status == PENDING, items.c.unmet == 0)
         if self.requirement_filter is not None:
@@ -529,24 +606,62 @@ class Store:
             ready = and_(ready, items.c.id.not_in(select(skipped.c.id)))
         return ready
 
-    def _next(self, conn: Connection):
+    def _next(self, conn: Connection, n: int) -> list:
         if self.requirement_filter is None and not conn.info.get(_SKIPPING):
-            return self._sql.next(conn, b_queue=self.queue_id).first()
+            return self._sql.next(conn, b_queue=self.queue_id, b_limit=n).all()
         query = (
-            select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
+            select(
+                items.c.id,
+                items.c.key,
+                items.c.requirements,
+                items.c.fingerprint,
+                items.c.position,
+            )
             .where(self._mine(), self._ready(conn))
             .order_by(items.c.position)
-            .limit(1)
+            .limit(n)
         )
         if self.postgres:
             query = query.with_for_update(skip_locked=True)
-        return conn.execute(query).first()
+        return conn.execute(query).all()
 
     def finish(
         self, conn: Connection, worker_id: int, claimed: Claimed, status: str, error: str | None
     ) -> None:
         with conn.begin():
             self._finish(conn, worker_id, claimed, status, error, time.time())
+
+    def stop_worker(
+        self,
+        worker_id: int,
+        name: str,
+        finished: Sequence[tuple[Claimed, str, str | None]] = (),
+        release: Sequence[Claimed] = (),
+    ) -> None:
+        """The end of a worker's loop: its last outcomes, its unstarted items, its status.
+
+        One transaction, on a connection of its own (the claim connection
+        may be the one that broke).
+        """
+        now = time.time()
+        if self._sql is None:
+            self._sql = _Statements(self.engine.dialect, self.postgres)
+        with self.engine.begin() as conn:
+            self._finish_all(conn, worker_id, finished, now)
+            if release:
+                self._release(conn, worker_id, [c.item_id for c in release], now)
+            # An item whose outcome could not be recorded (the claim's
+            # connection broke) is still "running" under this worker, and
+            # reaping looks only at active workers: put it back now, or it
+            # stays running for good and every other worker waits for it.
+            self._requeue(
+                conn, {worker_id: name}, now, "ended its loop without recording the outcome"
+            )
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(status="stopped", heartbeat_at=now)
+            )
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
@@ -729,20 +844,39 @@ class Prepared:
             return conn.exec_driver_sql(self.sql, tuple(args[name] for name in self.order))
         return conn.exec_driver_sql(self.sql, args)
 
+    def many(self, conn: Connection, rows: list[dict]) -> None:
+        """Run once per row, as one batch (psycopg pipelines it: one round trip)."""
+        if not rows:
+            return
+        if len(rows) == 1:
+            self(conn, **rows[0])
+            return
+        args = [{**self.defaults, **row} for row in rows]
+        if self.order is not None:
+            conn.exec_driver_sql(self.sql, [tuple(a[name] for name in self.order) for a in args])
+        else:
+            conn.exec_driver_sql(self.sql, args)
+
 
 class _Statements:
     """The statements of the claim loop, compiled for one database."""
 
     def __init__(self, dialect, postgres: bool) -> None:
         upcoming = (
-            select(items.c.id, items.c.key, items.c.requirements, items.c.fingerprint)
+            select(
+                items.c.id,
+                items.c.key,
+                items.c.requirements,
+                items.c.fingerprint,
+                items.c.position,
+            )
             .where(
                 items.c.queue_id == bindparam("b_queue"),
                 items.c.status == PENDING,
                 items.c.unmet == 0,
             )
             .order_by(items.c.position)
-            .limit(1)
+            .limit(bindparam("b_limit", type_=Integer))
         )
         if postgres:
             upcoming = upcoming.with_for_update(skip_locked=True)
@@ -827,6 +961,23 @@ class _Statements:
             .where(items.c.queue_id == bindparam("b_queue"), items.c.status == RUNNING)
             .limit(1),
             dialect,
+        )
+
+    def events(self, conn, rows: list[tuple]) -> None:
+        """History rows: (item_id, status, worker_id, now, fingerprint, error) each."""
+        self._record.many(
+            conn,
+            [
+                {
+                    "b_item": item,
+                    "b_status": status,
+                    "b_worker": worker,
+                    "b_now": now,
+                    "b_fp": fp,
+                    "b_error": error,
+                }
+                for item, status, worker, now, fp, error in rows
+            ],
         )
 
     def event(self, conn, item_id, status, worker_id, now, fingerprint, error=None) -> None:

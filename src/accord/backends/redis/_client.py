@@ -143,16 +143,29 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
             ) from None
 
 
+def parse_entry(entry: bytes) -> tuple[bytes, int, bool, bytes]:
+    """(version, type generation, is value, epoch) of a ``v:<name>`` entry."""
+    version, generation, is_value, epoch = entry.split()
+    return version, int(generation), is_value == b"1", epoch
+
+
+def snapshot_context(name: str, version: bytes, epoch: bytes) -> bytes:
+    """What a snapshot's MAC covers besides the share's name and its data:
+    the object's name, the commit (version) and the coordinator (epoch) that
+    wrote it, so that it cannot be served under another name or version."""
+    return b"s%s\0%s\0%s" % (name.encode(), version, epoch)
+
+
 class _Snapshot:
     """What this process last read of one name (immutable: threads share it)."""
 
     __slots__ = ("entry", "kind", "obj", "version")
 
     def __init__(self, entry: bytes, obj) -> None:
-        version, generation, is_value = entry.split()
+        version, generation, is_value, _epoch = parse_entry(entry)
         self.entry = entry
         self.version = version
-        self.kind = (int(generation), is_value == b"1")
+        self.kind = (generation, is_value)
         self.obj = obj
 
 
@@ -178,6 +191,12 @@ class RedisClient:
         self._next_reply = 0
         self.replies = Replies()
         self._checked = 0.0
+        # Every command carries (client id, sequence) under its MAC; the
+        # coordinator applies each sequence number of a client once, in
+        # order, so a command copied back into the stream is ignored.  The
+        # lock keeps this process's commands in the stream in their order.
+        self._seq = 0
+        self._send_lock = threading.Lock()
 
     def call(self, fn, *args, **kwargs):
         return call(self.info, fn, *args, **kwargs)
@@ -271,7 +290,17 @@ class RedisClient:
                 cached = self.snapshots[name] = _Snapshot(entry, cached.obj)
             return cached.obj
         where = f"{self.info.where()}: the snapshot of {name!r}"
-        obj = pickle.loads(self.signer.open(b"s" + name.encode(), data, where))
+        try:
+            version, _generation, _is_value, epoch = parse_entry(entry)
+        except ValueError:
+            raise TamperedPayload(f"{where}: its index entry is malformed") from None
+        if cached is not None and int(version) < int(cached.version):
+            raise TamperedPayload(
+                f"{where}: version {int(version)} is older than version "
+                f"{int(cached.version)} read before (the share's keys were rolled back)"
+            )
+        data = self.signer.open(snapshot_context(name, version, epoch), data, where)
+        obj = pickle.loads(data)
         self.snapshots[name] = _Snapshot(entry, obj)
         return obj
 
@@ -299,18 +328,27 @@ class RedisClient:
                 reply_id = self._next_reply
         else:
             reply_id = 0
-        payload = self.signer.sign(
-            b"c", dumps((client_id, (op, reply_id, None, writes, *fields)), 5)
-        )
+        message = (op, reply_id, None, writes, *fields)
         spec = self._specs.get((reads, writes))
         if spec is None:
             spec = f"{','.join(map(str, reads))};{','.join(map(str, writes))}"
             if len(self._specs) < 10_000:
                 self._specs[(reads, writes)] = spec
         keys = self.keys
-        done = self.call(
-            self._send, self.r, 3, keys.state, keys.cmd, keys.lease, payload, spec, idempotent=False
-        )
+        with self._send_lock:
+            self._seq += 1  # used even if the send fails: a gap is harmless
+            payload = self.signer.sign(b"c", dumps((client_id, self._seq, message), 5))
+            done = self.call(
+                self._send,
+                self.r,
+                3,
+                keys.state,
+                keys.cmd,
+                keys.lease,
+                payload,
+                spec,
+                idempotent=False,
+            )
         if done != 1:
             if done == 0:
                 error = ShareClosed(f"{self.info.where()} is closed (or expired)")

@@ -32,15 +32,21 @@ import traceback
 
 import redis
 
+from ..._errors import CommandQuarantined
+from ..._remote import pack_error
+from ...share import _protocol as P
 from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
-from ._server import RedisServer, TakenOver
+from ._server import RedisServer, TakenOver, stream_id
 
 LEASE_S = 1.0  # a coordinator silent for this long is presumed dead
 BEAT_S = 0.1
 LINGER_S = 0.0005
 LINGER_BATCH = 64
+# A command whose application killed this many coordinators one after the
+# other (each applying it alone) is skipped with an error to its sender.
+QUARANTINE_AFTER = 2
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -49,14 +55,37 @@ class RedisCoordinator(OrderedCoordinator):
         super().__init__(server, owner_pid or 0, window)
         self.last_id = "0-0"
         self.stopping: str | None = None  # why the loop must end
+        # Replays: each client's last sequence number applied (a command
+        # copied back into the stream has an old one), and those applied
+        # since the last commit (committed with it).
+        self.sequences: dict[int, int] = {}
+        self.unsaved: dict[int, int] = {}
+        self.sequence_of: dict[str, tuple[int, int]] = {}  # position -> (client, seq)
+        # Commands that killed coordinators: applied one at a time up to
+        # `careful_until` (a predecessor died in that batch); `quarantined`
+        # is skipped, after `attempts` coordinators died applying it.
+        self.careful_until = (0, 0)
+        self.suspect: tuple[str, int] | None = None  # (position, coordinators it killed)
 
     # -- state -------------------------------------------------------------------
 
     def load(self) -> list[str]:
         """Start from the committed state in Redis; names that cannot be
         restored (their classes cannot be imported here) are returned."""
-        objects, applied, position = self.server.load()
-        lost = []
+        committed = self.server.load()
+        objects, applied, position = committed.objects, committed.applied, committed.position
+        lost = list(committed.lost)
+        self.sequences = dict(committed.sequences)
+        if committed.busy is not None:
+            mode, attempts, busy_at = committed.busy
+            if stream_id(busy_at) > stream_id(position):
+                # The predecessor died applying these commands (or before it
+                # could commit them): apply them one at a time, recording
+                # each before, so that a command that kills coordinators
+                # is found.
+                self.careful_until = stream_id(busy_at)
+                if mode == "S":
+                    self.suspect = (busy_at, attempts)
         for name, ((generation, is_value), data) in objects.items():
             try:
                 value = pickle.loads(data)
@@ -90,8 +119,7 @@ class RedisCoordinator(OrderedCoordinator):
                 continue
             if entries:
                 self.last_id = entries[-1][0]
-                self.inbox.extend(entries)
-                self.process()
+                self.admit(entries)
             now = time.monotonic()
             self.commit_due(now)
             self.expire_lock_waits(now)
@@ -103,6 +131,72 @@ class RedisCoordinator(OrderedCoordinator):
                 # take the CPU from the processes sending them (a reader
                 # that then needs a commit waits this long at most).
                 time.sleep(LINGER_S)
+
+    def admit(self, entries) -> None:
+        """Run the commands read from the stream, replays left out."""
+        admitted = []
+        sequences = self.sequences
+        for position, client_id, sequence, message in entries:
+            if message is not None:
+                if sequence <= sequences.get(client_id, 0):
+                    print(
+                        f"accord: ignored a replayed command (client {client_id}, "
+                        f"sequence {sequence}, already applied)",
+                        file=sys.stderr,
+                    )
+                    message = None
+                else:
+                    sequences[client_id] = sequence
+                    self.sequence_of[position] = (client_id, sequence)
+            admitted.append((position, client_id, message))
+        if self.careful_until > (0, 0):
+            for entry in admitted:
+                if stream_id(entry[0]) <= self.careful_until:
+                    attempts = (
+                        self.suspect[1] if self.suspect and self.suspect[0] == entry[0] else 0
+                    )
+                    self.server.mark_busy("S", attempts + 1, entry[0])
+                else:
+                    self.careful_until = (0, 0)
+                    self.server.mark_busy("B", 0, admitted[-1][0])
+                    self.inbox.extend(admitted[admitted.index(entry) :])
+                    self.process()
+                    return
+                self.inbox.append(entry)
+                self.process()
+            return
+        self.server.mark_busy("B", 0, admitted[-1][0])
+        self.inbox.extend(admitted)
+        self.process()
+
+    def execute(self, peer, message) -> None:
+        seq = self.sequence_of.pop(self.position, None)
+        if seq is not None:
+            self.unsaved[seq[0]] = seq[1]
+        suspect = self.suspect
+        if suspect is not None and suspect[0] == self.position:
+            self.suspect = None
+            if suspect[1] >= QUARANTINE_AFTER:
+                self.quarantine(peer, message, suspect[1])
+                return
+        super().execute(peer, message)
+
+    def quarantine(self, peer, message, deaths: int) -> None:
+        """Skip a command that killed `deaths` coordinators: its sender gets
+        an error, its write flags are credited (nobody waits for it)."""
+        error = CommandQuarantined(
+            f"this command (op {message[0]}) was skipped: {deaths + 1} coordinators of "
+            f"{self.server.info.where()} in a row died while applying it (for example "
+            "os._exit() or a crash in a C extension in a method or apply() function)"
+        )
+        print(f"accord: {error}", file=sys.stderr)
+        writes = message[3]
+        if writes:
+            self.credit(None, writes)
+        if message[1]:
+            self.reply(peer, message[1], P.ERROR, pack_error(error))
+        else:
+            self.report(peer, pack_error(error))
 
     def _flush(self) -> None:
         while True:
@@ -145,7 +239,8 @@ class RedisCoordinator(OrderedCoordinator):
             return  # committed with the others already
         for each in list(self.dirty):
             super().commit(each)
-        self.server.committed_at(self.position)
+        self.server.committed_at(self.position, self.unsaved)
+        self.unsaved = {}
 
     def commit_due(self, now: float) -> None:
         for name, since in self.dirty.items():

@@ -3,11 +3,15 @@
 Per share ``NAME`` (the ``{NAME}`` hash tag keeps them on one cluster slot)::
 
     accord:{NAME}:state   hash: p<slot>/a<slot> pending/applied write flags,
-                          v:<name> "version generation is-value" of each
-                          committed object, c (commit counter), epoch (raised
-                          by each coordinator that takes the share), pos (the
-                          last command reflected in the committed state),
-                          n (client ids), check (proves the key), pid, host
+                          v:<name> "version generation is-value epoch" of
+                          each committed object, c (commit counter: the
+                          version of the last commit), epoch (raised by each
+                          coordinator that takes the share), pos (the last
+                          command reflected in the committed state),
+                          q<client> (the last sequence number of that client
+                          reflected in it), busy (the commands being applied:
+                          "B|S attempts position"), n (client ids), check
+                          (proves the key), pid, host
     accord:{NAME}:snap    hash: <name> -> signed pickled snapshot
     accord:{NAME}:cmd     stream: the commands, in the one order they are applied
     accord:{NAME}:lease   the coordinator's lease: its token, with a short TTL
@@ -117,16 +121,19 @@ if string.match(e, '^%d+') == ARGV[2] then return {e, false} end
 return {e, redis.call('HGET', KEYS[2], ARGV[1])}
 """
 
-# The coordinator commits: snapshots, deletions, applied flags and the
-# stream position, all at once — only while it still holds the share
-# (its epoch is current).  ARGV: epoch, position, n, (name, kind, data)*n,
-# m, name*m, (slot, applied)*.
+# The coordinator commits: snapshots, deletions, each client's last applied
+# sequence number, applied flags and the stream position, all at once — only
+# while it still holds the share (its epoch is current).  The coordinator
+# numbers its commits itself (it signs each snapshot with its version).
+# ARGV: epoch, position, version, n, (name, kind, data)*n, m, name*m,
+# k, (client, sequence)*k, (slot, applied)*.
 COMMIT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
-  redis.call('HSET', KEYS[1], 'v:' .. ARGV[i], c .. ' ' .. ARGV[i + 1])
+local c = ARGV[3]
+redis.call('HSET', KEYS[1], 'c', c)
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('HSET', KEYS[1], 'v:' .. ARGV[i], c .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
   i = i + 3
 end
@@ -136,6 +143,12 @@ for _ = 1, m do
   redis.call('HDEL', KEYS[1], 'v:' .. ARGV[i])
   redis.call('HDEL', KEYS[2], ARGV[i])
   i = i + 1
+end
+local k = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, k do
+  redis.call('HSET', KEYS[1], 'q' .. ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
 while i < #ARGV do
   redis.call('HSET', KEYS[1], 'a' .. ARGV[i], ARGV[i + 1])

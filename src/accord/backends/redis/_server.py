@@ -16,7 +16,7 @@ import threading
 
 from ..._errors import AccordError
 from . import _keys
-from ._client import RedisInfo, call, connect_redis
+from ._client import RedisInfo, call, connect_redis, parse_entry, snapshot_context
 from ._keys import Keys
 from ._signing import Signer, TamperedPayload
 
@@ -32,6 +32,29 @@ class Peer:
 
     def __init__(self, client_id: int) -> None:
         self.id = client_id
+
+
+def stream_id(position: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a comparable tuple; (0, 0) for ""."""
+    if not position:
+        return (0, 0)
+    ms, _, seq = position.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+class Committed:
+    """The committed state of a share, as a coordinator taking it finds it."""
+
+    __slots__ = ("applied", "busy", "lost", "objects", "position", "sequences", "version")
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[tuple[int, bool], bytes]] = {}
+        self.applied: dict[int, int] = {}
+        self.sequences: dict[int, int] = {}  # client id -> last sequence applied
+        self.position = ""
+        self.version = 0
+        self.busy: tuple[str, int, str] | None = None  # (mode, attempts, position)
+        self.lost: list[str] = []  # snapshots refused (bad signature)
 
 
 class RedisServer:
@@ -51,7 +74,9 @@ class RedisServer:
         self.snapshots = self  # the coordinator calls server.snapshots.write(...)
         self._writes: dict[str, tuple[str, bytes] | None] = {}
         self._applied: dict[int, int] = {}
+        self._sequences: dict[int, int] = {}
         self._position = ""
+        self.version = 0  # of the last commit (the state's "c")
         self._replies: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()  # the beat thread has its own connection
 
@@ -81,26 +106,52 @@ class RedisServer:
     def release(self) -> None:
         self._release(keys=[self.keys.lease], args=[self.token])
 
-    def load(self):
-        """The committed state: ({name: (kind, data)}, {slot: applied}, position)."""
+    def load(self) -> Committed:
+        """The committed state.  A snapshot whose signature does not cover
+        its name, version and epoch (written without the key, or an old one
+        put back, perhaps under a raised version) is refused: its name is in
+        `lost`."""
         state = call(self.info, self.r.hgetall, self.keys.state)
         snaps = call(self.info, self.r.hgetall, self.keys.snap)
-        objects, applied = {}, {}
+        found = Committed()
         for field, value in state.items():
             if field.startswith(b"v:"):
                 name = field[2:].decode()
-                _version, generation, is_value = value.split()
                 where = f"{self.info.where()}: the snapshot of {name!r}"
-                data = self.signer.open(b"s" + field[2:], snaps.get(field[2:]), where)
-                objects[name] = ((int(generation), is_value == b"1"), data)
+                try:
+                    version, generation, is_value, epoch = parse_entry(value)
+                    context = snapshot_context(name, version, epoch)
+                    data = self.signer.open(context, snaps.get(field[2:]), where)
+                except (ValueError, TamperedPayload) as exc:
+                    print(f"accord: refused to restore share.{name}: {exc}", file=sys.stderr)
+                    found.lost.append(name)
+                    continue
+                found.objects[name] = ((generation, is_value), data)
             elif field[:1] == b"a":
-                applied[int(field[1:])] = int(value)
-        return objects, applied, state.get(b"pos", b"").decode()
+                found.applied[int(field[1:])] = int(value)
+            elif field[:1] == b"q":
+                found.sequences[int(field[1:])] = int(value)
+        found.position = state.get(b"pos", b"").decode()
+        found.version = int(state.get(b"c", 0))
+        busy = state.get(b"busy")
+        if busy:
+            mode, attempts, position = busy.decode().split()
+            found.busy = (mode, int(attempts), position)
+        self.version = found.version
+        return found
+
+    def mark_busy(self, mode: str, attempts: int, position: str) -> None:
+        """Record, before applying them, the commands up to `position`
+        ("B": a batch; "S": that one command, tried `attempts` times): a
+        coordinator that finds it beyond the committed position knows that
+        its predecessor died applying them."""
+        call(self.info, self.r.hset, self.keys.state, "busy", f"{mode} {attempts} {position}")
 
     # -- commands in ---------------------------------------------------------
 
-    def read(self, last_id: str, block_ms: int | None) -> list[tuple[str, int, tuple]]:
-        """Commands after `last_id`: [(id, client id, message)], verified."""
+    def read(self, last_id: str, block_ms: int | None) -> list[tuple[str, int, int, tuple]]:
+        """Commands after `last_id`: [(id, client id, sequence, message)],
+        verified (message None: refused)."""
         found = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
         out = []
         for _stream, entries in found or ():
@@ -109,25 +160,24 @@ class RedisServer:
                 waits, _, signed = (fields.get(b"d") or b"").partition(b";")
                 try:
                     data = self.signer.open(b"c", signed, f"{self.info.where()}: command")
-                    client_id, message = pickle.loads(data)
+                    client_id, sequence, message = pickle.loads(data)
                     message = list(message)
                     message[2] = [int(x) for x in waits.split(b",")] if waits else []
                 except TamperedPayload as exc:
                     print(f"accord: dropped a command: {exc}", file=sys.stderr)
-                    out.append((entry_id, 0, None))
+                    out.append((entry_id, 0, 0, None))
                     continue
                 except Exception as exc:  # signed, yet not a command: a broken client
                     print(f"accord: dropped a garbled command: {exc!r}", file=sys.stderr)
-                    out.append((entry_id, 0, None))
+                    out.append((entry_id, 0, 0, None))
                     continue
-                out.append((entry_id, client_id, tuple(message)))
+                out.append((entry_id, client_id, sequence, tuple(message)))
         return out
 
     # -- what the coordinator buffers, flushed in one go ------------------------
 
     def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
-        signed = self.signer.sign(b"s" + name.encode(), data)
-        self._writes[name] = (f"{kind[0]} {int(kind[1])}", signed)
+        self._writes[name] = (f"{kind[0]} {int(kind[1])}", data)  # signed at the commit
 
     def delete(self, name: str) -> None:
         self._writes[name] = None
@@ -135,8 +185,11 @@ class RedisServer:
     def set_applied(self, slot: int, value: int) -> None:
         self._applied[slot] = value
 
-    def committed_at(self, position: str) -> None:
+    def committed_at(self, position: str, sequences: dict[int, int]) -> None:
+        """The next commit reflects every command up to `position`, and the
+        clients' `sequences` up to there."""
         self._position = position
+        self._sequences.update(sequences)
 
     def send(self, peer: Peer, payload: bytes) -> None:
         self._replies.append((peer.id, payload))
@@ -150,17 +203,24 @@ class RedisServer:
     def flush(self) -> None:
         """Commit what was buffered, then send the replies (so a reply never
         arrives before the commit it may depend on)."""
-        if not (self._writes or self._applied or self._replies):
+        committing = bool(self._writes or self._applied or self._sequences)
+        if not (committing or self._replies):
             return
+        version = self.version + 1
         with self.r.pipeline(transaction=False) as pipe:
-            if self._writes or self._applied:
-                args: list = [self.epoch, self._position]
+            if committing:
+                args: list = [self.epoch, self._position, version]
                 kept = [(n, w) for n, w in self._writes.items() if w is not None]
                 args.append(len(kept))
+                epoch = str(self.epoch).encode()
                 for name, (kind, data) in kept:
-                    args += [name, kind, data]
+                    context = snapshot_context(name, b"%d" % version, epoch)
+                    args += [name, kind, self.signer.sign(context, data)]
                 gone = [n for n, w in self._writes.items() if w is None]
                 args += [len(gone), *gone]
+                args.append(len(self._sequences))
+                for client_id, sequence in self._sequences.items():
+                    args += [client_id, sequence]
                 for slot, value in self._applied.items():
                     args += [slot, value]
                 self._commit(
@@ -171,12 +231,14 @@ class RedisServer:
                 pipe.rpush(key, self.signer.sign(b"r%d" % client_id, payload))
                 pipe.pexpire(key, self.ttl_ms)
             results = pipe.execute()
-        committed = bool(self._writes or self._applied)
         self._writes.clear()
         self._applied.clear()
+        self._sequences.clear()
         self._replies.clear()
-        if committed and results[0] != 1:
-            raise TakenOver(f"another coordinator took {self.info.where()} over")
+        if committing:
+            if results[0] != 1:
+                raise TakenOver(f"another coordinator took {self.info.where()} over")
+            self.version = version
 
     def close(self) -> None:
         self.r.close()

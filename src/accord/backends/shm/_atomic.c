@@ -6,7 +6,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
 
 static uint64_t *
 slot(PyObject *buffer, Py_ssize_t offset, Py_buffer *view)
@@ -80,6 +83,247 @@ store(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Mapping: a shared mapping that holds no file descriptor.
+ *
+ * Why: mmap.mmap keeps a duplicate of the descriptor for as long as the
+ * mapping lives (Python < 3.13 cannot turn that off), so a process that maps
+ * one segment per shared name runs out of descriptors after about a thousand
+ * names.  A Mapping is mapped from a descriptor the caller then closes.  It
+ * offers the part of mmap's interface accord uses: the buffer protocol, len(),
+ * m[i], m[a:b] (a copy, as bytes), m[a:b] = data, close().  The memory is
+ * unmapped by close() (refused while buffers are exported) or when the object
+ * goes. */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t size;
+    Py_ssize_t exports;
+} Mapping;
+
+static int
+mapping_open(Mapping *self)
+{
+    if (self->data == NULL) {
+        PyErr_SetString(PyExc_ValueError, "mapping closed");
+        return 0;
+    }
+    return 1;
+}
+
+static void
+mapping_dealloc(Mapping *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->data != NULL)
+        munmap(self->data, (size_t)self->size);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+mapping_getbuffer(Mapping *self, Py_buffer *view, int flags)
+{
+    if (!mapping_open(self)) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void
+mapping_releasebuffer(Mapping *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static Py_ssize_t
+mapping_length(Mapping *self)
+{
+    return self->data == NULL ? 0 : self->size;
+}
+
+static PyObject *
+mapping_subscript(Mapping *self, PyObject *item)
+{
+    if (!mapping_open(self))
+        return NULL;
+    if (PyIndex_Check(item)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        if (i < 0)
+            i += self->size;
+        if (i < 0 || i >= self->size) {
+            PyErr_SetString(PyExc_IndexError, "mapping index out of range");
+            return NULL;
+        }
+        return PyLong_FromLong((unsigned char)self->data[i]);
+    }
+    if (PySlice_Check(item)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(item, &start, &stop, &step) < 0)
+            return NULL;
+        Py_ssize_t n = PySlice_AdjustIndices(self->size, &start, &stop, step);
+        if (step != 1) {
+            PyErr_SetString(PyExc_ValueError, "mapping slices take no step");
+            return NULL;
+        }
+        return PyBytes_FromStringAndSize(self->data + start, n);
+    }
+    PyErr_SetString(PyExc_TypeError, "mapping indices must be integers or slices");
+    return NULL;
+}
+
+static int
+mapping_ass_subscript(Mapping *self, PyObject *item, PyObject *value)
+{
+    if (!mapping_open(self))
+        return -1;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "mapping items cannot be deleted");
+        return -1;
+    }
+    if (PyIndex_Check(item)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return -1;
+        if (i < 0)
+            i += self->size;
+        long v = PyLong_AsLong(value);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (i < 0 || i >= self->size || v < 0 || v > 255) {
+            PyErr_SetString(PyExc_IndexError, "mapping index or byte value out of range");
+            return -1;
+        }
+        self->data[i] = (char)v;
+        return 0;
+    }
+    if (!PySlice_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "mapping indices must be integers or slices");
+        return -1;
+    }
+    Py_ssize_t start, stop, step;
+    if (PySlice_Unpack(item, &start, &stop, &step) < 0)
+        return -1;
+    Py_ssize_t n = PySlice_AdjustIndices(self->size, &start, &stop, step);
+    Py_buffer src;
+    if (PyObject_GetBuffer(value, &src, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (step != 1 || src.len != n) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_IndexError, "mapping slice assignment is wrong size");
+        return -1;
+    }
+    memmove(self->data + start, src.buf, (size_t)n);
+    PyBuffer_Release(&src);
+    return 0;
+}
+
+static PyObject *
+mapping_close(Mapping *self, PyObject *unused)
+{
+    if (self->exports > 0) {
+        PyErr_SetString(PyExc_BufferError, "cannot close a mapping while buffers are exported");
+        return NULL;
+    }
+    if (self->data != NULL) {
+        munmap(self->data, (size_t)self->size);
+        self->data = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mapping_closed(Mapping *self, void *unused)
+{
+    return PyBool_FromLong(self->data == NULL);
+}
+
+static PyMethodDef mapping_methods[] = {
+    {"close", (PyCFunction)mapping_close, METH_NOARGS,
+     "Unmap (BufferError while buffers are exported)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef mapping_getset[] = {
+    {"closed", (getter)mapping_closed, NULL, "Whether the mapping was closed.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot mapping_slots[] = {
+    {Py_tp_dealloc, mapping_dealloc},
+    {Py_tp_methods, mapping_methods},
+    {Py_tp_getset, mapping_getset},
+    {Py_bf_getbuffer, mapping_getbuffer},
+    {Py_bf_releasebuffer, mapping_releasebuffer},
+    {Py_mp_length, mapping_length},
+    {Py_mp_subscript, mapping_subscript},
+    {Py_mp_ass_subscript, mapping_ass_subscript},
+    {Py_sq_length, mapping_length},
+    {Py_tp_doc, "A shared memory mapping that holds no file descriptor (see map())."},
+    {0, NULL},
+};
+
+static PyType_Spec mapping_spec = {
+    "accord.backends.shm._atomic.Mapping", sizeof(Mapping), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, mapping_slots,
+};
+
+static PyObject *
+map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "map(fd, size)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "cannot map an empty segment");
+        return NULL;
+    }
+    PyObject *tp = PyObject_GetAttrString(module, "Mapping");
+    if (tp == NULL)
+        return NULL;
+    void *data;
+    Py_BEGIN_ALLOW_THREADS
+    data = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    Py_END_ALLOW_THREADS
+    if (data == MAP_FAILED) {
+        Py_DECREF(tp);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Mapping *self = (Mapping *)((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 0);
+    Py_DECREF(tp);
+    if (self == NULL) {
+        munmap(data, (size_t)size);
+        return NULL;
+    }
+    self->data = data;
+    self->size = size;
+    self->exports = 0;
+    return (PyObject *)self;
+}
+
+static int
+exec_module(PyObject *module)
+{
+    PyObject *tp = PyType_FromModuleAndSpec(module, &mapping_spec, NULL);
+    if (tp == NULL)
+        return -1;
+    if (PyModule_AddObject(module, "Mapping", tp) < 0) {
+        Py_DECREF(tp);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef methods[] = {
     {"fetch_add", (PyCFunction)(void (*)(void))fetch_add, METH_FASTCALL,
      "fetch_add(buffer, offset, delta) -> old value: atomic 64-bit add."},
@@ -87,12 +331,15 @@ static PyMethodDef methods[] = {
      "load(buffer, offset) -> value: atomic 64-bit load."},
     {"store", (PyCFunction)(void (*)(void))store, METH_FASTCALL,
      "store(buffer, offset, value): atomic 64-bit store."},
+    {"map", (PyCFunction)(void (*)(void))map_fd, METH_FASTCALL,
+     "map(fd, size) -> Mapping: map a shared segment read-write; fd may be closed after."},
     {NULL, NULL, 0, NULL},
 };
 
 /* Multi-phase initialisation (PEP 489) with no module state: importable in
  * sub-interpreters, including those with their own GIL. */
 static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
 #ifdef Py_mod_multiple_interpreters
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

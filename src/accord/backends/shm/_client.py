@@ -116,7 +116,7 @@ class ShmClient:
     def __init__(self, info: ShareInfo) -> None:
         self.info = info
         try:
-            self.control = Segment.attach(f"{info.stem}~control")
+            self.control = Segment.attach(f"{info.stem}~control", _control.SIZE)
         except FileNotFoundError:
             raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
         _control.check_header(self.control.buf)
@@ -356,6 +356,7 @@ class ShmClient:
         self.replies = Replies()
         self._buffer = _transport.FrameBuffer()
         self.owner_process = None
+        self.snapshots.after_fork()
 
 
 def _pid_alive(pid: int, process) -> bool:

@@ -1,12 +1,23 @@
 """Committed snapshots in shared memory, readable by every process.
 
 Each shared name has a segment holding its latest pickled snapshot behind a
-seqlock (version odd while the coordinator writes it).  An index segment maps
-names to segments; it is itself a seqlocked snapshot, found through the index
-generation in the control segment.  A segment that must grow is replaced by
-a new one (new name), the index is updated, and the old one is unlinked:
+seqlock (version odd while the coordinator writes it).  A segment that must
+grow is replaced by a new one (new name) and the old one is unlinked:
 readers that still map it keep a consistent, older snapshot until they next
 look at the index.
+
+The index, which maps names to segments, is an append-only log of records
+in its own segment (found through the index generation in the control
+segment): adding or changing a name appends one record and then publishes
+the log's new length, so readers read only what was appended since they
+last looked, and a record, once published, never changes.  A full log is
+compacted into a new generation twice its live size: adding a name costs
+O(1) amortised, whatever the number of names.
+
+Neither side keeps a file descriptor per name (see `_segment`), and each
+keeps at most MAX_MAPPED segments mapped (least recently used go first;
+Linux allows about 65,000 mappings per process): a share may hold hundreds
+of thousands of names.
 
 Only the coordinator writes (`SnapshotWriter`); every process reads
 (`SnapshotReader`), keeping the object it last unpickled per name and
@@ -19,22 +30,36 @@ import itertools
 import os
 import pickle
 import struct
+import threading
 import time
+from collections import OrderedDict
 
-from ..._errors import AccordError, ShareClosed
+from ..._errors import AccordError, ForeignSegment, ShareClosed
 from . import _control
 from ._atomic import load, store
 from ._segment import Segment
+from ._segment import unlink as _unlink
 
 _LENGTH = struct.Struct("<Q")
 HEADER = 16  # version, length
 MIN_SIZE = 4096
 MISSING = object()
+# Segments kept mapped per process (per share); the others are mapped again
+# when next used.
+MAX_MAPPED = 8192
 # A retry loop of a reader that has not settled after this long, with the
 # coordinator alive, gives up (a live coordinator finishes a commit or a
 # segment swap far sooner; a dead one is noticed within about a second).
 SETTLE_S = 30.0
 _EAGER_TRIES = 64  # retries before the first liveness check: a commit takes microseconds
+_SQUAT_TRIES = 1000  # names taken by someone else that a writer skips before giving up
+
+# An index record: name length, segment name length, type generation,
+# flags (1: an immutable value, 2: the name was deleted); then both names.
+_RECORD = struct.Struct("<IIQB")
+_VALUE = 1
+_DELETED = 2
+INDEX_END = 8  # offset of the log's published length (records start at HEADER)
 
 
 class _Patience:
@@ -76,6 +101,32 @@ def index_name(stem: str, generation: int) -> str:
     return f"{stem}~index{generation}"
 
 
+def _record(name: str, segname: str | None, kind: tuple) -> bytes:
+    raw = name.encode("utf-8", "surrogatepass")
+    seg = b"" if segname is None else segname.encode()
+    flags = (_VALUE if kind[1] else 0) | (_DELETED if segname is None else 0)
+    return _RECORD.pack(len(raw), len(seg), kind[0], flags) + raw + seg
+
+
+def _parse(data: bytes, index: dict[str, tuple]) -> None:
+    """Apply the records in `data` to `index` ({name: (segment, gen, is value)})."""
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < _RECORD.size:
+            raise AccordError("the share's index is corrupt (a truncated record)")
+        nlen, slen, generation, flags = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        if end - pos < nlen + slen:
+            raise AccordError("the share's index is corrupt (a truncated record)")
+        name = data[pos : pos + nlen].decode("utf-8", "surrogatepass")
+        pos += nlen
+        if flags & _DELETED:
+            index.pop(name, None)
+        else:
+            index[name] = (data[pos : pos + slen].decode(), generation, bool(flags & _VALUE))
+        pos += slen
+
+
 def _write(seg: Segment, data: bytes) -> None:
     buf = seg.buf
     version = load(buf, 0)
@@ -99,9 +150,25 @@ def _read(seg: Segment, known_version: int, check, what: str) -> tuple[int, byte
             patience()
             continue
         (length,) = _LENGTH.unpack_from(buf, 8)
+        if length > seg.size - HEADER:  # torn: the version moves on, or corrupt
+            if load(buf, 0) == version:
+                raise AccordError(f"{what} is corrupt (length {length} > its segment)")
+            continue
         data = buf[HEADER : HEADER + length]
         if load(buf, 0) == version:
             return version, data
+
+
+class _Slot:
+    """The writer's record of one name's segment."""
+
+    __slots__ = ("kind", "name", "seg", "size")
+
+    def __init__(self, seg: Segment, kind: tuple) -> None:
+        self.name = seg.name
+        self.size = seg.size
+        self.seg: Segment | None = seg  # None while not mapped
+        self.kind = kind
 
 
 class SnapshotWriter:
@@ -115,14 +182,36 @@ class SnapshotWriter:
         self._control = control
         self._stem = stem
         self._ids = itertools.count()
-        self._segments: dict[str, Segment] = {}
-        self._kinds: dict[str, tuple] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._mapped: OrderedDict[str, None] = OrderedDict()
         self._index_gen = 0
         self._index = Segment.create(index_name(stem, 0), MIN_SIZE)
-        self._write_index()
+        self._index_end = HEADER
+        store(self._index.buf, INDEX_END, HEADER)
+        self._live = 0  # bytes of the records a compaction keeps
 
     def _new_segment(self, size: int) -> Segment:
+        # Another local user who lists /dev/shm may create the next names
+        # first: skip them (never use them), rather than fail the commit.
+        for _ in range(_SQUAT_TRIES - 1):
+            try:
+                return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
+            except ForeignSegment:
+                continue
         return Segment.create(f"{self._stem}~o{next(self._ids)}", size)
+
+    def _segment(self, name: str, slot: _Slot) -> Segment:
+        seg = slot.seg
+        if seg is None:
+            seg = slot.seg = Segment.attach(slot.name, slot.size)
+        self._mapped[name] = None
+        self._mapped.move_to_end(name)
+        while len(self._mapped) > MAX_MAPPED:
+            old, _ = self._mapped.popitem(last=False)
+            evicted = self._slots[old]
+            evicted.seg.close()
+            evicted.seg = None
+        return seg
 
     def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
         """Commit `data` as the snapshot of `name`.
@@ -131,64 +220,94 @@ class SnapshotWriter:
         and whether it is an immutable value); it is kept in the index, so
         readers learn what an object is without unpickling it.
         """
-        seg = self._segments.get(name)
-        if seg is None or HEADER + len(data) > seg.size:
+        slot = self._slots.get(name)
+        if slot is None or HEADER + len(data) > slot.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
             _write(new, data)
-            self._segments[name] = new
-            self._kinds[name] = kind
-            self._write_index()  # before the old one goes, so readers find the new
-            if seg is not None:
-                seg.unlink()
-                seg.close()
+            if slot is not None:
+                self._drop(name, slot)
+            self._slots[name] = _Slot(new, kind)
+            self._segment(name, self._slots[name])
+            self._append(name, new.name, kind)  # before the old one goes
+            if slot is not None:
+                _unlink(slot.name)
         else:
-            _write(seg, data)
-            if self._kinds.get(name) != kind:
-                self._kinds[name] = kind
-                self._write_index()
+            _write(self._segment(name, slot), data)
+            if slot.kind != kind:
+                slot.kind = kind
+                self._append(name, slot.name, kind)
         self._committed()
+
+    def _drop(self, name: str, slot: _Slot) -> None:
+        if slot.seg is not None:
+            slot.seg.close()
+            slot.seg = None
+        self._mapped.pop(name, None)
+        self._live -= len(_record(name, slot.name, slot.kind))
 
     def _committed(self) -> None:
         buf = self._control.buf
         store(buf, _control.COMMITS, load(buf, _control.COMMITS) + 1)
 
     def delete(self, name: str) -> None:
-        seg = self._segments.pop(name, None)
-        self._kinds.pop(name, None)
-        if seg is not None:
-            self._write_index()
-            seg.unlink()
-            seg.close()
+        slot = self._slots.pop(name, None)
+        if slot is not None:
+            self._drop(name, slot)
+            self._append(name, None, (0, False))
+            _unlink(slot.name)
         self._committed()
 
-    def _write_index(self) -> None:
-        data = pickle.dumps({n: (s.name, *self._kinds[n]) for n, s in self._segments.items()})
-        if HEADER + len(data) > self._index.size:
-            old = self._index
+    def _append(self, name: str, segname: str | None, kind: tuple) -> None:
+        record = _record(name, segname, kind)
+        if segname is not None:
+            self._live += len(record)
+        end = self._index_end
+        if end + len(record) > self._index.size:
+            self._compact(2 * (HEADER + self._live) + len(record))
+            return  # the new generation holds every live name, this one included
+        self._index.buf[end : end + len(record)] = record
+        self._index_end = end + len(record)
+        store(self._index.buf, INDEX_END, self._index_end)  # publish
+
+    def _compact(self, size: int) -> None:
+        old = self._index
+        for attempt in range(_SQUAT_TRIES):
             self._index_gen += 1
-            self._index = Segment.create(
-                index_name(self._stem, self._index_gen), 2 * (HEADER + len(data))
-            )
-            _write(self._index, data)
-            # The generation names the index segment: readers re-resolve it.
-            store(self._control.buf, _control.INDEX_GEN, self._index_gen)
-            old.unlink()
-            old.close()
-        else:
-            _write(self._index, data)
+            try:
+                self._index = Segment.create(
+                    index_name(self._stem, self._index_gen), max(MIN_SIZE, size)
+                )
+                break
+            except ForeignSegment:  # taken by someone else: readers follow INDEX_GEN
+                if attempt == _SQUAT_TRIES - 1:
+                    raise
+        data = b"".join(_record(n, s.name, s.kind) for n, s in self._slots.items())
+        self._index.buf[HEADER : HEADER + len(data)] = data
+        self._index_end = HEADER + len(data)
+        self._live = len(data)
+        store(self._index.buf, INDEX_END, self._index_end)
+        # The generation names the index segment: readers re-resolve it.
+        store(self._control.buf, _control.INDEX_GEN, self._index_gen)
+        old.unlink()
+        old.close()
 
     def close(self) -> None:
-        for seg in [*self._segments.values(), self._index]:
-            seg.unlink()
-            seg.close()
-        self._segments.clear()
+        for slot in self._slots.values():
+            _unlink(slot.name)
+            if slot.seg is not None:
+                slot.seg.close()
+        self._slots.clear()
+        self._mapped.clear()
+        self._index.unlink()
+        self._index.close()
 
 
 class _Cached:
-    __slots__ = ("commits", "kind", "obj", "segment", "version")
+    __slots__ = ("commits", "kind", "obj", "segment", "segname", "version")
 
     def __init__(self, segment: Segment) -> None:
-        self.segment = segment
+        self.segment: Segment | None = segment  # None while not mapped
+        self.segname = segment.name
         self.version = -1
         self.commits = -1
         self.kind: tuple | None = None  # the index's kind when obj was read
@@ -206,13 +325,18 @@ class SnapshotReader:
 
     def __init__(self, control: Segment, stem: str, check=None) -> None:
         self._control = control.buf
-        self._check = self._closed if check is None else check
         self._stem = stem
+        self._check = self._closed if check is None else check
         self._index_gen = -1
         self._index_seg: Segment | None = None
-        self._index_version = -1
+        self._index_pos = HEADER
         self._index: dict[str, tuple] = {}
+        self._index_lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
+        self._mapped: OrderedDict[str, None] = OrderedDict()
+
+    def after_fork(self) -> None:
+        self._index_lock = threading.Lock()
 
     def _closed(self) -> None:
         if load(self._control, _control.CLOSED):
@@ -220,11 +344,21 @@ class SnapshotReader:
 
     def _refresh_index(self) -> dict[str, tuple]:
         gen = load(self._control, _control.INDEX_GEN)
+        if gen == self._index_gen and load(self._index_seg.buf, INDEX_END) == self._index_pos:
+            return self._index  # nothing appended since we looked
+        with self._index_lock:  # one thread applies what was appended
+            return self._refresh_locked(load(self._control, _control.INDEX_GEN))
+
+    def _refresh_locked(self, gen: int) -> dict[str, tuple]:
         patience = None
         while gen != self._index_gen:
             try:
-                seg = Segment.attach(index_name(self._stem, gen))
-            except FileNotFoundError:  # replaced while we looked, or closed
+                seg = Segment.attach(index_name(self._stem, gen), min_size=MIN_SIZE)
+            except (FileNotFoundError, ForeignSegment) as exc:  # replaced, or closed
+                if isinstance(exc, ForeignSegment):
+                    self._check()  # a closed or dead share: that error instead
+                    if load(self._control, _control.INDEX_GEN) == gen:
+                        raise  # another user's file under the current index's name
                 if patience is None:
                     patience = _Patience(self._check, "the share's index")
                 patience()
@@ -232,12 +366,42 @@ class SnapshotReader:
                 continue
             # The old mapping is not closed here: another thread may be
             # reading it.  It is unmapped when the last reference goes.
-            self._index_seg, self._index_gen, self._index_version = seg, gen, -1
-        version, data = _read(self._index_seg, self._index_version, self._check, "the index")
-        if data is not None:
-            self._index = pickle.loads(data)
-            self._index_version = version
+            index: dict[str, tuple] = {}
+            _parse(self._published(seg, HEADER), index)
+            # The generation last: a thread that sees it sees the rest.
+            self._index_seg, self._index, self._index_pos = seg, index, seg.last_end
+            self._index_gen = gen
+            return index
+        data = self._published(self._index_seg, self._index_pos)
+        _parse(data, self._index)  # other threads' lookups see whole records
+        self._index_pos = self._index_seg.last_end
         return self._index
+
+    @staticmethod
+    def _published(seg: Segment, pos: int) -> bytes:
+        """The records appended to index `seg` from `pos` on (the end read
+        is left in seg.last_end)."""
+        end = load(seg.buf, INDEX_END)
+        if not HEADER <= pos <= end <= seg.size:
+            raise AccordError("the share's index is corrupt (its length)")
+        seg.last_end = end
+        return seg.buf[pos:end]
+
+    def _mapped_segment(self, name: str, cached: _Cached) -> Segment:
+        seg = cached.segment
+        if seg is None:
+            seg = cached.segment = Segment.attach(cached.segname, min_size=HEADER)
+        mapped = self._mapped
+        mapped[name] = None
+        mapped.move_to_end(name)
+        while len(mapped) > MAX_MAPPED:
+            old, _ = mapped.popitem(last=False)
+            evicted = self._cache.get(old)
+            if evicted is not None:
+                # Not closed: another thread may be reading it; it is
+                # unmapped when the last reference goes.
+                evicted.segment = None
+        return seg
 
     def read(self, name: str):
         commits = load(self._control, _control.COMMITS)
@@ -249,21 +413,28 @@ class SnapshotReader:
             entry = self._refresh_index().get(name)
             if entry is None:
                 self._cache.pop(name, None)
+                self._mapped.pop(name, None)
                 return MISSING
             segname = entry[0]
             cached = self._cache.get(name)
-            if cached is None or cached.segment.name != segname:
-                try:
-                    cached = _Cached(Segment.attach(segname))
-                except FileNotFoundError:  # replaced while we looked, or closed
-                    if patience is None:
-                        patience = _Patience(self._check, f"the snapshot of {name!r}")
-                    patience()
-                    continue  # read the index again
-                self._cache[name] = cached  # (the old mapping goes with its last user)
-            version, data = _read(
-                cached.segment, cached.version, self._check, f"the snapshot of {name!r}"
-            )
+            try:
+                if cached is None or cached.segname != segname:
+                    cached = _Cached(Segment.attach(segname, min_size=HEADER))
+                    self._cache[name] = cached  # (the old mapping goes with its last user)
+                seg = self._mapped_segment(name, cached)
+            except (FileNotFoundError, ForeignSegment) as exc:  # replaced, or closed
+                if isinstance(exc, ForeignSegment):
+                    # Someone re-created the name after the coordinator
+                    # removed it: a closed or dead share, or an index we
+                    # have not read yet.  Never read it.
+                    self._check()
+                    if self._refresh_index().get(name) == entry:
+                        raise
+                if patience is None:
+                    patience = _Patience(self._check, f"the snapshot of {name!r}")
+                patience()
+                continue  # read the index again
+            version, data = _read(seg, cached.version, self._check, f"the snapshot of {name!r}")
             if data is not None:
                 cached.obj = pickle.loads(data)
                 cached.version = version
@@ -306,12 +477,12 @@ class SnapshotReader:
         coordinator died: ({name: data}, [names lost mid-commit])."""
         found: dict[str, bytes] = {}
         lost: list[str] = []
-        index = self._settled(
-            Segment.attach(index_name(self._stem, load(self._control, _control.INDEX_GEN))), tries
-        )
-        for name, (segname, *_kind) in (pickle.loads(index) if index else {}).items():
+        gen = load(self._control, _control.INDEX_GEN)
+        index: dict[str, tuple] = {}
+        _parse(self._published(Segment.attach(index_name(self._stem, gen)), HEADER), index)
+        for name, (segname, *_kind) in index.items():
             try:
-                data = self._settled(Segment.attach(segname), tries)
+                data = self._settled(Segment.attach(segname, min_size=HEADER), tries)
             except FileNotFoundError:
                 data = None
             if data is None:
@@ -328,6 +499,8 @@ class SnapshotReader:
             if version & 1:
                 continue
             (length,) = _LENGTH.unpack_from(seg.buf, 8)
+            if length > seg.size - HEADER:
+                continue
             data = seg.buf[HEADER : HEADER + length]
             if load(seg.buf, 0) == version:
                 return data
@@ -335,8 +508,10 @@ class SnapshotReader:
 
     def close(self) -> None:
         for cached in self._cache.values():
-            cached.segment.close()
+            if cached.segment is not None:
+                cached.segment.close()
         self._cache.clear()
+        self._mapped.clear()
         if self._index_seg is not None:
             self._index_seg.close()
             self._index_seg = None

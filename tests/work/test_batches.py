@@ -1,0 +1,117 @@
+"""Claim batching: several items per transaction, with the guarantees of one."""
+
+from __future__ import annotations
+
+import collections
+import signal
+
+import pytest
+from sqlalchemy import event
+from work_helpers import barrier, wait_until
+
+from accord.work import WorkQueue
+from accord.work._queue import _BatchSize
+
+
+def _statements(queue: WorkQueue) -> list[str]:
+    seen: list[str] = []
+    event.listen(queue._engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+def test_short_items_are_claimed_and_recorded_in_batches(db):
+    queue = WorkQueue(range(500), db=db, name="q", progress=False)
+    statements = _statements(queue)
+    assert list(queue) == list(range(500))
+    # One at a time, each item costs a claim and a completion: at least
+    # four statements.  In batches of up to 100, a few per batch.
+    assert len(statements) < 150, len(statements)
+    assert queue.counts() == {"pending": 0, "running": 0, "completed": 500, "failed": 0}
+    assert [h.status for h in queue.history(250)] == ["running", "completed"]
+    queue.dispose()
+
+
+def test_the_batch_size_follows_the_measured_item_time():
+    size = _BatchSize(None)
+    assert size.next() == 1  # nothing measured yet
+    for _ in range(20):
+        size.measured(0.010)
+    assert [size.next() for _ in range(3)] == [4, 10, 10]  # 0.1 s of 10 ms items
+    for _ in range(30):
+        size.measured(2.0)
+    assert size.next() == 1  # long items: one at a time
+    assert _BatchSize(7).next() == 7
+
+
+@pytest.mark.parametrize("leave", ["break", "close"])
+def test_the_unstarted_items_of_a_batch_go_back_when_the_loop_ends(db, leave):
+    queue = WorkQueue(range(10), db=db, name="q", progress=False, claim_batch=10)
+    for item in queue:
+        if item == 2:
+            if leave == "break":
+                break
+            queue.close()
+    left = 2 if leave == "break" else 3
+    assert queue.counts() == {
+        "pending": 10 - left - (leave == "break"),
+        "running": 0,
+        "completed": left,
+        "failed": int(leave == "break"),
+    }
+    assert [h.status for h in queue.history(5)] == ["running", "released"]
+    assert list(queue) == list(range(3, 10))
+    queue.dispose()
+
+
+def test_a_dead_workers_batch_is_handed_out_again(db, workers):
+    options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2, "claim_batch": 5}
+    victim = workers.start(db=db, name="crash", items=12, options=options, hang_on=["1"])
+    wait_until(lambda: "start 1" in victim.stdout.readline(), what="the victim to take item 1")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = workers.start(db=db, name="crash", items=12, options=options)
+    # Its whole batch came back, item 0 too: the victim finished it, but
+    # died before its next claim would have recorded that.
+    assert sorted(workers.finish(survivor), key=int) == [str(i) for i in range(12)]
+    queue = WorkQueue(range(12), db=db, name="crash", progress=False)
+    assert queue.counts()["completed"] == 12
+    for key in (0, 1, 4):
+        assert [h.status for h in queue.history(key)] == [
+            "running",
+            "killed",
+            "running",
+            "completed",
+        ]
+    queue.dispose()
+
+
+def test_the_heartbeat_keeps_a_whole_batch_with_its_worker(sqlite_db, workers, tmp_path):
+    # The batch takes far longer than the heartbeat timeout; no item of it
+    # is handed to the other worker, which only gets what is left.
+    options = {"heartbeat_timeout": 0.6, "heartbeat_interval": 0.1, "claim_batch": 3}
+    config = {"db": sqlite_db, "name": "slow", "items": 6, "options": options, "work_s": 0.4}
+    done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
+    assert collections.Counter(done[0] + done[1]) == {str(i): 1 for i in range(6)}
+    queue = WorkQueue(range(6), db=sqlite_db, name="slow", progress=False)
+    assert all(h.status in ("running", "completed") for h in queue.history())
+    queue.dispose()
+
+
+@pytest.mark.timeout(300)
+def test_32_workers_on_sqlite_never_see_a_locked_database_nor_complete_twice(
+    sqlite_db, workers, tmp_path
+):
+    n = 3000
+    config = {"db": sqlite_db, "name": "q", "items": n, "barrier": [str(barrier(tmp_path)), 32]}
+    procs = [workers.start(**config) for _ in range(32)]
+    done = collections.Counter()
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert "locked" not in err and "unavailable" not in err, err
+        done.update(line.split()[1] for line in out.splitlines() if line.startswith("done "))
+    assert done == {str(i): 1 for i in range(n)}
+    queue = WorkQueue(range(n), db=sqlite_db, name="q", progress=False)
+    completions = collections.Counter(h.key for h in queue.history() if h.status == "completed")
+    assert completions == {str(i): 1 for i in range(n)}
+    queue.dispose()
