@@ -27,7 +27,6 @@ Segment layout::
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import time
 from collections.abc import Callable
@@ -62,19 +61,10 @@ FULL_TIMEOUT_S = 600.0
 _HEADER = struct.Struct("<3Q")
 
 
-def private_attach(name: str) -> Segment:
-    """Map segment `name` after checking that it is ours and private (0600):
+def private_attach(name: str, min_size: int = 1) -> Segment:
+    """Map segment `name` once it is shown to be ours and private (0600):
     another local user could have created it to feed us entries."""
-    segment = Segment.attach(name)
-    # Segment.attach has closed its descriptor; check the file it mapped.
-    info = os.stat(f"/dev/shm/{name}")
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        segment.close()
-        raise AccordError(
-            f"shared-memory segment {name!r} is not private to this user "
-            f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): remove it"
-        )
-    return segment
+    return Segment.attach(name, min_size=min_size)
 
 
 class RingSegment:
@@ -105,7 +95,7 @@ class RingSegment:
 
     @classmethod
     def attach(cls, name: str) -> RingSegment:
-        return cls(private_attach(name))
+        return cls(private_attach(name, FIRST_RING))
 
     def base(self, index: int) -> int:
         if not 0 <= index < self.count:
