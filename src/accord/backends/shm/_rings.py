@@ -184,6 +184,8 @@ class Consumer:
         rings must be empty."""
         self.rings = rings
         self.buf = rings.buf
+        # Producers name spills after the share's stem, which names the rings.
+        self._spill_prefix = rings.segment.name.rsplit("~", 1)[0] + "~spill."
         # base -> position drained to, for every ring in use: what
         # bell_sleep and bell_arm check for input.
         self.positions: dict[int, int] = {}
@@ -216,7 +218,7 @@ class Consumer:
         if flag != SPILL:
             raise AccordError(f"unknown ring entry flag {flag}")
         name, size = data.decode().split("\0")
-        if not name.startswith(self.rings.segment.name.split("~")[0] + "~spill."):
+        if not name.startswith(self._spill_prefix):
             raise AccordError(f"a ring entry names a foreign segment {name!r}")
         segment = private_attach(name)
         try:
