@@ -4,10 +4,19 @@
 
 Per backend: start-up (construct the pool, then one 20 ms task on each
 worker, so every worker must be up), round-trip latency of one tiny task
-(``submit(f).result()``), and throughput of tiny tasks (``map`` over many
-items, chunksize 1).  The alternatives use the same start method; the
-sub-interpreter backend is compared with forkserver, the default.  Ratios
-are other/accord: above 1, accord is that many times faster.
+(``submit(f).result()``), 100 tasks each given a 1 MB numpy array, and the
+default ``map`` of 20,000 tiny tasks (each pool's own default chunking:
+accord's adaptive chunks, ``multiprocessing.Pool.map``'s length / 4 per
+worker, ``ProcessPoolExecutor.map``'s one call per task).  The
+alternatives use the same start method; the sub-interpreter backend is
+compared with forkserver, the default.  Ratios are other/accord: above 1,
+accord is that many times faster.  Each figure is the best of a few runs
+(the development machine is shared: the best run is the least disturbed).
+
+Then CPU-bound scaling: a pure-Python loop, 8 tasks on 1 and then 2
+workers, sub-interpreters against processes -- on 3.12 and later each
+sub-interpreter has its own GIL and should scale like processes; on 3.11
+they share one.
 """
 
 from __future__ import annotations
@@ -31,6 +40,21 @@ def noop(x=None):
 
 def nap(_):
     time.sleep(0.02)
+
+
+def total(array):
+    return float(array.sum())
+
+
+def burn(n):
+    s = 0
+    for i in range(n):
+        s += i
+    return s
+
+
+def best(measure, repeat: int) -> float:
+    return min(measure() for _ in range(repeat))
 
 
 def startup_s(make, run_wave) -> float:
@@ -59,11 +83,10 @@ def latency_us(pool, n: int, call) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def throughput(pool, n: int, run_map) -> float:
-    run_map(pool, 200)
+def elapsed_ms(pool, run) -> float:
     start = time.perf_counter()
-    run_map(pool, n)
-    return n / (time.perf_counter() - start)
+    run(pool)
+    return (time.perf_counter() - start) * 1e3
 
 
 def _executor_wave(pool):
@@ -82,15 +105,28 @@ def _mp_call(pool):
     return pool.apply(noop, (1,))
 
 
-BIG = b"x" * 1_000_000
+_ARRAY = None
 
 
-def _executor_big(pool):
-    return pool.submit(len, BIG).result()
+def _array():
+    global _ARRAY
+    if _ARRAY is None:
+        import numpy
+
+        _ARRAY = numpy.arange(125_000, dtype=numpy.float64)  # 1 MB
+    return _ARRAY
 
 
-def _mp_big(pool):
-    return pool.apply(len, (BIG,))
+def _executor_arrays(pool, n=100):
+    a = _array()
+    for future in [pool.submit(total, a) for _ in range(n)]:
+        future.result()
+
+
+def _mp_arrays(pool, n=100):
+    a = _array()
+    for result in [pool.apply_async(total, (a,)) for _ in range(n)]:
+        result.get()
 
 
 def _executor_map(pool, n):
@@ -99,19 +135,20 @@ def _executor_map(pool, n):
 
 
 def _mp_map(pool, n):
-    pool.map(noop, range(n), chunksize=1)
+    pool.map(noop, range(n))  # its default chunksize
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = parser.parse_args()
-    calls, items = (300, 2000) if args.quick else (2000, 20000)
-    backends = ["forkserver", "spawn", "fork"]
-    if _interpreters.available():
-        backends.append("subinterpreter")
-    print(f"Python {sys.version.split()[0]}, {WORKERS} workers, {time.strftime('%Y-%m-%d')}")
-    header = f"{'backend':<15}{'measure':<24}{'accord':>12}{'mp.Pool':>12}{'PPExecutor':>12}"
+def _has_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compare(backends, quick: bool) -> None:
+    calls, items, repeat = (300, 2000, 2) if quick else (2000, 20000, 5)
+    header = f"{'backend':<15}{'measure':<30}{'accord':>10}{'mp.Pool':>10}{'PPExecutor':>12}"
     print(header + f"{'ratio mp':>10}{'ratio PPE':>10}")
     for backend in backends:
         method = "forkserver" if backend == "subinterpreter" else backend
@@ -129,9 +166,9 @@ def main() -> None:
         rows = [
             (
                 "start-up (ms)",
-                startup_s(ours, _executor_wave) * 1e3,
-                startup_s(mp_pool, _mp_wave) * 1e3,
-                startup_s(executor, _executor_wave) * 1e3,
+                best(lambda: startup_s(ours, _executor_wave), 2) * 1e3,
+                best(lambda: startup_s(mp_pool, _mp_wave), 2) * 1e3,
+                best(lambda: startup_s(executor, _executor_wave), 2) * 1e3,
             )
         ]
         pools = ours(), mp_pool(), executor()
@@ -144,34 +181,79 @@ def main() -> None:
                     latency_us(pools[2], calls, _executor_call),
                 )
             )
-            rows.append(
-                (
-                    "1 MB argument (us)",
-                    latency_us(pools[0], calls // 10, _executor_big),
-                    latency_us(pools[1], calls // 10, _mp_big),
-                    latency_us(pools[2], calls // 10, _executor_big),
+            # numpy cannot be imported in sub-interpreters (single-phase init).
+            if _has_numpy() and backend != "subinterpreter":
+                for pool, run in zip(
+                    pools, (_executor_arrays, _mp_arrays, _executor_arrays), strict=True
+                ):
+                    run(pool, 10)  # warm up
+                rows.append(
+                    (
+                        "100 x 1 MB numpy arg (ms)",
+                        best(lambda: elapsed_ms(pools[0], _executor_arrays), repeat),  # noqa: B023
+                        best(lambda: elapsed_ms(pools[1], _mp_arrays), repeat),  # noqa: B023
+                        best(lambda: elapsed_ms(pools[2], _executor_arrays), repeat),  # noqa: B023
+                    )
                 )
-            )
+            for pool, run in zip(pools, (_executor_map, _mp_map, _executor_map), strict=True):
+                run(pool, 200)  # warm up
             rows.append(
                 (
-                    "tiny tasks (1000/s)",
-                    throughput(pools[0], items, _executor_map) / 1e3,
-                    throughput(pools[1], items, _mp_map) / 1e3,
-                    throughput(pools[2], items, _executor_map) / 1e3,
+                    f"default map, {items} tiny (ms)",
+                    best(lambda: elapsed_ms(pools[0], lambda p: _executor_map(p, items)), repeat),  # noqa: B023
+                    best(lambda: elapsed_ms(pools[1], lambda p: _mp_map(p, items)), repeat),  # noqa: B023
+                    best(lambda: elapsed_ms(pools[2], lambda p: _executor_map(p, items)), 1),  # noqa: B023
                 )
             )
         finally:
             for pool in pools:
                 _close(pool)
         for measure, a, m, p in rows:
-            if measure.startswith("tiny"):
-                ratio_m, ratio_p = a / m, a / p  # higher throughput is better
-            else:
-                ratio_m, ratio_p = m / a, p / a
             print(
-                f"{backend:<15}{measure:<24}{a:>12.1f}{m:>12.1f}{p:>12.1f}"
-                f"{ratio_m:>9.1f}x{ratio_p:>9.1f}x"
+                f"{backend:<15}{measure:<30}{a:>10.1f}{m:>10.1f}{p:>12.1f}"
+                f"{m / a:>9.2f}x{p / a:>9.2f}x"
             )
+
+
+def scaling(quick: bool) -> None:
+    """CPU-bound: 8 pure-Python tasks on 1 then 2 workers; start-up against spawn."""
+    n, tasks = (300_000, 4) if quick else (2_000_000, 8)
+    print(f"\nCPU-bound scaling: {tasks} tasks of burn({n:,}) (a pure-Python loop)")
+    print(f"{'workers are':<28}{'1 worker (s)':>14}{'2 workers (s)':>15}{'speed-up':>10}")
+    kinds = [("sub-interpreters", "subinterpreter")] if _interpreters.available() else []
+    kinds += [("processes (forkserver)", "forkserver"), ("processes (spawn)", "spawn")]
+    for label, backend in kinds:
+        times = []
+        for workers in (1, 2):
+            with Pool(workers, backend=backend) as pool:
+                list(pool.map(noop, range(workers * 2), chunksize=1))  # every worker up
+                start = time.perf_counter()
+                list(pool.map(burn, [n] * tasks, chunksize=1))
+                times.append(time.perf_counter() - start)
+        print(f"{label:<28}{times[0]:>14.2f}{times[1]:>15.2f}{times[0] / times[1]:>9.2f}x")
+    if _interpreters.available():
+        sub = best(lambda: startup_s(lambda: Pool(WORKERS, "subinterpreter"), _executor_wave), 3)
+        spawn = best(lambda: startup_s(lambda: Pool(WORKERS, "spawn"), _executor_wave), 3)
+        own = "own GIL each" if _interpreters.OWN_GIL else "one shared GIL"
+        print(
+            f"start-up of {WORKERS} workers: sub-interpreters ({own}) {sub * 1e3:.0f} ms, "
+            f"spawn {spawn * 1e3:.0f} ms: {spawn / sub:.1f}x faster"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--only", choices=["compare", "scaling"], help="one part only")
+    args = parser.parse_args()
+    backends = ["fork", "forkserver", "spawn"]
+    if _interpreters.available():
+        backends.append("subinterpreter")
+    print(f"Python {sys.version.split()[0]}, {WORKERS} workers, {time.strftime('%Y-%m-%d')}")
+    if args.only != "scaling":
+        compare(backends, args.quick)
+    if args.only != "compare":
+        scaling(args.quick)
 
 
 if __name__ == "__main__":

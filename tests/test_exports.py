@@ -18,6 +18,7 @@ def test_public_names():
         "TaskTimeout",
         "UnshareableError",
         "WorkerLost",
+        "WritesLost",
     ]
     for name in accord.__all__:
         assert getattr(accord, name).__module__.startswith("accord.")
@@ -45,3 +46,4 @@ def test_errors_derive_from_accord_error():
         assert issubclass(getattr(accord, name), accord.AccordError)
     assert issubclass(accord.UnshareableError, TypeError)
     assert issubclass(accord.ShareClosed, accord.CoordinatorLost)
+    assert issubclass(accord.WritesLost, accord.CoordinatorLost)

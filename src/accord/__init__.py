@@ -22,6 +22,7 @@ from ._errors import (
     TaskTimeout,
     UnshareableError,
     WorkerLost,
+    WritesLost,
 )
 
 # Not `from typing import TYPE_CHECKING`: typing alone takes longer to import
@@ -47,6 +48,7 @@ __all__ = [
     "TaskTimeout",
     "UnshareableError",
     "WorkerLost",
+    "WritesLost",
 ]
 
 # Imported on first use: a pool worker, and a sub-interpreter above all,

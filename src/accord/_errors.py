@@ -38,6 +38,27 @@ class CoordinatorLost(AccordError):
     """
 
 
+class WritesLost(CoordinatorLost):
+    """Writes this process sent may have been lost with a dead coordinator.
+
+    `Share.restart()` starts from the last committed state: a write the dead
+    coordinator had not committed yet (applied or still queued) is gone,
+    although the call that sent it returned normally.  Every process that
+    sent such writes gets this error once, at its first operation after the
+    restart; that operation is not performed.  `names` are the shared
+    objects those writes went to and `count` how many there were: re-read
+    them and redo what is needed.
+    """
+
+    def __init__(self, message: str, names: tuple[str, ...] = (), count: int = 0) -> None:
+        super().__init__(message)
+        self.names = names
+        self.count = count
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.names, self.count)
+
+
 class ShareClosed(CoordinatorLost):
     """The share was closed with `close()`; it cannot be used any more.
 

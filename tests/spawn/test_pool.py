@@ -7,7 +7,9 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -397,11 +399,13 @@ def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
     with Share() as share:
         share.started, share.open, share.runs = 0, False, 0
         with Pool(1, backend=spawn_backend) as pool:
-            first = pool.submit(gated, share, "done", timeout=0.5)
+            pool.submit(record, share).result(timeout=30)  # imported, attached: quick now
+            share.runs = 0
+            first = pool.submit(gated, share, "done", timeout=1.0)
             second = pool.submit(record, share)
             wait_for(share, "started", 1)
             with pool._lock:  # the dispatcher stops on its way to end the worker
-                deadline = pool._slots[0].head_since + 0.5
+                deadline = pool._slots[0].head_since + 1.0
                 end = time.monotonic() + 30
                 while not (
                     _in_function(pool._thread, "_end_overdue") and time.monotonic() > deadline
@@ -532,6 +536,34 @@ def _readable(fd):
     return bool(select.select([fd], [], [], 0)[0])
 
 
+@contextlib.contextmanager
+def _parked(pool, deadline_s=30.0):
+    """Hold `pool`'s lock with its dispatcher parked: it has read a wake-up
+    and blocks on the lock before its next select().
+
+    (Not sys._current_frames(): from 3.12 it reads the threads of
+    interpreters that run under their own GIL.)  If the dispatcher was busy
+    elsewhere, waiting for the lock (a worker's first frame had just come),
+    let it go and try again.
+    """
+    end = time.monotonic() + deadline_s
+    while True:
+        pool._lock.acquire()
+        pool._wake()
+        try:
+            _until(lambda: not _readable(pool._wake_r.fileno()), deadline_s=0.5)
+        except AssertionError:
+            pool._lock.release()
+            assert time.monotonic() < end, "the dispatcher never parked"
+            _until(lambda: not _readable(pool._wake_r.fileno()))  # it drains without us
+            continue
+        try:
+            yield
+        finally:
+            pool._lock.release()
+        return
+
+
 def _until(predicate, deadline_s=30.0):
     end = time.monotonic() + deadline_s
     while not predicate():
@@ -555,12 +587,7 @@ def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backen
         futures = [pool.submit(gated, share, i) for i in range(2)]  # one per worker
         wait_for(share, "started", 1)  # on the worker whose initializer passed
         fds = [slot.handle.fd for slot in pool._slots]
-        with pool._lock:  # the dispatcher waits while both workers write
-            # Once it has read this wake-up it blocks on the lock before its
-            # next select().  (Not sys._current_frames(): from 3.12 it reads
-            # the threads of interpreters that run under their own GIL.)
-            pool._wake()
-            _until(lambda: not _readable(pool._wake_r.fileno()))
+        with _parked(pool):  # the dispatcher waits while both workers write
             share.fail = True
             _until(lambda: any(_readable(fd) for fd in fds))
             share.open = True
@@ -585,7 +612,10 @@ def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_proc
             with pytest.raises(WorkerLost):
                 doomed.result(timeout=30)
             assert queued.result(timeout=30) == len(big)  # sent again, in a new segment
-        assert leftovers(pool._stem) == []
+        live = tuple(slot.stem for slot in pool._slots)
+        # Only the live worker's buffers remain (they are reused, frame after frame).
+        assert [n for n in leftovers(pool._stem) if not n.startswith(live)] == []
+    assert leftovers(pool._stem) == []
 
 
 def _open_sockets():
@@ -719,3 +749,306 @@ def test_a_chunk_whose_worker_died_runs_its_calls_again_one_by_one(
         assert values == [0, 1, 2]
         assert isinstance(error, WorkerLost) and "die_at_3(3)" in str(error)
         assert list(pool.map(die_at_3, [0, 1, 2, 4], chunksize=2)) == [0, 1, 2, 4]
+
+
+# -- what a task returns never kills the dispatcher; a killed parent leaves no segments --
+
+
+def _explode(name):
+    raise {"interrupt": KeyboardInterrupt, "exit": SystemExit, "base": BaseException}[name](name)
+
+
+class Bomb:
+    """A value whose unpickling (in the pool's process) raises `name`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        return _explode, (self.name,)
+
+
+def bomb(name):
+    return Bomb(name)
+
+
+def test_a_result_whose_unpickling_raises_fails_its_future_only(spawn_backend):
+    with Pool(1, backend=spawn_backend) as pool:
+        for name, kind in [("interrupt", KeyboardInterrupt), ("exit", SystemExit)]:
+            with pytest.raises(kind):
+                pool.submit(bomb, name).result(timeout=30)
+        values, error = _collect_base(pool.map(bomb_at_1, range(3), chunksize=3))
+        assert len(values) == 1 and type(error) is BaseException
+        assert pool.submit(square, 4).result(timeout=30) == 16  # the dispatcher lives on
+        assert pool._thread.is_alive()
+
+
+def bomb_at_1(x):
+    return Bomb("base") if x == 1 else x
+
+
+def _collect_base(iterator):
+    values = []
+    try:
+        for value in iterator:
+            values.append(value)
+    except BaseException as exc:
+        return values, exc
+    return values, None
+
+
+_PARENT_SCRIPT = """
+import os, sys, time
+from accord import Pool
+
+def hold(gate):
+    # Holds its worker until the test opens the gate (deadline: never for ever).
+    end = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.005)
+    return b"r" * 200_000  # a big reply: its segment outlives a dead pool
+
+if __name__ == "__main__":
+    backend, gate = sys.argv[1], sys.argv[2]
+    pool = Pool(1, backend=backend)
+    pool.submit(hold, gate)
+    pool.submit(len, b"x" * 200_000)  # in a segment its worker has not taken
+    print(os.getpid(), flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def _pool_segments_of(pid: int) -> list[str]:
+    from accord.backends.shm._segment import leftovers
+
+    return [n for n in leftovers(f"accord.{os.getuid()}.anon-{pid}-pool")]
+
+
+def _killed_parent(tmp_path, spawn_backend):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_SCRIPT)
+    gate = tmp_path / "gate"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), spawn_backend, str(gate)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(parent.stdout.readline())
+    assert _pool_segments_of(pid)  # the argument's segment is there
+    parent.kill()
+    parent.wait(timeout=30)
+    parent.stdin.close()
+    parent.stdout.close()
+    return pid, gate
+
+
+def _wait_until(condition, deadline_s=30.0):
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_workers_of_a_killed_parent_unlink_their_segments(
+    spawn_backend, separate_processes, tmp_path
+):
+    pid, gate = _killed_parent(tmp_path, spawn_backend)
+    gate.touch()  # the worker finishes, cannot reply, and cleans up as it ends
+    assert _wait_until(lambda: not _pool_segments_of(pid)), _pool_segments_of(pid)
+
+
+def test_the_next_pool_sweeps_the_segments_of_a_killed_parent(spawn_backend, tmp_path):
+    pid, gate = _killed_parent(tmp_path, spawn_backend)
+    try:
+        # The worker (a process) is still held: nothing has unlinked them yet.
+        assert _pool_segments_of(pid)
+        with Pool(1, backend=spawn_backend):
+            assert _pool_segments_of(pid) == []
+    finally:
+        gate.touch()  # a worker process of the dead parent ends
+
+
+# -- scripts from standard input, the cause of a lost worker, traceback file names --
+
+
+def _run_script(source: str, *args: str, stdin: bool = False, tmp_path=None):
+    """Run `source` as a script (from standard input, or as a file); (rc, stdout, stderr)."""
+    if stdin:
+        command, text = [sys.executable, "-", *args], source
+    else:
+        script = tmp_path / "script.py"
+        script.write_text(source)
+        command, text = [sys.executable, str(script), *args], ""
+    done = subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+_STDIN_SCRIPT = """
+import sys
+from accord import Pool
+
+def double(x):
+    return 2 * x
+
+def broken(x):
+    y = x + 1
+    raise ValueError(f"broken {y}")
+
+if __name__ == "__main__":
+    with Pool(2, backend=sys.argv[1]) as pool:
+        print(pool.submit(double, 21).result(timeout=60), list(pool.map(double, range(4))))
+        try:
+            pool.submit(broken, 1).result(timeout=60)
+        except ValueError as exc:
+            print(exc.__cause__)
+"""
+
+
+def test_a_script_read_from_standard_input_runs_its_functions_in_workers(spawn_backend):
+    rc, out, err = _run_script(_STDIN_SCRIPT, spawn_backend, stdin=True)
+    assert rc == 0, err
+    assert "42 [0, 2, 4, 6]" in out
+    assert 'File "<stdin>", line 10, in broken' in out  # the real name and line
+
+
+def _shipped_lambda_fails():
+    return lambda x: {}[x]  # by value: cloudpickle ships local functions' code
+
+
+def test_tracebacks_of_shipped_functions_name_the_real_file_and_line(spawn_backend):
+    import linecache
+
+    with Pool(1, backend=spawn_backend) as pool:
+        with pytest.raises(KeyError) as info:
+            pool.submit(_shipped_lambda_fails(), "nope").result(timeout=30)
+        shown = str(info.value.__cause__)
+        line = _shipped_lambda_fails.__code__.co_firstlineno + 1
+        assert f'File "{__file__}", line {line}, in <lambda>' in shown
+        assert "return lambda x: {}[x]" in shown  # the source line, read there
+        # Code whose source is only in this process's linecache (a notebook cell).
+        source = "def cell(x):\n    y = x * 2\n    raise ValueError(y)\n"
+        name = f"<cell-{os.getpid()}>"
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+        namespace = {}
+        exec(compile(source, name, "exec"), namespace)
+        with pytest.raises(ValueError) as info:
+            pool.submit(namespace["cell"], 1).result(timeout=30)
+        shown = str(info.value.__cause__)
+        assert f'File "{name}", line 3, in cell' in shown
+        assert "raise ValueError(y)" in shown
+
+
+_LAST_WORDS = """
+import os, sys
+from accord import Pool
+
+def die():
+    print("the disk is full (the worker's last words)", file=sys.stderr, flush=True)
+    os._exit(3)
+
+if __name__ == "__main__":
+    with Pool(1, backend=sys.argv[1]) as pool:
+        try:
+            pool.submit(die).result(timeout=60)
+        except Exception as exc:
+            print(repr(exc))
+        print(pool.submit(abs, -5).result(timeout=60))
+"""
+
+
+def test_a_lost_worker_error_carries_its_exit_code_and_last_words(
+    spawn_backend, separate_processes, tmp_path
+):
+    # In a script of its own: the worker's stderr is this process's too.
+    rc, out, err = _run_script(_LAST_WORDS, spawn_backend, tmp_path=tmp_path)
+    assert rc == 0, err
+    assert "WorkerLost" in out and "exited with code 3 while running die()" in out
+    assert "the end of its standard error" in out and "the worker's last words" in out
+    assert "the worker's last words" in err  # passed on as it was written
+    assert out.strip().endswith("5")  # replaced, the pool goes on
+
+
+_NO_GUARD = """
+import sys
+from accord import Pool
+
+with Pool(1, backend=sys.argv[1]) as pool:
+    print("result", pool.submit(abs, -3).result(timeout=60))
+"""
+
+
+def test_a_script_without_its_main_guard_gets_an_error_that_says_so(spawn_backend, tmp_path):
+    rc, out, err = _run_script(_NO_GUARD, spawn_backend, tmp_path=tmp_path)
+    if spawn_backend in ("spawn", "forkserver"):
+        assert rc != 0
+        assert "before it started" in err
+        assert 'has no `if __name__ == "__main__":` guard' in err
+    else:  # workers do not import the script again: it works
+        assert rc == 0, err
+        assert "result 3" in out
+
+
+# -- big arguments: out of band (pickle protocol 5), in reused shared-memory buffers --
+
+
+class Blob:
+    """Pickles its data as an out-of-band buffer (protocol 5), as numpy arrays do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+def blob_sum(blob):
+    return sum(memoryview(blob.data)[::4096]), type(blob.data).__name__
+
+
+def blob_double(blob):
+    return Blob(bytearray(blob.data) * 2)
+
+
+def test_big_buffers_travel_out_of_band_in_reused_segments(spawn_backend):
+    from accord.backends.shm._segment import leftovers
+    from accord.spawn._wire import _KEEP
+
+    data = bytearray(os.urandom(1 << 20))
+    expected = sum(memoryview(data)[::4096])
+    with Pool(2, backend=spawn_backend) as pool:
+        payload, buffers = pool._pickle_call(
+            pool._pickle_function(blob_sum), blob_sum, (Blob(data),), {}, False, None
+        )
+        assert len(payload) < 1000 and [b.nbytes for b in buffers] == [len(data)]
+        for _ in range(3):  # warm: each side's buffers exist
+            assert pool.submit(blob_sum, Blob(data)).result(timeout=30) == (expected, "bytearray")
+        before = set(leftovers(pool._stem))
+        for _ in range(20):
+            futures = [pool.submit(blob_double, Blob(data)) for _ in range(4)]
+            for future in futures:
+                assert future.result(timeout=30).data == data * 2
+        after = set(leftovers(pool._stem))
+        # Reused, not one segment per frame: at most _KEEP per side of each worker.
+        assert len(after) <= 2 * 2 * _KEEP, after
+        assert len(after - before) <= 2 * 2 * _KEEP
+
+
+def numpy_total(array):
+    return float(array.sum()), array.flags.writeable
+
+
+def test_numpy_arrays_cross_without_a_copy_into_the_pickle(spawn_backend):
+    if spawn_backend == "subinterpreter":
+        pytest.skip("numpy cannot be imported in a sub-interpreter (single-phase init)")
+    numpy = pytest.importorskip("numpy")
+    array = numpy.arange(250_000, dtype=numpy.float64)
+    with Pool(1, backend=spawn_backend) as pool:
+        blob = pool._pickle_function(numpy_total)
+        payload, buffers = pool._pickle_call(blob, numpy_total, (array,), {}, False, None)
+        assert len(payload) < 1000 and buffers[0].nbytes == array.nbytes
+        assert pool.submit(numpy_total, array).result(timeout=30) == (float(array.sum()), True)
+        back = pool.submit(numpy.negative, array).result(timeout=30)
+        assert (back == -array).all() and back.flags.writeable

@@ -55,11 +55,27 @@ class Replies:
                 self.reading = False
                 self.ready.notify_all()
 
+    def take_deferred(self) -> list[BaseException]:
+        """The errors of earlier fire-and-forget commands received so far,
+        rebuilt (and forgotten here: the caller raises or reports them)."""
+        with self.ready:
+            messages, self.deferred[:] = list(self.deferred), []
+        return [rebuild_error(m[2], m[3], deferred=True) for m in messages]
+
     def raise_deferred(self) -> None:
-        """Raise the first error of an earlier fire-and-forget command."""
-        if self.deferred:
-            message = self.deferred.pop(0)
-            raise rebuild_error(message[2], message[3], deferred=True)
+        """Raise the errors of earlier fire-and-forget commands: the error
+        itself if there is one, an ExceptionGroup of them if several."""
+        raise_all(self.take_deferred())
+
+
+def raise_all(errors: list[BaseException]) -> None:
+    """Raise nothing, the one error, or a group of them."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BaseExceptionGroup(
+            f"{len(errors)} fire-and-forget commands of this process failed", errors
+        )
 
 
 def kind_of(obj, cached):

@@ -25,6 +25,7 @@ from collections import deque
 
 import cloudpickle
 
+from .._errors import AccordError
 from .._remote import Unreadable, pack_error
 from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
@@ -66,7 +67,11 @@ class Coordinator:
         self.queues: dict[int, deque] = {}
         self.peers: dict[int, Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
-        self.error_sent: set[int] = set()
+        # Errors of fire-and-forget commands, per peer, kept until the peer
+        # next waits for a reply (it reads its socket only then): sent ahead
+        # of that reply, or printed if the peer leaves without one.
+        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
         self.handlers = {
@@ -196,27 +201,32 @@ class Coordinator:
                         self.finish_departure(peer_id)
 
     def note_blocked(self, peer_id: int, waits) -> None:
-        """Unblock a command whose waits have not moved for STUCK_S seconds.
+        """Look for dead processes when a command's waits have not moved for
+        STUCK_S seconds.
 
-        Every raised flag is followed at once by its command, or credited
-        when its process dies; a wait that stays unmet for seconds means a
-        flag was lost (a process stopped or killed at the worst instant).
-        Waiting on would hang every reader of that object: credit it, say so.
+        A flag is raised just before its command is sent.  A wait that stays
+        unmet means the process that raised it is still sending (a big
+        value, a slow machine) or is stopped (SIGSTOP, a debugger): readers
+        must wait for it — crediting its flag would let later writes and
+        reads overtake a write that then lands after them.  Or it died:
+        its socket then closes and `peer_left` credits exactly the flags
+        its intent record names.  The one case left is a dead process whose
+        socket stays open (a child holds it): that peer is dropped here.
+        Only the flags of dead clients are ever credited.
         """
         now = time.monotonic()
         since = self.blocked_since.setdefault(peer_id, now)
         if now - since < STUCK_S:
             return
-        del self.blocked_since[peer_id]
-        for i in range(0, len(waits), 2):
-            slot, target = waits[i], waits[i + 1]
-            if self.received[slot] < target:
+        self.blocked_since[peer_id] = now  # look again in STUCK_S
+        for peer in list(getattr(self.server, "peers", self.peers).values()):
+            if peer.id not in self.departed and not peer.alive():
                 print(
-                    f"accord: write flag {slot} stuck for {STUCK_S:.0f} s "
-                    f"({self.received[slot]} < {target}); crediting it",
+                    f"accord: client {peer.id} (pid {peer.pid}) died but its connection "
+                    "stayed open; crediting the writes it never sent",
                     file=sys.stderr,
                 )
-                self.credit(None, (slot,) * (target - self.received[slot]))
+                self.peer_left(peer)
 
     def satisfied(self, waits) -> bool:
         received = self.received
@@ -259,9 +269,10 @@ class Coordinator:
     # -- replies ---------------------------------------------------------------
 
     def reply(self, peer: Peer, reply_id: int, status: int, result) -> None:
-        self.error_sent.discard(peer.id)  # it reads its socket now
         if peer.id in self.departed:
             return
+        if peer.id in self.held:
+            self.send_held(peer)  # it waits, so it reads its socket: errors first
         if status == P.OK:
             try:
                 if type(result) in PLAIN or is_plain(result):
@@ -277,12 +288,27 @@ class Coordinator:
         self.server.send(peer, payload)
 
     def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
-        """Send the error of a fire-and-forget command (one until it is read)."""
-        if peer.id in self.error_sent or peer.id in self.departed:
-            print(f"accord: error in a fire-and-forget command:\n{error[1]}", file=sys.stderr)
+        """Keep the error of a fire-and-forget command for its process.
+
+        It goes out ahead of the next reply to that process (`send_held`):
+        a process that never waits would not read it, and sending to a
+        socket nobody reads would in the end block the coordinator."""
+        if peer.id in self.departed:
+            _print_lost(peer.id, [error], 0)
             return
-        self.error_sent.add(peer.id)
-        self.server.send(peer, cloudpickle.dumps((0, P.ERROR, *error), 5))
+        held = self.held.setdefault(peer.id, [])
+        if len(held) < HELD_ERRORS:
+            held.append(error)
+        else:
+            self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
+
+    def send_held(self, peer) -> None:
+        held = self.held.pop(peer.id, ())
+        dropped = self.held_dropped.pop(peer.id, 0)
+        if dropped:
+            held.append(pack_error(AccordError(_dropped_message(dropped))))
+        for error in held:
+            self.server.send(peer, cloudpickle.dumps((0, P.ERROR, *error), 5))
 
     # -- commits ---------------------------------------------------------------
 
@@ -348,7 +374,6 @@ class Coordinator:
         self.peers[peer.id] = peer  # to be dropped once its queue is done
         # Read the intent now, before the client slot can be reused.
         self.departed[peer.id] = self.server.lost_intent(peer)
-        self.error_sent.discard(peer.id)
         for name, lock in list(self.locks.items()):
             lock.waiters = deque(w for w in lock.waiters if w[0].id != peer.id)
             if lock.owner is not None and lock.owner[0] == peer.id:
@@ -361,6 +386,9 @@ class Coordinator:
         lost = self.departed.pop(peer_id, ())
         if lost:
             self.credit(None, lost)
+        held = self.held.pop(peer_id, None)
+        if held:
+            _print_lost(peer_id, held, self.held_dropped.pop(peer_id, 0))
         peer = self.peers.pop(peer_id, None)
         if peer is not None:
             self.server.drop(peer)
@@ -380,11 +408,23 @@ class Coordinator:
     def get_place(self, place: tuple):
         return self.resolve(place)
 
+    def resolve_target(self, path: tuple):
+        """The object at `path`, which a write is about to change: refused
+        if it is a temporary that the write would change alone."""
+        obj = self.resolve(path)
+        if len(path) > 1 and _is_temporary(obj) and self.resolve(path) is not obj:
+            raise AccordError(
+                f"{_describe(path)} is a temporary {type(obj).__name__}, made anew at each "
+                "access (pandas copy-on-write): a write to it would be lost. Write through "
+                "the frame instead, e.g. share.df.loc[row, column] = value"
+            )
+        return obj
+
     def set_place(self, place: tuple, value) -> None:
         if len(place) == 1:
             self.mirror[place[0]] = value
             return
-        parent = self.resolve(place[:-2])
+        parent = self.resolve_target(place[:-2])
         if place[-2] == P.ATTR:
             setattr(parent, place[-1], value)
         else:
@@ -401,7 +441,7 @@ class Coordinator:
             if self.mirror.pop(place[0], _missing) is _missing:
                 raise AttributeError(f"share has no attribute {place[0]!r}")
             return
-        parent = self.resolve(place[:-2])
+        parent = self.resolve_target(place[:-2])
         if place[-2] == P.ATTR:
             delattr(parent, place[-1])
         else:
@@ -523,6 +563,43 @@ class OrderedCoordinator(Coordinator):
 
 
 _missing = object()
+
+
+def _is_temporary(obj) -> bool:
+    # pandas hands out a new Series/DataFrame for df["c"] (copy-on-write);
+    # its indexers (.loc, ...) write through to their frame.
+    cls = type(obj)
+    return cls.__module__.startswith("pandas") and not cls.__name__.endswith("Indexer")
+
+
+def _describe(path: tuple) -> str:
+    text = f"share.{path[0]}"
+    for i in range(1, len(path), 2):
+        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
+    return text
+
+
+HELD_ERRORS = 100  # per process; beyond that only counted
+
+
+def _dropped_message(count: int) -> str:
+    return (
+        f"{count} more fire-and-forget command(s) of this process failed; their errors "
+        f"were not kept (only the first {HELD_ERRORS} are)"
+    )
+
+
+def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
+    """A process left without waiting for a reply after its failed
+    fire-and-forget commands: nobody else can tell it, so say it here."""
+    for _data, tb in errors:
+        print(
+            f"accord: a fire-and-forget command of a process (client {peer_id}) that has "
+            f"exited failed, and the process never read the error:\n{tb}",
+            file=sys.stderr,
+        )
+    if dropped:
+        print(f"accord: {_dropped_message(dropped)}", file=sys.stderr)
 
 
 class _NoReply:

@@ -9,12 +9,18 @@ raises the flags of what it writes before it is queued.
 
 from __future__ import annotations
 
+import atexit
 import collections
+import contextlib
 import copy
 import inspect
+import sys
+import threading
+import traceback
 
-from .._errors import CoordinatorLost, ShareClosed, UnshareableError
+from .._errors import AccordError, CoordinatorLost, ShareClosed, UnshareableError, WritesLost
 from .._remote import Unreadable, rebuild_error
+from ..backends._replies import raise_all
 from ..backends.shm import _control
 from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
 from ..backends.shm._snapshots import MISSING
@@ -30,6 +36,96 @@ if TYPE_CHECKING:
     from ..backends._protocol import BackendClient, BackendInfo
 
 _MAX_WRITE_SLOTS = _control.INTENT_SLOTS
+
+# The clients of this process that sent fire-and-forget commands not yet
+# confirmed: `settle` (flush, close, the end of an accord.Pool task) waits
+# for them and raises their errors; at exit, `_report_at_exit` prints them.
+_unsettled: dict[int, object] = {}
+
+
+def _settle_client(client) -> list[BaseException]:
+    """The errors of `client`'s fire-and-forget commands, all of them: if it
+    sent any since it was last settled, after a round trip (a reply comes
+    after every earlier command of this process ran, and their errors
+    before it)."""
+    errors = client.replies.take_deferred()
+    if _unsettled.pop(id(client), None) is not None and client.lost is None:
+        # (CoordinatorLost: nobody can confirm them now; every later use says why.)
+        with contextlib.suppress(CoordinatorLost):
+            client.send(P.BARRIER, (), reply=True)
+        errors += client.replies.take_deferred()
+    return errors
+
+
+def _queued(client) -> None:
+    global _exit_hook
+    _unsettled[id(client)] = client
+    if not _exit_hook:
+        # Registered now, after the first Share's finalizer: atexit runs
+        # this first, while the coordinator still runs.
+        _exit_hook = True
+        atexit.register(_report_at_exit)
+
+
+_exit_hook = False
+EXIT_TIMEOUT = 5.0
+
+
+def _report_at_exit() -> None:
+    """At interpreter exit: print every fire-and-forget error nothing raised."""
+    for client in list(_unsettled.values()):
+        for error in settle_within(client, EXIT_TIMEOUT):
+            if isinstance(error, Unconfirmed):
+                print(f"accord: at exit, {error}", file=sys.stderr)
+                continue
+            print(
+                "accord: a fire-and-forget command of this process failed, and nothing "
+                "raised its error before exit:",
+                file=sys.stderr,
+            )
+            traceback.print_exception(error, file=sys.stderr)
+
+
+class Unconfirmed(AccordError):
+    """Fire-and-forget commands whose outcome could not be learnt in time."""
+
+
+def settle_within(client, timeout: float) -> list[BaseException]:
+    """`_settle_client(client)`, waiting at most `timeout` seconds (closing
+    or exiting must not wait without bound for a coordinator busy with a
+    long method)."""
+    if client is None or (id(client) not in _unsettled and not client.replies.deferred):
+        return []  # nothing to wait for
+    done: list = []
+
+    def run():
+        try:
+            done.append(_settle_client(client))
+        except BaseException as exc:
+            done.append([exc])
+
+    thread = threading.Thread(target=run, name="accord-settle", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if done:
+        return done[0]
+    info = getattr(client, "info", None)
+    return [
+        Unconfirmed(
+            f"the fire-and-forget commands this process sent to share "
+            f"{getattr(info, 'name', '?')!r} could not be confirmed within {timeout} s "
+            "(its coordinator or backend did not answer): whether they succeeded is unknown"
+        )
+    ]
+
+
+def settle_all() -> None:
+    """Settle every share this process sent fire-and-forget commands to
+    (the end of an accord.Pool task: it fails with their errors)."""
+    errors = []
+    for client in list(_unsettled.values()):
+        errors += _settle_client(client)
+    raise_all(errors)
 
 
 def describe(path: tuple) -> str:
@@ -102,8 +198,20 @@ def _selection(result):
 
 
 def _attr_of(path: tuple) -> str | None:
-    # The first attribute step decides which attribute flag a path uses.
-    return path[2] if len(path) >= 3 and path[1] == P.ATTR else None
+    # The first attribute step decides which attribute flag a path uses; an
+    # indexer (share.df.loc[...]) reads and writes the whole object.
+    if len(path) >= 3 and path[1] == P.ATTR and path[2] not in INDEXERS:
+        return path[2]
+    return None
+
+
+# pandas' indexers: `share.df.loc[i, "c"] = v` is one command on the
+# coordinator's frame (an indexer fetched and used here would change a copy).
+INDEXERS = frozenset({"loc", "iloc", "at", "iat"})
+
+
+def _is_pandas(obj) -> bool:
+    return type(obj).__module__.startswith("pandas")
 
 
 class Link:
@@ -111,6 +219,7 @@ class Link:
         "_client",
         "_methods",
         "_names",
+        "_owed",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -121,6 +230,7 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
+        self._owed: WritesLost | None = None  # raised by the next operation
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -144,13 +254,35 @@ class Link:
             if client is not None:
                 self._follow_restart()
             client = self._client = self.info.client()
+            owed, self._owed = self._owed, None
+            if owed is not None:
+                raise owed
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
+        if self._client is not None:
+            self.note_lost_writes(self._client)
         self.info = info
         self._client = None
         self._methods.clear()
+
+    def note_lost_writes(self, old) -> None:
+        """Writes sent to the dead coordinator `old` that it had not
+        committed: the next operation raises WritesLost for them."""
+        unconfirmed = getattr(old, "unconfirmed", None)
+        names = unconfirmed() if unconfirmed is not None else []
+        if names:
+            shown = sorted(set(names))
+            self._owed = WritesLost(
+                f"the coordinator of share {self.info.name!r} died before committing "
+                f"{len(names)} write(s) this process sent (to "
+                f"{', '.join(f'share.{n}' for n in shown[:5])}{', ...' if len(shown) > 5 else ''})"
+                "; the restarted share does not have them. Re-read those objects and redo "
+                "what is needed. (This operation was not performed.)",
+                tuple(shown),
+                len(names),
+            )
 
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new
@@ -218,12 +350,17 @@ class Link:
     # -- commands --------------------------------------------------------------
 
     def send(self, op: int, fields: tuple, writes: tuple = ()) -> None:
+        """Queue a fire-and-forget command (its error: see `settle`)."""
+        client = self.client
         try:
-            self.client.send(op, fields, writes)
+            client.send(op, fields, writes)
         except CoordinatorLost as exc:
             if not (getattr(exc, "undelivered", False) and self._follow_restart()):
                 raise
-            self.client.send(op, fields, writes)  # to the restarted coordinator
+            client = self.client
+            client.send(op, fields, writes)  # to the restarted coordinator
+        if id(client) not in _unsettled:
+            _queued(client)
 
     def request(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = ()):
         try:
@@ -233,8 +370,25 @@ class Link:
                 raise
             reply = self.client.send(op, fields, writes, reads, reply=True)
         if reply[1] == P.OK:
+            if op == P.BARRIER:
+                # A read that waited: every earlier command of this process
+                # has run, and the errors of those that failed came first.
+                client = self.client
+                if client.replies.deferred:
+                    client.raise_deferred()
             return reply[2]
         raise rebuild_error(reply[2], reply[3])
+
+    def settle(self, report: bool = False) -> list[BaseException]:
+        """Wait until every command this process sent has run; raise the
+        errors of those sent fire-and-forget (an ExceptionGroup if several)
+        — or, with `report`, return them."""
+        client = self._client
+        errors = _settle_client(client) if client is not None else []
+        if report:
+            return errors
+        raise_all(errors)
+        return []
 
     # -- reading ---------------------------------------------------------------
 
@@ -343,6 +497,8 @@ class Link:
         obj = self.peek(path)
         if obj is MISSING:
             obj = self.value(path)
+        if attr in INDEXERS and _is_pandas(obj):
+            return self.proxy((*path, P.ATTR, attr))
         cls = type(obj)
         memo = self._methods.get((path, attr))
         if memo is not None and memo[0] is cls:
@@ -426,7 +582,10 @@ class Link:
             kwargs = {k: unwrap(v) for k, v in kwargs.items()}
         packed = pack_call(args, kwargs, lambda: f"arguments of {describe(path)}.{name}()")
         if kind == QUEUE:
-            self.client.send(P.CALL, (path, name, packed), method.slots)
+            client = self.client
+            client.send(P.CALL, (path, name, packed), method.slots)
+            if id(client) not in _unsettled:
+                _queued(client)
             return None
         result = self.request(P.CALL, (path, name, packed), method.slots)
         if name == "setdefault" and args and is_plain(args[0]) and not is_value(result):

@@ -15,6 +15,7 @@ import threading
 import weakref
 
 from .._errors import AccordError, CoordinatorLost
+from ..backends._replies import raise_all
 from ..backends.shm import _transport
 from ..backends.shm._client import (
     ShareInfo,
@@ -27,7 +28,7 @@ from ..backends.shm._server import remove_leftovers
 from . import _protocol as P
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
-from ._link import Link
+from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy
 from ._values import private
 
@@ -83,7 +84,9 @@ class Share:
       the coordinator and returns its result; its exception is raised here,
       with the coordinator's traceback as ``__cause__``.  A method that
       returns nothing is fire-and-forget; its error is raised by this
-      process's next blocking operation or `flush()`.
+      process's next read that waits or call that returns a value,
+      `flush()`, `close()` or the end of the ``with`` block (several: an
+      ExceptionGroup), else printed at exit — never lost.
     * **Nothing hangs**: if the coordinator dies, operations raise
       `CoordinatorLost` within about a second.
 
@@ -262,11 +265,21 @@ class Share:
         return self._link.info.pid
 
     def flush(self) -> None:
-        """Wait until every write this process queued is applied and visible."""
-        client = self._link.client
-        client.raise_deferred()
-        self._link.request(P.FLUSH, ())
-        client.raise_deferred()  # errors of fire-and-forget calls before the flush
+        """Wait until every write this process queued is applied and visible.
+
+        Raises the errors of this process's fire-and-forget commands that
+        nothing raised yet (an ExceptionGroup if several)."""
+        link = self._link
+        client = link.client
+        errors = client.replies.take_deferred()
+        _unsettled.pop(id(client), None)
+        try:
+            link.request(P.FLUSH, ())
+        finally:
+            # The flush's reply came after every earlier command ran, and
+            # the errors of those that failed before it.
+            errors += client.replies.take_deferred()
+            raise_all(errors)
 
     def get(self, name, default=_MISSING):
         """A private copy of a shared object (a name or a proxy), current as of now."""
@@ -329,23 +342,31 @@ class Share:
 
     def close(self) -> None:
         """Stop using the share.  In the creating process: stop the coordinator
-        and remove its shared memory and socket (pending writes are dropped;
-        call `flush()` first to wait for them)."""
+        and remove its shared memory and socket.
+
+        Waits (up to `SETTLE_TIMEOUT` seconds) for this process's
+        fire-and-forget commands to run, then raises their errors that
+        nothing raised yet (an ExceptionGroup if several); they are not
+        committed for other readers (call `flush()` first for that)."""
         link = self._link
         if link.closed:
             return
-        if self._owner_pid == os.getpid() and self._finalizer is not None:
-            self._finalizer()
-        link.closed = True
+        errors = settle_within(link._client, SETTLE_TIMEOUT)
+        try:
+            if self._owner_pid == os.getpid() and self._finalizer is not None:
+                self._finalizer()
+        finally:
+            link.closed = True
+        raise_all(errors)
 
     def restart(self) -> list[str]:
         """Start a new coordinator from the last committed state.
 
         For the creating process, after `CoordinatorLost`.  Every object is
         restored as it was last committed; writes the dead coordinator had
-        applied but not yet committed (at most a commit window's worth,
-        2 ms by default) are lost, and so is an object it died while
-        committing — its name is returned.  Proxies of this share keep
+        not committed are lost (each process that sent some gets
+        `WritesLost` at its next operation), and so is an object it died
+        while committing — its name is returned.  Proxies of this share keep
         working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
@@ -376,6 +397,7 @@ class Share:
             return lost
         client.retire()
         restored, lost = client.snapshots.salvage()
+        link.note_lost_writes(client)  # before its segments go
         self._finalizer.detach()
         forget(link.info)
         remove_leftovers(link.info.stem, link.info.socket_path)
@@ -387,8 +409,17 @@ class Share:
     def __enter__(self) -> Share:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()  # raises what fire-and-forget commands raised
+            return
+        try:
+            self.close()
+        except BaseException as errors:  # the block's own error goes on; note these
+            exc.add_note(f"(also, leaving `with Share()`: {errors!r})")
+
+
+SETTLE_TIMEOUT = 10.0
 
 
 class ShareLock:

@@ -65,9 +65,9 @@ def _close_parent_ends() -> None:
         fd = end.detach()
         if fd >= 0:
             os.close(fd)
-    keep = getattr(_handing_over, "fd", None)
+    keep = getattr(_handing_over, "fds", ())
     for fd, end in _worker_ends.items():
-        if fd != keep:
+        if fd not in keep:
             end.detach()  # a process's end is detached already (its Connection owns it)
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -145,23 +145,40 @@ class ProcessHandle(WorkerHandle):
         ctx = multiprocessing.get_context(method)
         ours, theirs = _pair()
         self._register(ours)
-        fd = theirs.detach()
+        # The worker's standard error, which the pool passes on to its own
+        # and keeps the tail of: what a dying worker said goes in WorkerLost.
+        err_ours, err_theirs = _pair()
+        err_ours.setblocking(False)
+        self.err = err_ours
+        fd, err_fd = theirs.detach(), err_theirs.detach()
         child = multiprocessing.connection.Connection(fd)
+        err_child = multiprocessing.connection.Connection(err_fd, readable=False)
         # Not a daemon: a task may start processes of its own.  The pool
         # closes its workers at exit (see _pool._close_at_exit).
         self.process = ctx.Process(
-            target=serve_process, args=(child, initializer, stem), name="accord-worker"
+            target=serve_process,
+            args=(child, initializer, stem, err_child),
+            name="accord-worker",
         )
-        _handing_over.fd = fd
+        _handing_over.fds = (fd, err_fd)
         try:
-            self.process.start()
+            with _main_without_a_file() if method != "fork" else contextlib.nullcontext():
+                self.process.start()
         except BaseException:
             self.close()  # no worker: nobody will ever close our end
             raise
         finally:
-            _handing_over.fd = None
+            _handing_over.fds = ()
             _release_worker_end(fd, child.close)
+            _release_worker_end(err_fd, err_child.close)
         self.ident = f"process {self.process.pid} ({method})"
+
+    def close(self) -> None:
+        super().close()
+        with _fork_lock:
+            if self.err.fileno() >= 0:
+                _parent_ends.pop(self.err.fileno(), None)
+                self.err.close()
 
     def kill(self) -> None:
         if self.process.exitcode is None:
@@ -185,6 +202,31 @@ class ProcessHandle(WorkerHandle):
             except ValueError:
                 return f"was killed by signal {-code}"
         return f"exited with code {code}"
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_without_a_file():
+    """Start a spawn or forkserver worker without re-running a script that
+    is not a file (read from standard input: ``python - <<EOF``).
+
+    multiprocessing runs the main script again in each such worker, by its
+    ``__file__`` -- "<stdin>" there, which does not exist.  The pool needs
+    none of it: the script's functions travel by value (as for ``-c``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    with _main_lock:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
 
 
 class InterpreterHandle(WorkerHandle):

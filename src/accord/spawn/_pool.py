@@ -24,8 +24,10 @@ import functools
 import itertools
 import os
 import pickle
+import re
 import selectors
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -35,8 +37,7 @@ from typing import Any
 from .._errors import TaskTimeout, WorkerLost
 from .._remote import rebuild_error
 from ..backends.shm import _segment
-from ..share._serialize import cloudpickle_dumps
-from . import _handles, _worker
+from . import _handles, _pickling, _wire, _worker
 from ._wire import FrameReader, frame
 
 _PER_WORKER = 2  # tasks a worker holds: the running one and the next
@@ -63,12 +64,23 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    __slots__ = ("args", "blob", "chunk", "fn", "future", "id", "payload", "retries", "timeout")
+    __slots__ = (
+        "args",
+        "blob",
+        "buffers",
+        "chunk",
+        "fn",
+        "future",
+        "id",
+        "payload",
+        "retries",
+        "timeout",
+    )
 
     def __init__(self, task_id, future, payload, timeout, retries, fn, args, blob, chunk):
         self.id = task_id
         self.future = future
-        self.payload = payload
+        self.payload, self.buffers = payload  # the pickle and its out-of-band buffers
         self.timeout = timeout
         self.retries = retries
         self.fn = fn
@@ -109,6 +121,41 @@ class _Slot:
         self.outbox = bytearray()
         self.watching_writes = False
         self.overdue: _Task | None = None  # the task whose timeout ended this worker
+        self.ready = False  # the worker has started (its first frame came)
+        err = getattr(handle, "err", None)
+        self.stderr = None if err is None else _Stderr(err)
+
+
+class _Stderr:
+    """A worker process's standard error: passed on to ours, its tail kept."""
+
+    _TAIL = 2000
+
+    def __init__(self, end: socket.socket) -> None:
+        self.end = end
+        self.tail = bytearray()
+
+    def read(self) -> None:
+        while True:
+            try:
+                chunk = self.end.recv(1 << 16)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            with contextlib.suppress(OSError):
+                os.write(2, chunk)
+            self.tail += chunk
+            del self.tail[: -self._TAIL]
+
+    def last_words(self) -> str:
+        """The end of what it wrote, for an error message ("" if nothing)."""
+        self.read()
+        text = self.tail.decode(errors="replace").strip()
+        if not text:
+            return ""
+        lines = text.splitlines()[-15:]
+        return "; the end of its standard error:\n    " + "\n    ".join(lines)
 
 
 class Pool(concurrent.futures.Executor):
@@ -165,9 +212,10 @@ class Pool(concurrent.futures.Executor):
         # the pool dismisses it only if that did not work within the grace.
         self._grace = _GRACE_S if self.backend == "subinterpreter" else 0.0
         self.workers = workers
-        self._initializer = cloudpickle_dumps((initializer, initargs)) if initializer else None
+        self._initializer = _pickling.dumps((initializer, initargs)) if initializer else None
         # Names of the segments of big frames: this process's, this pool's.
         self._stem = f"{_segment.PREFIX}.{os.getuid()}.anon-{os.getpid()}-pool{id(self):x}~"
+        _sweep_dead_pools()
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count(1)
@@ -314,6 +362,9 @@ class Pool(concurrent.futures.Executor):
                 for key, events in self._selector.select(self._time_to_next_deadline()):
                     if key.data is None:
                         self._drain_wake()
+                    elif type(key.data) is _Stderr:
+                        key.data.read()
+                        continue
                     elif events & selectors.EVENT_WRITE:
                         with self._lock:
                             self._flush(key.data)
@@ -353,33 +404,48 @@ class Pool(concurrent.futures.Executor):
         frames, ended = slot.reader.read(final)
         settle, lost, doomed = [], None, []
         with self._lock:
-            for reply in frames:
+            for reply, buffers in frames:
                 if self._broken is not None:
                     break  # its tasks, this worker's too, have been failed already
                 task_id, kind, payload = _worker.decode_reply(reply)
+                if kind == _worker.READY:
+                    slot.ready = True
+                    slot.head_since = time.monotonic()  # a timeout counts from here
+                    continue
                 if kind == _worker.INIT_FAILED:
                     doomed = self._break(payload)
                     break
                 task = slot.tasks.popleft()
                 assert task.id == task_id, "a worker answered out of order"
                 slot.head_since = time.monotonic()
-                settle.append((task, kind, payload))
+                settle.append((task, kind, payload, buffers))
             if ended and slot in self._slots:
                 lost = self._remove(slot)
         for task in doomed:
             if not task.future.cancelled():  # cancelled while it waited: already done
                 task.future.set_exception(self._broken)
-        for task, kind, payload in settle:
-            self._settle(task, kind, payload)
+        for task, kind, payload, buffers in settle:
+            self._settle(task, kind, payload, buffers)
         if lost is None:
             return
         reason = lost.handle.reap(_REAP_S)
+        words = "" if lost.stderr is None else lost.stderr.last_words()
         if lost.handle.ended():  # big frames it never took (or sent, in vain)
-            for name in _segment.leftovers(lost.stem):
-                _segment.unlink(name)
+            _wire.unlink_leftovers(lost.stem)
         overdue = lost.overdue
+        if overdue is None and not lost.ready:
+            # It never started: the next would fail the same way (a script
+            # without its __main__ guard, a broken environment).  Stop.
+            error = WorkerLost(_start_failed(self.backend, lost.handle.ident, reason) + words)
+            with self._lock:
+                doomed = self._break_with(error) + list(lost.tasks)
+                lost.tasks.clear()
+            for task in doomed:
+                if not task.future.cancelled():
+                    task.future.set_exception(self._broken)
+            return
         if overdue is None:
-            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}")
+            self._fail_head(lost, WorkerLost, f"worker {lost.handle.ident} {reason}", words)
         elif lost.tasks and lost.tasks[0] is overdue:
             self._fail_head(lost, TaskTimeout, _timed_out(overdue))
         else:  # it answered the overdue task after all, then started the next one
@@ -389,10 +455,10 @@ class Pool(concurrent.futures.Executor):
                 f"worker {lost.handle.ident} was ended as {overdue.what} ran past its timeout",
             )
 
-    def _settle(self, task: _Task, kind: int, payload: bytes) -> None:
+    def _settle(self, task: _Task, kind: int, payload: bytes, buffers=()) -> None:
         try:
             if kind == _worker.RESULT:
-                result = pickle.loads(payload)
+                result = pickle.loads(payload, buffers=buffers)
                 if task.chunk:
                     self._settle_chunk(task, result)
                 else:
@@ -487,7 +553,7 @@ class Pool(concurrent.futures.Executor):
             return
         task.future.set_exception(error)
 
-    def _fail_head(self, slot: _Slot, error_type, why: str) -> None:
+    def _fail_head(self, slot: _Slot, error_type, why: str, words: str = "") -> None:
         """Fail (or retry) the task `slot` was running; requeue the one it held next."""
         held = list(slot.tasks)
         with self._lock:
@@ -495,7 +561,7 @@ class Pool(concurrent.futures.Executor):
         if held:  # before the worker is replaced, which may fail
             head = held[0]
             if error_type is WorkerLost:
-                message = f"{why} while running {head.what}; it was replaced"
+                message = f"{why} while running {head.what}; it was replaced{words}"
             else:
                 message = why.format(what=head.what)
             self._retry_or_fail(head, error_type(message))
@@ -534,8 +600,8 @@ class Pool(concurrent.futures.Executor):
     def _deadline(self, slot: _Slot) -> float | None:
         """When `slot`'s running task is overdue (None: it has no timeout)."""
         head = slot.tasks[0] if slot.tasks else None
-        if head is None or head.timeout is None:
-            return None
+        if head is None or head.timeout is None or not slot.ready:
+            return None  # (a worker's start-up is not its task's time)
         return slot.head_since + head.timeout + self._grace
 
     def _time_to_next_deadline(self) -> float | None:
@@ -558,7 +624,8 @@ class Pool(concurrent.futures.Executor):
             if not slot.tasks:
                 slot.head_since = time.monotonic()
             slot.tasks.append(task)
-            self._send(slot, frame(_worker.encode_task(task.id, task.payload), slot.stem))
+            data = frame(_worker.encode_task(task.id, task.payload), slot.stem, task.buffers)
+            self._send(slot, data)
         return True
 
     def _send(self, slot: _Slot, data: bytes) -> None:
@@ -591,11 +658,16 @@ class Pool(concurrent.futures.Executor):
         stem = f"{self._stem}w{next(self._worker_ids)}-"
         slot = _Slot(_handles.start(self.backend, self._initializer, stem), stem)
         self._selector.register(slot.handle.fd, selectors.EVENT_READ, slot)
+        if slot.stderr is not None:
+            self._selector.register(slot.stderr.end, selectors.EVENT_READ, slot.stderr)
         self._slots.append(slot)
 
     def _remove(self, slot: _Slot) -> _Slot:
         self._slots.remove(slot)
         self._selector.unregister(slot.handle.fd)
+        if slot.stderr is not None:
+            self._selector.unregister(slot.stderr.end)
+            slot.stderr.read()  # all of it: the worker's end closed as it did
         slot.handle.close()
         return slot
 
@@ -607,9 +679,17 @@ class Pool(concurrent.futures.Executor):
 
         Returns the tasks to fail (outside the lock: their callbacks may
         call back into the pool)."""
-        cause = rebuild_error(*pickle.loads(payload))
-        self._broken = WorkerLost(f"the worker initializer failed: {cause!r}")
-        self._broken.__cause__ = cause
+        try:
+            cause = rebuild_error(*pickle.loads(payload))
+        except BaseException as exc:  # what a worker sent never stops the dispatcher
+            cause = exc
+        error = WorkerLost(f"the worker initializer failed: {cause!r}")
+        error.__cause__ = cause
+        return self._break_with(error)
+
+    def _break_with(self, error: BaseException) -> list[_Task]:
+        if self._broken is None:
+            self._broken = error
         self._shutdown = True
         doomed = list(self._pending) + [t for s in self._slots for t in s.tasks]
         self._pending.clear()
@@ -640,17 +720,22 @@ class Pool(concurrent.futures.Executor):
         # Lambdas, local functions, the script's functions (which a
         # sub-interpreter has not imported): by value, with their globals.
         try:
-            return cloudpickle_dumps(fn)
+            return _pickling.dumps(fn, with_source=True)
         except Exception as exc:
             raise _cannot_send(fn, (), exc) from exc
 
-    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout) -> bytes:
+    def _pickle_call(self, blob: bytes, fn, args, kwargs, chunk: bool, timeout):
+        """(pickle, out-of-band buffers) of a call: big buffers (numpy arrays'
+        data) travel beside the pickle, never copied into it."""
         call = (blob, args, kwargs, chunk, timeout)
+        buffers: list = []
+        collect = _worker._collector(buffers)
         if self.backend != "subinterpreter":
             with contextlib.suppress(Exception):
-                return pickle.dumps(call, 5)
+                return pickle.dumps(call, 5, buffer_callback=collect), buffers
+            buffers.clear()
         try:
-            return cloudpickle_dumps(call)
+            return _pickling.dumps(call, buffer_callback=collect), buffers
         except Exception as exc:
             raise _cannot_send(fn, args, exc) from exc
 
@@ -659,13 +744,15 @@ class Pool(concurrent.futures.Executor):
             slots, self._slots = self._slots, []
         for slot in slots:
             self._selector.unregister(slot.handle.fd)
+            if slot.stderr is not None:
+                self._selector.unregister(slot.stderr.end)
+                slot.stderr.read()
             slot.handle.close()
         for handle in [slot.handle for slot in slots]:
             handle.reap(_REAP_S)
         for handle in self._dismissed:
             handle.wait_for_task()
-        for name in _segment.leftovers(self._stem):  # big frames no one took
-            _segment.unlink(name)
+        _wire.unlink_leftovers(self._stem)  # buffers, and big frames no one took
         with _handles._fork_lock:
             for end in (self._wake_r, self._wake_w):
                 _handles._parent_ends.pop(end.fileno(), None)
@@ -675,6 +762,30 @@ class Pool(concurrent.futures.Executor):
 
 
 _SCRIPT_MODULES = ("__main__", "__mp_main__")
+_POOL_SEGMENT = re.compile(r"anon-(\d+)-pool[0-9a-f]+~")
+
+
+def _sweep_dead_pools() -> None:
+    """Unlink the segments of pools whose process died (SIGKILL) before a
+    worker could take them.
+
+    Only names of this user's pools, in files this user owns, whose creating
+    process is gone: a live process's segments are never touched.
+    """
+    uid = os.getuid()
+    start = f"{_segment.PREFIX}.{uid}."
+    for name in _segment.leftovers(start):
+        match = _POOL_SEGMENT.match(name, len(start))
+        if match is None:
+            continue
+        try:
+            if os.stat(f"/dev/shm/{name}").st_uid != uid:
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            _segment.unlink(name)
+        except OSError:  # gone meanwhile, or a process we may not signal: alive
+            continue
 
 
 def _module_of(fn) -> str | None:
@@ -813,6 +924,29 @@ def _progress_bar(total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task")
+
+
+def _start_failed(backend: str, ident: str, reason: str) -> str:
+    message = f"worker {ident} {reason} before it started; the pool cannot run tasks"
+    if backend not in ("spawn", "forkserver"):
+        return message
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    source = ""
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as f:
+            source = f.read()
+    if source and not re.search(r"""__name__\s*==\s*['"]__main__['"]""", source):
+        return (
+            f'{message}. The script {path} has no `if __name__ == "__main__":` guard: '
+            f"under backend={backend!r} each worker first imports the main script, which "
+            "then starts a pool again (its error is on standard error above). Put the code "
+            "that starts the pool under that guard, or use backend='fork'"
+        )
+    return (
+        f"{message} (under backend={backend!r} a worker first imports the main script "
+        "again: its error is on standard error above)"
+    )
 
 
 def _cpu_count() -> int:

@@ -5,17 +5,22 @@ sub-interpreters alike.  It needs only ``os`` and ``struct`` (and, for bulk
 frames, the small shared-memory module) so it imports in any sub-interpreter.
 
 Bulk frames: a payload of `BULK_BYTES` or more does not go through the
-socket.  It is copied into a POSIX shared-memory segment (mode 0600) and the
-frame carries the segment's name; the receiver copies it out and unlinks
-the segment at once.  Measured with ``benchmarks/transport.py``: a 100 KB
-round trip costs about 250 µs through a Unix socket, about 15 µs through
-shared memory; a 100-byte one about 16 µs through the socket, a few µs
-less through shared memory — a difference the pool's thread wake-ups
-(about 100 µs a task) swamp, while the socket tells for free when a worker
-dies and waits in ``select`` beside every other worker.  Hence both: the
-socket for every frame, shared memory for the bytes of big ones.  Segment
-names start with the pool's stem, so the pool removes any that a dead
-worker left behind.
+socket.  The sender copies it into one of its own shared-memory buffers
+(mode 0600, named under the pool's stem), reused from frame to frame so
+its pages are faulted in once, not for every frame; the frame carries the
+buffer's name and the lengths of its parts.  The receiver copies the parts
+out and marks the buffer free (its first byte) for the sender to reuse.
+The parts are the pickle stream and its out-of-band buffers (pickle
+protocol 5): a numpy array's data is copied once into shared memory and
+once out, never into the pickle stream.  Measured with
+``benchmarks/transport.py``: a 100 KB round trip costs about 250 µs through
+a Unix socket, about 15 µs through shared memory; a 100-byte one about
+16 µs through the socket, a few µs less through shared memory -- a
+difference the pool's thread wake-ups (about 100 µs a task) swamp, while
+the socket tells for free when a worker dies and waits in ``select``
+beside every other worker.  Hence both: the socket for every frame, shared
+memory for the bytes of big ones.  Segment names start with the pool's
+stem, so the pool (and a worker, as it ends) removes any left behind.
 """
 
 from __future__ import annotations
@@ -25,27 +30,36 @@ import secrets
 import struct
 
 _HEADER = struct.Struct("<Q")
-_BULK = 1 << 63  # set in the header: the frame is the name of a segment
+_BULK = 1 << 63  # set in the header: the frame names a buffer in shared memory
+_COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
 BULK_BYTES = 64 * 1024
+OOB_BYTES = 64 * 1024  # buffers this big travel out of band (pickle protocol 5)
+_START = 64  # the buffer's first byte says whether it is in use; parts start here
+_KEEP = 4  # buffers a sender keeps per stem
 
 
-def frame(payload: bytes, stem: str | None = None) -> bytes:
-    """`payload` with its length in front (a segment name, if it is big)."""
-    if stem is not None and len(payload) >= BULK_BYTES:
-        name = _to_segment(payload, stem).encode()
-        return _HEADER.pack(len(name) | _BULK) + name
+def frame(payload: bytes, stem: str | None = None, buffers=()) -> bytes:
+    """`payload` with its length in front (in a shared-memory buffer if big).
+
+    `buffers`: out-of-band buffers of the pickle in `payload` (only with a
+    `stem`: they always travel in shared memory).
+    """
+    if stem is not None and (buffers or len(payload) >= BULK_BYTES):
+        body = _to_buffer([payload, *buffers], stem)
+        return _HEADER.pack(len(body) | _BULK) + body
     return _HEADER.pack(len(payload)) + payload
 
 
-def send(fd: int, payload: bytes, stem: str | None = None) -> None:
+def send(fd: int, payload: bytes, stem: str | None = None, buffers=()) -> None:
     """Write one frame, all of it (blocking)."""
-    data = memoryview(frame(payload, stem))
+    data = memoryview(frame(payload, stem, buffers))
     while data:
         data = data[os.write(fd, data) :]
 
 
-def recv(fd: int) -> bytes | None:
-    """Read one frame (blocking); None at end of stream."""
+def recv(fd: int) -> tuple[bytes, list] | None:
+    """Read one frame (blocking): (payload, out-of-band buffers); None at end of stream."""
     header = _read_exactly(fd, _HEADER.size)
     if header is None:
         return None
@@ -53,7 +67,7 @@ def recv(fd: int) -> bytes | None:
     payload = _read_exactly(fd, size & ~_BULK)
     if payload is None:
         return None
-    return _from_segment(payload.decode()) if size & _BULK else payload
+    return _from_buffer(payload) if size & _BULK else (payload, [])
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -70,26 +84,83 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _to_segment(payload: bytes, stem: str) -> str:
+# This side's buffers (stem -> segments) and the other side's, mapped (name -> segment).
+_own: dict[str, list] = {}
+_mapped: dict[str, object] = {}
+
+
+def _to_buffer(parts: list, stem: str) -> bytes:
     from ..backends.shm._segment import Segment
 
-    segment = Segment.create(stem + secrets.token_hex(8), len(payload))
+    sizes = [memoryview(p).nbytes for p in parts]
+    need = _START + sum(-(-n // 64) * 64 for n in sizes)
+    mine = _own.setdefault(stem, [])
+    segment = next((s for s in mine if s.size >= need and s.buf[0] == 0), None)
+    if segment is None:
+        if len(mine) >= _KEEP:  # make room: drop a free one, the smallest
+            free = [s for s in mine if s.buf[0] == 0]
+            if free:
+                dropped = min(free, key=lambda s: s.size)
+                mine.remove(dropped)
+                dropped.unlink()
+                dropped.close()
+        size = 1 << max(need - 1, BULK_BYTES).bit_length()  # room to grow into
+        segment = Segment.create(stem + secrets.token_hex(8), size)
+        mine.append(segment)
+    buf = segment.buf
+    buf[0] = 1  # in use until the receiver has copied it out
+    offset = _START
+    for part, n in zip(parts, sizes, strict=True):
+        buf[offset : offset + n] = part
+        offset += -(-n // 64) * 64
+    lengths = b"".join(_LENGTH.pack(n) for n in sizes)
+    return _COUNT.pack(len(sizes)) + lengths + segment.name.encode()
+
+
+def _from_buffer(body: bytes) -> tuple[bytes, list]:
+    from ..backends.shm._segment import Segment
+
+    (count,) = _COUNT.unpack_from(body)
+    sizes = [_LENGTH.unpack_from(body, _COUNT.size + i * _LENGTH.size)[0] for i in range(count)]
+    name = body[_COUNT.size + count * _LENGTH.size :].decode()
+    segment = _mapped.get(name)
+    if segment is None:
+        if len(_mapped) >= 4 * _KEEP:  # names the sender has dropped since
+            for old in list(_mapped)[: len(_mapped) // 2]:
+                _mapped.pop(old).close()
+        segment = _mapped[name] = Segment.attach(name)
+    view = memoryview(segment.buf)
     try:
-        segment.buf[:] = payload
+        offset = _START
+        parts = []
+        for i, n in enumerate(sizes):
+            part = view[offset : offset + n]
+            parts.append(bytes(part) if i == 0 else bytearray(part))
+            offset += -(-n // 64) * 64
     finally:
-        segment.close()
-    return segment.name
+        view.release()
+    segment.buf[0] = 0  # copied out: the sender may reuse it
+    return parts[0], parts[1:]
 
 
-def _from_segment(name: str) -> bytes:
-    from ..backends.shm._segment import Segment, unlink
+def forget(stem: str) -> None:
+    """Drop the buffers of names starting with `stem` (their worker has
+    ended, or the pool): unmap them here.
 
-    segment = Segment.attach(name)
-    unlink(name)  # the mapping stays valid; nobody else needs the name
-    try:
-        return bytes(segment.buf)
-    finally:
-        segment.close()
+    (Unlinking is `unlink_leftovers`'s job.)"""
+    for mine in [m for m in _own if m.startswith(stem)]:
+        for segment in _own.pop(mine):
+            segment.close()
+    for name in [n for n in _mapped if n.startswith(stem)]:
+        _mapped.pop(name).close()
+
+
+def unlink_leftovers(stem: str) -> None:
+    from ..backends.shm import _segment
+
+    forget(stem)
+    for name in _segment.leftovers(stem):
+        _segment.unlink(name)
 
 
 class FrameReader:
@@ -99,8 +170,9 @@ class FrameReader:
         self.fd = fd
         self._buffer = bytearray()
 
-    def read(self, final: bool = False) -> tuple[list[bytes], bool]:
-        """(complete frames now readable, whether the stream has ended).
+    def read(self, final: bool = False) -> tuple[list[tuple[bytes, list]], bool]:
+        """(complete frames now readable, whether the stream has ended); each
+        frame is (payload, out-of-band buffers).
 
         `final`: the writer is known to be dead (a killed worker), so what it
         sent is all here: read all of it and report the end of the stream,
@@ -127,7 +199,7 @@ class FrameReader:
             if len(buffer) < end:
                 break
             payload = bytes(buffer[start + _HEADER.size : end])
-            frames.append(_from_segment(payload.decode()) if size & _BULK else payload)
+            frames.append(_from_buffer(payload) if size & _BULK else (payload, []))
             start = end
         del buffer[:start]
         return frames, ended

@@ -11,14 +11,16 @@ this worker hold it, which is what lets both sides unpickle what arrives.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
+import sys
 import time
 
 from . import _wire
 
 # Reply kinds (one byte after the task id).
-RESULT, ERROR, INIT_FAILED, INTERRUPTED = 0, 1, 2, 3
+RESULT, ERROR, INIT_FAILED, INTERRUPTED, READY = 0, 1, 2, 3, 4
 _TASK = struct.Struct("<QB")
 
 
@@ -43,9 +45,16 @@ def serve(
     watchdog = _start_watchdog() if watch else None
     try:
         _serve(fd, initializer, watchdog, stem)
+    except (BrokenPipeError, ConnectionResetError):  # the pool's process died: stop quietly
+        pass
     finally:
         if watchdog is not None:
             watchdog.stop()
+        if stem is not None:
+            # Frames no one will take: the pool's, if its process died before
+            # this worker read them, and a reply it could not send.  (The
+            # pool sweeps them too when it ends a worker; whichever is first.)
+            _wire.unlink_leftovers(stem)
 
 
 def _start_watchdog():
@@ -65,30 +74,47 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
         except BaseException as exc:
             _wire.send(fd, _TASK.pack(0, INIT_FAILED) + _pickled_error(exc))
             return
-    while (frame := _wire.recv(fd)) is not None:
+    # Started: a worker that dies before this arrives failed to start (the
+    # pool then stops rather than start one failing worker after another).
+    _wire.send(fd, _TASK.pack(0, READY))
+    while (received := _wire.recv(fd)) is not None:
+        frame, buffers = received
         task_id, _ = _TASK.unpack_from(frame)
         interrupted = False
+        out_of_band = []
         try:
-            blob, args, kwargs, chunk, timeout = pickle.loads(memoryview(frame)[_TASK.size :])
+            call = pickle.loads(memoryview(frame)[_TASK.size :], buffers=buffers)
+            blob, args, kwargs, chunk, timeout = call
             fn = _function(blob)
             if watchdog is not None:
                 watchdog.arm(timeout)
             try:
                 # Pool.map sends chunks of calls, each with its own result or error.
-                result = _run_chunk(fn, args) if chunk else fn(*args, **kwargs)
+                result = _run_chunk(fn, args) if chunk else _run(fn, args, kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
             reply = _TASK.pack(task_id, RESULT) + (
-                _pickled_chunk(*result) if chunk else _pickled(result)
+                _pickled_chunk(*result) if chunk else _pickled(result, out_of_band)
             )
         except BaseException as exc:  # the task's error, SystemExit included, is its result
             if interrupted or type(exc).__name__ == "Interrupted":
                 reply = _TASK.pack(task_id, INTERRUPTED)
             else:
                 reply = _TASK.pack(task_id, ERROR) + _pickled_error(exc)
-        del frame
-        _wire.send(fd, reply, stem)
+        frame = buffers = received = call = args = kwargs = None  # free them before sending
+        _wire.send(fd, reply, stem, out_of_band)
+        out_of_band = result = None
+
+
+def _run(fn, args, kwargs):
+    """fn(*args, **kwargs); it fails if its fire-and-forget writes to a share
+    failed (the share module, if this worker used one, waits for them)."""
+    result = fn(*args, **kwargs)
+    link = sys.modules.get("accord.share._link")
+    if link is not None and link._unsettled:
+        link.settle_all()
+    return result
 
 
 def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
@@ -98,7 +124,7 @@ def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
     started = time.perf_counter()
     for one in calls:
         try:
-            values.append(fn(*one))
+            values.append(_run(fn, one, {}))
         except BaseException as exc:
             if type(exc).__name__ == "Interrupted":  # the watchdog: the whole task stops
                 raise
@@ -125,6 +151,15 @@ def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: floa
     return _pickled((values, packed, elapsed))
 
 
+def with_source(sources: dict[str, list[str]], value):
+    """`value`, with the source of its code registered for tracebacks here."""
+    import linecache
+
+    for name, lines in sources.items():
+        linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+    return value
+
+
 _functions: dict[bytes, object] = {}
 
 
@@ -144,13 +179,31 @@ def _function(blob: bytes):
 # of tiny tasks that never fail never imports cloudpickle or the share layer.
 
 
-def _pickled(result) -> bytes:
+def _pickled(result, out_of_band: list | None = None) -> bytes:
+    """`result` pickled; its big buffers go to `out_of_band` (if given)."""
     try:
-        return pickle.dumps(result, 5)
+        if out_of_band is None:
+            return pickle.dumps(result, 5)
+        return pickle.dumps(result, 5, buffer_callback=_collector(out_of_band))
     except Exception:
+        if out_of_band:
+            out_of_band.clear()
         from ..share._serialize import cloudpickle_dumps
 
         return cloudpickle_dumps(result)
+
+
+def _collector(out_of_band: list):
+    """A pickle ``buffer_callback``: buffers of `OOB_BYTES` or more go out of band."""
+
+    def collect(buffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < _wire.OOB_BYTES:
+            return True  # in band
+        out_of_band.append(view)
+        return False
+
+    return collect
 
 
 def _pickled_error(exc: BaseException) -> bytes:
@@ -163,8 +216,15 @@ def _packed_error(exc: BaseException) -> tuple[bytes, str]:
     return pack_error(exc)
 
 
-def serve_process(conn, initializer: bytes | None, stem: str) -> None:
-    """Entry point of a worker process (`conn`: its end of the pool's socketpair)."""
+def serve_process(conn, initializer: bytes | None, stem: str, err=None) -> None:
+    """Entry point of a worker process (`conn`: its end of the pool's socketpair;
+    `err`: where its standard error goes, for the pool to pass on)."""
+    if err is not None:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(err.fileno(), 2)
+        err.close()
     fd = conn.fileno()
     try:
         serve(fd, initializer, stem=stem)

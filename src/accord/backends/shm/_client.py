@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from ..._errors import AccordError, CoordinatorLost, ShareClosed
@@ -135,6 +136,10 @@ class ShmClient:
         self._last_verified = 0
         self.lost: CoordinatorLost | None = None
         self.owner_process = None  # the Popen, in the process that started it
+        # (WHOLE slot, its pending count after our write, name) of each write
+        # sent and not yet known to be committed: if the coordinator dies,
+        # these may be lost with it (see `unconfirmed`).
+        self._sent: deque = deque()
 
     # -- the connection --------------------------------------------------------
 
@@ -144,6 +149,12 @@ class ShmClient:
             sock, client_id = _transport.connect(self.info.socket_path, self.info.key)
         except (FileNotFoundError, ConnectionRefusedError):
             raise self._lose("its socket is gone", undelivered=True) from None
+        except _transport.AuthenticationError:
+            # The socket's path now serves another coordinator (the share was
+            # restarted): this incarnation is gone; Link follows the new one.
+            raise self._lose(
+                "its socket now serves a newer coordinator", undelivered=True
+            ) from None
         except OSError as exc:
             raise self._lose(f"cannot connect: {exc}", undelivered=True) from None
         try:
@@ -259,14 +270,22 @@ class ShmClient:
                 reply_id = 0
             payload = dumps((op, reply_id, waits, writes, *fields), 5)
             # Durable once appended: applied even if this process dies now.
-            if self._producer.append(payload):
+            wake = self._producer.append(payload)
+            self._seq = seq
+            if writes:
+                sent = self._sent
+                sent.append((writes[0], old + 1, fields[0][0] if fields else ""))
+                # Forget what is committed (the oldest first: commits follow).
+                while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
+                    sent.popleft()
+            if wake:
                 try:  # the coordinator sleeps in select(): wake it there
                     sock.send(b"\0", socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     pass  # full of wake-ups already
                 except OSError as exc:
+                    # Appended but never to be applied: `_sent` has it.
                     raise self._lose(f"wake-up failed ({exc})") from None
-            self._seq = seq
         if reply:
             return self._await(reply_id)
         return None
@@ -292,8 +311,20 @@ class ShmClient:
         return [pickle.loads(data) for data in self._buffer.frames()]
 
     def raise_deferred(self) -> None:
-        """Raise the first error of an earlier fire-and-forget command."""
+        """Raise the errors of earlier fire-and-forget commands."""
         self.replies.raise_deferred()
+
+    def unconfirmed(self) -> list[str]:
+        """After the coordinator died: the names written by the writes this
+        process sent that it had not committed (a restart loses them), once
+        (the list is then forgotten).  Reads the old control segment: call
+        it before `close()`."""
+        sent, self._sent = self._sent, deque()
+        try:
+            buf = self.ctrl
+            return [name for slot, target, name in sent if load(buf, APPLIED + 8 * slot) < target]
+        except (ValueError, TypeError):  # unmapped already
+            return [name for _slot, _target, name in sent]
 
     # -- reading ---------------------------------------------------------------
 

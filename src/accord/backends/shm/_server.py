@@ -34,7 +34,7 @@ _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 class Peer:
     """One connected client process, as the coordinator sees it."""
 
-    __slots__ = ("broken", "committed", "drained", "id", "received", "sock")
+    __slots__ = ("broken", "committed", "drained", "id", "pid", "received", "sock")
 
     def __init__(self, sock: socket.socket, client_id: int) -> None:
         self.sock = sock
@@ -43,6 +43,36 @@ class Peer:
         self.drained = 0  # ring position drained to
         self.committed = 0  # ring position applied to
         self.broken = False  # wrote garbage to its ring: being cut off
+        self.pid = _peer_pid(sock)  # 0: unknown
+
+    def alive(self) -> bool:
+        """Is the peer's process still there?  (Its socket may outlive it,
+        held open by a child it forked without going through os.fork.)"""
+        if self.pid <= 0:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # a zombie is dead too
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    try:
+        return _CREDENTIALS.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+        )[0]
+    except (OSError, AttributeError):
+        return 0
 
     def __repr__(self) -> str:
         return f"<peer {self.id}>"
