@@ -8,6 +8,7 @@ slot is never shared between two processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -272,9 +273,11 @@ class ShmClient:
             # Durable once appended: applied even if this process dies now.
             wake = self._producer.append(payload)
             self._seq = seq
+            entry = None
             if writes:
                 sent = self._sent
-                sent.append((writes[0], old + 1, fields[0][0] if fields else ""))
+                entry = (writes[0], old + 1, fields[0][0] if fields else "")
+                sent.append(entry)
                 # Forget what is committed (the oldest first: commits follow).
                 while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
                     sent.popleft()
@@ -284,10 +287,21 @@ class ShmClient:
                 except BlockingIOError:
                     pass  # full of wake-ups already
                 except OSError as exc:
-                    # Appended but never to be applied: `_sent` has it.
+                    # Appended, but the coordinator is gone: this call's
+                    # error tells the caller (not WritesLost later).
+                    if entry is not None:
+                        self._sent.remove(entry)
                     raise self._lose(f"wake-up failed ({exc})") from None
         if reply:
-            return self._await(reply_id)
+            try:
+                return self._await(reply_id)
+            except CoordinatorLost:
+                # This call's own error tells its caller the write may be
+                # lost: not WritesLost again at the next operation.
+                if entry is not None:
+                    with self._send_lock, contextlib.suppress(ValueError):
+                        self._sent.remove(entry)
+                raise
         return None
 
     # -- receiving -------------------------------------------------------------
