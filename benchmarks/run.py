@@ -259,12 +259,79 @@ def bench_big_append(n: int) -> None:
     table.print()
 
 
+def _drain_socket(sock, count, size):
+    need = count * (4 + size)
+    while need > 0:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        need -= len(chunk)
+    sock.close()
+
+
+def _drain_ring(name, count):
+    from accord.backends.shm._rings import Consumer, RingSegment
+
+    rings = RingSegment.attach(name)
+    consumer = Consumer(rings, resume=True)
+    got = 0
+    while got < count:
+        entries, position = consumer.drain(0)
+        if entries:
+            got += len(entries)
+            consumer.commit(0, position)
+        else:
+            consumer.sleep(0.1)
+    rings.close()
+
+
+def bench_command_transport(n: int) -> None:
+    """The mechanism under every shm write, alone: a process hands n
+    commands of 100 bytes to another that reads them all."""
+    import os
+    import socket
+    import struct
+
+    from accord.backends.shm._rings import Producer, RingSegment
+    from accord.backends.shm._segment import unlink
+
+    table = Table(f"One-way commands of 100 bytes to another process ({n}, until all are read)")
+    payload = b"x" * 100
+    name = f"accord.{os.getuid()}.bench-ring-{os.getpid()}"
+    rings = RingSegment.create(name, 1)
+    try:
+        producer = Producer(rings, 0, name, lambda: None)
+        reader = CTX.Process(target=_drain_ring, args=(name, n))
+        reader.start()
+        start = time.perf_counter()
+        for _ in range(n):
+            producer.append(payload)
+        reader.join()
+        table.add("accord ring append (shared memory)", (time.perf_counter() - start) / n * 1e6)
+    finally:
+        rings.close()
+        unlink(name)
+    ours, theirs = socket.socketpair()
+    reader = CTX.Process(target=_drain_socket, args=(theirs, n, len(payload)))
+    reader.start()
+    theirs.close()
+    frame = struct.pack("<I", len(payload)) + payload
+    start = time.perf_counter()
+    for _ in range(n):
+        ours.sendall(frame)
+    reader.join()
+    ours.close()
+    table.add("Unix socket sendall (the previous path)", (time.perf_counter() - start) / n * 1e6)
+    table.print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     print(f"# accord benchmarks ({time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]})")
+    bench_command_transport(int(200_000 * scale))
     bench_read(int(100_000 * scale))
     bench_append(int(50_000 * scale))
     bench_call(int(2_000 * scale))
