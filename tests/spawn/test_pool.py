@@ -1052,3 +1052,27 @@ def test_numpy_arrays_cross_without_a_copy_into_the_pickle(spawn_backend):
         assert pool.submit(numpy_total, array).result(timeout=30) == (float(array.sum()), True)
         back = pool.submit(numpy.negative, array).result(timeout=30)
         assert (back == -array).all() and back.flags.writeable
+
+
+def slow_whoami(x):
+    time.sleep(0.01)  # the call's own work: longer than a chunk's time budget
+    if x == 13:
+        raise ValueError("thirteen")
+    return x, os.getpid(), threading.get_ident()
+
+
+def test_a_chunk_of_long_calls_stops_early_and_the_rest_spreads(spawn_backend):
+    from accord.spawn._worker import STOP_AFTER_S
+
+    assert STOP_AFTER_S < 0.01
+    with Pool(2, backend=spawn_backend) as pool:
+        pool.submit(square, 1).result(timeout=30)
+        before = _tasks_sent(pool)
+        # 64 known calls on 2 workers: chunks of 8, each stopped after its first call.
+        values, error = _collect(pool.map(slow_whoami, range(64)))
+        assert [v[0] for v in values] == list(range(13))
+        assert str(error) == "thirteen"
+        assert _tasks_sent(pool) - before > 8 + 7  # the rest went out again
+        values = list(pool.map(slow_whoami, range(14, 40)))
+        assert [v[0] for v in values] == list(range(14, 40))
+        assert len({v[1:] for v in values}) == 2  # both workers ran some

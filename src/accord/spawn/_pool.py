@@ -86,27 +86,32 @@ class _Task:
         self.fn = fn
         self.args = args
         self.blob = blob  # the pickled function: a chunk's items may be sent again alone
-        self.chunk = chunk  # a chunk of `map`: args is a list of calls, the result an _Outcome
+        # A chunk of `map` (_worker.STAR or ONE): args is a list of calls
+        # (argument tuples, or single arguments), the result an _Outcome.
+        self.chunk = chunk
 
     @property
     def what(self) -> str:
         """``name(args)`` for error messages (made only when one is needed)."""
-        if self.chunk and len(self.args) == 1:
-            return _describe(self.fn, self.args[0])
         if self.chunk:
-            return f"a chunk of {len(self.args)} calls of {_describe(self.fn, self.args[0])}"
+            star = self.chunk & ~_worker.ADAPTIVE == _worker.STAR
+            first = self.args[0] if star else (self.args[0],)
+            if len(self.args) == 1:
+                return _describe(self.fn, first)
+            return f"a chunk of {len(self.args)} calls of {_describe(self.fn, first)}"
         return _describe(self.fn, self.args)
 
 
 class _Outcome:
-    """What a chunk of `map` gave: a value or an error per call, and the time it ran."""
+    """What a chunk of `map` gave: a value or an error per call, and the
+    time a call took there (0: not measured)."""
 
-    __slots__ = ("elapsed", "errors", "values")
+    __slots__ = ("errors", "per_call", "values")
 
-    def __init__(self, values: list, errors: dict[int, BaseException], elapsed: float) -> None:
+    def __init__(self, values: list, errors: dict[int, BaseException], per_call: float) -> None:
         self.values = values
         self.errors = errors
-        self.elapsed = elapsed
+        self.per_call = per_call
 
 
 class _Slot:
@@ -264,18 +269,21 @@ class Pool(concurrent.futures.Executor):
         _check_limits(timeout, retries)
         return self._submit(self._pickle_function(fn), fn, args, kwargs, timeout, retries)
 
-    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunk=False) -> TaskFuture:
+    def _submit(self, blob, fn, args, kwargs, timeout, retries, chunk=0) -> TaskFuture:
         task = self._new_task(blob, fn, args, kwargs, timeout, retries, chunk)
+        self._enqueue([task], timeout)
+        return task.future
+
+    def _enqueue(self, tasks: list[_Task], timeout) -> None:
         with self._lock:
             if self._broken is not None:
                 raise concurrent.futures.BrokenExecutor(str(self._broken))
             if self._shutdown:
                 raise RuntimeError("cannot submit to a pool after shutdown()")
-            self._pending.append(task)
+            self._pending.extend(tasks)
             self._dispatch_pending()  # if no worker has room, the next reply hands it out
             if timeout is not None:
                 self._wake()  # the dispatcher must watch its deadline
-        return task.future
 
     def _new_task(self, blob, fn, args, kwargs, timeout, retries, chunk) -> _Task:
         payload = self._pickle_call(blob, fn, args, kwargs, chunk, timeout)
@@ -321,9 +329,11 @@ class Pool(concurrent.futures.Executor):
             chunksize = 1
         total = _known_length(iterables)
         bar = _progress_bar(total) if progress else None
-        mapping = _Mapping(
-            self, blob, fn, zip(*iterables, strict=False), total, timeout, retries, chunksize, bar
-        )
+        if len(iterables) == 1:  # calls of one argument travel bare, not in 1-tuples
+            calls, kind = iter(iterables[0]), _worker.ONE
+        else:
+            calls, kind = zip(*iterables, strict=False), _worker.STAR
+        mapping = _Mapping(self, blob, fn, calls, kind, total, timeout, retries, chunksize, bar)
         try:
             mapping.top_up()  # work starts now, as with Executor.map
         except BaseException:
@@ -486,30 +496,45 @@ class Pool(concurrent.futures.Executor):
                 errors[i] = rebuild_error(*error)
             except BaseException as exc:
                 errors[i] = exc
-        again = [i for i in errors if task.retries > 0]
-        if not again or self._broken is not None:
-            task.future.set_result(_Outcome(values, errors, elapsed))
+        done, n = len(values), len(task.args)
+        outcome = _Outcome(values, errors, elapsed / max(done, 1))
+        groups = []
+        if task.retries > 0 and self._broken is None:
+            # A call that raised runs again on its own, as a task of one call.
+            groups = [([i], task.retries - 1) for i in errors]
+        if done < n:
+            # An adaptive chunk that stopped early (its calls take long): the
+            # rest goes out again in chunks sized from the time measured.
+            values.extend([None] * (n - done))
+            size = _chunk_size(outcome.per_call, n - done)
+            groups += [
+                (list(range(start, min(start + size, n))), task.retries)
+                for start in range(done, n, size)
+            ]
+        if not groups:
+            task.future.set_result(outcome)
             return
-        # A call that raised runs again on its own, as a task of one call.
-        self._rerun_calls(task, again, task.retries - 1, _Outcome(values, errors, elapsed))
+        self._rerun_calls(task, groups, outcome)
 
-    def _rerun_calls(self, task: _Task, indexes, retries: int, outcome: _Outcome) -> None:
-        """Run calls `indexes` of chunk `task` again, one per task; settle
-        `task` with `outcome` completed by their results."""
-        left = [len(indexes)]
+    def _rerun_calls(self, task: _Task, groups: list, outcome: _Outcome) -> None:
+        """Run calls of chunk `task` again: `groups` of (indexes, retries),
+        one task each; settle `task` with `outcome` completed by theirs."""
+        left = [len(groups)]
         lock = threading.Lock()
 
-        def done(i, sub_future) -> None:
+        def done(indexes, sub_future) -> None:
             try:
                 result = sub_future.result()
             except BaseException as exc:  # cancelled, or the pool broke
-                outcome.errors[i] = exc
+                for i in indexes:
+                    outcome.errors[i] = exc
             else:
-                if result.errors:
-                    outcome.errors[i] = result.errors[0]
-                else:
-                    outcome.errors.pop(i, None)
-                    outcome.values[i] = result.values[0]
+                for k, i in enumerate(indexes):
+                    if k in result.errors:
+                        outcome.errors[i] = result.errors[k]
+                    else:
+                        outcome.errors.pop(i, None)
+                        outcome.values[i] = result.values[k]
             with lock:
                 left[0] -= 1
                 last = not left[0]
@@ -517,12 +542,11 @@ class Pool(concurrent.futures.Executor):
                 task.future.set_result(outcome)
 
         subtasks = []
-        for i in indexes:
-            sub = self._new_task(
-                task.blob, task.fn, [task.args[i]], {}, task.timeout, retries, True
-            )
+        for indexes, retries in groups:
+            calls = [task.args[i] for i in indexes]
+            sub = self._new_task(task.blob, task.fn, calls, {}, task.timeout, retries, task.chunk)
             sub.future.set_running_or_notify_cancel()  # part of a started task: not cancellable
-            sub.future.add_done_callback(functools.partial(done, i))
+            sub.future.add_done_callback(functools.partial(done, indexes))
             subtasks.append(sub)
         with self._lock:
             broken = self._broken
@@ -538,7 +562,7 @@ class Pool(concurrent.futures.Executor):
             # Which call failed the whole chunk (a lost worker, a timeout) is
             # unknown: each runs again on its own, with all its tries left.
             outcome = _Outcome([None] * len(task.args), {}, 0.0)
-            self._rerun_calls(task, range(len(task.args)), task.retries, outcome)
+            self._rerun_calls(task, [([i], task.retries) for i in range(len(task.args))], outcome)
             return
         if task.retries > 0 and self._broken is None:
             task.retries -= 1
@@ -614,23 +638,30 @@ class Pool(concurrent.futures.Executor):
 
     def _dispatch_pending(self) -> bool:
         """Hand pending tasks to workers with room; False if some had to wait."""
-        while self._pending:
-            slot = min(self._slots, key=lambda s: len(s.tasks), default=None)
-            if slot is None or len(slot.tasks) >= _PER_WORKER:
-                return False
-            task = self._pending.popleft()
-            if not task.future.running() and not task.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            if not slot.tasks:
-                slot.head_since = time.monotonic()
-            slot.tasks.append(task)
-            data = frame(_worker.encode_task(task.id, task.payload), slot.stem, task.buffers)
-            self._send(slot, data)
-        return True
-
-    def _send(self, slot: _Slot, data: bytes) -> None:
-        slot.outbox += data
-        self._flush(slot)
+        touched: list[_Slot] = []  # one write per worker, however many tasks it got
+        try:
+            while self._pending:
+                slot = min(self._slots, key=lambda s: len(s.tasks), default=None)
+                # Chunks of a map go deeper: a worker runs them back to back
+                # without waiting for the dispatcher to hand it the next.
+                depth = _CHUNKS_PER_WORKER if self._pending[0].chunk else _PER_WORKER
+                if slot is None or len(slot.tasks) >= depth:
+                    return False
+                task = self._pending.popleft()
+                if not task.future.running() and not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                if not slot.tasks:
+                    slot.head_since = time.monotonic()
+                slot.tasks.append(task)
+                slot.outbox += frame(
+                    _worker.encode_task(task.id, task.payload), slot.stem, task.buffers
+                )
+                if slot not in touched:
+                    touched.append(slot)
+            return True
+        finally:
+            for slot in touched:
+                self._flush(slot)
 
     def _flush(self, slot: _Slot) -> None:
         while slot.outbox:
@@ -823,7 +854,7 @@ def _describe(fn, args: tuple) -> str:
     return f"{name}({shown})"
 
 
-_TARGET_CHUNK_S = 0.005  # work per chunk: a round trip (~0.15 ms) costs a few % of it
+_TARGET_CHUNK_S = _worker.STOP_AFTER_S  # work per chunk: a round trip costs a few % of it
 _MAX_CHUNK = 4096  # calls per chunk when the input's length is unknown
 _CHUNKS_PER_WORKER = 4  # chunks submitted ahead of the consumer, per worker
 
@@ -838,14 +869,18 @@ class _Mapping:
     about `_TARGET_CHUNK_S` each, from the time workers measured.
     """
 
-    def __init__(self, pool, blob, fn, calls, total, timeout, retries, chunksize, bar) -> None:
+    def __init__(self, pool, blob, fn, calls, kind, total, timeout, retries, chunksize, bar):
         self.pool = pool
+        self.kind = kind
         self.blob = blob
         self.fn = fn
         self.calls = calls
         self.timeout = timeout
         self.retries = retries
         self.fixed = chunksize
+        if chunksize is None:
+            self.kind |= _worker.ADAPTIVE
+        self.known = total is not None
         self.bar = bar
         self.window: collections.deque = collections.deque()
         self.exhausted = False
@@ -858,45 +893,58 @@ class _Mapping:
         if self.fixed is not None:
             return self.fixed
         if self.per_call_s is None:
-            return 1
-        return max(1, min(self.cap, int(_TARGET_CHUNK_S / max(self.per_call_s, 1e-9))))
+            # Unknown cost.  A known number of calls: a quarter per worker,
+            # as multiprocessing does -- an adaptive chunk stops early if its
+            # calls are long.  An unknown number: one call per chunk, until
+            # one has come back (not to read far ahead of a slow consumer).
+            return self.cap if self.known else 1
+        return _chunk_size(self.per_call_s, self.cap)
 
     def top_up(self) -> None:
-        while not self.exhausted and len(self.window) < self.limit:
+        pool = self.pool
+        tasks = []
+        while not self.exhausted and len(self.window) + len(tasks) < self.limit:
             if (
                 self.per_call_s is None
                 and self.fixed is None
-                and len(self.window) >= self.pool.workers
+                and not self.known
+                and len(self.window) + len(tasks) >= pool.workers
             ):
-                return  # one probe per worker until a time is known
+                break  # one probe per worker until a time is known
             chunk = list(itertools.islice(self.calls, self._size()))
             if not chunk:
                 self.exhausted = True
-                return
-            future = self.pool._submit(
-                self.blob, self.fn, chunk, {}, self.timeout, self.retries, True
+                break
+            task = pool._new_task(
+                self.blob, self.fn, chunk, {}, self.timeout, self.retries, self.kind
             )
             if self.bar is not None:
-                future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
-            self.window.append(future)
+                task.future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
+            tasks.append(task)
+        if tasks:  # all at once: one lock, one write per worker
+            pool._enqueue(tasks, self.timeout)
+            self.window.extend(task.future for task in tasks)
 
     def results(self) -> Iterator[Any]:
+        """The results in order: a C-level iterator over each chunk's values."""
+        return _Results(self._values_by_chunk(), self)
+
+    def _values_by_chunk(self) -> Iterator[list]:
         try:
             while self.window:
                 outcome = self.window.popleft().result()
-                if outcome.elapsed > 0:
-                    per_call = outcome.elapsed / len(outcome.values)
+                if outcome.per_call > 0:
                     old = self.per_call_s
-                    self.per_call_s = per_call if old is None else (old + per_call) / 2
+                    new = outcome.per_call
+                    self.per_call_s = new if old is None else (old + new) / 2
                 self.top_up()
                 errors = outcome.errors
                 if not errors:
-                    yield from outcome.values
+                    yield outcome.values
                     continue
-                for i, value in enumerate(outcome.values):
-                    if i in errors:
-                        raise errors[i]
-                    yield value
+                first = min(errors)
+                yield outcome.values[:first]
+                raise errors[first]
         finally:
             self.close()
 
@@ -906,6 +954,37 @@ class _Mapping:
         self.window.clear()
         if self.bar is not None:
             self.bar.close()
+
+
+class _Results:
+    """What `Pool.map` returns: an iterator over the results.
+
+    Iterating it (``for``, ``list``) runs at C speed over each chunk's
+    values (`itertools.chain`); ``close()`` stops the map, as a generator's
+    does: chunks no worker has started are cancelled.
+    """
+
+    __slots__ = ("_chain", "_chunks", "_mapping")
+
+    def __init__(self, chunks, mapping) -> None:
+        self._chunks = chunks
+        self._mapping = mapping
+        self._chain = itertools.chain.from_iterable(chunks)
+
+    def __iter__(self):
+        return self._chain
+
+    def __next__(self):
+        return next(self._chain)
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._mapping.close()  # also when iteration never began
+
+
+def _chunk_size(per_call_s: float, cap: int) -> int:
+    """Calls per chunk for calls of `per_call_s` each: about _TARGET_CHUNK_S of work."""
+    return max(1, min(cap, int(_TARGET_CHUNK_S / max(per_call_s, 1e-9))))
 
 
 def _known_length(iterables) -> int | None:

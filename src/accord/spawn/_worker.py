@@ -11,6 +11,7 @@ this worker hold it, which is what lets both sides unpickle what arrives.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import struct
@@ -21,6 +22,11 @@ from . import _wire
 
 # Reply kinds (one byte after the task id).
 RESULT, ERROR, INIT_FAILED, INTERRUPTED, READY = 0, 1, 2, 3, 4
+# A task's kind of call: one call, or a chunk of `map` whose calls are
+# argument tuples (STAR) or single arguments (ONE).
+CALL, STAR, ONE = 0, 1, 2
+ADAPTIVE = 4  # with STAR or ONE: the chunk may stop early (see _run_chunk)
+STOP_AFTER_S = 0.005
 _TASK = struct.Struct("<QB")
 
 
@@ -90,7 +96,7 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 watchdog.arm(timeout)
             try:
                 # Pool.map sends chunks of calls, each with its own result or error.
-                result = _run_chunk(fn, args) if chunk else _run(fn, args, kwargs)
+                result = _run_chunk(fn, args, chunk) if chunk else _run(fn, args, kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
@@ -117,19 +123,52 @@ def _run(fn, args, kwargs):
     return result
 
 
-def _run_chunk(fn, calls: list) -> tuple[list, dict[int, BaseException], float]:
-    """(values, {index: error}, seconds) of `calls`, each run on its own."""
-    values = []
-    errors = {}
-    started = time.perf_counter()
-    for one in calls:
+def _run_chunk(fn, calls: list, chunk: int) -> tuple[list, dict[int, BaseException], float]:
+    """(values, {index: error}, seconds) of `calls`, each run on its own.
+
+    An ADAPTIVE chunk stops after the call that takes it past `STOP_AFTER_S`:
+    the pool sends the calls not run again, in chunks sized from the time
+    measured here (so a chunk of long calls does not keep them all on this
+    worker).  `values` then holds fewer values than there were calls.
+    """
+    kind = chunk & ~ADAPTIVE
+    values: list = []
+    errors: dict[int, BaseException] = {}
+    append = values.append
+    clock = time.perf_counter
+    started = clock()
+    stop = started + STOP_AFTER_S if chunk & ADAPTIVE else None
+    n = len(calls)
+    step = 1  # calls between two looks at the clock: 1, 2, 4... (cheap for tiny calls)
+    link = None
+    while len(values) < n:
+        done = len(values)
+        batch = calls[done : n if stop is None else done + step]
+        link = sys.modules.get("accord.share._link")
         try:
-            values.append(_run(fn, one, {}))
+            if link is not None:  # settle each call's share writes: they are its result too
+                for one in batch:
+                    append(_run(fn, one, {}) if kind == STAR else _run(fn, (one,), {}))
+            else:
+                # C loops; a call that raises leaves the values before it in place.
+                values.extend(itertools.starmap(fn, batch) if kind == STAR else map(fn, batch))
         except BaseException as exc:
             if type(exc).__name__ == "Interrupted":  # the watchdog: the whole task stops
                 raise
             errors[len(values)] = exc
-            values.append(None)
+            append(None)
+        if stop is not None:
+            if clock() > stop:
+                break
+            step *= 2
+    if link is None:  # the last calls may have begun to use a share: their writes count
+        link = sys.modules.get("accord.share._link")
+        if link is not None and link._unsettled and values:
+            try:
+                link.settle_all()
+            except BaseException as exc:
+                errors[len(values) - 1] = exc
+                values[-1] = None
     return values, errors, time.perf_counter() - started
 
 
