@@ -117,16 +117,21 @@ word_at(Py_buffer *view, Py_ssize_t offset)
 #define SLEEPS_ON_SELECT 2 /* in select() on its sockets: the producer wakes it there */
 
 /* Wake whoever sleeps on the doorbell at bell[0..1], if it says it sleeps;
- * returns how it sleeps. */
+ * returns how it slept.  The first caller to see it asleep marks it awake
+ * (compare-and-swap) and wakes it; callers after that, before it has even
+ * run, see it awake: one wake-up per sleep, however many producers append. */
 static uint32_t
 ring_bell(uint32_t *bell)
 {
     uint32_t how = __atomic_load_n(&bell[0], __ATOMIC_SEQ_CST);
-    if (how != AWAKE) {
-        __atomic_fetch_add(&bell[1], 1, __ATOMIC_SEQ_CST);
-        if (how == SLEEPS_ON_FUTEX)
-            futex(&bell[1], FUTEX_WAKE, INT_MAX, NULL);
-    }
+    if (how == AWAKE)
+        return AWAKE;
+    if (!__atomic_compare_exchange_n(&bell[0], &how, AWAKE, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST))
+        return AWAKE; /* another producer is waking it */
+    __atomic_fetch_add(&bell[1], 1, __ATOMIC_SEQ_CST);
+    if (how == SLEEPS_ON_FUTEX)
+        futex(&bell[1], FUTEX_WAKE, INT_MAX, NULL);
     return how;
 }
 
