@@ -7,11 +7,9 @@ import traceback
 
 import cloudpickle
 
-from ._errors import AccordError, RemoteTraceback
+from ._errors import RemoteError, RemoteTraceback
 
-
-class RemoteError(AccordError):
-    """An exception on the coordinator that could not be sent back as itself."""
+__all__ = ["RemoteError", "Unreadable", "pack_error", "rebuild_error"]
 
 
 class Unreadable:

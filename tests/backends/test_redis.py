@@ -15,8 +15,16 @@ import time
 import pytest
 import redis
 
-from accord import AccordError, CoordinatorLost, Share, ShareClosed
-from accord.backends.redis import BackendUnavailable, TamperedPayload
+from accord import (
+    BackendRefused,
+    BackendUnavailable,
+    CoordinatorLost,
+    KeyRequired,
+    Share,
+    ShareClosed,
+    ShareNotFound,
+    TamperedPayload,
+)
 
 KEY = "a-test-key-of-the-suite-0123456789"
 
@@ -100,10 +108,10 @@ def test_connect_needs_the_right_key(redis_server):
         share.x = 1
         with pytest.raises(TamperedPayload, match="created with another key"):
             Share.connect(redis_server.url, name="test-key", key="another-key-0123456789")
-        with pytest.raises(AccordError, match="needs the share's key"):
+        with pytest.raises(KeyRequired):
             Share.connect(redis_server.url, name="test-key")
         assert Share.connect(redis_server.url, name="test-key", key=KEY).x == 1
-    with pytest.raises(AccordError, match="no share"):
+    with pytest.raises(ShareNotFound):
         Share.connect(redis_server.url, name="test-key", key=KEY)
 
 
@@ -280,7 +288,7 @@ def test_redis_auth(tmp_path):
             share.x.append(2)
             assert share.x == [1, 2]
         wrong = server.url.replace("s3cret-pass", "wrong")
-        with pytest.raises(AccordError, match="refused the credentials"):
+        with pytest.raises(BackendRefused, match="refused the credentials"):
             Share(backend=wrong, key=KEY)
         # ACL users: one limited to accord's keys works, one without them is told why.
         admin = redis.Redis.from_url(server.url)
@@ -294,7 +302,7 @@ def test_redis_auth(tmp_path):
             share.n = 1
             share.n += 1
             assert share.n == 2
-        with pytest.raises(AccordError, match="lacks a permission"):
+        with pytest.raises(BackendRefused, match="lacks a permission"):
             Share(backend=f"redis://other:o-pass@{port_url}", key=KEY)
     finally:
         server.stop()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+from accord import AugmentedAssignmentUnsupported, Share
+from accord.share import _augmented
 from accord.share._augmented import DONE, is_augmented
 
 
@@ -44,12 +48,14 @@ def test_recognised_forms():
     p.b |= {2}
     p.c -= f(3) * 2 if p.flag else 0
     p["k"] += 1
+    p[1:3] += 1  # BINARY_SLICE / STORE_SLICE on 3.12+
     p.d[1] if False else None
     assert ("a", True) in p.seen
     assert ("b", True) in p.seen
     assert ("c", True) in p.seen
     assert ("flag", False) in p.seen
     assert ("k", True) in p.seen
+    assert (slice(1, 3), True) in p.seen
 
 
 def test_plain_reads_are_not_augmented():
@@ -69,3 +75,35 @@ def test_verdict_survives_specialisation():
         p["k"] += 1
         p.a += 1
     assert all(augmented for _, augmented in p.seen)
+
+
+def test_the_running_python_passes_the_import_self_check():
+    assert _augmented.RECOGNISED
+    assert _augmented.self_check()
+
+
+def test_the_self_check_fails_when_the_detector_does_not_recognise_the_bytecode(monkeypatch):
+    monkeypatch.setattr(_augmented, "_verdicts", {})
+    monkeypatch.setattr(_augmented, "_analyser", lambda code, lasti: False)
+    assert not _augmented.self_check()
+    monkeypatch.setattr(_augmented, "_verdicts", {})
+    monkeypatch.setattr(_augmented, "_analyser", lambda code, lasti: True)
+    assert not _augmented.self_check()  # plain reads taken for augmented ones
+
+
+def test_unrecognised_bytecode_refuses_augmented_assignment_instead_of_losing_updates(
+    monkeypatch,
+):
+    # What a Python whose bytecode the self-check rejected does.
+    monkeypatch.setattr(_augmented, "_verdicts", {})
+    monkeypatch.setattr(_augmented, "_analyser", _augmented._refuse)
+    with Share(backend="memory") as share:
+        share.x = 1
+        share.d = {"k": 1}
+        with pytest.raises(AugmentedAssignmentUnsupported):
+            share.x += 1
+        with pytest.raises(AugmentedAssignmentUnsupported):
+            share.d["k"] += 1
+        y = share.x + 1  # plain reads and writes still work
+        share.x = y
+        assert share.x == 2 and share.d == {"k": 1}

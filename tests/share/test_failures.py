@@ -13,10 +13,17 @@ import time
 
 import pytest
 
-from accord import CoordinatorLost, Share, ShareClosed, UnshareableError
+from accord import (
+    AuthenticationError,
+    CoordinatorLost,
+    RestartRefused,
+    Share,
+    ShareClosed,
+    UnshareableError,
+)
 from accord.backends.shm._client import _pid_alive
 from accord.backends.shm._segment import leftovers
-from accord.backends.shm._transport import AuthenticationError, connect, runtime_dir
+from accord.backends.shm._transport import connect, runtime_dir
 from accord.share._coordinator import STUCK_S
 
 
@@ -280,7 +287,7 @@ def test_restart_from_the_last_committed_state(ctx):
     worker = ctx.Process(target=_increment_after, args=(share, ready, go, done))
     worker.start()
     assert ready.wait(60)
-    with pytest.raises(Exception, match="is running"):
+    with pytest.raises(RestartRefused):
         share.restart()
     old_pid = share.coordinator_pid
     _kill_coordinator(share)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from accord import TemporaryTarget
+
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
@@ -43,7 +45,7 @@ def test_indexer_reads_see_indexer_writes(any_share):
 def test_a_write_to_a_pandas_temporary_raises(any_share):
     any_share.df = _frame()
     column = any_share.df["n"]  # a proxy for share.df["n"], a column made anew each time
-    with pytest.raises(Exception, match="temporary"):
+    with pytest.raises(TemporaryTarget):
         column[0] = 99
         any_share.flush()
     assert any_share.df["n"].tolist() == [0, 0, 0, 0]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from accord import Pool, RemoteTraceback, Share
+from accord import Pool, RemoteTraceback, Share, ShareExists
 
 BACKENDS = ("shm", "redis")  # a memory share lives in one process
 WORKERS = 4
@@ -238,7 +238,7 @@ def test_connect_by_name_from_an_unrelated_process(tmp_path):
         assert {int(o) for o in outputs} == {share.coordinator_pid}
         assert share.counter == 200
         assert sorted(share.log) == sorted(list(range(100)) * 2)
-        with pytest.raises(Exception, match="already running"):
+        with pytest.raises(ShareExists):
             Share(name="test-connect")
 
 

@@ -437,7 +437,7 @@ def raise_unsendable():
 
 
 def test_an_error_that_neither_pickles_nor_prints_comes_back(spawn_backend):
-    from accord._remote import RemoteError
+    from accord import RemoteError
 
     with Pool(1, backend=spawn_backend) as pool:
         before = pool.submit(whoami).result(timeout=30)

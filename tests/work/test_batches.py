@@ -12,6 +12,10 @@ from work_helpers import barrier, wait_until
 from accord.work import WorkQueue
 from accord.work._queue import _BatchSize
 
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
+
 
 def _statements(queue: WorkQueue) -> list[str]:
     seen: list[str] = []
@@ -66,13 +70,13 @@ def test_the_unstarted_items_of_a_batch_go_back_when_the_loop_ends(db, leave):
 def test_a_dead_workers_batch_is_handed_out_again(db, workers):
     options = {"heartbeat_timeout": 1.0, "heartbeat_interval": 0.2, "claim_batch": 5}
     victim = workers.start(db=db, name="crash", items=12, options=options, hang_on=["1"])
-    wait_until(lambda: "start 1" in victim.stdout.readline(), what="the victim to take item 1")
+    wait_until(lambda: "start 1" in victim.stdout.readline(), 90, "the victim to take item 1")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     survivor = workers.start(db=db, name="crash", items=12, options=options)
     # Its whole batch came back, item 0 too: the victim finished it, but
     # died before its next claim would have recorded that.
-    assert sorted(workers.finish(survivor), key=int) == [str(i) for i in range(12)]
+    assert sorted(workers.finish(survivor, 120), key=int) == [str(i) for i in range(12)]
     queue = WorkQueue(range(12), db=db, name="crash", progress=False)
     assert queue.counts()["completed"] == 12
     for key in (0, 1, 4):
@@ -115,3 +119,31 @@ def test_32_workers_on_sqlite_never_see_a_locked_database_nor_complete_twice(
     completions = collections.Counter(h.key for h in queue.history() if h.status == "completed")
     assert completions == {str(i): 1 for i in range(n)}
     queue.dispose()
+
+
+def test_a_waiting_worker_looks_without_taking_the_write_lock(sqlite_db, tmp_path, monkeypatch):
+    import sqlite3
+
+    from accord.work import _db
+    from accord.work._store import Entry, Store
+
+    monkeypatch.setattr(_db, "BUSY_TIMEOUT_S", 0.2)
+    engine = _db.open_engine(sqlite_db)
+    store = Store(engine, "q", "queue")
+    store.register([Entry("0", 0), Entry("1", 1)])
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    assert store.peek(conn)  # an item is free
+    claimed = store.claim(conn, worker, want=2)
+    assert not store.peek(conn)  # both run here: nothing to do but wait
+    writer = sqlite3.connect(tmp_path / "run.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a working worker's claim
+    try:
+        assert not store.peek(conn)  # would be "database is locked" with the lock
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store.claim(conn, worker, [(c, "completed", None) for c in claimed], want=0)
+    assert store.peek(conn)  # the end: a claim now says DONE
+    conn.close()
+    engine.dispose()

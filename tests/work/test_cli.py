@@ -16,16 +16,20 @@ from accord.work._status import report
 
 ACCORD = Path(sys.executable).with_name("accord")
 
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
+
 
 def accord(*args: str, input: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ACCORD), *args], input=input, capture_output=True, text=True, timeout=30
+        [str(ACCORD), *args], input=input, capture_output=True, text=True, timeout=90
     )
 
 
 def test_status_shows_counts_active_workers_and_failures(db, workers):
     failing = workers.start(db=db, name="embed", items=10, fail_on=["3"])
-    failing.communicate(timeout=30)
+    failing.communicate(timeout=90)
     assert failing.returncode == 1
     hanging = workers.start(
         db=db, name="embed", items=10, hang_on=["4"], options={"worker": "w-hang"}

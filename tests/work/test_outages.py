@@ -18,6 +18,10 @@ from work_helpers import barrier, wait_until
 
 from accord.work import DatabaseUnavailable, WorkQueue, _db
 
+# Each test starts processes (workers, the accord command): seconds each on a
+# loaded 2-core machine.
+pytestmark = pytest.mark.timeout(180)
+
 
 def _completions(url: str) -> collections.Counter:
     """How many times each item's completion was recorded."""
@@ -127,3 +131,35 @@ def test_errors_in_the_sql_are_not_retried(sqlite_db):
             with queue._engine.begin() as conn:
                 conn.execute(text("DROP TABLE accord_history"))
     queue.dispose()
+
+
+def test_items_a_lost_answer_claimed_go_back_when_the_claim_is_retried(db, caplog):
+    from accord.work._db import open_engine
+    from accord.work._store import COMPLETED, Entry, Store
+
+    engine = open_engine(db)
+    store = Store(engine, "q", "queue")
+    store.register([Entry(str(i), i) for i in range(4)])
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    [first] = store.claim(conn, worker)
+    # This claim commits, but its answer never reaches the worker (the
+    # connection broke after the COMMIT): items 1 and 2 are claimed unseen.
+    assert [c.key for c in store.claim(conn, worker, [(first, COMPLETED, None)], want=2)] == [
+        "1",
+        "2",
+    ]
+    # The worker retries the same claim on a new connection: item 0's outcome
+    # is already recorded (not twice), and the unseen items are handed back
+    # before it claims again.
+    conn.close()
+    conn = store.connect()
+    again = store.claim(conn, worker, [(first, COMPLETED, None)], want=4, recovering=True)
+    assert [c.key for c in again] == ["1", "2", "3"]
+    queue = WorkQueue(range(4), db=db, name="q", progress=False)
+    assert [h.status for h in queue.history(0)] == ["running", "completed"]
+    assert [h.status for h in queue.history(1)] == ["running", "released", "running"]
+    assert "went back to the queue" not in caplog.text  # a replay, not a lost lease
+    conn.close()
+    queue.dispose()
+    engine.dispose()

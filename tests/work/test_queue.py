@@ -107,6 +107,15 @@ def test_uncaught_exception_is_recorded_with_its_traceback(sqlite_db, workers):
     assert "ValueError: boom on 1" in error and "Traceback" in error
 
 
+def test_the_applications_excepthook_is_left_alone(sqlite_db):
+    before = sys.excepthook
+    queue = WorkQueue(range(2), db=sqlite_db, name="q", progress=False)
+    for _item in queue:
+        break  # leaves the loop: the item is failed, and its traceback is looked for at exit
+    assert queue.counts()["failed"] == 1
+    assert sys.excepthook is before
+
+
 def test_key_function_and_workers_with_different_lists(sqlite_db):
     first = WorkQueue(["a", "b", "c", "d"], db=sqlite_db, name="q", key=str.upper, progress=False)
     second = WorkQueue(["c", "d", "e"], db=sqlite_db, name="q", key=str.upper, progress=False)

@@ -17,7 +17,7 @@ def test_public_names():
         "WorkQueue",
     ]
     for name in accord.work.__all__:
-        assert getattr(accord.work, name).__module__.startswith("accord.work.")
+        assert getattr(accord.work, name).__module__ == "accord.work", name
 
 
 def test_errors_derive_from_accord_error():

@@ -32,15 +32,20 @@ class BackendInfo(Protocol):
 class Snapshot(Protocol):
     """What a client last read of one name."""
 
-    obj: Any  # the unpickled object (shared by reads: never mutated)
-    kind: tuple[int, bool]  # (type generation, is an immutable value)
+    @property
+    def obj(self) -> Any: ...  # the unpickled object (shared by reads: never mutated)
+    @property
+    def kind(self) -> Any: ...  # (type generation, is an immutable value)
 
 
 class BackendClient(Protocol):
     remote: bool  # reads cost a round trip (Link then decides `+=` from `known`)
-    lost: Exception | None  # set once the share is closed (or, shm, the coordinator died)
+    replies: Any  # backends/_replies.Replies: replies and deferred errors of this process
+
+    @property
+    def lost(self) -> Exception | None: ...  # set once closed (or the coordinator died)
+
     owner_process: Any  # the coordinator process (or thread), in the owner
-    deferred: list  # errors of fire-and-forget commands, raised by the next blocking call
 
     def check_alive(self) -> None: ...  # CoordinatorLost / ShareClosed, cheaply
     def applied_all(self, slots: tuple[int, ...]) -> bool: ...  # every queued write applied?

@@ -7,12 +7,20 @@ augmented assignment compiles to a recognisable instruction sequence::
 
     COPY 1; LOAD_ATTR x; <operand>; BINARY_OP +=; SWAP 2; STORE_ATTR x
     COPY 2; COPY 2; BINARY_SUBSCR; <operand>; BINARY_OP +=; SWAP 3; SWAP 2; STORE_SUBSCR
+    COPY 3 (x3); BINARY_SLICE; <operand>; BINARY_OP +=; SWAP 4; SWAP 3; SWAP 2; STORE_SLICE
 
 When the read is such a step, the share returns an `Augmenting` marker
 instead of the value: its in-place operator sends ``AUGMENT`` (applied on
 the coordinator as one command) and the following store is a no-op.  The
 verdict is cached per (code object, instruction offset), so the check costs
 a dictionary lookup.
+
+These sequences are CPython's, and change between versions.  At import,
+`self_check` runs ``o.a += 1``, ``d[k] += 1`` and plain reads (``x = o.a;
+x += 1`` among them) through the detector; if the running Python's bytecode
+is not recognised, `is_augmented` falls back to refusing: a read on a line
+that holds an augmented assignment raises `AugmentedAssignmentUnsupported`
+instead of silently becoming a read and then a write (losing updates).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import bisect
 import dis
 import sys
 
+from .._errors import AugmentedAssignmentUnsupported
 from ._protocol import INPLACE_OPERATORS
 
 _verdicts: dict[tuple, bool] = {}
@@ -28,14 +37,18 @@ _verdicts: dict[tuple, bool] = {}
 
 def is_augmented(depth: int = 2) -> bool:
     """Is the attribute/item read running in the caller's caller the first
-    step of an augmented assignment?"""
+    step of an augmented assignment?
+
+    Raises `AugmentedAssignmentUnsupported` where the running Python's
+    bytecode is not recognised (see `self_check`) and the read is on a line
+    holding an augmented assignment."""
     frame = sys._getframe(depth)
     key = (frame.f_code, frame.f_lasti)
     verdict = _verdicts.get(key)
     if verdict is None:
         if len(_verdicts) >= 100_000:
             _verdicts.clear()  # code compiled at run time would grow it for ever
-        verdict = _verdicts[key] = _analyse(frame.f_code, frame.f_lasti)
+        verdict = _verdicts[key] = _analyser(frame.f_code, frame.f_lasti)
     return verdict
 
 
@@ -61,6 +74,13 @@ def _analyse(code, lasti: int) -> bool:
         ):
             return False
         store, swaps = ("STORE_SUBSCR", None), [3, 2]
+    elif current.opname == "BINARY_SLICE":  # 3.12+: `x[a:b] op= y`
+        if at < 3 or any(
+            instructions[at - k].opname != "COPY" or instructions[at - k].arg != 3
+            for k in (1, 2, 3)
+        ):
+            return False
+        store, swaps = ("STORE_SLICE", None), [4, 3, 2]
     else:
         return False
     # The first in-place operator after the read belongs to this statement:
@@ -80,6 +100,98 @@ def _analyse(code, lasti: int) -> bool:
             # appear inside the operand, `a if c else b`, so they do not stop us.)
             return False
     return False
+
+
+def _refuse(code, lasti: int) -> bool:
+    """The detector of a Python whose bytecode `_analyse` does not know:
+    a plain read (False), unless its line holds an augmented assignment."""
+    instructions = list(dis.get_instructions(code))
+    at = bisect.bisect_right([ins.offset for ins in instructions], lasti) - 1
+    positions = instructions[at].positions if at >= 0 else None
+    line = positions.lineno if positions is not None else None
+    for ins in instructions:
+        if (
+            ins.positions is not None
+            and ins.positions.lineno == line
+            and (ins.argrepr in INPLACE_OPERATORS or ins.opname.startswith("INPLACE_"))
+        ):
+            version = ".".join(map(str, sys.version_info[:3]))
+            raise AugmentedAssignmentUnsupported(
+                f"an augmented assignment (line {line} of {code.co_filename}) on a share cannot "
+                f"be made atomic on Python {version}: accord does not recognise this "
+                "interpreter's bytecode for it (tested on CPython 3.11-3.13). Write "
+                "share.apply(name, fn) or hold share.lock(name) around a read and a write"
+            )
+    return False
+
+
+class _Probe:
+    """Records, for each attribute or item read, the detector's verdict."""
+
+    _verdicts: list[bool]
+
+    def __init__(self, verdicts: list[bool]) -> None:
+        object.__setattr__(self, "_verdicts", verdicts)
+
+    def __getattr__(self, name) -> _Inplace:
+        self._verdicts.append(is_augmented())
+        return _Inplace()
+
+    def __getitem__(self, key) -> _Inplace:
+        self._verdicts.append(is_augmented())
+        return _Inplace()
+
+    def __setattr__(self, name, value) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+class _Inplace:
+    def __iadd__(self, other):
+        return self
+
+    __add__ = __iadd__
+
+
+def _augmented_attribute(o) -> None:
+    o.a += 1
+
+
+def _augmented_item(d) -> None:
+    d["k"] += 1
+
+
+def _augmented_slice(d) -> None:
+    d[1:3] += 1
+
+
+def _plain_reads(o) -> None:
+    x = o.a
+    x += 1  # on a local name: the read above is a plain one
+    o.b = o.c + 1
+    y = o["k"] + 1  # noqa: F841
+
+
+def self_check() -> bool:
+    """Does the detector recognise this Python's ``o.a += 1`` and ``d[k] +=
+    1``, and nothing in plain reads?  Each form runs repeatedly, so that the
+    adaptive interpreter's specialised instructions are checked too."""
+    verdicts: list[bool] = []
+    probe = _Probe(verdicts)
+    for _ in range(20):
+        del verdicts[:]
+        _augmented_attribute(probe)
+        _augmented_item(probe)
+        _augmented_slice(probe)
+        if verdicts != [True, True, True]:
+            return False
+        del verdicts[:]
+        _plain_reads(probe)
+        if verdicts != [False, False, False]:
+            return False
+    return True
 
 
 class Augmenting:
@@ -121,3 +233,9 @@ class _Done:
 
 
 DONE = _Done()
+
+_analyser = _analyse
+RECOGNISED = self_check()
+if not RECOGNISED:
+    _verdicts.clear()
+    _analyser = _refuse

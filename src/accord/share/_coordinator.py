@@ -14,6 +14,7 @@ the owner closes the share or dies.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import pickle
@@ -22,10 +23,12 @@ import sys
 import time
 import traceback
 from collections import deque
+from typing import Any
 
 import cloudpickle
 
-from .._errors import AccordError
+from .. import _logging
+from .._errors import ErrorsDropped, TemporaryTarget
 from .._remote import Unreadable, pack_error
 from ..backends.shm import _client as _shm_client
 from ..backends.shm import _control
@@ -37,6 +40,8 @@ from ._values import is_value
 HEARTBEAT_S = 0.1
 STUCK_S = 2.0
 SPIN_S = 0.0002
+
+log = logging.getLogger("accord.share")
 
 
 class Stop(BaseException):
@@ -53,7 +58,9 @@ class _Lock:
 
 
 class Coordinator:
-    def __init__(self, server: ShmServer, owner_pid: int, window: float) -> None:
+    # `server` is any backend's server (shm, memory, redis); the protocol
+    # they share is not yet complete enough to name here.
+    def __init__(self, server: Any, owner_pid: int, window: float) -> None:
         self.server = server
         self.owner_pid = owner_pid
         self.window = window
@@ -129,7 +136,7 @@ class Coordinator:
         """Queue what `peer` appended to its ring; whether there was any."""
         entries = self.server.drain(peer)
         if entries is None:
-            print("accord: dropping a client that wrote garbage to its ring", file=sys.stderr)
+            log.warning("dropping a client that wrote garbage to its ring")
             self.queues.pop(peer.id, None)
             self.server.disconnect(peer)  # poll reports it left
             return False
@@ -177,10 +184,7 @@ class Coordinator:
                         except BaseException:
                             # Only an authenticated peer can send; a garbled
                             # frame means a broken client: cut it off.
-                            print(
-                                "accord: dropping a client that sent a garbled command",
-                                file=sys.stderr,
-                            )
+                            log.warning("dropping a client that sent a garbled command")
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
@@ -221,10 +225,11 @@ class Coordinator:
         self.blocked_since[peer_id] = now  # look again in STUCK_S
         for peer in list(getattr(self.server, "peers", self.peers).values()):
             if peer.id not in self.departed and not peer.alive():
-                print(
-                    f"accord: client {peer.id} (pid {peer.pid}) died but its connection "
-                    "stayed open; crediting the writes it never sent",
-                    file=sys.stderr,
+                log.warning(
+                    "client %d (pid %s) died but its connection stayed open; "
+                    "crediting the writes it never sent",
+                    peer.id,
+                    peer.pid,
                 )
                 self.peer_left(peer)
 
@@ -303,10 +308,10 @@ class Coordinator:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
 
     def send_held(self, peer) -> None:
-        held = self.held.pop(peer.id, ())
+        held = self.held.pop(peer.id, [])
         dropped = self.held_dropped.pop(peer.id, 0)
         if dropped:
-            held.append(pack_error(AccordError(_dropped_message(dropped))))
+            held.append(pack_error(ErrorsDropped(_dropped_message(dropped))))
         for error in held:
             self.server.send(peer, cloudpickle.dumps((0, P.ERROR, *error), 5))
 
@@ -321,7 +326,7 @@ class Coordinator:
             except Stop:
                 raise
             except BaseException as exc:
-                print(f"accord: cannot commit share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot commit share.%s: %r", name, exc)
                 data = dumps(
                     Unreadable(
                         f"share.{name} can no longer be serialized ({type(exc).__name__}: "
@@ -359,7 +364,7 @@ class Coordinator:
             except Stop:
                 raise
             except BaseException as exc:
-                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot restore share.%s: %r", name, exc)
                 continue
             self.commit(name)
 
@@ -395,9 +400,9 @@ class Coordinator:
 
     # -- paths -----------------------------------------------------------------
 
-    def resolve(self, path: tuple):
+    def resolve(self, path: tuple) -> Any:
         try:
-            obj = self.mirror[path[0]]
+            obj: Any = self.mirror[path[0]]
         except KeyError:
             raise AttributeError(f"share has no attribute {path[0]!r}") from None
         for i in range(1, len(path), 2):
@@ -413,7 +418,7 @@ class Coordinator:
         if it is a temporary that the write would change alone."""
         obj = self.resolve(path)
         if len(path) > 1 and _is_temporary(obj) and self.resolve(path) is not obj:
-            raise AccordError(
+            raise TemporaryTarget(
                 f"{_describe(path)} is a temporary {type(obj).__name__}, made anew at each "
                 "access (pandas copy-on-write): a write to it would be lost. Write through "
                 "the frame instead, e.g. share.df.loc[row, column] = value"
@@ -451,7 +456,7 @@ class Coordinator:
         place, op, operand = message[4:7]
         if op not in P.INPLACE:
             raise ValueError(f"unknown in-place operator {op!r}")
-        current = self.get_place(place)
+        current = self.resolve(place)
         self.set_place(place, getattr(operator, op)(current, unpack(operand)))
 
     def op_call(self, peer, message):
@@ -535,7 +540,7 @@ class OrderedCoordinator(Coordinator):
         super().__init__(server, owner_pid, window)
         self.inbox: deque = deque()
         self.position = ""  # of the last command run
-        self.clients: dict[int, object] = {}
+        self.clients: dict[int, Any] = {}  # each backend's own peer objects
 
     def peer(self, client_id: int):
         peer = self.clients.get(client_id)
@@ -554,7 +559,7 @@ class OrderedCoordinator(Coordinator):
             if waits and not self.satisfied(waits):
                 # Cannot happen while flags and commands move together;
                 # never hang on it: credit what is missing and say so.
-                print(f"accord: unmet waits {waits}; crediting them", file=sys.stderr)
+                log.warning("unmet waits %s; crediting them", waits)
                 for i in range(0, len(waits), 2):
                     missing = waits[i + 1] - self.received[waits[i]]
                     if missing > 0:
@@ -593,13 +598,14 @@ def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
     """A process left without waiting for a reply after its failed
     fire-and-forget commands: nobody else can tell it, so say it here."""
     for _data, tb in errors:
-        print(
-            f"accord: a fire-and-forget command of a process (client {peer_id}) that has "
-            f"exited failed, and the process never read the error:\n{tb}",
-            file=sys.stderr,
+        log.error(
+            "a fire-and-forget command of a process (client %d) that has exited failed, "
+            "and the process never read the error:\n%s",
+            peer_id,
+            tb,
         )
     if dropped:
-        print(f"accord: {_dropped_message(dropped)}", file=sys.stderr)
+        log.error("%s", _dropped_message(dropped))
 
 
 class _NoReply:
@@ -616,6 +622,7 @@ def _stop(signum, frame):
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     signal.signal(signal.SIGTERM, _stop)
+    _logging.to_stderr()
     config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
     _shm_client.coordinating = config["stem"]

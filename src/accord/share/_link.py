@@ -14,11 +14,17 @@ import collections
 import contextlib
 import copy
 import inspect
-import sys
+import logging
 import threading
-import traceback
+from typing import Any
 
-from .._errors import AccordError, CoordinatorLost, ShareClosed, UnshareableError, WritesLost
+from .._errors import (
+    CoordinatorLost,
+    ShareClosed,
+    Unconfirmed,
+    UnshareableError,
+    WritesLost,
+)
 from .._remote import Unreadable, rebuild_error
 from ..backends._replies import raise_all
 from ..backends.shm import _control
@@ -30,6 +36,8 @@ from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_acc
 from ._proxy import BoundMethod, Proxy, unwrap
 from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from ._values import is_value, private
+
+log = logging.getLogger("accord.share")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,18 +84,13 @@ def _report_at_exit() -> None:
     for client in list(_unsettled.values()):
         for error in settle_within(client, EXIT_TIMEOUT):
             if isinstance(error, Unconfirmed):
-                print(f"accord: at exit, {error}", file=sys.stderr)
+                log.error("at exit, %s", error)
                 continue
-            print(
-                "accord: a fire-and-forget command of this process failed, and nothing "
+            log.error(
+                "a fire-and-forget command of this process failed, and nothing "
                 "raised its error before exit:",
-                file=sys.stderr,
+                exc_info=error,
             )
-            traceback.print_exception(error, file=sys.stderr)
-
-
-class Unconfirmed(AccordError):
-    """Fire-and-forget commands whose outcome could not be learnt in time."""
 
 
 def settle_within(client, timeout: float) -> list[BaseException]:
@@ -179,6 +182,8 @@ def is_selector(key) -> bool:
     object, never names one item of it."""
     if type(key) in _NAME_KEYS:
         return False
+    if type(key) is slice:
+        return True  # hashable since Python 3.12, a selector all the same
     try:
         hash(key)
     except TypeError:
@@ -193,7 +198,7 @@ def _selection(result):
     result = private(result)
     flags = getattr(result, "flags", None)
     if flags is not None and getattr(flags, "writeable", False) and hasattr(result, "setflags"):
-        result.setflags(write=False)
+        result.setflags(write=False)  # pyright: ignore[reportAttributeAccessIssue]  (numpy)
     return result
 
 
@@ -488,7 +493,7 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
         if kind is not MISSING:
             cls = kind[0]
             memo = self._methods.get((path, attr))
@@ -530,7 +535,7 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        kind = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
         obj = self.peek(path) if kind is MISSING or kind[0] is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.

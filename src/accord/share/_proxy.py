@@ -120,7 +120,7 @@ class Proxy:
     def __dir__(self):
         return dir(_value(self))
 
-    __hash__ = None  # a live mutable object is not hashable
+    __hash__ = None  # pyright: ignore[reportAssignmentType]  (a live mutable object is not hashable)
 
     def __call__(self, *args, **kwargs):
         return _get(self, "_accord_link").attribute(_get(self, "_accord_path"), "__call__")(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import sys
+from typing import Any
 
 import cloudpickle
 
@@ -97,7 +98,7 @@ class _Pickler(cloudpickle.Pickler):
             from cloudpickle import cloudpickle as internals
 
             if not internals._should_pickle_by_reference(obj):
-                reduced = list(internals._dynamic_class_reduce(obj))
+                reduced: list[Any] = list(internals._dynamic_class_reduce(obj))
                 args = list(reduced[1])
                 args[3] = {**args[3], "__slots__": obj.__slots__}
                 reduced[1] = tuple(args)

@@ -13,8 +13,16 @@ import subprocess
 import sys
 import threading
 import weakref
+from typing import Any
 
-from .._errors import AccordError, CoordinatorLost
+from .._errors import (
+    AccordError,
+    CoordinatorStartFailed,
+    RestartRefused,
+    ShareExists,
+    ShareNotFound,
+)
+from ..backends._protocol import BackendInfo
 from ..backends._replies import raise_all
 from ..backends.shm import _transport
 from ..backends.shm._client import (
@@ -162,7 +170,7 @@ class Share:
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
 
-    def _adopt(self, info, process: subprocess.Popen) -> None:
+    def _adopt(self, info, process: Any) -> None:  # a Popen, or the memory thread shaped like one
         info.client().owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
@@ -189,13 +197,13 @@ class Share:
             raise ValueError(f"invalid share name {name!r}")
         info = load_record(name)
         if info is None:
-            raise AccordError(f"no share named {name!r} is running for this user")
+            raise ShareNotFound(f"no share named {name!r} is running for this user")
         share = cls._attach(info)
         share._link.client.check_alive()
         return share
 
     @classmethod
-    def _attach(cls, info: ShareInfo) -> Share:
+    def _attach(cls, info: BackendInfo) -> Share:
         share = object.__new__(cls)
         object.__setattr__(share, "_link", Link(info))
         object.__setattr__(share, "_owner_pid", None)
@@ -370,7 +378,7 @@ class Share:
         working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
-            raise AccordError("only the process that created a share can restart it")
+            raise RestartRefused("only the process that created a share can restart it")
         link = self._link
         client = link.info.client()
         process = client.owner_process
@@ -380,12 +388,12 @@ class Share:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=2.0)
         if process is not None and process.poll() is None:
-            raise AccordError(
+            raise RestartRefused(
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
         if link.info.backend == "memory":
-            raise AccordError("a memory share cannot be restarted: its coordinator is a thread")
+            raise RestartRefused("a memory share cannot be restarted: its coordinator is a thread")
         if link.info.backend == "redis":
             # Nothing to salvage: the committed state and every command after
             # it are in Redis; the new coordinator continues from there.
@@ -598,6 +606,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         close_fds=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
     )
+    assert process.stdin is not None and process.stdout is not None  # both are PIPEs
     try:
         process.stdin.write(json.dumps(config).encode() + b"\n" + extra)
         process.stdin.close()
@@ -613,7 +622,7 @@ def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
         process.kill()
         process.wait()
         undo()
-        raise AccordError(
+        raise CoordinatorStartFailed(
             f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
         )
     return process, line
@@ -637,9 +646,10 @@ def _start_redis(url: str, name: str, key, window: float):
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:
+    assert process.stdout is not None  # a PIPE
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
-        raise AccordError(f"the coordinator did not start within {timeout} s")
+        raise CoordinatorStartFailed(f"the coordinator did not start within {timeout} s")
     return process.stdout.readline()
 
 
@@ -654,9 +664,9 @@ def _refuse_if_alive(name: str) -> None:
         return  # nobody home: leftovers of a dead share
     try:
         Share.connect(name)
-    except (CoordinatorLost, AccordError, OSError):
+    except (AccordError, OSError):  # lost, closed, refused: not a live share
         return
-    raise AccordError(
+    raise ShareExists(
         f"a share named {name!r} is already running (coordinator pid {pid}); "
         f"attach to it with Share.connect({name!r}) or choose another name"
     )

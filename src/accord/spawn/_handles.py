@@ -9,6 +9,7 @@ and how it ended.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -16,9 +17,12 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
 from . import _interpreters
 from ._worker import INTERPRETER_BOOT, serve_process
+
+log = logging.getLogger("accord.spawn")
 
 _PATIENCE_S = 5.0
 
@@ -113,6 +117,9 @@ class WorkerHandle:
     fd: int
     ident: str
 
+    def wait_for_task(self) -> None:
+        """Wait for the task of a dismissed worker to end (a process: nothing to wait for)."""
+
     def kill(self) -> None:
         """End the worker now, wherever it is (if the backend can)."""
         raise NotImplementedError
@@ -142,7 +149,7 @@ class ProcessHandle(WorkerHandle):
     """A worker process started by fork, forkserver or spawn."""
 
     def __init__(self, method: str, initializer: bytes | None, stem: str) -> None:
-        ctx = multiprocessing.get_context(method)
+        ctx: Any = multiprocessing.get_context(method)  # one with .Process
         ours, theirs = _pair()
         self._register(ours)
         # The worker's standard error, which the pool passes on to its own
@@ -221,6 +228,7 @@ def _main_without_a_file():
     if path is None or os.path.isfile(path):
         yield
         return
+    assert main is not None  # it has a __file__
     with _main_lock:
         del main.__file__
         try:
@@ -274,11 +282,10 @@ class InterpreterHandle(WorkerHandle):
         An interpreter still running at exit would abort the whole process."""
         self._thread.join(_PATIENCE_S)
         if self._thread.is_alive():
-            print(
-                "accord: waiting for a task that ran past its timeout in a sub-interpreter "
+            log.warning(
+                "waiting for a task that ran past its timeout in a sub-interpreter "
                 "to end (a sub-interpreter cannot be killed; use a process backend for "
-                "tasks that must be stopped)",
-                file=sys.stderr,
+                "tasks that must be stopped)"
             )
             self._thread.join()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 try:  # 3.13 and later
-    import _interpreters as _impl
+    import _interpreters as _impl  # pyright: ignore[reportMissingImports]
 
     _RETURNS_ERROR = True
 except ImportError:  # 3.11, 3.12
@@ -65,6 +65,7 @@ def run(interp: int, script: str, shared: dict[str, bytes | str | int | None]) -
     Blocks the calling thread until the script ends; raises `InterpreterFailed`
     with the sub-interpreter's error when it ends with an uncaught exception.
     """
+    assert _impl is not None  # create() succeeded
     if _RETURNS_ERROR:
         error = _impl.exec(interp, script, shared)
         if error is not None:
@@ -77,4 +78,5 @@ def run(interp: int, script: str, shared: dict[str, bytes | str | int | None]) -
 
 
 def destroy(interp: int) -> None:
+    assert _impl is not None  # create() succeeded
     _impl.destroy(interp)

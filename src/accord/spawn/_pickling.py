@@ -53,7 +53,7 @@ def dumps(value, buffer_callback=None, with_source: bool = False) -> bytes:
             for name in pickler.filenames:
                 entry = linecache.cache.get(name)
                 if entry is not None and not os.path.isfile(name):
-                    sources[name] = entry[2]
+                    sources[name] = entry[2]  # pyright: ignore[reportGeneralTypeIssues]  (a 4-tuple)
         if not sources:
             return buffer.getvalue()
     return dumps(_WithSource(sources, value), buffer_callback)

@@ -999,7 +999,7 @@ def _advance(bar, n: int, _future) -> None:
     bar.update(n)
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task")
@@ -1044,7 +1044,17 @@ def _shutdown_live_pools() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-threading._register_atexit(_shutdown_live_pools)
+# Private on purpose (concurrent.futures uses the same hook): it runs in
+# threading's shutdown, before non-daemon threads are joined and before any
+# atexit handler -- multiprocessing's included, whichever was imported first.
+# atexit is no equivalent: it would run after multiprocessing's hook whenever
+# multiprocessing.util is imported after this module, and Python 3.12.0-3.12.1
+# refuse to start threads from atexit handlers, which a shutdown may need.
+threading._register_atexit(_shutdown_live_pools)  # pyright: ignore[reportAttributeAccessIssue]
 # A worker started by fork inherits the pools (and maybe a held pool lock):
 # they belong to the parent, the worker must never shut them down.
 os.register_at_fork(after_in_child=_live_pools.clear)
+
+# Tracebacks, reprs and pickles name the public path, as the user imports it.
+Pool.__module__ = "accord"
+TaskFuture.__module__ = "accord.spawn"

@@ -85,8 +85,14 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 
 # This side's buffers (stem -> segments) and the other side's, mapped (name -> segment).
+# Not imported at run time: a worker in a sub-interpreter maps segments only
+# when a big frame comes (annotations are not evaluated here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..backends.shm._segment import Segment
+
 _own: dict[str, list] = {}
-_mapped: dict[str, object] = {}
+_mapped: dict[str, Segment] = {}
 
 
 def _to_buffer(parts: list, stem: str) -> bytes:

@@ -20,6 +20,12 @@ import time
 
 from . import _wire
 
+# Not `from typing import ...`: typing would lengthen every sub-interpreter's
+# start-up (annotations are not evaluated at run time here).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # Reply kinds (one byte after the task id).
 RESULT, ERROR, INIT_FAILED, INTERRUPTED, READY = 0, 1, 2, 3, 4
 # A task's kind of call: one call, or a chunk of `map` whose calls are
@@ -96,7 +102,7 @@ def _serve(fd: int, initializer: bytes | None, watchdog, stem: str | None) -> No
                 watchdog.arm(timeout)
             try:
                 # Pool.map sends chunks of calls, each with its own result or error.
-                result = _run_chunk(fn, args, chunk) if chunk else _run(fn, args, kwargs)
+                result: Any = _run_chunk(fn, args, chunk) if chunk else _run(fn, args, kwargs)
             finally:
                 if watchdog is not None:
                     interrupted = watchdog.disarm()
@@ -199,7 +205,7 @@ def with_source(sources: dict[str, list[str]], value):
     return value
 
 
-_functions: dict[bytes, object] = {}
+_functions: dict[bytes, Any] = {}
 
 
 def _function(blob: bytes):

@@ -28,3 +28,8 @@ __all__ = [
     "WorkLock",
     "WorkQueue",
 ]
+
+# Tracebacks, reprs and pickles name the public path, as the user imports it.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -102,7 +102,7 @@ class TaskGraph(_Work[Task]):
                 position,
                 ",".join(sorted(t.requirements)),
                 t.fingerprint,
-                t.deps,
+                tuple(t.deps),
             )
             for position, t in enumerate(order)
         ]

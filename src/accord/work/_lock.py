@@ -103,6 +103,7 @@ class WorkLock:
         return advisory_key("lock", self._name)
 
     def _take_file(self, deadline: float | None) -> bool:
+        assert self.path is not None  # a SQLite database's lock file
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if deadline is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
@@ -212,10 +213,13 @@ class _Work(Generic[T]):
                     release.extend(claimed)
                     claimed.clear()
                 if not claimed:
+                    # Given up before this claim: it revives the worker, and
+                    # what it claims is this worker's.
+                    lost.clear()
                     outcome = link.claim(finished, size.next(), release)
                     finished, release = [], []
                     if outcome == WAIT:
-                        pause.wait()
+                        pause.wait(link.peek)
                         continue
                     if outcome == DONE:
                         return
@@ -451,6 +455,16 @@ class _Link:
 
         return self._retry(attempt, "claim")
 
+    def peek(self) -> bool:
+        """`Store.peek`; True (claim now) when the database is away: the claim retries."""
+        try:
+            self._open()
+            return self._store.peek(self._conn)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return True
+
     def stop(self, finished, release) -> None:
         self._close()
         self._retry(
@@ -500,13 +514,13 @@ def transient(exc: BaseException) -> bool:
     """Whether a database error may pass: the connection or the lock, not the SQL."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if not isinstance(exc, (OperationalError, InterfaceError)):
-        return False
-    if isinstance(exc.orig, sqlite3.Error):
+    # Unwrapped: the write lock is taken below SQLAlchemy (see _db._take_write_lock).
+    orig = exc if isinstance(exc, sqlite3.Error) else getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
         # SQLite's OperationalError also means "no such table" and the like.
-        text = str(exc.orig).lower()
+        text = str(orig).lower()
         return any(w in text for w in ("locked", "busy", "disk i/o", "unable to open"))
-    return True
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class _BatchSize:
@@ -550,7 +564,13 @@ class _BatchSize:
 
 
 class _Backoff:
-    """Waits between claims that found nothing yet: short at first, then longer."""
+    """Waits between claims that found nothing yet: short at first, then longer.
+
+    While it waits it asks ``ready`` (a read that takes no lock) every few
+    ms, up to 50 ms apart, and claims as soon as an item is free or the
+    others are done: the end of a run is not held up by a long sleep, and
+    idle workers do not take the write lock from working ones.
+    """
 
     def __init__(self, longest: float) -> None:
         self._longest = min(longest, 1.0)
@@ -559,9 +579,15 @@ class _Backoff:
     def reset(self) -> None:
         self._next = 0.005
 
-    def wait(self) -> None:
-        time.sleep(self._next)
+    def wait(self, ready: Callable[[], bool] | None = None) -> None:
+        deadline = time.monotonic() + self._next
         self._next = min(self._next * 2, self._longest)
+        step = 0.005
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            step = min(step * 2, 0.05)
+            if ready is not None and time.monotonic() < deadline and ready():
+                return
 
 
 def _stopped_message(name: str, stopped: Stopped) -> str:
@@ -575,6 +601,9 @@ def _stopped_message(name: str, stopped: Stopped) -> str:
 # Items this process marked failed with LEFT_LOOP, and the frame that ran
 # the loop: an exception that ends the process and passed through that frame
 # is what ended the loop, and its traceback replaces the generic reason.
+# Read at exit from sys.last_exc / sys.last_value, which the interpreter sets
+# for the uncaught exception that ended the program before atexit runs:
+# sys.excepthook stays the application's.
 _recent_failures: list[tuple[Store, Claimed, tuple[int, Any]]] = []
 _hook_lock = threading.Lock()
 _hook_installed = False
@@ -588,14 +617,14 @@ def _remember_failure(store: Store, claimed: Claimed, loop_frame: Any) -> None:
         _recent_failures[:] = [r for r in _recent_failures if r[0] is not store][-15:]
         _recent_failures.append((store, claimed, where))
         if not _hook_installed:
-            previous = sys.excepthook
-
-            def hook(kind, value, tb):
-                _record_uncaught(kind, value, tb)
-                previous(kind, value, tb)
-
-            sys.excepthook = hook
+            atexit.register(_record_uncaught_at_exit)
             _hook_installed = True
+
+
+def _record_uncaught_at_exit() -> None:
+    value = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if value is not None:
+        _record_uncaught(type(value), value, value.__traceback__)
 
 
 def _record_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:

@@ -26,7 +26,7 @@ def _queues(engine: Engine, name: str | None) -> list:
             if name
             else "no work queues in this database"
         )
-    return found
+    return list(found)
 
 
 def report(engine: Engine, name: str | None = None, failures: int = 20) -> str:

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 
 from . import _history
+from ._db import READING
 from ._errors import InvalidWork
 from ._schema import Id, create, deps, history, items, queues, workers
 
@@ -112,7 +113,7 @@ class Store:
             if row is None:
                 self.queue_id = conn.execute(
                     insert(queues).values(name=name, kind=kind, created_at=time.time())
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
             elif row.kind != kind:
                 other = "WorkQueue" if row.kind == "queue" else "TaskGraph"
                 raise InvalidWork(
@@ -130,7 +131,8 @@ class Store:
         self.requirement_filter: list[str] | None = None
         self.keys_given: int | None = None  # how many keys the worker's list has
         self._next_reap = 0.0
-        self._sql: _Statements | None = None
+        # Compiled by connect(), before any claim: None only until then.
+        self._sql: _Statements = None  # pyright: ignore[reportAttributeAccessIssue]
 
     def _mine(self):
         return items.c.queue_id == self.queue_id
@@ -308,7 +310,7 @@ class Store:
                     heartbeat_timeout=timeout,
                     status="active",
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
 
     def beat(self, worker_id: int) -> bool:
         """Record a heartbeat; False if others had already declared this worker dead."""
@@ -471,6 +473,7 @@ class Store:
         """
         now = time.time()
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         with conn.begin():
             self._finish_all(conn, worker_id, finished, now)
             if release:
@@ -525,6 +528,23 @@ class Store:
             else:
                 waiting = sql.busy(conn, b_queue=self.queue_id).first()
             return WAIT if waiting else DONE
+
+    def peek(self, conn: Connection) -> bool:
+        """Whether a claim may find an item now, or the end: read without the write lock.
+
+        For a worker waiting for others' items to finish: on SQLite a claim
+        takes the write lock, which every working worker then waits for;
+        this read takes none.
+        """
+        conn.info[READING] = True
+        try:
+            with conn.begin():
+                ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
+                if conn.execute(ready).first() is not None:
+                    return True
+                return self._sql.busy(conn, b_queue=self.queue_id).first() is None
+        finally:
+            conn.info[READING] = False
 
     def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
         """Hand back items this worker claimed and never started (history: ``released``)."""
@@ -606,7 +626,7 @@ class Store:
             ready = and_(ready, items.c.id.not_in(select(skipped.c.id)))
         return ready
 
-    def _next(self, conn: Connection, n: int) -> list:
+    def _next(self, conn: Connection, n: int) -> Sequence:
         if self.requirement_filter is None and not conn.info.get(_SKIPPING):
             return self._sql.next(conn, b_queue=self.queue_id, b_limit=n).all()
         query = (
@@ -665,6 +685,7 @@ class Store:
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
+        assert sql is not None  # prepared by connect()
         mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
         if status == COMPLETED and self.kind == "graph" and self.postgres:
             # Registration recounts every task's unmet deps in one UPDATE
@@ -682,6 +703,8 @@ class Store:
             done = sql.fail_or_retry(conn, **mine, b_error=error, b_max=self.max_retries).rowcount
         else:
             done = sql.finish(conn, **mine, b_status=status, b_error=error).rowcount
+        if not done and self._recorded(conn, worker_id, claimed, status):
+            return
         if not done:
             # This worker missed its heartbeats long enough to be declared
             # dead, or a task upstream was invalidated: the item went back
@@ -698,6 +721,14 @@ class Store:
         if status == COMPLETED and self.kind == "graph":
             sql.release_dependents(conn, b_dep=claimed.item_id)
         sql.event(conn, claimed.item_id, status, worker_id, now, claimed.fingerprint, error)
+
+    def _recorded(self, conn, worker_id: int, claimed: Claimed, status: str) -> bool:
+        """Whether this outcome is already recorded: a retried transaction had committed."""
+        row = conn.execute(
+            select(items.c.status, items.c.worker_id).where(items.c.id == claimed.item_id)
+        ).first()
+        # A failure retried with retry_failed is back to pending: not told apart.
+        return row is not None and tuple(row) == (status, worker_id)
 
     def _outdated(self, conn, worker_id, claimed: Claimed, now) -> None:
         """History of a task completed with a fingerprint changed while it ran.
@@ -718,6 +749,7 @@ class Store:
             claimed.fingerprint,
             current,
         )
+        assert self._sql is not None  # prepared by connect()
         self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
         self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 

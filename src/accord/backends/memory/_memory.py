@@ -17,7 +17,7 @@ import time
 from collections import deque
 from multiprocessing.reduction import ForkingPickler
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, ShareNotPortable, UsedFromOwnCoordinator
 from .._replies import Replies, kind_of
 from ..shm._control import SLOTS
 from ..shm._snapshots import MISSING
@@ -66,7 +66,7 @@ class MemoryInfo:
         if client is None:
             raise ShareClosed(f"share {self.name!r} is closed")
         if threading.current_thread() is client.state.thread:
-            raise AccordError(
+            raise UsedFromOwnCoordinator(
                 f"share {self.name!r} cannot be used by code running on its own coordinator "
                 "(a shared object's method or an apply() function): it would wait for itself"
             )
@@ -85,7 +85,7 @@ def _refuse_to_leave(info: MemoryInfo):
     # multiprocessing pickles for another process (a Pool task, a Process
     # started by spawn): refuse here, in the caller, rather than kill the
     # worker that would fail to unpickle it.
-    raise AccordError(
+    raise ShareNotPortable(
         f"share {info.name!r} uses the memory backend: it lives in process {os.getpid()} "
         "(its threads) only and cannot be sent to another process; create it with "
         "Share(backend='shm') to hand it to processes"
@@ -98,7 +98,7 @@ ForkingPickler.register(MemoryInfo, _refuse_to_leave)
 def _find(share_id: int, name: str, pid: int) -> MemoryInfo:
     client = _clients.get(share_id)
     if pid != os.getpid() or client is None:
-        raise AccordError(
+        raise ShareNotPortable(
             f"share {name!r} uses the memory backend: it lives in process {pid} (its "
             "threads) only; create it with Share(backend='shm') to hand it to processes"
         )
@@ -121,11 +121,15 @@ class MemoryClient:
         self.info = info
         self.state = state
         self.cache: dict[str, _Snapshot] = {}
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None
         self.replies = Replies()
         self._send_lock = threading.Lock()
         self._next_reply = 0
+
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
 
     def check_alive(self) -> None:
         if self.lost is not None:
@@ -256,7 +260,8 @@ class _Thread:
         self.pid = os.getpid()
 
     def poll(self):
-        return None if self.state.thread.is_alive() else 0
+        thread = self.state.thread
+        return None if thread is not None and thread.is_alive() else 0
 
     def terminate(self) -> None:
         with self.state.inbox_ready:
@@ -266,7 +271,8 @@ class _Thread:
     kill = terminate
 
     def wait(self, timeout: float | None = None) -> int:
-        self.state.thread.join(timeout)
+        if self.state.thread is not None:
+            self.state.thread.join(timeout)
         return 0
 
 

@@ -13,17 +13,30 @@ import os
 import pickle
 import threading
 import time
+from typing import Any
 
 import redis
+import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import (
+    AccordError,
+    BackendRefused,
+    BackendUnavailable,
+    CoordinatorLost,
+    ShareClosed,
+    ShareExists,
+    ShareNotFound,
+    UsedFromOwnCoordinator,
+)
 from .._replies import Replies, kind_of
 from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
 from ._signing import Signer, TamperedPayload
+
+__all__ = ["BackendUnavailable", "RedisClient", "RedisInfo", "TamperedPayload"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds an operation waits for an unreachable Redis
 DEFAULT_TTL = 3600.0  # seconds an abandoned share's keys live on
@@ -32,13 +45,6 @@ BLOCK_S = 0.2  # one wait for a reply; the lease is checked between waits
 
 monotonic = time.monotonic
 dumps = pickle.dumps
-
-
-class BackendUnavailable(AccordError, ConnectionError):
-    """Redis could not be reached within the share's timeout.
-
-    The share resumes by itself once Redis is back: retry the operation.
-    """
 
 
 class RedisInfo:
@@ -111,7 +117,7 @@ def _not_sent(exc: Exception) -> bool:
     return "connecting" in str(exc)
 
 
-def call(info, fn, *args, idempotent: bool = True, **kwargs):
+def call(info, fn, *args, idempotent: bool = True, **kwargs) -> Any:
     """Run one redis-py call; retry while Redis is unreachable, up to the
     share's timeout, then raise BackendUnavailable.  A call that may have
     reached the server is retried only if running it twice is harmless."""
@@ -120,7 +126,7 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
         try:
             return fn(*args, **kwargs)
         except redis.exceptions.AuthenticationError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"Redis at {safe_url(info.url)} refused the credentials ({exc}): put the "
                 "user and password in the URL, redis://USER:PASSWORD@host:port/db"
             ) from None
@@ -137,7 +143,7 @@ def call(info, fn, *args, idempotent: bool = True, **kwargs):
                 ) from None
             time.sleep(0.05)  # pacing retries while the server is down
         except redis.exceptions.NoPermissionError as exc:
-            raise AccordError(
+            raise BackendRefused(
                 f"{info.where()}: the Redis user lacks a permission accord needs ({exc}); "
                 "it needs read/write on keys accord:{NAME}:* and EVALSHA/EVAL"
             ) from None
@@ -183,7 +189,7 @@ class RedisClient:
         self._fields: dict = {}
         self._specs: dict = {}
         self.owner_process = None
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -399,7 +405,7 @@ def client_for(info: RedisInfo) -> RedisClient:
     """This process's client of the share described by `info`."""
     stem = info.stem
     if stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"{info.where()} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )
@@ -436,7 +442,7 @@ def init_share(info: RedisInfo) -> None:
     keys = Keys(info.name)
     try:
         if call(info, r.exists, keys.lease):
-            raise AccordError(
+            raise ShareExists(
                 f"{info.where()} is already running; attach to it with "
                 f"Share.connect({safe_url(info.url)!r}, name={info.name!r}) or choose another name"
             )
@@ -467,7 +473,7 @@ def check_share(info: RedisInfo) -> None:
     client = client_for(info)
     check = client.call(client.r.hget, client.keys.state, "check")
     if check is None:
-        raise AccordError(f"no {info.where()} exists (never created, closed, or expired)")
+        raise ShareNotFound(f"no {info.where()} exists (never created, closed, or expired)")
     if check != client.signer.check_value():
         forget(info)
         raise TamperedPayload(
@@ -479,7 +485,7 @@ def check_share(info: RedisInfo) -> None:
 def delete_share(info: RedisInfo, r: redis.Redis | None = None) -> None:
     """Delete every key of the share."""
     own = r is None
-    if own:
+    if r is None:
         r = connect_redis(info.url, info.timeout)
     try:
         keys = Keys(info.name)

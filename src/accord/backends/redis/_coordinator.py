@@ -22,6 +22,7 @@ JSON on stdin, like the shm coordinator), or as a service with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -31,8 +32,10 @@ import time
 import traceback
 
 import redis
+import redis.exceptions
 
-from ..._errors import CommandQuarantined
+from ... import _logging
+from ..._errors import CommandQuarantined, ShareExists, ShareNotFound
 from ..._remote import pack_error
 from ...share import _protocol as P
 from ...share._coordinator import OrderedCoordinator, Stop
@@ -48,6 +51,8 @@ LINGER_BATCH = 64
 # other (each applying it alone) is skipped with an error to its sender.
 QUARANTINE_AFTER = 2
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+log = logging.getLogger("accord.backends.redis")
 
 
 class RedisCoordinator(OrderedCoordinator):
@@ -92,7 +97,7 @@ class RedisCoordinator(OrderedCoordinator):
             except Stop:
                 raise
             except BaseException as exc:
-                print(f"accord: cannot restore share.{name}: {exc!r}", file=sys.stderr)
+                log.error("cannot restore share.%s: %r", name, exc)
                 lost.append(name)
                 continue
             self.mirror[name] = value
@@ -189,7 +194,7 @@ class RedisCoordinator(OrderedCoordinator):
             f"{self.server.info.where()} in a row died while applying it (for example "
             "os._exit() or a crash in a C extension in a method or apply() function)"
         )
-        print(f"accord: {error}", file=sys.stderr)
+        log.error("%s", error)
         writes = message[3]
         if writes:
             self.credit(None, writes)
@@ -257,7 +262,7 @@ class RedisCoordinator(OrderedCoordinator):
             self.server.flush()
             self.server.release()
         except Exception as exc:  # Redis gone, or the share taken: nothing to keep
-            print(f"accord: coordinator stopping: {exc!r}", file=sys.stderr)
+            log.error("coordinator stopping: %r", exc)
         self.server.close()
 
 
@@ -292,10 +297,10 @@ def serve(
             break
         if epoch == -2:
             server.close()
-            raise _client.AccordError(f"no {info.where()} exists (closed, or expired)")
+            raise ShareNotFound(f"no {info.where()} exists (closed, or expired)")
         if deadline is not None and time.monotonic() > deadline:
             server.close()
-            raise _client.AccordError(f"another coordinator holds {info.where()}")
+            raise ShareExists(f"another coordinator holds {info.where()}")
         time.sleep(BEAT_S)  # polling the lease of a live coordinator
     coordinator = RedisCoordinator(server, owner_pid, window)
     try:
@@ -307,12 +312,13 @@ def serve(
         coordinator.stopping = str(exc)
     finally:
         coordinator.stop()
-    return coordinator.stopping
+    return coordinator.stopping or "stopped"
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     signal.signal(signal.SIGTERM, _stop)
+    _logging.to_stderr()
     config = json.loads(sys.stdin.buffer.readline())
     sys.path[:] = config["sys_path"]
     info = RedisInfo(

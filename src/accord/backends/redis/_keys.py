@@ -24,6 +24,7 @@ import hashlib
 import urllib.parse
 
 import redis
+import redis.exceptions
 
 
 class Keys:

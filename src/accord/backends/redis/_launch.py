@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 
-from ..._errors import AccordError
+from ..._errors import KeyRequired
 from . import _client
 from ._client import RedisInfo, check_share, init_share
 from ._coordinator import LEASE_S
@@ -24,7 +24,7 @@ def info_for(url: str, name: str | None, key, create: bool) -> RedisInfo:
     resolved = resolve_key(key)
     if resolved is None:
         if not create:
-            raise AccordError(
+            raise KeyRequired(
                 f"Share.connect({url!r}, name={name!r}) needs the share's key: "
                 "pass key=... or set $ACCORD_KEY to the key it was created with"
             )

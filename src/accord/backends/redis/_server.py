@@ -8,21 +8,25 @@ replaced can never overwrite its successor's state.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
-import sys
 import threading
+from typing import Any
 
-from ..._errors import AccordError
 from . import _keys
 from ._client import RedisInfo, call, connect_redis, parse_entry, snapshot_context
 from ._keys import Keys
 from ._signing import Signer, TamperedPayload
 
+log = logging.getLogger("accord.backends.redis")
 
-class TakenOver(AccordError):
-    """Another coordinator took the share over (this one was presumed dead)."""
+
+class TakenOver(Exception):
+    """Another coordinator took the share over (this one was presumed dead).
+
+    Private: ends this coordinator's loop; never reaches a user."""
 
 
 class Peer:
@@ -97,6 +101,7 @@ class RedisServer:
     def beat(self, r) -> int:
         """Renew the lease and the keys' TTL: 1; 0 if the share was deleted,
         -1 if another coordinator took it."""
+        assert self.epoch is not None  # beats follow a successful acquire()
         return self._beat(
             keys=[self.keys.state, self.keys.lease, self.keys.snap, self.keys.cmd],
             args=[self.token, self.epoch, self.lease_ms, self.ttl_ms],
@@ -123,7 +128,7 @@ class RedisServer:
                     context = snapshot_context(name, version, epoch)
                     data = self.signer.open(context, snaps.get(field[2:]), where)
                 except (ValueError, TamperedPayload) as exc:
-                    print(f"accord: refused to restore share.{name}: {exc}", file=sys.stderr)
+                    log.error("refused to restore share.%s: %s", name, exc)
                     found.lost.append(name)
                     continue
                 found.objects[name] = ((generation, is_value), data)
@@ -152,7 +157,7 @@ class RedisServer:
     def read(self, last_id: str, block_ms: int | None) -> list[tuple[str, int, int, tuple]]:
         """Commands after `last_id`: [(id, client id, sequence, message)],
         verified (message None: refused)."""
-        found = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
+        found: Any = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
         out = []
         for _stream, entries in found or ():
             for entry_id, fields in entries:
@@ -164,11 +169,11 @@ class RedisServer:
                     message = list(message)
                     message[2] = [int(x) for x in waits.split(b",")] if waits else []
                 except TamperedPayload as exc:
-                    print(f"accord: dropped a command: {exc}", file=sys.stderr)
+                    log.warning("dropped a command: %s", exc)
                     out.append((entry_id, 0, 0, None))
                     continue
                 except Exception as exc:  # signed, yet not a command: a broken client
-                    print(f"accord: dropped a garbled command: {exc!r}", file=sys.stderr)
+                    log.warning("dropped a garbled command: %r", exc)
                     out.append((entry_id, 0, 0, None))
                     continue
                 out.append((entry_id, client_id, sequence, tuple(message)))

@@ -14,14 +14,10 @@ import hashlib
 import hmac
 import os
 
-from ..._errors import AccordError
+from ..._errors import TamperedPayload
 
 MAC_SIZE = 32
 ENV_KEY = "ACCORD_KEY"
-
-
-class TamperedPayload(AccordError):
-    """A payload read from Redis was not signed with the share's key."""
 
 
 def resolve_key(key: bytes | str | None) -> bytes | None:

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..._errors import AccordError, CoordinatorLost, ShareClosed
+from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -135,7 +135,7 @@ class ShmClient:
         self._next_reply = 0
         self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
-        self.lost: CoordinatorLost | None = None
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
         # (WHOLE slot, its pending count after our write, name) of each write
         # sent and not yet known to be committed: if the coordinator dies,
@@ -175,11 +175,11 @@ class ShmClient:
         its ring): the command was not queued and may be sent again."""
         try:
             self._check_waiting()
-        except CoordinatorLost as exc:
+        except (CoordinatorLost, ShareClosed) as exc:
             exc.undelivered = True
             raise
 
-    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost:
+    def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
 
         `undelivered` marks an error raised before the command left this
@@ -198,6 +198,10 @@ class ShmClient:
     def _check_lost(self) -> None:
         if self.lost is not None:
             raise type(self.lost)(*self.lost.args)
+
+    def known(self, name: str) -> None:
+        """For remote clients only (`remote` is False here): nothing unchecked."""
+        return None
 
     def check_alive(self) -> None:
         """Raise CoordinatorLost if the coordinator has died or the share closed.
@@ -238,10 +242,10 @@ class ShmClient:
         if self.replies.deferred:
             self.replies.raise_deferred()
         buf = self.ctrl
-        if load(buf, _control.CLOSED):
-            # Closed, or replaced by restart(): a ring append would succeed
-            # and never be applied (a socket send to a dead peer fails).
-            raise self._lose("closed", undelivered=True)
+        if load(buf, _control.CLOSED) or load(buf, _control.REPLACED):
+            # A ring append would succeed and never be applied (a socket
+            # send to a dead peer fails): closed, or replaced by restart().
+            raise self._lose("replaced by restart()", undelivered=True)
         with self._send_lock:
             sock = self._sock or self._connect()
             waits = []
@@ -271,7 +275,9 @@ class ShmClient:
                 reply_id = 0
             payload = dumps((op, reply_id, waits, writes, *fields), 5)
             # Durable once appended: applied even if this process dies now.
-            wake = self._producer.append(payload)
+            producer = self._producer
+            assert producer is not None  # set by _connect
+            wake = producer.append(payload)
             self._seq = seq
             entry = None
             if writes:
@@ -376,10 +382,10 @@ class ShmClient:
             sock.close()
 
     def retire(self) -> None:
-        """Mark this incarnation of the share closed (restart(), by the
+        """Mark this incarnation of the share replaced (restart(), by the
         owner, once its coordinator died): every client then stops
         appending to its rings and follows the share to the new one."""
-        store(self.ctrl, _control.CLOSED, 1)
+        store(self.ctrl, _control.REPLACED, 1)
 
     def close(self) -> None:
         if self.lost is None:  # handles still holding this client re-resolve the share
@@ -432,7 +438,7 @@ coordinating: str | None = None
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     if info.stem == coordinating:
-        raise AccordError(
+        raise UsedFromOwnCoordinator(
             f"share {info.name!r} cannot be used by code running on its own coordinator "
             "(a shared object's method or an apply() function): it would wait for itself"
         )

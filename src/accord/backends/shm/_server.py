@@ -13,11 +13,11 @@ when it sleeps, and -- by closing -- its death.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from ._atomic import store
 from ._rings import Consumer, RingSegment
 from ._segment import Segment, leftovers, unlink
 from ._snapshots import SnapshotWriter
+
+log = logging.getLogger("accord.backends.shm")
 
 _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 
@@ -157,7 +159,7 @@ class ShmServer:
         try:
             entries, position = self.consumer.drain(peer.id)
         except (AccordError, RuntimeError, ValueError, OSError) as exc:
-            print(f"accord: client {peer.id}'s command ring: {exc}", file=sys.stderr)
+            log.warning("client %d's command ring: %s", peer.id, exc)
             peer.broken = True
             return None
         if entries:

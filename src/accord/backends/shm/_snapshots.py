@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..._errors import AccordError, ForeignSegment, ShareClosed
+from ..._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
 from ._segment import Segment
@@ -90,7 +90,7 @@ class _Patience:
         if not self.deadline:
             self.deadline = now + SETTLE_S
         elif now > self.deadline:
-            raise AccordError(
+            raise SnapshotNotSettled(
                 f"{self.what} did not settle within {SETTLE_S:g} s although the coordinator "
                 "is alive; it may be overloaded (or this is a bug: please report it)"
             )
@@ -113,11 +113,11 @@ def _parse(data: bytes, index: dict[str, tuple]) -> None:
     pos, end = 0, len(data)
     while pos < end:
         if end - pos < _RECORD.size:
-            raise AccordError("the share's index is corrupt (a truncated record)")
+            raise SegmentCorrupt("the share's index is corrupt (a truncated record)")
         nlen, slen, generation, flags = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
         if end - pos < nlen + slen:
-            raise AccordError("the share's index is corrupt (a truncated record)")
+            raise SegmentCorrupt("the share's index is corrupt (a truncated record)")
         name = data[pos : pos + nlen].decode("utf-8", "surrogatepass")
         pos += nlen
         if flags & _DELETED:
@@ -152,7 +152,7 @@ def _read(seg: Segment, known_version: int, check, what: str) -> tuple[int, byte
         (length,) = _LENGTH.unpack_from(buf, 8)
         if length > seg.size - HEADER:  # torn: the version moves on, or corrupt
             if load(buf, 0) == version:
-                raise AccordError(f"{what} is corrupt (length {length} > its segment)")
+                raise SegmentCorrupt(f"{what} is corrupt (length {length} > its segment)")
             continue
         data = buf[HEADER : HEADER + length]
         if load(buf, 0) == version:
@@ -209,7 +209,7 @@ class SnapshotWriter:
         while len(self._mapped) > MAX_MAPPED:
             old, _ = self._mapped.popitem(last=False)
             evicted = self._slots[old]
-            evicted.seg.close()
+            evicted.seg.close()  # pyright: ignore[reportOptionalMemberAccess]  (mapped)
             evicted.seg = None
         return seg
 
@@ -344,7 +344,8 @@ class SnapshotReader:
 
     def _refresh_index(self) -> dict[str, tuple]:
         gen = load(self._control, _control.INDEX_GEN)
-        if gen == self._index_gen and load(self._index_seg.buf, INDEX_END) == self._index_pos:
+        seg = self._index_seg  # None only before the first refresh (gen -1)
+        if gen == self._index_gen and load(seg.buf, INDEX_END) == self._index_pos:  # pyright: ignore[reportOptionalMemberAccess]
             return self._index  # nothing appended since we looked
         with self._index_lock:  # one thread applies what was appended
             return self._refresh_locked(load(self._control, _control.INDEX_GEN))
@@ -372,9 +373,11 @@ class SnapshotReader:
             self._index_seg, self._index, self._index_pos = seg, index, seg.last_end
             self._index_gen = gen
             return index
-        data = self._published(self._index_seg, self._index_pos)
+        seg = self._index_seg
+        assert seg is not None  # mapped by the loop above on the first refresh
+        data = self._published(seg, self._index_pos)
         _parse(data, self._index)  # other threads' lookups see whole records
-        self._index_pos = self._index_seg.last_end
+        self._index_pos = seg.last_end
         return self._index
 
     @staticmethod
@@ -383,7 +386,7 @@ class SnapshotReader:
         is left in seg.last_end)."""
         end = load(seg.buf, INDEX_END)
         if not HEADER <= pos <= end <= seg.size:
-            raise AccordError("the share's index is corrupt (its length)")
+            raise SegmentCorrupt("the share's index is corrupt (its length)")
         seg.last_end = end
         return seg.buf[pos:end]
 
@@ -449,10 +452,6 @@ class SnapshotReader:
         if cached is not None and cached.commits == load(self._control, _control.COMMITS):
             return cached
         return None
-
-    def still_current(self, cached: _Cached) -> bool:
-        """Has nothing been committed since `cached` was read?  One load."""
-        return cached.commits == load(self._control, _control.COMMITS)
 
     def kind(self, name: str):
         """(type of the committed object, its kind tuple), or MISSING — from

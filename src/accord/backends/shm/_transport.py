@@ -19,17 +19,13 @@ import struct
 import tempfile
 from pathlib import Path
 
-from ..._errors import AccordError
+from ..._errors import AuthenticationError, UnsafeRuntimeDir
 
 _LENGTH = struct.Struct("<I")
 _ID = struct.Struct("<I")
 _CHALLENGE = 32
 HANDSHAKE_TIMEOUT = 5.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
-
-
-class AuthenticationError(AccordError):
-    """The other end of a connection does not hold the share's key."""
 
 
 def runtime_dir() -> Path:
@@ -42,7 +38,7 @@ def runtime_dir() -> Path:
         path.mkdir(mode=0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise AccordError(f"{path} is not a directory owned by you; remove it and retry")
+        raise UnsafeRuntimeDir(f"{path} is not a directory owned by you; remove it and retry")
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
@@ -60,7 +56,7 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._data = bytearray()
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         self._data += chunk
 
     def frames(self) -> list[bytes]:
