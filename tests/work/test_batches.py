@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 
 import pytest
 from sqlalchemy import event
@@ -147,3 +148,36 @@ def test_a_waiting_worker_looks_without_taking_the_write_lock(sqlite_db, tmp_pat
     assert store.peek(conn)  # the end: a claim now says DONE
     conn.close()
     engine.dispose()
+
+
+def test_a_worker_presumed_dead_does_not_run_the_rest_of_its_batch(sqlite_db):
+    from sqlalchemy import select, update
+
+    from accord.work._schema import workers
+    from accord.work._store import Store
+
+    options = {"heartbeat_timeout": 30.0, "heartbeat_interval": 0.05}
+    queue = WorkQueue(range(4), db=sqlite_db, name="q", progress=False, claim_batch=3, **options)
+    engine = queue._engine
+    seen = []
+    for item in queue:
+        seen.append(item)
+        if len(seen) == 1:
+            # Others give this worker up (as if it had been suspended): in one
+            # transaction its heartbeat looks stale and a claim reaps it.
+            reaper = Store(engine, "q", "queue")
+            reaper.max_retries = 2
+            with engine.begin() as conn:
+                conn.execute(update(workers).values(heartbeat_at=0.0))
+                reaper._reap(conn, time.time())
+
+            def revived():
+                with engine.connect() as conn:
+                    return conn.execute(select(workers.c.status)).scalar() == "active"
+
+            wait_until(revived, 30, "its heartbeat to learn it had been given up")
+    # Items 1 and 2 went back to the queue with 0: not run from the old batch,
+    # but claimed again, with 0, whose first outcome was not recorded.
+    assert seen == [0, 0, 1, 2, 3]
+    assert [h.status for h in queue.history(1)] == ["running", "killed", "running", "completed"]
+    queue.dispose()
