@@ -73,6 +73,7 @@ bench: $(STAMP) redis-server
 	$(PY) benchmarks/transport.py
 	$(PY) benchmarks/work.py
 	$(PY) benchmarks/redis.py
+	$(PY) benchmarks/bigdata.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* build src/*.egg-info src/accord/backends/shm/*.so

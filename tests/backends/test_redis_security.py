@@ -189,3 +189,42 @@ def test_the_sender_of_a_quarantined_command_gets_the_error(redis_server):
             share.flush()
             share._link.client.replies.raise_deferred()
             raise AssertionError("no error arrived") from None
+
+
+class Adder:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, numbers) -> None:
+        self.n = self.n + numbers["x"]  # a KeyError on the coordinator
+
+
+def test_replayed_replies_and_errors_are_dropped(redis_server, attacker):
+    name = "test-replay-reply"
+    with Share(name=name, backend=redis_server.url, key=KEY) as share:
+        share.adder = Adder()
+        share.lst = [1]
+        share.flush()
+        client = share._link.client
+        replies = _prefix(name) + f"r:{client._id}"
+        seen = []  # what MONITOR would show an attacker of this process's replies
+        blpop = client.r.blpop
+
+        def eavesdrop(*args, **kwargs):
+            popped = blpop(*args, **kwargs)
+            if popped is not None:
+                seen.append(popped[1])
+            return popped
+
+        client.r.blpop = eavesdrop
+        share.adder.add({})  # queued: its error comes with the next reply
+        with pytest.raises(KeyError):
+            share.flush()
+        assert len(seen) >= 2  # the error, then the flush's own reply
+        attacker.rpush(replies, *seen, *seen)  # all of it again, twice
+        share.flush()  # no old error is raised again
+        assert share.lst.pop() == 1  # and no old reply answers a new call
+        share.lst.append(2)
+        attacker.rpush(replies, *seen)
+        assert share.lst.pop() == 2
+        assert share.adder.n == 0

@@ -46,6 +46,8 @@ def test_every_method_of_the_running_python_is_classified(cls):
         (collections.OrderedDict, "__delitem__", CALL),
         (collections.defaultdict, "__missing__", CALL),
         (array.array, "frombytes", QUEUE),
+        (array.array, "clear", QUEUE),
+        (bytearray, "__buffer__", CALL),
         (array.array, "tolist", LOCAL),
         (list, "__init__", CALL),
         (dict, "__setattr__", CALL),
@@ -53,6 +55,8 @@ def test_every_method_of_the_running_python_is_classified(cls):
     ],
 )
 def test_builtin_tables(cls, name, kind):
+    if not hasattr(cls, name):
+        pytest.skip(f"{cls.__name__}.{name} is new in a later Python")
     assert method_access(cls, name).kind == kind
 
 

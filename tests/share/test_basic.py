@@ -343,7 +343,7 @@ class Split:
 
 
 def test_reads_wait_only_for_writes_to_what_they_read(monkeypatch):
-    from accord.share import _protocol as P
+    from accord._core import _protocol as P
     from accord.share._link import Link
 
     share = Share(commit_window=60)  # nothing is committed unless a reader asks

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from accord import Pool, RemoteTraceback, Share
-from accord.share import _coordinator
+from accord._core import _coordinator
 
 
 class Slow:
@@ -128,10 +128,12 @@ def test_interpreter_exit_prints_what_nothing_raised(tmp_path):
             """
             import multiprocessing
             import os
+            import time
             from accord import Share
 
             def child(share):
                 share.d.update("child")
+                share.done = True  # runs after the update: the owner waits for it
                 os._exit(0)  # no atexit (as a pool worker ends): the coordinator tells
 
             if __name__ == "__main__":
@@ -140,6 +142,9 @@ def test_interpreter_exit_prints_what_nothing_raised(tmp_path):
                 p = multiprocessing.get_context("spawn").Process(target=child, args=(share,))
                 p.start()
                 p.join()
+                deadline = time.monotonic() + 60
+                while not share.get("done", False) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polls a condition, with a deadline
                 share.d.update(5)  # the owner's own, and no close()
             """
         )

@@ -21,10 +21,10 @@ from accord import (
     ShareClosed,
     UnshareableError,
 )
+from accord._core._coordinator import STUCK_S
 from accord.backends.shm._client import _pid_alive
 from accord.backends.shm._segment import leftovers
 from accord.backends.shm._transport import connect, runtime_dir
-from accord.share._coordinator import STUCK_S
 
 
 def _wait_until(condition, timeout=15.0):

@@ -1,5 +1,5 @@
 """Every in-place operator is one atomic command, from one table
-(`accord.share._protocol.INPLACE_OPERATORS`) that the proxies, the
+(`accord._core._protocol.INPLACE_OPERATORS`) that the proxies, the
 augmented-assignment detector and the coordinator share."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import operator
 import pytest
 
 from accord import Share
-from accord.share import _protocol as P
+from accord._core import _protocol as P
 from accord.share._augmented import Augmenting
 from accord.share._proxy import Proxy
 

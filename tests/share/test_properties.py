@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accord import Share
-from accord.share._protocol import INPLACE_OPERATORS
+from accord._core._protocol import INPLACE_OPERATORS
 
 SYMBOLS = sorted(set(INPLACE_OPERATORS) - {"@="})  # no int defines @=
 

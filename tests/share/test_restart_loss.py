@@ -5,12 +5,14 @@ process whose sent writes the dead coordinator had not committed gets
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 
 import pytest
 
 from accord import CoordinatorLost, Share, WritesLost
+from accord.backends.shm import _client as shm_client
 
 WRITERS = 8
 
@@ -40,6 +42,7 @@ def _wait_until(condition, timeout=60.0):
         time.sleep(0.01)
 
 
+@pytest.mark.timeout(300)  # 8 processes started, killed, restarted, on a loaded machine
 def test_eight_writers_lose_nothing_silently(ctx, separate_processes):
     share = Share()
     try:
@@ -52,14 +55,14 @@ def test_eight_writers_lose_nothing_silently(ctx, separate_processes):
         ]
         for p in procs:
             p.start()
-        _wait_until(lambda: share.counter >= 300)
+        _wait_until(lambda: share.counter >= 100, timeout=200)
         os.kill(share.coordinator_pid, signal.SIGKILL)
         share._link.client.owner_process.wait(10)
         with pytest.raises(CoordinatorLost):
             share.flush()
         assert "counter" not in share.restart()
         restored = share.counter
-        _wait_until(lambda: share.counter >= restored + 300)  # the writers followed
+        _wait_until(lambda: share.counter >= restored + 100, timeout=200)  # they followed
         stop.set()
         outcomes = [results.get(timeout=120) for _ in procs]
         for p in procs:
@@ -91,12 +94,15 @@ def test_the_owner_is_told_too():
         with pytest.raises(CoordinatorLost):
             share.flush()
         share.restart()
-        if share._link._owed is None:
+        if not shm_client._lost_writes.get(share._link.info.name):
             pytest.skip("the coordinator committed everything before it died")
+        # Told once per process, by whichever handle of the share is used
+        # first (a Pool worker unpickles a new one for each task).
+        other = pickle.loads(pickle.dumps(share))
         with pytest.raises(WritesLost, match=r"share\.counter") as info:
-            share.counter  # noqa: B018  (the first operation after the restart)
+            other.counter  # noqa: B018  (the first operation after the restart)
         assert "counter" in info.value.names
-        assert share.counter < 100  # told once; the share works on
+        assert share.counter < 100  # the share works on
         share.counter += 1
         share.flush()
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from accord import Share
-from accord.share import _protocol as P
+from accord._core import _protocol as P
 
 BACKENDS = ("shm", "redis")
 WORKERS = 8

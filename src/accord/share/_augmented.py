@@ -29,8 +29,8 @@ import bisect
 import dis
 import sys
 
+from .._core._protocol import INPLACE_OPERATORS
 from .._errors import AugmentedAssignmentUnsupported
-from ._protocol import INPLACE_OPERATORS
 
 _verdicts: dict[tuple, bool] = {}
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import copy
 import inspect
 import logging
+import os
 import threading
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._protocol import describe
+from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
+from .._core._values import is_value, private
 from .._errors import (
     CoordinatorLost,
     ShareClosed,
@@ -27,15 +32,9 @@ from .._errors import (
 )
 from .._remote import Unreadable, rebuild_error
 from ..backends._replies import raise_all
-from ..backends.shm import _control
-from ..backends.shm._control import UNKNOWN, WHOLE, slot_of
-from ..backends.shm._snapshots import MISSING
-from . import _protocol as P
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_access
 from ._proxy import BoundMethod, Proxy, unwrap
-from ._serialize import cloudpickle_dumps, is_plain, pack, pack_call
-from ._values import is_value, private
 
 log = logging.getLogger("accord.share")
 
@@ -43,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..backends._protocol import BackendClient, BackendInfo
 
-_MAX_WRITE_SLOTS = _control.INTENT_SLOTS
+_MAX_WRITE_SLOTS = MAX_WRITE_SLOTS
 
 # The clients of this process that sent fire-and-forget commands not yet
 # confirmed: `settle` (flush, close, the end of an accord.Pool task) waits
@@ -58,9 +57,12 @@ def _settle_client(client) -> list[BaseException]:
     before it)."""
     errors = client.replies.take_deferred()
     if _unsettled.pop(id(client), None) is not None and client.lost is None:
-        # (CoordinatorLost: nobody can confirm them now; every later use says why.)
-        with contextlib.suppress(CoordinatorLost):
+        try:
             client.send(P.BARRIER, (), reply=True)
+        except CoordinatorLost:
+            pass  # nobody can confirm them now; every later use says why
+        except Exception as exc:  # the backend is unreachable (redis down...)
+            errors.append(_unconfirmed(client, f"({type(exc).__name__}: {exc})"))
         errors += client.replies.take_deferred()
     return errors
 
@@ -77,6 +79,9 @@ def _queued(client) -> None:
 
 _exit_hook = False
 EXIT_TIMEOUT = 5.0
+# A forked child has sent nothing yet: its parent's commands are not its own
+# to wait for (a Pool worker would settle them after every call).
+os.register_at_fork(after_in_child=_unsettled.clear)
 
 
 def _report_at_exit() -> None:
@@ -108,18 +113,23 @@ def settle_within(client, timeout: float) -> list[BaseException]:
             done.append([exc])
 
     thread = threading.Thread(target=run, name="accord-settle", daemon=True)
-    thread.start()
-    thread.join(timeout)
+    try:
+        thread.start()
+    except RuntimeError:  # Python 3.12.0-3.12.1 start no thread at interpreter exit
+        run()
+    else:
+        thread.join(timeout)
     if done:
         return done[0]
-    info = getattr(client, "info", None)
-    return [
-        Unconfirmed(
-            f"the fire-and-forget commands this process sent to share "
-            f"{getattr(info, 'name', '?')!r} could not be confirmed within {timeout} s "
-            "(its coordinator or backend did not answer): whether they succeeded is unknown"
-        )
-    ]
+    return [_unconfirmed(client, f"within {timeout} s (its coordinator or backend did not answer)")]
+
+
+def _unconfirmed(client, why: str) -> Unconfirmed:
+    name = getattr(getattr(client, "info", None), "name", "?")
+    return Unconfirmed(
+        f"the fire-and-forget commands this process sent to share {name!r} could not be "
+        f"confirmed {why}: whether they succeeded is unknown"
+    )
 
 
 def settle_all() -> None:
@@ -131,12 +141,17 @@ def settle_all() -> None:
     raise_all(errors)
 
 
-def describe(path: tuple) -> str:
-    """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
-    text = f"share.{path[0]}"
-    for i in range(1, len(path), 2):
-        text += f".{path[i + 1]}" if path[i] == P.ATTR else f"[{path[i + 1]!r}]"
-    return text
+def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
+    shown = sorted(set(names))
+    listed = ", ".join(f"share.{n}" for n in shown[:5]) + (", ..." if len(shown) > 5 else "")
+    return WritesLost(
+        f"the coordinator of share {share_name!r} died before committing {len(names)} "
+        f"write(s) this process sent (to {listed}); the restarted share does not have "
+        "them. Re-read those objects and redo what is needed. (This operation was not "
+        "performed.)",
+        tuple(shown),
+        len(names),
+    )
 
 
 _MEMO_LIMIT = 10_000
@@ -224,7 +239,6 @@ class Link:
         "_client",
         "_methods",
         "_names",
-        "_owed",
         "_proxies",
         "_read_slots",
         "_write_slots",
@@ -235,7 +249,6 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
-        self._owed: WritesLost | None = None  # raised by the next operation
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -258,36 +271,27 @@ class Link:
         if client is None or client.lost is not None:
             if client is not None:
                 self._follow_restart()
-            client = self._client = self.info.client()
-            owed, self._owed = self._owed, None
-            if owed is not None:
-                raise owed
+            try:
+                client = self._client = self.info.client()
+            except CoordinatorLost:
+                # This incarnation is gone (a process that had not used the
+                # share yet, or one that raced with restart()): follow the
+                # owner's restart if there is one, else it is still lost.
+                if not self._follow_restart():
+                    raise
+                client = self._client = self.info.client()
+            take = getattr(client, "take_lost_writes", None)
+            if take is not None:
+                lost = take()
+                if lost:
+                    raise _writes_lost(self.info.name, lost)
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
-        if self._client is not None:
-            self.note_lost_writes(self._client)
         self.info = info
         self._client = None
         self._methods.clear()
-
-    def note_lost_writes(self, old) -> None:
-        """Writes sent to the dead coordinator `old` that it had not
-        committed: the next operation raises WritesLost for them."""
-        unconfirmed = getattr(old, "unconfirmed", None)
-        names = unconfirmed() if unconfirmed is not None else []
-        if names:
-            shown = sorted(set(names))
-            self._owed = WritesLost(
-                f"the coordinator of share {self.info.name!r} died before committing "
-                f"{len(names)} write(s) this process sent (to "
-                f"{', '.join(f'share.{n}' for n in shown[:5])}{', ...' if len(shown) > 5 else ''})"
-                "; the restarted share does not have them. Re-read those objects and redo "
-                "what is needed. (This operation was not performed.)",
-                tuple(shown),
-                len(names),
-            )
 
     def _follow_restart(self) -> bool:
         """If the owner restarted the share, its key file names the new

@@ -100,10 +100,13 @@ _table(
     "__and__ __or__ __sub__ __xor__ __rand__ __ror__ __rsub__ __rxor__ copy difference "
     "intersection isdisjoint issubset issuperset symmetric_difference union",
 )
+# 3.12+: `__buffer__` exports the object's memory, which can be written
+# through: a write that returns a value.
+_BUFFER_CALLS = "__buffer__ __release_buffer__"
 _table(
     bytearray,
     "append extend insert clear reverse __setitem__ __iadd__ __imul__",
-    "pop remove __delitem__",
+    f"pop remove __delitem__ {_BUFFER_CALLS}",
     f"{_SEQUENCE_READS} __alloc__ __mod__ __rmod__ capitalize center decode endswith "
     "expandtabs find fromhex hex isalnum isalpha isascii isdigit islower isspace istitle "
     "isupper join ljust lower lstrip maketrans partition removeprefix removesuffix replace "
@@ -139,9 +142,9 @@ _table(
 )
 _table(
     array.array,
-    "append extend insert reverse byteswap frombytes fromlist fromunicode __setitem__ "
+    "append extend insert reverse byteswap clear frombytes fromlist fromunicode __setitem__ "
     "__iadd__ __imul__",
-    "pop remove fromfile __delitem__",
+    f"pop remove fromfile __delitem__ {_BUFFER_CALLS}",
     f"{_SEQUENCE_READS} buffer_info tobytes tofile tolist tounicode",
 )
 

@@ -12,13 +12,25 @@ in-place operators (``+=``, ``|=``) are atomic commands.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
-from . import _protocol as P
+from .._core import _protocol as P
+from .._core._protocol import describe
+from .._core._values import private
 from ._augmented import DONE, Augmenting, is_augmented
-from ._values import private
 
 _get = object.__getattribute__
 _OWN = ("_accord_", "__")  # every other name is the shared object's
+
+
+def read_only(value):
+    """`value`, its numpy flags set read-only if it is an array: a committed
+    object is shared with later reads, never to be changed in place."""
+    flags = getattr(value, "flags", None)
+    if flags is not None and getattr(flags, "writeable", False) and hasattr(value, "setflags"):
+        value.setflags(write=False)
+    return value
 
 
 def _value(proxy: Proxy):
@@ -120,6 +132,19 @@ class Proxy:
     def __dir__(self):
         return dir(_value(self))
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(share.arr): the committed array itself, a read-only
+        # view of shared memory on the shm backend (no copy unless asked).
+        import numpy  # (numpy is asking: it is loaded)
+
+        value = _value(self)
+        if type(value) is not numpy.ndarray:  # a list, a DataFrame...: numpy converts
+            return numpy.array(value, dtype=dtype)
+        value = read_only(value)
+        if copy or (dtype is not None and value.dtype != dtype):
+            return value.astype(dtype or value.dtype, copy=True)
+        return value
+
     __hash__ = None  # pyright: ignore[reportAssignmentType]  (a live mutable object is not hashable)
 
     def __call__(self, *args, **kwargs):
@@ -133,10 +158,8 @@ class Proxy:
     # -- pickling: a proxy travels as (share, path) --------------------------
 
     def __reduce__(self):
-        from ._share import Share
-
         return _rebuild, (
-            Share._attach(_get(self, "_accord_link").info),
+            attach_share(_get(self, "_accord_link").info),
             _get(self, "_accord_path"),
         )
 
@@ -145,6 +168,16 @@ class Proxy:
 
     def __deepcopy__(self, memo):
         return private(_value(self))
+
+
+def _share_not_imported(info: Any) -> Any:
+    raise RuntimeError("accord.share._share sets attach_share when it is imported")
+
+
+# A `Share` handle for an info: what a pickled proxy travels with.  Set by
+# share/_share.py (`Share._attach`), which sits above the proxies: this
+# module does not import it.
+attach_share: Callable[[Any], Any] = _share_not_imported
 
 
 def _rebuild(share, path: tuple) -> Proxy:
@@ -215,8 +248,6 @@ class BoundMethod:
         return self.link.call(self, args, kwargs)
 
     def __repr__(self) -> str:
-        from ._link import describe
-
         return f"<shared method {describe(self.path)}.{self.name} ({self.kind})>"
 
 

@@ -15,6 +15,8 @@ import threading
 import weakref
 from typing import Any
 
+from .._core import _protocol as P
+from .._core._values import private
 from .._errors import (
     AccordError,
     CoordinatorStartFailed,
@@ -23,6 +25,7 @@ from .._errors import (
     ShareNotFound,
 )
 from ..backends._protocol import BackendInfo
+from ..backends._registry import backend_of
 from ..backends._replies import raise_all
 from ..backends.shm import _transport
 from ..backends.shm._client import (
@@ -30,15 +33,15 @@ from ..backends.shm._client import (
     abandoned_records,
     forget,
     load_record,
+    note_unconfirmed,
     save_record,
 )
 from ..backends.shm._server import remove_leftovers
-from . import _protocol as P
+from . import _proxy
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link, _unsettled, settle_within
-from ._proxy import Proxy
-from ._values import private
+from ._proxy import Proxy, read_only
 
 START_TIMEOUT = 30.0
 _MISSING = object()
@@ -133,13 +136,19 @@ class Share:
 
         `name` lets unrelated processes attach with ``Share.connect(name)``
         (``Share.connect(url, name=name)`` for a redis share); it must be
-        unique among live shares.  `backend` is ``"shm"`` (one machine, the
-        default) or a Redis URL (``redis://[user:password@]host:port/db``,
+        unique among live shares.  `backend` is ``"shm"`` or ``"shm://NAME"``
+        (one machine, the default), ``"memory"`` or ``"memory://"`` (threads of
+        this process) or a Redis URL (``redis://[user:password@]host:port/db``,
         ``rediss://`` for TLS; see the README's "Backends").  `key` (for
         redis; default ``$ACCORD_KEY``, else a random one) signs everything
         stored in Redis.  `commit_window` is the longest time (seconds) a
         changed object waits to be committed when no reader asks for it.
         """
+        kind, rest = backend_of(backend)
+        if kind != "redis" and rest:  # shm://NAME
+            if name is not None and name != rest:
+                raise ValueError(f"two names for one share: name={name!r} and {backend!r}")
+            name = rest
         if name is None:
             name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
         elif not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
@@ -149,22 +158,16 @@ class Share:
             )
         if commit_window < 0:
             raise ValueError("commit_window must be >= 0")
-        if backend == "shm":
+        if kind == "shm":
             if key is not None:
                 raise ValueError("key= is for network backends; shm shares make their own key")
             info, process = _start_coordinator(name, commit_window)
-        elif backend == "memory":
+        elif kind == "memory":
             from ..backends.memory._memory import start
 
             info, process = start(name, commit_window)
-        elif isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
-            info, process = _start_redis(backend, name, key, commit_window)
         else:
-            raise ValueError(
-                f"unknown backend {backend!r}: use 'shm' (processes of one machine), "
-                "'memory' (threads of this process) or a Redis URL "
-                "(redis://host:port/db, rediss://..., unix://...)"
-            )
+            info, process = _start_redis(backend, name, key, commit_window)
         object.__setattr__(self, "_link", Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
         object.__setattr__(self, "_window", commit_window)
@@ -289,10 +292,19 @@ class Share:
             errors += client.replies.take_deferred()
             raise_all(errors)
 
-    def get(self, name, default=_MISSING):
-        """A private copy of a shared object (a name or a proxy), current as of now."""
+    def get(self, name, default=_MISSING, *, copy: bool = True):
+        """A private copy of a shared object (a name or a proxy), current as of now.
+
+        With ``copy=False``, the committed object itself, shared with every
+        later read of the same version: nothing is copied (on the shm
+        backend a numpy array or a DataFrame's columns are read-only views
+        of shared memory, which never change while you hold them).  Its
+        arrays are read-only; do not change anything else in it either.
+        """
         path = _path_of(name)
         try:
+            if not copy:
+                return read_only(self._link.value(path))
             return private(self._link.value(path))
         except (AttributeError, KeyError, IndexError):
             if default is _MISSING:
@@ -405,10 +417,10 @@ class Share:
             return lost
         client.retire()
         restored, lost = client.snapshots.salvage()
-        link.note_lost_writes(client)  # before its segments go
+        note_unconfirmed(client)  # before its segments go: the next operation says so
         self._finalizer.detach()
         forget(link.info)
-        remove_leftovers(link.info.stem, link.info.socket_path)
+        remove_leftovers(link.info.stem, link.info.socket_path, keep_record=True)
         info, process = _start_coordinator(link.info.name, self._window, restored)
         link.rebind(info)
         self._adopt(info, process)
@@ -569,7 +581,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
         # A dead share's, of this name.
-        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path))
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)
@@ -584,7 +596,7 @@ def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | Non
     }
     extra = pickle.dumps(restore, 5) if restore is not None else b""
     process, _line = _spawn(
-        "accord.share._coordinator",
+        "accord.backends.shm._coordinator",
         config,
         extra,
         name,
@@ -685,3 +697,7 @@ def _shutdown(info, process: subprocess.Popen, owner_pid: int) -> None:
         process.kill()
         process.wait()
     info.remove()
+
+
+# A pickled proxy travels with a handle of its share (see _proxy.attach_share).
+_proxy.attach_share = Share._attach

@@ -35,6 +35,33 @@ except ImportError:  # 3.11, 3.12
 OWN_GIL = sys.version_info >= (3, 12)
 
 
+# CPython gh-119213, fixed in 3.12.4: the first call with keyword arguments
+# of a function of an extension module (pickle.dumps(buffer_callback=...),
+# shm_open(mode=...)) allocates its parser's keyword tuple in the calling
+# interpreter; if that is a sub-interpreter, the tuple dangles once it is
+# destroyed and the process aborts as it exits ("free(): invalid pointer").
+# Making those first calls here, in the main interpreter, avoids it for the
+# functions the workers call.
+_KWTUPLE_BUG = (3, 12) <= sys.version_info[:3] < (3, 12, 4)
+_warmed = False
+
+
+def _warm_keyword_parsers() -> None:
+    global _warmed
+    import _posixshmem
+    import contextlib
+    import io
+    import os
+    import pickle
+
+    pickle.loads(pickle.dumps(None, 5, buffer_callback=None), buffers=())
+    pickle.Pickler(io.BytesIO(), protocol=5, buffer_callback=None)
+    pickle.Unpickler(io.BytesIO(b""), buffers=())
+    with contextlib.suppress(OSError):  # parsed before it fails: enough
+        _posixshmem.shm_open("/", os.O_RDONLY, mode=0o600)
+    _warmed = True
+
+
 class InterpreterFailed(RuntimeError):
     """A script run in a sub-interpreter ended with an uncaught exception."""
 
@@ -51,6 +78,8 @@ def create() -> int:
             "this Python has no sub-interpreters (CPython 3.11 or later is needed); "
             "use backend='forkserver', 'spawn' or 'fork'"
         )
+    if _KWTUPLE_BUG and not _warmed:
+        _warm_keyword_parsers()
     if not OWN_GIL:
         # 3.11's "isolated" interpreters refuse threads, which the worker's
         # watchdog needs; with one GIL for all, isolation=False costs nothing

@@ -18,7 +18,7 @@ import types
 
 from cloudpickle import cloudpickle as _internals
 
-from ..share import _serialize
+from .._core import _serialize
 from . import _worker
 
 _DYNAMIC = "<dynamic-code>"

@@ -489,7 +489,7 @@ class Pool(concurrent.futures.Executor):
         self._retry_or_fail(task, error)
 
     def _settle_chunk(self, task: _Task, reply) -> None:
-        values, packed, elapsed = reply
+        values, packed, per_call = reply
         errors = {}
         for i, error in packed.items():
             try:
@@ -497,7 +497,7 @@ class Pool(concurrent.futures.Executor):
             except BaseException as exc:
                 errors[i] = exc
         done, n = len(values), len(task.args)
-        outcome = _Outcome(values, errors, elapsed / max(done, 1))
+        outcome = _Outcome(values, errors, per_call)
         groups = []
         if task.retries > 0 and self._broken is None:
             # A call that raised runs again on its own, as a task of one call.
@@ -854,7 +854,7 @@ def _describe(fn, args: tuple) -> str:
     return f"{name}({shown})"
 
 
-_TARGET_CHUNK_S = _worker.STOP_AFTER_S  # work per chunk: a round trip costs a few % of it
+_TARGET_CHUNK_S = 0.005  # work per chunk: a round trip (~0.15 ms) costs a few % of it
 _MAX_CHUNK = 4096  # calls per chunk when the input's length is unknown
 _CHUNKS_PER_WORKER = 4  # chunks submitted ahead of the consumer, per worker
 

@@ -26,7 +26,6 @@ stem, so the pool (and a worker, as it ends) removes any left behind.
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 
 _HEADER = struct.Struct("<Q")
@@ -111,7 +110,9 @@ def _to_buffer(parts: list, stem: str) -> bytes:
                 dropped.unlink()
                 dropped.close()
         size = 1 << max(need - 1, BULK_BYTES).bit_length()  # room to grow into
-        segment = Segment.create(stem + secrets.token_hex(8), size)
+        # os.urandom, not secrets: importing secrets (hashlib) in a 3.12
+        # sub-interpreter makes the process crash as it ends.
+        segment = Segment.create(stem + os.urandom(8).hex(), size)
         mine.append(segment)
     buf = segment.buf
     buf[0] = 1  # in use until the receiver has copied it out

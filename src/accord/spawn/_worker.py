@@ -32,7 +32,7 @@ RESULT, ERROR, INIT_FAILED, INTERRUPTED, READY = 0, 1, 2, 3, 4
 # argument tuples (STAR) or single arguments (ONE).
 CALL, STAR, ONE = 0, 1, 2
 ADAPTIVE = 4  # with STAR or ONE: the chunk may stop early (see _run_chunk)
-STOP_AFTER_S = 0.005
+STOP_AFTER_S = 0.02
 _TASK = struct.Struct("<QB")
 
 
@@ -70,6 +70,11 @@ def serve(
 
 
 def _start_watchdog():
+    if sys.version_info[:2] == (3, 12):
+        # 3.12 refuses ``_ctypes`` in an interpreter with its own GIL only
+        # after running its single-phase init, and two interpreters doing so
+        # at once corrupt the heap (a crash 1 run in 8): never try there.
+        return None
     try:
         from ._watchdog import Watchdog
 
@@ -130,7 +135,7 @@ def _run(fn, args, kwargs):
 
 
 def _run_chunk(fn, calls: list, chunk: int) -> tuple[list, dict[int, BaseException], float]:
-    """(values, {index: error}, seconds) of `calls`, each run on its own.
+    """(values, {index: error}, seconds a call takes) of `calls`, each run on its own.
 
     An ADAPTIVE chunk stops after the call that takes it past `STOP_AFTER_S`:
     the pool sends the calls not run again, in chunks sized from the time
@@ -147,9 +152,14 @@ def _run_chunk(fn, calls: list, chunk: int) -> tuple[list, dict[int, BaseExcepti
     n = len(calls)
     step = 1  # calls between two looks at the clock: 1, 2, 4... (cheap for tiny calls)
     link = None
+    # Seconds a call takes: the fastest batch's rate, so that a batch during
+    # which this process was preempted (a loaded machine) does not make
+    # quick calls look slow.
+    per_call = float("inf")
     while len(values) < n:
         done = len(values)
         batch = calls[done : n if stop is None else done + step]
+        batch_started = clock()
         link = sys.modules.get("accord.share._link")
         try:
             if link is not None:  # settle each call's share writes: they are its result too
@@ -163,8 +173,10 @@ def _run_chunk(fn, calls: list, chunk: int) -> tuple[list, dict[int, BaseExcepti
                 raise
             errors[len(values)] = exc
             append(None)
+        now = clock()
+        per_call = min(per_call, (now - batch_started) / max(len(values) - done, 1))
         if stop is not None:
-            if clock() > stop:
+            if now > stop:
                 break
             step *= 2
     if link is None:  # the last calls may have begun to use a share: their writes count
@@ -175,12 +187,12 @@ def _run_chunk(fn, calls: list, chunk: int) -> tuple[list, dict[int, BaseExcepti
             except BaseException as exc:
                 errors[len(values) - 1] = exc
                 values[-1] = None
-    return values, errors, time.perf_counter() - started
+    return values, errors, per_call
 
 
-def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: float) -> bytes:
+def _pickled_chunk(values: list, errors: dict[int, BaseException], per_call: float) -> bytes:
     try:
-        return pickle.dumps((values, {i: _packed_error(e) for i, e in errors.items()}, elapsed), 5)
+        return pickle.dumps((values, {i: _packed_error(e) for i, e in errors.items()}, per_call), 5)
     except Exception:
         pass
     # Some value does not pickle (or needs cloudpickle): each on its own, so
@@ -193,7 +205,7 @@ def _pickled_chunk(values: list, errors: dict[int, BaseException], elapsed: floa
                 errors[i] = exc
                 values[i] = None
     packed = {i: _packed_error(e) for i, e in errors.items()}
-    return _pickled((values, packed, elapsed))
+    return _pickled((values, packed, per_call))
 
 
 def with_source(sources: dict[str, list[str]], value):
@@ -233,7 +245,7 @@ def _pickled(result, out_of_band: list | None = None) -> bytes:
     except Exception:
         if out_of_band:
             out_of_band.clear()
-        from ..share._serialize import cloudpickle_dumps
+        from .._core._serialize import cloudpickle_dumps
 
         return cloudpickle_dumps(result)
 

@@ -17,10 +17,10 @@ import time
 from collections import deque
 from multiprocessing.reduction import ForkingPickler
 
+from ..._core._coordinator import OrderedCoordinator
+from ..._core._slots import MISSING, SLOTS
 from ..._errors import CoordinatorLost, ShareClosed, ShareNotPortable, UsedFromOwnCoordinator
 from .._replies import Replies, kind_of
-from ..shm._control import SLOTS
-from ..shm._snapshots import MISSING
 
 HEARTBEAT_S = 0.1
 _ids = itertools.count(1)
@@ -292,8 +292,6 @@ def _run(coordinator, state: _State) -> None:
 
 
 def start(name: str, window: float) -> tuple[MemoryInfo, _Thread]:
-    from ...share._coordinator import OrderedCoordinator
-
     state = _State()
     coordinator = OrderedCoordinator(MemoryServer(state), os.getpid(), window)
     state.thread = threading.Thread(

@@ -20,6 +20,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..._core._slots import MISSING
 from ..._errors import (
     AccordError,
     BackendRefused,
@@ -31,7 +32,6 @@ from ..._errors import (
     UsedFromOwnCoordinator,
 )
 from .._replies import Replies, kind_of
-from ..shm._snapshots import MISSING
 from . import _keys
 from ._keys import Keys, safe_url, split_url
 from ._signing import Signer, TamperedPayload
@@ -203,6 +203,8 @@ class RedisClient:
         # lock keeps this process's commands in the stream in their order.
         self._seq = 0
         self._send_lock = threading.Lock()
+        self._awaited: set[int] = set()  # reply ids of calls not yet answered
+        self._error_sequence = 0  # of the last queued command whose error came
 
     def call(self, fn, *args, **kwargs):
         return call(self.info, fn, *args, **kwargs)
@@ -332,6 +334,7 @@ class RedisClient:
             with self.replies.ready:
                 self._next_reply += 1
                 reply_id = self._next_reply
+                self._awaited.add(reply_id)
         else:
             reply_id = 0
         message = (op, reply_id, None, writes, *fields)
@@ -379,7 +382,20 @@ class RedisClient:
             self.check_alive(force=True)
             return []
         where = f"{self.info.where()}: a reply"
-        return [pickle.loads(self.signer.open(b"r%d" % self._id, popped[1], where))]
+        message = pickle.loads(self.signer.open(b"r%d" % self._id, popped[1], where))
+        # A signed reply copied back into the list is dropped: a reply must
+        # answer a call of ours not yet answered; an error of a queued
+        # command must be of a later command than the last one raised.
+        if message[0]:
+            with self.replies.ready:
+                if message[0] not in self._awaited:
+                    return []
+                self._awaited.discard(message[0])
+        elif len(message) > 4:  # (a notice of errors dropped has no sequence)
+            if message[4] <= self._error_sequence:
+                return []
+            self._error_sequence = message[4]
+        return [message]
 
     def raise_deferred(self) -> None:
         """Raise the first error of an earlier fire-and-forget command."""

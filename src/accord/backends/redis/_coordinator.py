@@ -30,15 +30,16 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 import redis
 import redis.exceptions
 
 from ... import _logging
+from ..._core import _protocol as P
+from ..._core._coordinator import OrderedCoordinator, Stop
 from ..._errors import CommandQuarantined, ShareExists, ShareNotFound
 from ..._remote import pack_error
-from ...share import _protocol as P
-from ...share._coordinator import OrderedCoordinator, Stop
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver, stream_id
@@ -65,6 +66,7 @@ class RedisCoordinator(OrderedCoordinator):
         # since the last commit (committed with it).
         self.sequences: dict[int, int] = {}
         self.unsaved: dict[int, int] = {}
+        self.sequence = 0  # of the command being run
         self.sequence_of: dict[str, tuple[int, int]] = {}  # position -> (client, seq)
         # Commands that killed coordinators: applied one at a time up to
         # `careful_until` (a predecessor died in that batch); `quarantined`
@@ -144,10 +146,10 @@ class RedisCoordinator(OrderedCoordinator):
         for position, client_id, sequence, message in entries:
             if message is not None:
                 if sequence <= sequences.get(client_id, 0):
-                    print(
-                        f"accord: ignored a replayed command (client {client_id}, "
-                        f"sequence {sequence}, already applied)",
-                        file=sys.stderr,
+                    log.warning(
+                        "ignored a replayed command (client %d, sequence %d, already applied)",
+                        client_id,
+                        sequence,
                     )
                     message = None
                 else:
@@ -178,6 +180,7 @@ class RedisCoordinator(OrderedCoordinator):
         seq = self.sequence_of.pop(self.position, None)
         if seq is not None:
             self.unsaved[seq[0]] = seq[1]
+        self.sequence = seq[1] if seq is not None else 0
         suspect = self.suspect
         if suspect is not None and suspect[0] == self.position:
             self.suspect = None
@@ -185,6 +188,11 @@ class RedisCoordinator(OrderedCoordinator):
                 self.quarantine(peer, message, suspect[1])
                 return
         super().execute(peer, message)
+
+    def report(self, peer, error: tuple[Any, ...]) -> None:
+        # With the command's sequence number: the client raises each error
+        # of a queued command once, and refuses an old one copied back.
+        super().report(peer, (*error, self.sequence))
 
     def quarantine(self, peer, message, deaths: int) -> None:
         """Skip a command that killed `deaths` coordinators: its sender gets

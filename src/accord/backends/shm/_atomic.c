@@ -98,6 +98,7 @@ typedef struct {
     char *data;
     Py_ssize_t size;
     Py_ssize_t exports;
+    int readonly; /* mapped PROT_READ: buffers are read-only, writes refused */
 } Mapping;
 
 static int
@@ -127,7 +128,7 @@ mapping_getbuffer(Mapping *self, Py_buffer *view, int flags)
         view->obj = NULL;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 0, flags) < 0)
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, self->readonly, flags) < 0)
         return -1;
     self->exports++;
     return 0;
@@ -182,6 +183,10 @@ mapping_ass_subscript(Mapping *self, PyObject *item, PyObject *value)
 {
     if (!mapping_open(self))
         return -1;
+    if (self->readonly) {
+        PyErr_SetString(PyExc_TypeError, "the mapping is read-only");
+        return -1;
+    }
     if (value == NULL) {
         PyErr_SetString(PyExc_TypeError, "mapping items cannot be deleted");
         return -1;
@@ -276,12 +281,15 @@ static PyType_Spec mapping_spec = {
 static PyObject *
 map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "map(fd, size)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "map(fd, size, readonly=False)");
         return NULL;
     }
     long fd = PyLong_AsLong(args[0]);
     Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    int readonly = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (readonly < 0)
+        return NULL;
     if (PyErr_Occurred())
         return NULL;
     if (size <= 0) {
@@ -293,7 +301,8 @@ map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     void *data;
     Py_BEGIN_ALLOW_THREADS
-    data = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    data = mmap(NULL, (size_t)size, readonly ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED,
+                (int)fd, 0);
     Py_END_ALLOW_THREADS
     if (data == MAP_FAILED) {
         Py_DECREF(tp);
@@ -308,6 +317,7 @@ map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     self->data = data;
     self->size = size;
     self->exports = 0;
+    self->readonly = readonly;
     return (PyObject *)self;
 }
 
@@ -332,7 +342,8 @@ static PyMethodDef methods[] = {
     {"store", (PyCFunction)(void (*)(void))store, METH_FASTCALL,
      "store(buffer, offset, value): atomic 64-bit store."},
     {"map", (PyCFunction)(void (*)(void))map_fd, METH_FASTCALL,
-     "map(fd, size) -> Mapping: map a shared segment read-write; fd may be closed after."},
+     "map(fd, size, readonly=False) -> Mapping: map a shared segment (read-write unless "
+     "readonly); fd may be closed after."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -120,7 +120,13 @@ class ShmClient:
         try:
             self.control = Segment.attach(f"{info.stem}~control", _control.SIZE)
         except FileNotFoundError:
-            raise ShareClosed(f"share {info.name!r} is closed or its coordinator is gone") from None
+            if load_record(info.name) is None:  # its owner closed it
+                raise ShareClosed(f"share {info.name!r} is closed") from None
+            # Its owner still has it: the coordinator died (and restart()
+            # may be under way), so the caller may retry after a restart.
+            raise CoordinatorLost(
+                f"the coordinator of share {info.name!r} (pid {info.pid}) is gone"
+            ) from None
         _control.check_header(self.control.buf)
         self.ctrl = self.control.buf
         self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
@@ -334,6 +340,11 @@ class ShmClient:
         """Raise the errors of earlier fire-and-forget commands."""
         self.replies.raise_deferred()
 
+    def take_lost_writes(self) -> list[str]:
+        """Names written by writes this process sent to an earlier
+        incarnation of this share that it died without committing (once)."""
+        return _lost_writes.pop(self.info.name, [])
+
     def unconfirmed(self) -> list[str]:
         """After the coordinator died: the names written by the writes this
         process sent that it had not committed (a restart loses them), once
@@ -435,6 +446,27 @@ _clients_lock = threading.Lock()
 coordinating: str | None = None
 
 
+# Share name -> names written by writes this process sent to a coordinator
+# of that share which died before committing them: the first client of the
+# restarted share hands them to the first operation (WritesLost).
+_lost_writes: dict[str, list[str]] = {}
+
+
+def note_unconfirmed(client: ShmClient) -> None:
+    """Keep what `client`'s dead coordinator had not committed (see above).
+    Called for the old client when a restarted share gets a new one here."""
+    if client.lost is not None and isinstance(client.lost, ShareClosed):
+        return  # closed, not crashed: writes pending at close() were dropped by design
+    try:
+        if load(client.ctrl, _control.CLOSED):
+            return
+    except (ValueError, TypeError):
+        return  # unmapped: closed
+    names = client.unconfirmed()
+    if names:
+        _lost_writes.setdefault(client.info.name, []).extend(names)
+
+
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     if info.stem == coordinating:
@@ -447,6 +479,9 @@ def client_for(info: ShareInfo) -> ShmClient:
         with _clients_lock:
             client = _clients.get(info.stem)
             if client is None or client.info.pid != info.pid:
+                for old in list(_clients.values()):
+                    if old.info.name == info.name and old.info.pid != info.pid:
+                        note_unconfirmed(old)  # a restart: before it is swept
                 _sweep_closed()
                 client = ShmClient(info)
                 _clients[info.stem] = client

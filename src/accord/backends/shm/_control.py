@@ -16,7 +16,8 @@ share a slot: that only makes a read wait for more writes, never fewer.
 from __future__ import annotations
 
 import struct
-import zlib
+
+from ..._core._slots import MAX_WRITE_SLOTS, SLOTS
 
 MAGIC = 0x61636F7264000001  # "accord" + format 1
 
@@ -29,10 +30,9 @@ COMMITS = 40  # raised after every commit, before the flags it satisfies
 # so that clients stop appending to its command rings and follow the new one.
 REPLACED = 64
 
-SLOTS = 8192
 CLIENTS = 1024
 # An intent: [seq, done-mask, count, slot0 .. slot12]
-INTENT_SLOTS = 13
+INTENT_SLOTS = MAX_WRITE_SLOTS
 INTENT_SIZE = 8 * (3 + INTENT_SLOTS)
 
 PENDING = 4096
@@ -41,13 +41,6 @@ INTENTS = APPLIED + 8 * SLOTS
 SIZE = INTENTS + INTENT_SIZE * CLIENTS
 
 _HEADER = struct.Struct("<8Q")
-
-# Attribute names used in keys.  WHOLE is raised by every write to an object;
-# UNKNOWN by every write whose attributes are not known.  A read of attribute
-# `a` waits on (name, a) and (name, UNKNOWN); a read of the whole object on
-# (name, WHOLE).
-WHOLE = "*"
-UNKNOWN = "?"
 
 
 def init_header(buf, pid: int) -> None:
@@ -58,21 +51,6 @@ def check_header(buf) -> None:
     magic, *_ = _HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise RuntimeError("not an accord control segment (or from an incompatible version)")
-
-
-_slot_cache: dict[tuple[str, str], int] = {}
-
-
-def slot_of(name: str, attr: str) -> int:
-    """The flag slot of key (name, attr); stable across processes."""
-    key = (name, attr)
-    slot = _slot_cache.get(key)
-    if slot is None:
-        # zlib.crc32, not hash(): str hashes differ between processes.
-        slot = zlib.crc32(f"{name}\0{attr}".encode()) % SLOTS
-        if len(_slot_cache) < 100_000:
-            _slot_cache[key] = slot
-    return slot
 
 
 def intent_offset(client: int) -> int:

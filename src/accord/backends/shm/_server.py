@@ -244,10 +244,17 @@ class ShmServer:
         self.control.close()
 
 
-def remove_leftovers(stem: str, socket_path: str) -> None:
-    """Remove whatever a dead coordinator of this share left behind."""
+def remove_leftovers(stem: str, socket_path: str, keep_record: bool = False) -> None:
+    """Remove whatever a dead coordinator of this share left behind.
+
+    `keep_record`: leave the share's key file while it is restarted, so a
+    process attaching meanwhile is told CoordinatorLost, not ShareClosed.
+    """
     for name in leftovers(stem + "~"):
         unlink(name)
-    for path in (Path(socket_path), Path(socket_path).with_suffix(".key")):
+    paths = [Path(socket_path)]
+    if not keep_record:
+        paths.append(Path(socket_path).with_suffix(".key"))
+    for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

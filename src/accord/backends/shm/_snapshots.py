@@ -34,16 +34,23 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..._core._changes import replay
+from ..._core._slots import MISSING
 from ..._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
 from . import _control
 from ._atomic import load, store
+from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
 from ._segment import Segment
 from ._segment import unlink as _unlink
 
 _LENGTH = struct.Struct("<Q")
-HEADER = 16  # version, length
+_STATE = struct.Struct("<3Q")  # length, epoch, used
+# A snapshot segment: version (odd while the coordinator writes), length of
+# the base snapshot, epoch (raised by every full snapshot), bytes of change
+# log after the base (see _changes); then the base and the log.
+HEADER = 32
+LOG_MIN = 1 << 16  # a log may grow to this or the base's size, whichever is larger
 MIN_SIZE = 4096
-MISSING = object()
 # Segments kept mapped per process (per share); the others are mapped again
 # when next used.
 MAX_MAPPED = 8192
@@ -132,8 +139,55 @@ def _write(seg: Segment, data: bytes) -> None:
     version = load(buf, 0)
     store(buf, 0, version + 1)  # odd: writing
     buf[HEADER : HEADER + len(data)] = data
-    _LENGTH.pack_into(buf, 8, len(data))
+    _length, epoch, _used = _STATE.unpack_from(buf, 8)
+    _STATE.pack_into(buf, 8, len(data), epoch + 1, 0)
     store(buf, 0, version + 2)
+
+
+def _append_log(seg: Segment, entry: bytes) -> bool:
+    """Append `entry` to the change log after the base; False if it does
+    not fit (then a full snapshot is due)."""
+    buf = seg.buf
+    length, epoch, used = _STATE.unpack_from(buf, 8)
+    end = HEADER + length + used
+    if end + len(entry) > seg.size or used + len(entry) > max(LOG_MIN, length):
+        return False
+    buf[end : end + len(entry)] = entry  # beyond `used`: no reader looks there yet
+    version = load(buf, 0)
+    store(buf, 0, version + 1)
+    _STATE.pack_into(buf, 8, length, epoch, used + len(entry))
+    store(buf, 0, version + 2)
+    return True
+
+
+def _read_log(seg: Segment, cached, check, what: str):
+    """(version, epoch, used, base or None, log): what changed since
+    `cached` read the segment.  The base is None when `cached` holds this
+    epoch's base: then `log` is only the entries it has not applied."""
+    buf = seg.buf
+    patience = None
+    while True:
+        version = load(buf, 0)
+        if not version & 1:
+            length, epoch, used = _STATE.unpack_from(buf, 8)
+            if length + used > seg.size - HEADER:  # torn: the version moves on, or corrupt
+                if load(buf, 0) == version:
+                    raise SegmentCorrupt(f"{what} is corrupt (length {length} > its segment)")
+                continue
+            if epoch == cached.epoch and used >= cached.used:
+                base = None
+                log = buf[HEADER + length + cached.used : HEADER + length + used]
+            else:
+                base = buf[HEADER : HEADER + length]
+                log = buf[HEADER + length : HEADER + length + used]
+            # Entries are never rewritten within an epoch: appends since we
+            # looked leave our copy valid; a full snapshot changes the epoch.
+            after = load(buf, 0)
+            if after == version or (not after & 1 and _STATE.unpack_from(buf, 8)[1] == epoch):
+                return version, epoch, used, base, log
+        if patience is None:
+            patience = _Patience(check, what)
+        patience()
 
 
 def _read(seg: Segment, known_version: int, check, what: str) -> tuple[int, bytes | None]:
@@ -189,6 +243,7 @@ class SnapshotWriter:
         self._index_end = HEADER
         store(self._index.buf, INDEX_END, HEADER)
         self._live = 0  # bytes of the records a compaction keeps
+        self.buffers = BufferWriter(stem)
 
     def _new_segment(self, size: int) -> Segment:
         # Another local user who lists /dev/shm may create the next names
@@ -213,13 +268,24 @@ class SnapshotWriter:
             evicted.seg = None
         return seg
 
-    def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
+    zero_copy = True  # takes big buffers out of band (see _buffers)
+
+    def write(
+        self, name: str, data: bytes, kind: tuple = (0, False), raws=None, touched=None
+    ) -> None:
         """Commit `data` as the snapshot of `name`.
 
         `kind` is a small tuple describing the object (its type generation
         and whether it is an immutable value); it is kept in the index, so
-        readers learn what an object is without unpickling it.
+        readers learn what an object is without unpickling it.  `raws`: the
+        out-of-band buffers of `data` (pickle protocol 5), each kept in its
+        own segments; `touched`: the byte ranges of a single buffer changed
+        since the last commit, None if not known.
         """
+        if raws:
+            data = self.buffers.publish(name, data, raws, touched)
+        else:
+            self.buffers.drop(name)
         slot = self._slots.get(name)
         if slot is None or HEADER + len(data) > slot.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
@@ -245,11 +311,23 @@ class SnapshotWriter:
         self._mapped.pop(name, None)
         self._live -= len(_record(name, slot.name, slot.kind))
 
+    def append(self, name: str, entry: bytes, kind: tuple) -> bool:
+        """Commit `entry` (logged operations, see _changes) as the change of
+        `name` since its last commit; False when a full snapshot is due."""
+        slot = self._slots.get(name)
+        if slot is None or slot.kind != kind:
+            return False
+        if not _append_log(self._segment(name, slot), entry):
+            return False
+        self._committed()
+        return True
+
     def _committed(self) -> None:
         buf = self._control.buf
         store(buf, _control.COMMITS, load(buf, _control.COMMITS) + 1)
 
     def delete(self, name: str) -> None:
+        self.buffers.drop(name)
         slot = self._slots.pop(name, None)
         if slot is not None:
             self._drop(name, slot)
@@ -292,6 +370,7 @@ class SnapshotWriter:
         old.close()
 
     def close(self) -> None:
+        self.buffers.close()
         for slot in self._slots.values():
             _unlink(slot.name)
             if slot.seg is not None:
@@ -303,12 +382,14 @@ class SnapshotWriter:
 
 
 class _Cached:
-    __slots__ = ("commits", "kind", "obj", "segment", "segname", "version")
+    __slots__ = ("commits", "epoch", "kind", "obj", "segment", "segname", "used", "version")
 
     def __init__(self, segment: Segment) -> None:
         self.segment: Segment | None = segment  # None while not mapped
         self.segname = segment.name
         self.version = -1
+        self.epoch = -1  # of the base obj was read from
+        self.used = 0  # bytes of that base's change log applied to obj
         self.commits = -1
         self.kind: tuple | None = None  # the index's kind when obj was read
         self.obj = None
@@ -334,9 +415,15 @@ class SnapshotReader:
         self._index_lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
         self._mapped: OrderedDict[str, None] = OrderedDict()
+        self._buffers = BufferReader()
 
     def after_fork(self) -> None:
+        """In a forked child: drop what the parent read (its views are
+        pinned by the parent), so that reads here pin their own."""
         self._index_lock = threading.Lock()
+        self._cache.clear()
+        self._mapped.clear()
+        self._buffers.after_fork()
 
     def _closed(self) -> None:
         if load(self._control, _control.CLOSED):
@@ -437,13 +524,35 @@ class SnapshotReader:
                     patience = _Patience(self._check, f"the snapshot of {name!r}")
                 patience()
                 continue  # read the index again
-            version, data = _read(seg, cached.version, self._check, f"the snapshot of {name!r}")
-            if data is not None:
-                cached.obj = pickle.loads(data)
-                cached.version = version
+            if load(seg.buf, 0) != cached.version:
+                version, epoch, used, base, log = _read_log(
+                    seg, cached, self._check, f"the snapshot of {name!r}"
+                )
+                try:
+                    obj = cached.obj if base is None else self._load(name, base)
+                    if log:
+                        replay(obj, log)
+                except Stale:  # committed again since: read that
+                    if patience is None:
+                        patience = _Patience(self._check, f"the buffers of {name!r}")
+                    patience()
+                    continue
+                except Exception:
+                    if base is None:  # (cannot happen) start again from the base
+                        cached.epoch = -1
+                        continue
+                    raise
+                cached.obj = obj
+                cached.version, cached.epoch, cached.used = version, epoch, used
             cached.commits = commits
             cached.kind = entry[1:]
             return cached.obj
+
+    def _load(self, name: str, data: bytes):
+        obj = pickle.loads(data)
+        if type(obj) is OutOfBand:
+            obj = self._buffers.load(name, obj)
+        return obj
 
     def unchanged(self, name: str) -> _Cached | None:
         """What was last read for `name` (.obj, .kind) if nothing was
@@ -484,6 +593,11 @@ class SnapshotReader:
                 data = self._settled(Segment.attach(segname, min_size=HEADER), tries)
             except FileNotFoundError:
                 data = None
+            if data is not None:
+                try:
+                    data = materialize(data)
+                except (OSError, pickle.UnpicklingError):
+                    data = None
             if data is None:
                 lost.append(name)
             else:
@@ -497,11 +611,16 @@ class SnapshotReader:
             version = load(seg.buf, 0)
             if version & 1:
                 continue
-            (length,) = _LENGTH.unpack_from(seg.buf, 8)
-            if length > seg.size - HEADER:
+            length, _epoch, used = _STATE.unpack_from(seg.buf, 8)
+            if length + used > seg.size - HEADER:
                 continue
             data = seg.buf[HEADER : HEADER + length]
+            log = seg.buf[HEADER + length : HEADER + length + used]
             if load(seg.buf, 0) == version:
+                if log:  # the base and its change log, as one snapshot
+                    obj = pickle.loads(data)
+                    replay(obj, log)
+                    data = pickle.dumps(obj, 5)
                 return data
         return None
 
@@ -511,6 +630,7 @@ class SnapshotReader:
                 cached.segment.close()
         self._cache.clear()
         self._mapped.clear()
+        self._buffers.close()
         if self._index_seg is not None:
             self._index_seg.close()
             self._index_seg = None

@@ -1,40 +1,43 @@
-"""The coordinator: the one process of a share that applies every write.
+"""The coordinator's state machine: the one place that applies every write.
 
 It keeps a mirror of every shared object, runs each client's commands in the
 order the client sent them (and after every write to the same object that
 was queued before them, by any process), and commits a snapshot of each
-changed object to shared memory — in batches: when a reader is waiting, or
-when a commit window has passed since the object first changed.
+changed object through its backend's server -- in batches: when a reader is
+waiting, or when a commit window has passed since the object first changed.
 
-Run as ``python -m accord.share._coordinator`` by `Share`; it reads its
-configuration as JSON on stdin, prints READY when it listens, and exits when
-the owner closes the share or dies.
+No I/O of its own: each backend drives it from its own loop
+(`backends/shm/_coordinator.py`, `backends/memory/_memory.py`,
+`backends/redis/_coordinator.py`) and hands it a server to reply and commit
+through.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import operator
-import os
 import pickle
-import signal
-import sys
 import time
-import traceback
 from collections import deque
 from typing import Any
 
 import cloudpickle
 
-from .. import _logging
 from .._errors import ErrorsDropped, TemporaryTarget
 from .._remote import Unreadable, pack_error
-from ..backends.shm import _client as _shm_client
-from ..backends.shm import _control
-from ..backends.shm._server import Peer, ShmServer
+from . import _changes
 from . import _protocol as P
-from ._serialize import PLAIN, cloudpickle_dumps, dumps, is_plain, unpack, unpack_call
+from ._ranges import changed_bytes
+from ._serialize import (
+    PLAIN,
+    cloudpickle_dumps,
+    dumps,
+    dumps_out_of_band,
+    is_plain,
+    unpack,
+    unpack_call,
+)
+from ._slots import SLOTS
 from ._values import is_value
 
 HEARTBEAT_S = 0.1
@@ -42,6 +45,9 @@ STUCK_S = 2.0
 SPIN_S = 0.0002
 
 log = logging.getLogger("accord.share")
+
+# A backend's reply target (a client connection, a reply stream).
+_Peer = Any
 
 
 class Stop(BaseException):
@@ -54,7 +60,7 @@ class _Lock:
 
     def __init__(self) -> None:
         self.owner: tuple[int, int] | None = None
-        self.waiters: deque[tuple[Peer, int, int, float]] = deque()
+        self.waiters: deque[tuple[_Peer, int, int, float]] = deque()
 
 
 class Coordinator:
@@ -65,22 +71,32 @@ class Coordinator:
         self.owner_pid = owner_pid
         self.window = window
         self.mirror: dict[str, object] = {}
-        self.received = [0] * _control.SLOTS  # increments applied, per slot
+        self.received = [0] * SLOTS  # increments applied, per slot
         self.uncommitted: dict[int, set[str]] = {}  # slot -> names not yet committed
         self.dirty: dict[str, float] = {}  # name -> when it first changed
         self.dirty_slots: dict[str, set[int]] = {}
         self.commit_cost: dict[str, float] = {}
         self.types: dict[str, tuple] = {}  # name -> (type, generation, is value)
         self.queues: dict[int, deque] = {}
-        self.peers: dict[int, Peer] = {}
+        self.peers: dict[int, _Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
         # Errors of fire-and-forget commands, per peer, kept until the peer
         # next waits for a reply (it reads its socket only then): sent ahead
         # of that reply, or printed if the peer leaves without one.
-        self.held: dict[int, list[tuple[bytes, str]]] = {}
+        # peer id -> errors (pickled error, traceback, and what a backend adds)
+        self.held: dict[int, list[tuple[Any, ...]]] = {}
         self.held_dropped: dict[int, int] = {}
         self.blocked_since: dict[int, float] = {}
         self.locks: dict[str, _Lock] = {}
+        # name -> byte ranges of its (array) buffer changed since its last
+        # commit; None: not known, the whole buffer (see _buffers).
+        self.touched: dict[str, list | None] = {}
+        self._changed = _UNKNOWN  # what the command being run changed
+        # name -> operations since its last commit, replayable by readers
+        # (a list, dict, set or deque; see _changes); None: not replayable.
+        self.changes: dict[str, list | None] = {}
+        self._entry = None  # the replayable form of the command being run
+        self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -94,61 +110,7 @@ class Coordinator:
             P.NAMES: self.op_names,
         }
 
-    # -- the loop ----------------------------------------------------------------
-
-    def run(self) -> None:
-        last_beat = 0.0
-        last_input = 0.0
-        while True:
-            # Right after input, poll without sleeping for a moment: a client
-            # waiting for a reply usually sends its next command within tens
-            # of microseconds, and waking a sleeping process costs about that.
-            server = self.server
-            busy = time.monotonic() - last_input < SPIN_S
-            timeout = 0 if busy else self._timeout()
-            # Commands come through the rings; sleep in select() only once
-            # every ring is drained (a client that appends then wakes us).
-            if timeout and server.arm():
-                timeout = 0
-            left = server.poll(timeout)
-            server.disarm()
-            for peer in list(server.peers.values()):
-                if self.take(peer):
-                    last_input = time.monotonic()
-            for peer in left:
-                self.take(peer)  # what it appended before it died is applied
-                self.peer_left(peer)
-            self.process()
-            for peer in list(server.peers.values()):
-                if peer.id not in self.queues:
-                    server.commit(peer)
-            now = time.monotonic()
-            self.commit_due(now)
-            self.expire_lock_waits(now)
-            if now - last_beat >= HEARTBEAT_S / 2:
-                last_beat = now
-                self.server.heartbeat()
-                if os.getppid() != self.owner_pid:
-                    break  # the owner died without closing: nobody can close now
-        self.server.close()
-
-    def take(self, peer: Peer) -> bool:
-        """Queue what `peer` appended to its ring; whether there was any."""
-        entries = self.server.drain(peer)
-        if entries is None:
-            log.warning("dropping a client that wrote garbage to its ring")
-            self.queues.pop(peer.id, None)
-            self.server.disconnect(peer)  # poll reports it left
-            return False
-        if not entries:
-            return False
-        self.peers[peer.id] = peer
-        queue = self.queues.get(peer.id)
-        if queue is None:
-            self.queues[peer.id] = deque(entries)
-        else:
-            queue.extend(entries)
-        return True
+    # -- the loop (each backend's own, see ShmCoordinator.run) --------------------
 
     def _timeout(self) -> float:
         timeout = HEARTBEAT_S
@@ -237,8 +199,10 @@ class Coordinator:
         received = self.received
         return all(received[waits[i]] >= waits[i + 1] for i in range(0, len(waits), 2))
 
-    def execute(self, peer: Peer, message: tuple) -> None:
+    def execute(self, peer: _Peer, message: tuple) -> None:
         op, reply_id, _waits, writes = message[:4]
+        self._changed = _UNKNOWN
+        self._entry = None
         try:
             result = self.handlers[op](peer, message)
             status = P.OK
@@ -250,12 +214,37 @@ class Coordinator:
             # type: never the end of the coordinator and every object in it.
             result = pack_error(exc)
             status = P.ERROR
+            self._changed = _UNKNOWN
+            self._entry = None
         if writes:
+            self.note_change(message[4][0], self._changed)
+            self.note_entry(message[4][0], self._entry)
             self.credit(message[4][0], writes)
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
         elif status == P.ERROR:
             self.report(peer, result)
+
+    def note_change(self, name: str, changed) -> None:
+        ranges = self.touched.setdefault(name, [])
+        if ranges is None:
+            return
+        if changed is _UNKNOWN or changed is None or len(ranges) >= 1024:
+            self.touched[name] = None
+        elif changed:
+            ranges.append(changed)
+
+    def note_entry(self, name: str, entry) -> None:
+        log = self.changes.setdefault(name, [])
+        if log is not None:
+            if entry is None or len(log) >= 4096:
+                self.changes[name] = None
+            else:
+                log.append(entry)
+
+    def _replayable(self, obj, entry) -> None:
+        if type(obj) in _changes.REPLAYABLE:
+            self._entry = entry
 
     def credit(self, name: str | None, writes) -> None:
         received = self.received
@@ -273,7 +262,7 @@ class Coordinator:
 
     # -- replies ---------------------------------------------------------------
 
-    def reply(self, peer: Peer, reply_id: int, status: int, result) -> None:
+    def reply(self, peer: _Peer, reply_id: int, status: int, result) -> None:
         if peer.id in self.departed:
             return
         if peer.id in self.held:
@@ -292,7 +281,7 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: Peer, error: tuple[bytes, str]) -> None:
+    def report(self, peer: _Peer, error: tuple[Any, ...]) -> None:
         """Keep the error of a fire-and-forget command for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
@@ -307,6 +296,12 @@ class Coordinator:
         else:
             self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + 1
 
+    def print_held(self) -> None:
+        """The share closes: print the errors no process will read now."""
+        for peer_id, held in list(self.held.items()):
+            _print_lost(peer_id, held, self.held_dropped.get(peer_id, 0), "of the closing share")
+        self.held.clear()
+
     def send_held(self, peer) -> None:
         held = self.held.pop(peer.id, [])
         dropped = self.held_dropped.pop(peer.id, 0)
@@ -319,13 +314,25 @@ class Coordinator:
 
     def commit(self, name: str) -> None:
         started = time.perf_counter()
-        if name in self.mirror:
+        writer = self.server.snapshots
+        touched = self.touched.pop(name, None)
+        changes = self.changes.pop(name, None)
+        if changes and name in self.mirror and self._append(writer, name, changes):
+            pass  # readers replay `changes`: the cost follows what changed
+        elif name in self.mirror:
             value = self.mirror[name]
+            raws = None
             try:
-                data = dumps(value)
+                if getattr(writer, "zero_copy", False):  # big buffers, own segments
+                    data, raws = dumps_out_of_band(value)
+                else:
+                    data = dumps(value)
+                self.unreadable.discard(name)
             except Stop:
                 raise
             except BaseException as exc:
+                raws = None
+                self.unreadable.add(name)  # no change log on this snapshot
                 log.error("cannot commit share.%s: %r", name, exc)
                 data = dumps(
                     Unreadable(
@@ -334,9 +341,12 @@ class Coordinator:
                         f"repair it with share.apply({name!r}, fn) or assign it anew"
                     )
                 )
-            self.server.snapshots.write(name, data, self.kind(name, value))
+            if raws:
+                writer.write(name, data, self.kind(name, value), raws, touched)
+            else:
+                writer.write(name, data, self.kind(name, value))
         else:
-            self.server.snapshots.delete(name)
+            writer.delete(name)
         self.commit_cost[name] = time.perf_counter() - started
         self.dirty.pop(name, None)
         for s in self.dirty_slots.pop(name, ()):
@@ -346,6 +356,22 @@ class Coordinator:
                 if not names:
                     del self.uncommitted[s]
                     self.server.set_applied(s, self.received[s])
+
+    def _append(self, writer, name: str, changes: list) -> bool:
+        append = getattr(writer, "append", None)
+        known = self.types.get(name)
+        if (
+            append is None
+            or known is None
+            or known[0] is not type(self.mirror[name])
+            or name in self.unreadable
+        ):
+            return False
+        try:
+            entry = pickle.dumps(changes, 5)
+        except Exception:
+            return False
+        return append(name, entry, (known[1], known[2]))
 
     def kind(self, name: str, value) -> tuple[int, bool]:
         """(type generation, is an immutable value): changes only when the
@@ -375,8 +401,7 @@ class Coordinator:
 
     # -- departures ------------------------------------------------------------
 
-    def peer_left(self, peer: Peer) -> None:
-        self.peers[peer.id] = peer  # to be dropped once its queue is done
+    def peer_left(self, peer: _Peer) -> None:
         # Read the intent now, before the client slot can be reused.
         self.departed[peer.id] = self.server.lost_intent(peer)
         for name, lock in list(self.locks.items()):
@@ -433,6 +458,10 @@ class Coordinator:
         if place[-2] == P.ATTR:
             setattr(parent, place[-1], value)
         else:
+            if len(place) == 3:
+                self._changed = changed_bytes(parent, place[-1])
+                if is_plain(value) and is_plain(place[-1]):
+                    self._replayable(parent, (_changes.SET, place[-1], value))
             parent[place[-1]] = value
 
     # -- commands --------------------------------------------------------------
@@ -450,6 +479,8 @@ class Coordinator:
         if place[-2] == P.ATTR:
             delattr(parent, place[-1])
         else:
+            if len(place) == 3 and is_plain(place[-1]):
+                self._replayable(parent, (_changes.DEL, place[-1]))
             del parent[place[-1]]
 
     def op_augment(self, peer, message):
@@ -462,7 +493,12 @@ class Coordinator:
     def op_call(self, peer, message):
         path, method, packed = message[4:7]
         args, kwargs = unpack_call(packed)
-        return getattr(self.resolve(path), method)(*args, **kwargs)
+        obj = self.resolve(path)
+        if len(path) == 1 and type(packed) is tuple:  # plain arguments only
+            methods = _changes.REPLAYABLE.get(type(obj))
+            if methods is not None and method in methods:
+                self._entry = (_changes.CALL, method, args)
+        return getattr(obj, method)(*args, **kwargs)
 
     def op_apply(self, peer, message):
         path, packed, replace = message[4:7]
@@ -568,6 +604,7 @@ class OrderedCoordinator(Coordinator):
 
 
 _missing = object()
+_UNKNOWN = object()  # a command whose changes are not known: all of the object
 
 
 def _is_temporary(obj) -> bool:
@@ -594,15 +631,17 @@ def _dropped_message(count: int) -> str:
     )
 
 
-def _print_lost(peer_id: int, errors: list, dropped: int) -> None:
-    """A process left without waiting for a reply after its failed
-    fire-and-forget commands: nobody else can tell it, so say it here."""
-    for _data, tb in errors:
+def _print_lost(peer_id: int, errors: list, dropped: int, why: str = "that has exited") -> None:
+    """A process left (or the share closes) without waiting for a reply
+    after its failed fire-and-forget commands: nobody else can tell it, so
+    say it here."""
+    for error in errors:  # (data, traceback, ...)
         log.error(
-            "a fire-and-forget command of a process (client %d) that has exited failed, "
+            "a fire-and-forget command of a process (client %d) %s failed, "
             "and the process never read the error:\n%s",
             peer_id,
-            tb,
+            why,
+            error[1],
         )
     if dropped:
         log.error("%s", _dropped_message(dropped))
@@ -613,41 +652,3 @@ class _NoReply:
 
 
 _no_reply = _NoReply()
-
-
-def _stop(signum, frame):
-    raise Stop
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
-    signal.signal(signal.SIGTERM, _stop)
-    _logging.to_stderr()
-    config = json.loads(sys.stdin.buffer.readline())
-    sys.path[:] = config["sys_path"]
-    _shm_client.coordinating = config["stem"]
-    # After a restart, the owner sends the last committed state (pickled
-    # snapshots, from our own predecessor) behind the configuration.
-    restored = pickle.loads(sys.stdin.buffer.read()) if config.get("restore") else {}
-    try:
-        server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
-    except Exception as exc:
-        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-        sys.exit(1)
-    coordinator = Coordinator(server, config["owner_pid"], config["window"])
-    try:
-        coordinator.restore(restored)
-        print("READY", flush=True)  # only now may anyone read or connect
-        coordinator.run()
-    except Stop:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.close()
-    except BaseException:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        traceback.print_exc()
-        server.close()
-        raise
-
-
-if __name__ == "__main__":
-    main()

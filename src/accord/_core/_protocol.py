@@ -46,3 +46,11 @@ INPLACE_OPERATORS = {
     "|=": "ior",
 }
 INPLACE = frozenset(INPLACE_OPERATORS.values())
+
+
+def describe(path: tuple) -> str:
+    """``share.obj.items[3]`` for the path (obj, ATTR, items, ITEM, 3)."""
+    text = f"share.{path[0]}"
+    for i in range(1, len(path), 2):
+        text += f".{path[i + 1]}" if path[i] == ATTR else f"[{path[i + 1]!r}]"
+    return text

@@ -69,6 +69,33 @@ def dumps(value) -> bytes:
         return cloudpickle_dumps(value)
 
 
+# Buffers at least this big travel out of band when a backend can keep them
+# (pickle protocol 5): smaller ones cost less to copy than to map.
+OUT_OF_BAND = 1 << 16
+
+
+def dumps_out_of_band(value) -> tuple[bytes, list[memoryview]]:
+    """Serialize a snapshot, its big contiguous buffers (numpy arrays,
+    pandas blocks...) left out: (in-band pickle, [raw buffers])."""
+    raws: list[memoryview] = []
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous
+            return True
+        if raw.nbytes < OUT_OF_BAND:
+            return True
+        raws.append(raw)
+        return False
+
+    try:
+        return pickle.dumps(value, 5, buffer_callback=keep_in_band), raws
+    except Exception:
+        raws.clear()
+        return cloudpickle_dumps(value, keep_in_band), raws
+
+
 _by_value: set[str] = set()
 
 
@@ -106,7 +133,7 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def cloudpickle_dumps(value) -> bytes:
+def cloudpickle_dumps(value, buffer_callback=None) -> bytes:
     """cloudpickle, with the script's own module pickled by value everywhere.
 
     cloudpickle ships what is defined in ``__main__`` by value, but in a
@@ -118,7 +145,7 @@ def cloudpickle_dumps(value) -> bytes:
         cloudpickle.register_pickle_by_value(sys.modules["__mp_main__"])
         _by_value.add("__mp_main__")
     with io.BytesIO() as buffer:
-        _Pickler(buffer, protocol=5).dump(value)
+        _Pickler(buffer, protocol=5, buffer_callback=buffer_callback).dump(value)
         return buffer.getvalue()
 
 

@@ -1,0 +1,34 @@
+"""A backend is chosen by URL scheme; today's keyword spellings keep working."""
+
+from __future__ import annotations
+
+import pytest
+
+from accord import Share
+from accord.backends._registry import backend_of
+
+
+def test_schemes_and_keywords_name_their_backend():
+    assert backend_of("shm") == ("shm", "")
+    assert backend_of("shm://jobs") == ("shm", "jobs")
+    assert backend_of("memory") == ("memory", "")
+    assert backend_of("memory://") == ("memory", "")
+    for url in ("redis://127.0.0.1:6379/0", "rediss://h:1/0", "unix:///tmp/redis.sock"):
+        assert backend_of(url) == ("redis", url)  # kept whole for redis-py
+
+
+@pytest.mark.parametrize("value", ["redis", "postgres://h/db", "SHM", "", None, "mem://"])
+def test_anything_else_is_refused_naming_the_choices(value):
+    with pytest.raises(ValueError, match="shm://NAME"):
+        backend_of(value)
+
+
+def test_a_share_by_url():
+    with Share(backend="memory://") as share:
+        share.x = 1
+        assert share.x == 1
+    with Share(backend="shm://test-registry") as share:
+        share.x = [1]
+        assert Share.connect("test-registry").x == [1]
+    with pytest.raises(ValueError, match="two names"):
+        Share("a", backend="shm://b")

@@ -1,0 +1,365 @@
+"""Big objects: zero-copy reads of arrays, partial writes committed at the
+cost of what changed, and never a torn read — across real processes, under
+every spawn backend, on the shm and redis backends."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pd = pytest.importorskip("pandas")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from accord import ForeignSegment, Share  # noqa: E402
+from accord.backends.shm import _buffers  # noqa: E402
+
+BACKENDS = ("shm", "redis")  # a memory share lives in one process
+WORKERS = 4
+DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def share(any_share):
+    return any_share
+
+
+def _needs_numpy_in_workers(spawn_backend):
+    if spawn_backend == "subinterpreter":
+        # numpy's C extension loads once per process: a sub-interpreter that
+        # imports it raises ImportError ("cannot load module more than once
+        # per process"), and reading a shared array unpickles one.
+        pytest.skip("numpy cannot be imported in a sub-interpreter")
+
+
+def _join(procs):
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0, f"worker exit code {p.exitcode}"
+
+
+# -- zero copy ---------------------------------------------------------------------
+
+
+def _buffer_segments(share) -> list[str]:
+    stem = share._link.info.stem
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"{stem}~b"))
+
+
+def test_an_unchanged_read_is_the_same_read_only_view():
+    with Share() as share:
+        share.arr = np.arange(1_000_000, dtype=np.float64)  # 8 MB: out of band
+        view = share.get("arr", copy=False)
+        assert not view.flags.writeable
+        with pytest.raises(ValueError):
+            view[0] = 1.0
+        assert share.get("arr", copy=False) is view  # no copy, no unpickling
+        assert np.asarray(share.arr) is view
+        assert share.arr.sum() == view.sum()
+        copy = share.get("arr")  # the default: a private, writable copy
+        assert copy.flags.writeable and not np.shares_memory(copy, view)
+        copy[0] = 5.0
+        assert share.get("arr", copy=False)[0] == 0.0
+        # The buffer lives in its own private segment, mapped read-only here.
+        segments = _buffer_segments(share)
+        assert segments
+        for name in segments:
+            assert os.stat(f"/dev/shm/{name}").st_mode & 0o777 == 0o600
+        del share.arr
+        share.flush()
+        assert _buffer_segments(share) == []
+        share.small = np.arange(10)  # small buffers stay in the pickle
+        share.flush()
+        assert _buffer_segments(share) == []
+
+
+def test_a_held_view_never_changes():
+    with Share() as share:
+        share.arr = np.zeros(500_000)
+        held = [share.get("arr", copy=False)]
+        for k in range(1, 20):
+            share.arr[k] = k
+            share.arr[100:200] = k
+            held.append(share.get("arr", copy=False))
+        for k, view in enumerate(held):
+            assert view[100] == (k if k else 0.0)
+            assert view[1 : k + 1].tolist() == list(range(1, k + 1))
+            assert not view[k + 1 : 100].any()
+
+
+def test_reader_mappings_keep_no_descriptor():
+    with Share() as share:
+        share.flag = 0
+        share.get("flag")  # connected
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(20):
+            share[f"a{i}"] = np.full(100_000, i, dtype=np.float64)
+            assert share.get(f"a{i}", copy=False)[0] == i
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_foreign_buffer_segment_is_refused(tmp_path):
+    with Share() as share:
+        share.arr = np.arange(100_000, dtype=np.float64)
+        share.flush()
+        (name,) = _buffer_segments(share)
+        os.chmod(f"/dev/shm/{name}", 0o644)
+        with pytest.raises(ForeignSegment, match="not private"):
+            _buffers._Mapping(name)
+
+
+# -- partial writes ------------------------------------------------------------------
+
+
+def test_slices_masks_and_index_arrays_match_numpy(any_share):
+    share = any_share
+    rng = np.random.default_rng(12)
+    local = rng.standard_normal((300, 400))
+    share.arr = local.copy()
+    for step in range(40):
+        choice = step % 8
+        if choice == 0:
+            i, j = rng.integers(0, 300), rng.integers(0, 400)
+            share.arr[i, j] = local[i, j] = step
+        elif choice == 1:
+            a, b = sorted(rng.integers(0, 300, 2))
+            share.arr[a:b] = local[a:b] = -step
+        elif choice == 2:
+            mask = rng.random((300, 400)) < 0.01
+            share.arr[mask] = local[mask] = step
+        elif choice == 3:
+            share.arr[:, 7] += 1.5
+            local[:, 7] += 1.5
+        elif choice == 4:
+            share.arr += 1
+            local += 1
+        elif choice == 5:
+            share.arr[::-3, 2:9:2] = local[::-3, 2:9:2] = step * 2
+        elif choice == 6:
+            row = int(rng.integers(0, 300))
+            share.arr[row] *= 2  # a row, in place
+            local[row] *= 2
+        else:
+            share.arr[-1, -1] = local[-1, -1] = -1.0
+        assert np.array_equal(share.get("arr", copy=False), local), f"step {step}"
+        assert np.array_equal(share.arr[5:50:3], local[5:50:3])
+        assert np.array_equal(share.arr[local > 1], local[local > 1])
+
+
+def test_one_element_write_costs_what_changed():
+    with Share() as share:
+        share.arr = np.zeros(4_000_000)  # 32 MB
+        for i in range(12):
+            share.arr[i] = 1.0
+            assert share.get("arr", copy=False)[i] == 1.0
+        assert share.get("arr", copy=False).sum() == 12
+
+
+def test_a_commit_copies_only_the_changed_bytes():
+    from accord._core._ranges import changed_bytes
+    from accord._core._serialize import dumps_out_of_band
+
+    stem = f"accord.{os.getuid()}.test-{os.getpid()}-ranges"
+    writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
+    try:
+        local = np.zeros(1_000_000)  # 8 MB
+        held = []
+        for step in range(30):
+            if step == 0:
+                touched = None
+            elif step % 3 == 1:
+                key = slice(step, step + 10)
+                touched = [changed_bytes(local, key)]
+                local[key] = step
+            elif step % 3 == 2:
+                key = local == step - 1  # a mask: its first to its last element
+                touched = [changed_bytes(local, key)]
+                local[key] = -step
+            else:
+                touched = [changed_bytes(local, step * 1000)]
+                local[step * 1000] = step
+            before = writer.copied
+            data, raws = dumps_out_of_band(local)
+            snapshot = writer.publish("arr", data, raws, touched)
+            copied = writer.copied - before
+            view = reader.load("arr", pickle.loads(snapshot))
+            assert np.array_equal(view, local), f"step {step}"
+            if 3 <= step < 20:  # fresh segments are filled whole, then only ranges
+                assert copied <= 8 * 40 * 3, f"step {step}: {copied} bytes copied"
+            if step >= 20:  # views held from now on: pinned, never written again
+                held.append((view, local.copy()))  # (so new segments: whole copies)
+        for view, then in held:
+            assert np.array_equal(view, then)
+        # An unknown change (None): the whole buffer, correct all the same.
+        local += 1
+        before = writer.copied
+        data, raws = dumps_out_of_band(local)
+        view = reader.load("arr", pickle.loads(writer.publish("arr", data, raws, None)))
+        assert writer.copied - before == local.nbytes
+        assert np.array_equal(view, local)
+    finally:
+        reader.close()
+        writer.close()
+
+
+def _write_rows(share, worker, rows, cols):
+    for r in range(worker, rows, WORKERS):
+        share.arr[r] = r * 10.0 + np.arange(cols)
+
+
+def _write_frame_rows(share, worker, rows):
+    for r in range(worker, rows, WORKERS):
+        if r % 2:
+            share.apply("df", _set_row, r, float(r))
+        else:  # an indexer through the proxy: one command too
+            share.df.loc[r, "a"] = float(r)
+            share.df.loc[r, "b"] = -float(r)
+
+
+def _set_row(df, r, v):
+    df.loc[r, "a"] = v
+    df.loc[r, "b"] = -v
+
+
+def test_disjoint_rows_of_an_array_and_a_frame_from_four_processes(share, ctx, spawn_backend):
+    _needs_numpy_in_workers(spawn_backend)
+    rows, cols = 64, 5_000
+    share.arr = np.zeros((rows, cols))
+    share.df = pd.DataFrame({"a": np.zeros(rows * 100), "b": np.zeros(rows * 100)})
+    procs = [ctx.Process(target=_write_rows, args=(share, w, rows, cols)) for w in range(WORKERS)]
+    procs += [ctx.Process(target=_write_frame_rows, args=(share, w, rows)) for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    _join(procs)
+    expected = np.arange(rows)[:, None] * 10.0 + np.arange(cols)
+    assert np.array_equal(share.get("arr", copy=False), expected)
+    df = share.get("df", copy=False)
+    assert df["a"][:rows].tolist() == [float(r) for r in range(rows)]
+    assert df["b"][:rows].tolist() == [-float(r) for r in range(rows)]
+    assert not df["a"][rows:].any()
+
+
+def _add(share, n):
+    for _ in range(n):
+        share.arr += 1
+        share.arr[3] += 2
+
+
+def test_in_place_add_from_four_processes_is_exact(share, ctx, spawn_backend):
+    _needs_numpy_in_workers(spawn_backend)
+    share.arr = np.zeros(100_000)
+    procs = [ctx.Process(target=_add, args=(share, 25)) for _ in range(WORKERS)]
+    for p in procs:
+        p.start()
+    _join(procs)
+    result = share.get("arr", copy=False)
+    assert result[3] == 3 * WORKERS * 25
+    assert (np.delete(result, 3) == WORKERS * 25).all()
+
+
+def _set_constants(share, n, done):
+    for k in range(1, n + 1):
+        share.arr[:] = float(k)
+        share.flush()  # committed one by one: every value is a state a reader may see
+    done.set()
+
+
+def test_a_reader_never_sees_a_torn_array(share, ctx, spawn_backend):
+    _needs_numpy_in_workers(spawn_backend)
+    share.arr = np.zeros(512 * 1024)  # 4 MB
+    done = ctx.Event()
+    writer = ctx.Process(target=_set_constants, args=(share, 30, done))
+    writer.start()
+    seen, held = set(), []
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        finished = done.is_set()
+        view = share.get("arr", copy=False)
+        low, high = view.min(), view.max()
+        assert low == high, f"a torn read: {low} and {high} in one array"
+        seen.add(float(low))
+        if len(held) < 50:
+            held.append((float(low), view))
+        if finished:
+            break
+        assert time.monotonic() < deadline, "the writer did not finish in time"
+    _join([writer])
+    assert share.get("arr", copy=False)[0] == 30.0
+    assert len(seen) >= 2
+    for value, view in held:  # views held across commits never changed
+        assert view.min() == view.max() == value
+
+
+# -- change logs: replay is exact (in one process: the coordinator is another) ---
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["append", "insert", "pop", "set", "del", "extend", "clear"]),
+            st.integers(-5, 5),
+        ),
+        max_size=40,
+    )
+)
+def test_list_changes_replay_exactly(ops):
+    with Share() as share:
+        share.lst = [0, 1, 2]
+        local = [0, 1, 2]
+        len(share.lst)
+        for name, k in ops:
+            if name == "append":
+                share.lst.append(k)
+                local.append(k)
+            elif name == "insert":
+                share.lst.insert(k, k)
+                local.insert(k, k)
+            elif name == "extend":
+                share.lst.extend((k, k))
+                local.extend((k, k))
+            elif name == "clear":
+                share.lst.clear()
+                local.clear()
+            elif local and name == "pop":
+                share.lst.pop()
+                local.pop()
+            elif local and -len(local) <= k < len(local):
+                if name == "set":
+                    share.lst[k] = "s"
+                    local[k] = "s"
+                else:
+                    del share.lst[k]
+                    del local[k]
+            assert share.get("lst") == local
+
+
+def test_a_restart_keeps_big_buffers_and_logged_changes():
+    import signal
+
+    from accord import CoordinatorLost
+
+    share = Share()
+    try:
+        share.arr = np.arange(200_000, dtype=np.float64)
+        share.arr[5] = -1.0
+        share.lst = list(range(1000))
+        assert len(share.lst) == 1000
+        share.lst.append(-1)
+        assert share.lst[-1] == -1  # committed as a change log entry
+        share.flush()
+        os.kill(share.coordinator_pid, signal.SIGKILL)
+        share._link.client.owner_process.wait(10)
+        with pytest.raises(CoordinatorLost):
+            share.lst.pop()
+        assert share.restart() == []
+        arr = share.get("arr", copy=False)
+        assert arr[5] == -1.0 and arr[6] == 6.0
+        assert share.get("lst") == [*range(1000), -1]
+    finally:
+        share.close()
