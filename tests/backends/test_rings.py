@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ring_workers import append_forever, append_then_die, check, entry, produce
 
-from accord._errors import AccordError
+from accord._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord.backends.shm import _ring
 from accord.backends.shm._rings import BELL, SPILL, Consumer, Producer, RingSegment
 from accord.backends.shm._segment import leftovers, unlink
@@ -82,7 +82,7 @@ def test_a_full_ring_waits_for_the_consumer_then_fails_with_a_deadline(rings):
     consumer = Consumer(segment)
     appended = 0
     started = time.monotonic()
-    with pytest.raises(AccordError, match="stayed full"):
+    with pytest.raises(CoordinatorStalled, match="stayed full"):
         while True:
             producer.append(b"x" * 100, timeout=0.3)
             appended += 1
@@ -129,7 +129,7 @@ def test_a_spill_entry_naming_a_foreign_segment_is_refused(rings):
     consumer = Consumer(segment)
     base = segment.base(0)
     _ring.ring_append(segment.buf, base, b"accord.0.other~spill.1\x0010", SPILL, segment.buf, BELL)
-    with pytest.raises(AccordError, match="foreign segment"):
+    with pytest.raises(ForeignSegment, match="foreign segment"):
         consumer.drain(0)
 
 
@@ -146,7 +146,7 @@ def test_a_new_consumer_resumes_from_the_committed_position(rings):
     entries, position = first.drain(0)
     assert len(entries) == 10
     # `first` dies having drained 10..19 without committing them.
-    with pytest.raises(AccordError, match="resume=True"):
+    with pytest.raises(SegmentCorrupt, match="resume=True"):
         Consumer(segment)
     second = Consumer(segment, resume=True)
     entries, position = second.drain(0)
@@ -180,7 +180,7 @@ def test_any_sequence_of_entry_sizes(rings, ops):
             seq += 1
             try:
                 producer.append(data, timeout=0)
-            except AccordError:  # full: the model says so too
+            except CoordinatorStalled:  # full: the model says so too
                 entries, position = consumer.drain(0)
                 assert entries == [model.popleft() for _ in entries]
                 consumer.commit(0, position)
@@ -287,3 +287,30 @@ def test_sixteen_producers_on_two_cores(rings, ctx):
             p.join(60)
     assert [p.exitcode for p in processes] == [0] * producers
     assert seen == [count] * producers
+
+
+def test_the_c_functions_check_their_arguments():
+    """_ring and _atomic share their argument checks (_shmargs.h): a wrong
+    count, a misaligned or out-of-range word, a missing ring are Python
+    errors, never a write outside the buffer."""
+    from accord.backends.shm import _atomic
+
+    buf = bytearray(4096)
+    with pytest.raises(TypeError, match=r"load\(buffer, offset\)"):
+        _atomic.load(buf)
+    with pytest.raises(TypeError, match=r"bell_ring\(bell_buffer, bell_offset\)"):
+        _ring.bell_ring(buf)
+    for bad in (3, -8, 4096):
+        with pytest.raises(IndexError, match="aligned 8-byte slot"):
+            _atomic.store(buf, bad, 1)
+        with pytest.raises(IndexError, match="aligned 8-byte slot"):
+            _ring.bell_disarm(buf, bad)
+    with pytest.raises(ValueError, match="no initialised ring"):
+        _ring.ring_state(buf, 0)
+    with pytest.raises(TypeError, match="positions"):
+        _ring.bell_arm(buf, 0, buf, [])
+    _ring.ring_init(buf, 0, 1024)
+    with pytest.raises(IndexError, match="aligned 8-byte slot"):
+        _ring.ring_append(buf, 0, b"x", 0, buf, 4093)
+    assert _ring.ring_state(buf, 0) == (0, 0, 1024 - _ring.RING_DATA)  # nothing appended
+    assert bytes(buf[1024:]) == bytes(3072)  # nothing written outside the ring

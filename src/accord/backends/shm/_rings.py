@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from ..._errors import AccordError
+from ..._errors import CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from ._ring import (
     bell_arm,
     bell_disarm,
@@ -61,12 +61,6 @@ FULL_TIMEOUT_S = 600.0
 _HEADER = struct.Struct("<3Q")
 
 
-def private_attach(name: str, min_size: int = 1) -> Segment:
-    """Map segment `name` once it is shown to be ours and private (0600):
-    another local user could have created it to feed us entries."""
-    return Segment.attach(name, min_size=min_size)
-
-
 class RingSegment:
     """The segment holding every client's ring and the consumer's doorbell."""
 
@@ -77,7 +71,7 @@ class RingSegment:
         self.buf = segment.buf
         magic, self.count, self.ring_size = _HEADER.unpack_from(self.buf, 0)
         if magic != MAGIC or FIRST_RING + self.count * self.ring_size > len(self.buf):
-            raise AccordError(f"{segment.name!r} is not an accord ring segment")
+            raise SegmentCorrupt(f"{segment.name!r} is not an accord ring segment")
 
     @classmethod
     def create(
@@ -95,7 +89,9 @@ class RingSegment:
 
     @classmethod
     def attach(cls, name: str) -> RingSegment:
-        return cls(private_attach(name, FIRST_RING))
+        # Checked to be ours and private (0600) before a byte is read:
+        # another local user could have created it to feed us entries.
+        return cls(Segment.attach(name, min_size=FIRST_RING))
 
     def base(self, index: int) -> int:
         if not 0 <= index < self.count:
@@ -153,7 +149,7 @@ class Producer:
             self._alive()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AccordError(
+                raise CoordinatorStalled(
                     f"the command ring stayed full for {timeout:.0f} s: the coordinator "
                     "is alive but not applying commands (a command that never returns?)"
                 )
@@ -197,7 +193,7 @@ class Consumer:
             except ValueError:  # never handed out
                 continue
             if not resume and head != tail:
-                raise AccordError("a new consumer found entries in a ring: resume=True?")
+                raise SegmentCorrupt("a new consumer found entries in a ring: resume=True?")
             self.positions[base] = tail
 
     def drain(self, index: int, max_bytes: int = 1 << 20) -> tuple[list[bytes], int]:
@@ -216,11 +212,11 @@ class Consumer:
     def _unspill(self, base: int, entry: tuple[int, bytes], position: int) -> bytes:
         flag, data = entry
         if flag != SPILL:
-            raise AccordError(f"unknown ring entry flag {flag}")
+            raise SegmentCorrupt(f"unknown ring entry flag {flag}")
         name, size = data.decode().split("\0")
         if not name.startswith(self._spill_prefix):
-            raise AccordError(f"a ring entry names a foreign segment {name!r}")
-        segment = private_attach(name)
+            raise ForeignSegment(f"a ring entry names a foreign segment {name!r}")
+        segment = Segment.attach(name)  # checked ours and 0600, as above
         try:
             payload = bytes(segment.buf[: int(size)])
         finally:
@@ -252,7 +248,7 @@ class Consumer:
         base = self.rings.base(index)
         head, tail, _ = ring_state(self.buf, base)
         if head != tail:
-            raise AccordError(f"ring {index} still holds uncommitted entries")
+            raise SegmentCorrupt(f"ring {index} still holds uncommitted entries")
         self.recycle(index)
 
     def recycle(self, index: int) -> None:
