@@ -7,16 +7,17 @@ worker, so every worker must be up), round-trip latency of one tiny task
 (``submit(f).result()``), 100 tasks each given a 1 MB numpy array, and the
 default ``map`` of 20,000 tiny tasks (each pool's own default chunking:
 accord's adaptive chunks, ``multiprocessing.Pool.map``'s length / 4 per
-worker, ``ProcessPoolExecutor.map``'s one call per task).  The
+worker, ``ProcessPoolExecutor.map``'s one call per task), over a range
+and again over a list (accord sends a range's chunks as ranges).  The
 alternatives use the same start method; the sub-interpreter backend is
 compared with forkserver, the default.  Ratios are other/accord: above 1,
 accord is that many times faster.  Each figure is the best of a few runs
 (the development machine is shared: the best run is the least disturbed).
 
 Then CPU-bound scaling: a pure-Python loop, 8 tasks on 1 and then 2
-workers, sub-interpreters against processes -- on 3.12 and later each
-sub-interpreter has its own GIL and should scale like processes; on 3.11
-they share one.
+workers (the best of 3 runs each), sub-interpreters against processes --
+on 3.12 and later each sub-interpreter has its own GIL and should scale
+like processes; on 3.11 they share one.
 """
 
 from __future__ import annotations
@@ -138,6 +139,18 @@ def _mp_map(pool, n):
     pool.map(noop, range(n))  # its default chunksize
 
 
+_LIST = list(range(20000))
+
+
+def _executor_map_list(pool, n):
+    for _ in pool.map(noop, _LIST[:n]):
+        pass
+
+
+def _mp_map_list(pool, n):
+    pool.map(noop, _LIST[:n])
+
+
 def _has_numpy() -> bool:
     try:
         import numpy  # noqa: F401
@@ -205,18 +218,31 @@ def compare(backends, quick: bool) -> None:
                     best(lambda: elapsed_ms(pools[2], lambda p: _executor_map(p, items)), 1),  # noqa: B023
                 )
             )
+            # The same over a list (a range's chunks pickle as three numbers each);
+            # not ProcessPoolExecutor: one call per task as above, 2 s for nothing new.
+            ours_list, mp_list = (
+                best(lambda p=pool, r=run: elapsed_ms(p, lambda q: r(q, items)), repeat)
+                for pool, run in zip(pools, (_executor_map_list, _mp_map_list), strict=False)
+            )
+            rows.append(("  the same over a list (ms)", ours_list, mp_list, None))
         finally:
             for pool in pools:
                 _close(pool)
         for measure, a, m, p in rows:
-            print(
-                f"{backend:<15}{measure:<30}{a:>10.1f}{m:>10.1f}{p:>12.1f}"
-                f"{m / a:>9.2f}x{p / a:>9.2f}x"
-            )
+            other = f"{'-':>12}" if p is None else f"{p:>12.1f}"
+            ratio = f"{'-':>10}" if p is None else f"{p / a:>9.2f}x"
+            print(f"{backend:<15}{measure:<30}{a:>10.1f}{m:>10.1f}{other}{m / a:>9.2f}x{ratio}")
+
+
+def _burn_s(pool, n: int, tasks: int) -> float:
+    start = time.perf_counter()
+    list(pool.map(burn, [n] * tasks, chunksize=1))
+    return time.perf_counter() - start
 
 
 def scaling(quick: bool) -> None:
-    """CPU-bound: 8 pure-Python tasks on 1 then 2 workers; start-up against spawn."""
+    """CPU-bound: 8 pure-Python tasks on 1 then 2 workers (best of 3 each); start-up
+    against spawn."""
     n, tasks = (300_000, 4) if quick else (2_000_000, 8)
     print(f"\nCPU-bound scaling: {tasks} tasks of burn({n:,}) (a pure-Python loop)")
     print(f"{'workers are':<28}{'1 worker (s)':>14}{'2 workers (s)':>15}{'speed-up':>10}")
@@ -227,9 +253,7 @@ def scaling(quick: bool) -> None:
         for workers in (1, 2):
             with Pool(workers, backend=backend) as pool:
                 list(pool.map(noop, range(workers * 2), chunksize=1))  # every worker up
-                start = time.perf_counter()
-                list(pool.map(burn, [n] * tasks, chunksize=1))
-                times.append(time.perf_counter() - start)
+                times.append(best(lambda p=pool: _burn_s(p, n, tasks), 3))
         print(f"{label:<28}{times[0]:>14.2f}{times[1]:>15.2f}{times[0] / times[1]:>9.2f}x")
     if _interpreters.available():
         sub = best(lambda: startup_s(lambda: Pool(WORKERS, "subinterpreter"), _executor_wave), 3)

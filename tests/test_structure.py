@@ -21,15 +21,8 @@ import accord
 SRC = Path(accord.__file__).parent
 CORE = ("accord._core", "accord._errors", "accord._remote", "accord._logging")
 
-# share/ reaching into a backend instead of through a registry: the backend
-# is still chosen, launched and restarted by name in share/_share.py.
 # spawn/ ships big frames in shm segments.
 KNOWN_DEBTS = {
-    ("accord.share._share", "accord.backends.shm._client"),
-    ("accord.share._share", "accord.backends.shm._server"),
-    ("accord.share._share", "accord.backends.shm._transport"),
-    ("accord.share._share", "accord.backends.memory._memory"),
-    ("accord.share._share", "accord.backends.redis._launch"),
     ("accord.spawn._pool", "accord.backends.shm._segment"),
     ("accord.spawn._wire", "accord.backends.shm._segment"),
 }

@@ -172,7 +172,7 @@ def test_close_deletes_every_key_and_keys_have_a_ttl(redis_server):
 
 
 def test_an_abandoned_share_expires(redis_server):
-    url = redis_server.url + "?ttl=1"
+    url = redis_server.url + "?ttl=3"  # 1 s lapsed under load while the share was alive
     share = Share(name="test-expire", backend=url, key=KEY)
     share.x = 1
     share.flush()
@@ -413,6 +413,10 @@ def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_s
     finally:
         from accord.backends.redis._client import delete_share
 
-        delete_share(share._link.info)  # the service sees the share go and stops
+        info = share._link.info
+        try:
+            share.close()  # settles the append above now, not in a 5 s wait at exit
+        finally:
+            delete_share(info)  # the service sees the share go and stops
         _, err = service.communicate(timeout=20)
     assert service.returncode == 0, err

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from accord import Share
-from accord.backends._registry import backend_of
+from accord import Share, ShareNotFound
+from accord.backends._registry import SCHEMES, backend, backend_of
 
 
 def test_schemes_and_keywords_name_their_backend():
@@ -32,3 +32,24 @@ def test_a_share_by_url():
         assert Share.connect("test-registry").x == [1]
     with pytest.raises(ValueError, match="two names"):
         Share("a", backend="shm://b")
+
+
+def test_every_backend_is_reached_through_the_registry():
+    # Share knows no backend module: each package exports one BACKEND.
+    for kind in sorted(set(SCHEMES.values())):
+        chosen = backend(kind)
+        assert all(callable(getattr(chosen, m)) for m in ("create", "attach", "restart"))
+
+
+def test_connect_by_url():
+    with Share(backend="shm://test-registry-url") as share:
+        share.x = 2
+        assert Share.connect("shm://test-registry-url").x == 2
+        with pytest.raises(ValueError, match="two names"):
+            Share.connect("shm://test-registry-url", name="other")
+    with pytest.raises(ShareNotFound):
+        Share.connect("shm://test-registry-url")
+    with pytest.raises(ValueError, match="which share"):
+        Share.connect("shm://")
+    with Share(backend="memory") as share, pytest.raises(ValueError, match="cannot be connected"):
+        Share.connect("memory://")

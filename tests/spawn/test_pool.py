@@ -135,9 +135,11 @@ def test_a_task_past_its_timeout_ends_its_worker(spawn_backend, separate_process
         assert isinstance(TaskTimeout("x"), TimeoutError)
         (after, _) = pool.submit(whoami).result(timeout=30)
         assert after != before
-        # Timeouts count from when the task starts, not from submission.
-        slow = pool.submit(time.sleep, 0.5)
-        quick = pool.submit(square, 2, timeout=0.4)
+        # Timeouts count from when the task starts, not from submission: from
+        # submission, `quick` would be overdue before `slow` could end.  (Its
+        # own run has 1.5 s: generous on a loaded machine.)
+        slow = pool.submit(time.sleep, 2.0)
+        quick = pool.submit(square, 2, timeout=1.5)
         slow.result(timeout=30)
         assert quick.result(timeout=30) == 4
 
@@ -396,20 +398,25 @@ def test_a_reply_that_arrives_as_the_timeout_ends_the_worker_counts(
     # The worker answers just past the deadline, while the dispatcher is about
     # to end it, and starts the task it held next: the answer must count and
     # the next task (already run) must not run a second time elsewhere.
+    # The test, not the clock, decides when the task is overdue: its timeout
+    # is far off until the test moves its start back (a loaded machine may
+    # take seconds to run `gated` up to its gate; that must not end it).
     with Share() as share:
         share.started, share.open, share.runs = 0, False, 0
         with Pool(1, backend=spawn_backend) as pool:
             pool.submit(record, share).result(timeout=30)  # imported, attached: quick now
             share.runs = 0
-            first = pool.submit(gated, share, "done", timeout=1.0)
+            first = pool.submit(gated, share, "done", timeout=600)
             second = pool.submit(record, share)
             wait_for(share, "started", 1)
+            assert not first.done()
             with pool._lock:  # the dispatcher stops on its way to end the worker
-                deadline = pool._slots[0].head_since + 1.0
+                slot = pool._slots[0]
+                assert slot.tasks[0].future is first and slot.ready
+                slot.head_since -= 600  # overdue now
+                pool._wake()  # out of select(), whose timeout was 600 s
                 end = time.monotonic() + 30
-                while not (
-                    _in_function(pool._thread, "_end_overdue") and time.monotonic() > deadline
-                ):
+                while not _in_function(pool._thread, "_end_overdue"):
                     assert time.monotonic() < end, "the dispatcher never looked at the deadline"
                     time.sleep(0.0005)
                 share.open = True
@@ -682,6 +689,36 @@ def test_map_sends_tiny_calls_in_chunks_with_a_result_or_error_each(spawn_backen
 
 def _lock_at(x):
     return threading.Lock() if x == 2 else x
+
+
+def test_map_of_known_length_starts_one_chunk_per_worker_slicing_ranges_and_lists(
+    spawn_backend, monkeypatch
+):
+    from accord.spawn._pool import _MAX_KNOWN_CHUNK
+
+    with Pool(2, backend=spawn_backend) as pool:
+        sent = []  # the calls of each task, as the pool made them
+        make = pool._new_task
+
+        def spy(blob, fn, args, *rest):
+            sent.append(args)
+            return make(blob, fn, args, *rest)
+
+        monkeypatch.setattr(pool, "_new_task", spy)
+        assert list(pool.map(square, range(5000))) == [x * x for x in range(5000)]
+        # Two tasks for two workers, each a range (three numbers to pickle).
+        assert sent[:2] == [range(0, 2500), range(2500, 5000)]
+        sent.clear()
+        items = list(range(10))
+        assert list(pool.map(square, items)) == [x * x for x in items]
+        assert sent[:2] == [items[:5], items[5:]]
+        assert all(type(calls) is list for calls in sent)
+        sent.clear()
+        # A huge known length: chunks stay bounded, the input is never copied.
+        results = pool.map(square, range(10**12))
+        assert next(results) == 0
+        results.close()
+        assert sent[0] == range(0, _MAX_KNOWN_CHUNK)
 
 
 def test_map_spreads_long_calls_over_every_worker(spawn_backend):
@@ -1068,7 +1105,7 @@ def test_a_chunk_of_long_calls_stops_early_and_the_rest_spreads(spawn_backend):
     with Pool(2, backend=spawn_backend) as pool:
         pool.submit(square, 1).result(timeout=30)
         before = _tasks_sent(pool)
-        # 40 known calls on 2 workers: chunks of 5, each stopped after its
+        # 40 known calls on 2 workers: chunks of 20, each stopped after its
         # first calls; the rest of each goes out again, one call per task.
         values, error = _collect(pool.map(slow_whoami, range(40)))
         assert [v[0] for v in values] == list(range(13))

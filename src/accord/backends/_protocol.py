@@ -1,6 +1,8 @@
 """The Backend seam: what `Share`, `Link` and `Coordinator` ask of a backend.
 
-A backend is three parts: an *info* (what a process needs to attach; it
+`Share` finds a backend by name in the registry (`_registry.backend`): a
+`Backend` object that creates, attaches to and restarts shares.  A share of
+it is then three parts: an *info* (what a process needs to attach; it
 travels with a pickled share), a per-process *client* (reads, flags,
 commands), and the coordinator's *server* (commands in, snapshots and flags
 out).  These Protocols are documentation and type-checking aids only; the
@@ -13,6 +15,44 @@ A new backend passes the same suite: add it to `BACKENDS` in
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+
+class CoordinatorProcess(Protocol):
+    """The coordinator as its owner sees it: a `subprocess.Popen`, or a
+    thread shaped like one (memory)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...  # None while it runs
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def terminate(self) -> None: ...  # stop: the share is closing
+    def kill(self) -> None: ...
+
+
+class Backend(Protocol):
+    """One backend package's entry point (its ``BACKEND``, which the registry
+    returns): everything `Share` does by backend goes through it."""
+
+    def create(
+        self, name: str, url: str, key: bytes | str | None, window: float
+    ) -> tuple[BackendInfo, CoordinatorProcess]:
+        """Create share `name` (at `url`, for a network backend) and start
+        its coordinator; `window` is the commit window (seconds)."""
+        ...
+
+    def attach(self, url: str, name: str | None, key: bytes | str | None) -> BackendInfo:
+        """The live share `name` (at `url`) created elsewhere, checked to
+        exist: ShareNotFound if it does not."""
+        ...
+
+    def restart(
+        self, info: BackendInfo, window: float
+    ) -> tuple[BackendInfo, CoordinatorProcess, list[str]]:
+        """Start a new coordinator for `info`, whose coordinator died, from
+        its last committed state: (the new incarnation's info, its
+        coordinator, names lost with the old one).  RestartRefused if the
+        backend cannot."""
+        ...
 
 
 class BackendInfo(Protocol):

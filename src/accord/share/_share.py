@@ -4,46 +4,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
-import pickle
 import secrets
-import select
 import subprocess
-import sys
 import threading
 import weakref
-from typing import Any
 
 from .._core import _protocol as P
 from .._core._values import private
-from .._errors import (
-    AccordError,
-    CoordinatorStartFailed,
-    RestartRefused,
-    ShareExists,
-    ShareNotFound,
-)
-from ..backends._protocol import BackendInfo
-from ..backends._registry import backend_of
+from .._errors import RestartRefused
+from ..backends import _registry
+from ..backends._protocol import BackendInfo, CoordinatorProcess
 from ..backends._replies import raise_all
-from ..backends.shm import _transport
-from ..backends.shm._client import (
-    ShareInfo,
-    abandoned_records,
-    forget,
-    load_record,
-    note_unconfirmed,
-    save_record,
-)
-from ..backends.shm._server import remove_leftovers
 from . import _proxy
 from ._async import AsyncView
 from ._augmented import DONE, Augmenting, is_augmented
 from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy, read_only
 
-START_TIMEOUT = 30.0
 _MISSING = object()
 _get = object.__getattribute__  # self._link would run Share.__getattribute__
 
@@ -144,36 +122,16 @@ class Share:
         stored in Redis.  `commit_window` is the longest time (seconds) a
         changed object waits to be committed when no reader asks for it.
         """
-        kind, rest = backend_of(backend)
-        if kind != "redis" and rest:  # shm://NAME
-            if name is not None and name != rest:
-                raise ValueError(f"two names for one share: name={name!r} and {backend!r}")
-            name = rest
-        if name is None:
-            name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
-        elif not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
-            raise ValueError(
-                f"invalid share name {name!r}: use 1-48 letters, digits, '_', '.', '-'"
-                " starting with a letter or digit"
-            )
+        chosen, url, name = _registry.for_share(backend, name)
         if commit_window < 0:
             raise ValueError("commit_window must be >= 0")
-        if kind == "shm":
-            if key is not None:
-                raise ValueError("key= is for network backends; shm shares make their own key")
-            info, process = _start_coordinator(name, commit_window)
-        elif kind == "memory":
-            from ..backends.memory._memory import start
-
-            info, process = start(name, commit_window)
-        else:
-            info, process = _start_redis(backend, name, key, commit_window)
+        info, process = chosen.create(name, url, key, commit_window)
         object.__setattr__(self, "_link", Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
 
-    def _adopt(self, info, process: Any) -> None:  # a Popen, or the memory thread shaped like one
+    def _adopt(self, info: BackendInfo, process: CoordinatorProcess) -> None:
         info.client().owner_process = process
         object.__setattr__(
             self, "_finalizer", weakref.finalize(self, _shutdown, info, process, os.getpid())
@@ -191,19 +149,8 @@ class Share:
         backend=url, key=key)``, from any machine (`key` defaults to
         ``$ACCORD_KEY``).
         """
-        if target.startswith(_REDIS_SCHEMES):
-            return cls._attach(_redis_info(target, name, key, create=False))
-        if name is not None or key is not None:
-            raise ValueError("name= and key= go with a Redis URL: Share.connect(url, name=...)")
-        name = target
-        if not isinstance(name, str) or not _transport.NAME_PATTERN.fullmatch(name):
-            raise ValueError(f"invalid share name {name!r}")
-        info = load_record(name)
-        if info is None:
-            raise ShareNotFound(f"no share named {name!r} is running for this user")
-        share = cls._attach(info)
-        share._link.client.check_alive()
-        return share
+        chosen, url, name = _registry.for_connect(target, name)
+        return cls._attach(chosen.attach(url, name, key))
 
     @classmethod
     def _attach(cls, info: BackendInfo) -> Share:
@@ -404,25 +351,10 @@ class Share:
                 f"the coordinator (pid {link.info.pid}) is running; restart() recovers "
                 "a share whose coordinator died"
             )
-        if link.info.backend == "memory":
-            raise RestartRefused("a memory share cannot be restarted: its coordinator is a thread")
-        if link.info.backend == "redis":
-            # Nothing to salvage: the committed state and every command after
-            # it are in Redis; the new coordinator continues from there.
-            self._finalizer.detach()
-            from ..backends.redis._launch import start
-
-            process, lost = start(link.info, self._window, _spawn)
-            self._adopt(link.info, process)
-            return lost
-        client.retire()
-        restored, lost = client.snapshots.salvage()
-        note_unconfirmed(client)  # before its segments go: the next operation says so
+        info, process, lost = _registry.backend(link.info.backend).restart(link.info, self._window)
         self._finalizer.detach()
-        forget(link.info)
-        remove_leftovers(link.info.stem, link.info.socket_path, keep_record=True)
-        info, process = _start_coordinator(link.info.name, self._window, restored)
-        link.rebind(info)
+        if info is not link.info:
+            link.rebind(info)
         self._adopt(info, process)
         return lost
 
@@ -567,124 +499,7 @@ def _path_of(target) -> tuple:
     return (_check_name(target),)
 
 
-# -- the coordinator process ----------------------------------------------------
-
-
-def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | None = None):
-    runtime = _transport.runtime_dir()
-    socket_path = runtime / f"{name}.sock"
-    key_file = runtime / f"{name}.key"
-    # Segment names carry a random part: another local user, who can list
-    # /dev/shm, cannot create them first (see _segment for the checks).
-    # "~" is not allowed in share names: "accord.UID.NAME~" is this share's.
-    stem = f"accord.{os.getuid()}.{name}~{secrets.token_hex(8)}"
-    if key_file.exists() or socket_path.exists():
-        _refuse_if_alive(name)
-        # A dead share's, of this name.
-        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
-    for dead in abandoned_records():  # and those of other dead shares of this user
-        remove_leftovers(dead.stem, dead.socket_path)
-    key = secrets.token_bytes(32)
-    config = {
-        "stem": stem,
-        "socket_path": str(socket_path),
-        "key": key.hex(),
-        "owner_pid": os.getpid(),
-        "sys_path": [p or os.getcwd() for p in sys.path],
-        "window": window,
-        "restore": restore is not None,
-    }
-    extra = pickle.dumps(restore, 5) if restore is not None else b""
-    process, _line = _spawn(
-        "accord.backends.shm._coordinator",
-        config,
-        extra,
-        name,
-        lambda: remove_leftovers(stem, str(socket_path)),
-    )
-    info = ShareInfo(name, stem, str(socket_path), key, process.pid)
-    save_record(info)
-    return info, process
-
-
-def _spawn(module: str, config: dict, extra: bytes, name: str, undo) -> tuple:
-    """Start a coordinator process (`python -m module`, `config` as JSON on
-    its stdin, then `extra`); wait for its READY line: (process, line).
-    On failure, kill it, call `undo()` and raise."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", module],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        close_fds=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(config["sys_path"])},
-    )
-    assert process.stdin is not None and process.stdout is not None  # both are PIPEs
-    try:
-        process.stdin.write(json.dumps(config).encode() + b"\n" + extra)
-        process.stdin.close()
-        line = _readline(process, START_TIMEOUT)
-    except BaseException:
-        process.kill()
-        process.wait()
-        undo()
-        raise
-    finally:
-        process.stdout.close()
-    if not line.startswith(b"READY"):
-        process.kill()
-        process.wait()
-        undo()
-        raise CoordinatorStartFailed(
-            f"the coordinator of share {name!r} failed to start: {line.decode().strip()!r}"
-        )
-    return process, line
-
-
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def _redis_info(url: str, name: str | None, key, create: bool):
-    from ..backends.redis._launch import info_for
-
-    return info_for(url, name, key, create)
-
-
-def _start_redis(url: str, name: str, key, window: float):
-    from ..backends.redis._launch import start
-
-    info = _redis_info(url, name, key, create=True)
-    process, _lost = start(info, window, _spawn, create=True)
-    return info, process
-
-
-def _readline(process: subprocess.Popen, timeout: float) -> bytes:
-    assert process.stdout is not None  # a PIPE
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        raise CoordinatorStartFailed(f"the coordinator did not start within {timeout} s")
-    return process.stdout.readline()
-
-
-def _refuse_if_alive(name: str) -> None:
-    info = load_record(name)
-    if info is None:
-        return
-    pid = info.pid
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return  # nobody home: leftovers of a dead share
-    try:
-        Share.connect(name)
-    except (AccordError, OSError):  # lost, closed, refused: not a live share
-        return
-    raise ShareExists(
-        f"a share named {name!r} is already running (coordinator pid {pid}); "
-        f"attach to it with Share.connect({name!r}) or choose another name"
-    )
-
-
-def _shutdown(info, process: subprocess.Popen, owner_pid: int) -> None:
+def _shutdown(info: BackendInfo, process: CoordinatorProcess, owner_pid: int) -> None:
     """Stop the coordinator and remove everything it made (owner only)."""
     if os.getpid() != owner_pid:
         return  # a forked child must not close its parent's share

@@ -301,11 +301,12 @@ class Pool(concurrent.futures.Executor):
     ) -> Iterator[Any]:
         """``fn`` over the items, in parallel; results in order.
 
-        Calls travel in chunks, one task each: by default sized from the
-        time calls take (a few milliseconds of work per chunk, at most a
-        quarter of the items per worker when their number is known), so tiny
-        calls cost little and long ones still spread over every worker;
-        ``chunksize=n`` fixes the size.  Each call still has its own result
+        Calls travel in chunks, one task each: by default one chunk per
+        worker when the number of calls is known (at most 65,536 calls),
+        then sized from the time calls take (a few milliseconds of work per
+        chunk); a worker stops a chunk of long calls early and the rest
+        spreads over every worker.  A range, list or tuple is sliced, not
+        iterated.  ``chunksize=n`` fixes the size.  Each call still has its own result
         or error: iterating yields results in input order and raises the
         first failed call's error when it gets there.
 
@@ -330,7 +331,9 @@ class Pool(concurrent.futures.Executor):
         total = _known_length(iterables)
         bar = _progress_bar(total) if progress else None
         if len(iterables) == 1:  # calls of one argument travel bare, not in 1-tuples
-            calls, kind = iter(iterables[0]), _worker.ONE
+            calls, kind = iterables[0], _worker.ONE
+            if type(calls) not in _SLICED:
+                calls = iter(calls)
         else:
             calls, kind = zip(*iterables, strict=False), _worker.STAR
         mapping = _Mapping(self, blob, fn, calls, kind, total, timeout, retries, chunksize, bar)
@@ -856,17 +859,24 @@ def _describe(fn, args: tuple) -> str:
 
 _TARGET_CHUNK_S = 0.005  # work per chunk: a round trip (~0.15 ms) costs a few % of it
 _MAX_CHUNK = 4096  # calls per chunk when the input's length is unknown
+_MAX_KNOWN_CHUNK = 65536  # calls per chunk when it is known (a few ms of tiny calls)
 _CHUNKS_PER_WORKER = 4  # chunks submitted ahead of the consumer, per worker
+# Inputs `map` slices rather than iterates: a chunk of a range is a range
+# (three numbers to pickle, not a list of them); a list's slice is one copy.
+_SLICED = (range, list, tuple)
 
 
 class _Mapping:
     """One `Pool.map`: reads the input as results are consumed, sizes chunks.
 
     At most `_CHUNKS_PER_WORKER` chunks per worker are submitted and not yet
-    consumed, so memory is bounded whatever the input's length.  Until the
-    first chunk's time is known every chunk holds one call (a long call
-    must not hold a whole chunk hostage); then chunks are sized to take
-    about `_TARGET_CHUNK_S` each, from the time workers measured.
+    consumed, so memory is bounded whatever the input's length.  A known
+    number of calls starts as one chunk per worker (at most
+    `_MAX_KNOWN_CHUNK` calls): no more tasks than workers for tiny calls,
+    while a chunk of long calls stops early (see `_worker._run_chunk`) and
+    its rest spreads.  An unknown number starts with one call per chunk (a
+    long call must not hold a whole chunk hostage).  Once a chunk's time is
+    known, chunks are sized to take about `_TARGET_CHUNK_S` each.
     """
 
     def __init__(self, pool, blob, fn, calls, kind, total, timeout, retries, chunksize, bar):
@@ -886,17 +896,24 @@ class _Mapping:
         self.exhausted = False
         self.per_call_s: float | None = None
         limit = pool.workers * _CHUNKS_PER_WORKER
-        self.cap = _MAX_CHUNK if total is None else max(1, -(-total // limit))
+        if total is None:
+            self.cap = _MAX_CHUNK
+        else:
+            self.cap = max(1, min(_MAX_KNOWN_CHUNK, -(-total // pool.workers)))
         self.limit = limit
+        # A range, list or tuple: chunks are slices of it from `self.read` on.
+        self.sliced = type(calls) in _SLICED
+        self.read = 0
 
     def _size(self) -> int:
         if self.fixed is not None:
             return self.fixed
         if self.per_call_s is None:
-            # Unknown cost.  A known number of calls: a quarter per worker,
-            # as multiprocessing does -- an adaptive chunk stops early if its
-            # calls are long.  An unknown number: one call per chunk, until
-            # one has come back (not to read far ahead of a slow consumer).
+            # Unknown cost.  A known number of calls: one chunk per worker
+            # (multiprocessing sends four; an adaptive chunk stops early if
+            # its calls are long, so fewer round trips cost nothing in
+            # spread).  An unknown number: one call per chunk, until one has
+            # come back (not to read far ahead of a slow consumer).
             return self.cap if self.known else 1
         return _chunk_size(self.per_call_s, self.cap)
 
@@ -911,7 +928,7 @@ class _Mapping:
                 and len(self.window) + len(tasks) >= pool.workers
             ):
                 break  # one probe per worker until a time is known
-            chunk = list(itertools.islice(self.calls, self._size()))
+            chunk = self._take(self._size())
             if not chunk:
                 self.exhausted = True
                 break
@@ -921,9 +938,23 @@ class _Mapping:
             if self.bar is not None:
                 task.future.add_done_callback(functools.partial(_advance, self.bar, len(chunk)))
             tasks.append(task)
-        if tasks:  # all at once: one lock, one write per worker
+            if len(self.window) < pool.workers:
+                # Fewer chunks out than workers (a map begins): this one goes
+                # now, so a worker starts while the next chunk is pickled.
+                pool._enqueue(tasks, self.timeout)
+                self.window.extend(task.future for task in tasks)
+                tasks = []
+        if tasks:  # the rest at once: one lock, one write per worker
             pool._enqueue(tasks, self.timeout)
             self.window.extend(task.future for task in tasks)
+
+    def _take(self, n: int):
+        """The next `n` calls (fewer at the end of the input)."""
+        if self.sliced:
+            chunk = self.calls[self.read : self.read + n]
+            self.read += len(chunk)
+            return chunk
+        return list(itertools.islice(self.calls, n))
 
     def results(self) -> Iterator[Any]:
         """The results in order: a C-level iterator over each chunk's values."""

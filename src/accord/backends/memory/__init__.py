@@ -7,3 +7,7 @@ as for the other backends (values are still copied in and out, so a thread
 never sees another's object change under it); a memory share cannot be
 handed to another process.
 """
+
+from ._memory import BACKEND
+
+__all__ = ["BACKEND"]

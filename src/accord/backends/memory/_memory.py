@@ -16,11 +16,21 @@ import threading
 import time
 from collections import deque
 from multiprocessing.reduction import ForkingPickler
+from typing import TYPE_CHECKING
 
 from ..._core._coordinator import OrderedCoordinator
 from ..._core._slots import MISSING, SLOTS
-from ..._errors import CoordinatorLost, ShareClosed, ShareNotPortable, UsedFromOwnCoordinator
+from ..._errors import (
+    CoordinatorLost,
+    RestartRefused,
+    ShareClosed,
+    ShareNotPortable,
+    UsedFromOwnCoordinator,
+)
 from .._replies import Replies, kind_of
+
+if TYPE_CHECKING:
+    from .._protocol import Backend
 
 HEARTBEAT_S = 0.1
 _ids = itertools.count(1)
@@ -291,6 +301,22 @@ def _run(coordinator, state: _State) -> None:
         coordinator.expire_lock_waits(now)
 
 
+class MemoryBackend:
+    """The memory backend's `Backend`: a coordinator thread per share."""
+
+    def create(self, name: str, url: str, key, window: float) -> tuple[MemoryInfo, _Thread]:
+        return start(name, window)
+
+    def attach(self, url: str, name: str | None, key) -> MemoryInfo:
+        raise ValueError(
+            "a memory share cannot be connected to: hand its Share object to the threads "
+            "that use it (or create it with Share(name=..., backend='shm') to connect by name)"
+        )
+
+    def restart(self, info, window: float):
+        raise RestartRefused("a memory share cannot be restarted: its coordinator is a thread")
+
+
 def start(name: str, window: float) -> tuple[MemoryInfo, _Thread]:
     state = _State()
     coordinator = OrderedCoordinator(MemoryServer(state), os.getpid(), window)
@@ -304,3 +330,4 @@ def start(name: str, window: float) -> tuple[MemoryInfo, _Thread]:
 
 
 _clients: dict[int, MemoryClient] = {}
+BACKEND: Backend = MemoryBackend()  # checked against the protocol by basedpyright

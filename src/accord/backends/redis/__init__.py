@@ -7,6 +7,7 @@ anywhere attaches with ``Share.connect("redis://host:6379/0", name="run-7")``
 """
 
 from ._client import BackendUnavailable, RedisInfo
+from ._launch import BACKEND
 from ._signing import TamperedPayload
 
-__all__ = ["BackendUnavailable", "RedisInfo", "TamperedPayload"]
+__all__ = ["BACKEND", "BackendUnavailable", "RedisInfo", "TamperedPayload"]

@@ -1,17 +1,23 @@
-"""Creating a redis share and starting its coordinator (used by `Share`)."""
+"""Creating, attaching to and restarting a redis share (used by `Share`
+through the registry: `BACKEND`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import sys
+from subprocess import Popen
+from typing import TYPE_CHECKING
 
-from ..._errors import KeyRequired
+from ..._errors import KeyRequired, RestartRefused
+from .._process import launch_config, spawn
 from . import _client
 from ._client import RedisInfo, check_share, init_share
 from ._coordinator import LEASE_S
 from ._signing import resolve_key
+
+if TYPE_CHECKING:
+    from .._protocol import Backend, BackendInfo
 
 
 def info_for(url: str, name: str | None, key, create: bool) -> RedisInfo:
@@ -35,22 +41,44 @@ def info_for(url: str, name: str | None, key, create: bool) -> RedisInfo:
     return info
 
 
-def start(info: RedisInfo, window: float, spawn, create: bool = False) -> tuple:
+class RedisBackend:
+    """The redis backend's `Backend`: the share lives in Redis, its
+    coordinator is a process of the owner (any other may stand by)."""
+
+    def create(self, name: str, url: str, key, window: float) -> tuple[RedisInfo, Popen]:
+        info = info_for(url, name, key, create=True)
+        process, _lost = start(info, window, create=True)
+        return info, process
+
+    def attach(self, url: str, name: str | None, key) -> RedisInfo:
+        return info_for(url, name, key, create=False)
+
+    def restart(self, info: BackendInfo, window: float) -> tuple[RedisInfo, Popen, list[str]]:
+        if not isinstance(info, RedisInfo):
+            raise RestartRefused(f"not a redis share: {info!r}")
+        # Nothing to salvage: the committed state and every command after
+        # it are in Redis; the new coordinator continues from there.
+        process, lost = start(info, window)
+        return info, process, lost
+
+
+BACKEND: Backend = RedisBackend()  # checked against the protocol by basedpyright
+
+
+def start(info: RedisInfo, window: float, create: bool = False) -> tuple[Popen, list[str]]:
     """Start a coordinator process for `info` (after creating the share's
     keys if `create`): (process, names that could not be restored)."""
     if create:
         init_share(info)
-    config = {
-        "url": info.url,
-        "name": info.name,
-        "key": info.key.hex(),
-        "timeout": info.timeout,
-        "ttl": info.ttl,
-        "owner_pid": os.getpid(),
-        "sys_path": [p or os.getcwd() for p in sys.path],
-        "window": window,
-        "wait": 3 * LEASE_S,  # a predecessor just killed may hold the lease that long
-    }
+    config = launch_config(
+        window,
+        url=info.url,
+        name=info.name,
+        key=info.key.hex(),
+        timeout=info.timeout,
+        ttl=info.ttl,
+        wait=3 * LEASE_S,  # a predecessor just killed may hold the lease that long
+    )
 
     def undo():
         if create:

@@ -45,6 +45,7 @@ from ._segment import unlink as _unlink
 
 _LENGTH = struct.Struct("<Q")
 _STATE = struct.Struct("<3Q")  # length, epoch, used
+_LENGTH_AT, _EPOCH, _USED = 8, 16, 24  # their offsets
 # A snapshot segment: version (odd while the coordinator writes), length of
 # the base snapshot, epoch (raised by every full snapshot), bytes of change
 # log after the base (see _changes); then the base and the log.
@@ -139,8 +140,11 @@ def _write(seg: Segment, data: bytes) -> None:
     version = load(buf, 0)
     store(buf, 0, version + 1)  # odd: writing
     buf[HEADER : HEADER + len(data)] = data
-    _length, epoch, _used = _STATE.unpack_from(buf, 8)
-    _STATE.pack_into(buf, 8, len(data), epoch + 1, 0)
+    # Each header field is one atomic store: a reader may see some fields
+    # new and others old, never one field half written (see _read_log).
+    store(buf, _USED, 0)
+    store(buf, _LENGTH_AT, len(data))
+    store(buf, _EPOCH, load(buf, _EPOCH) + 1)
     store(buf, 0, version + 2)
 
 
@@ -148,14 +152,14 @@ def _append_log(seg: Segment, entry: bytes) -> bool:
     """Append `entry` to the change log after the base; False if it does
     not fit (then a full snapshot is due)."""
     buf = seg.buf
-    length, epoch, used = _STATE.unpack_from(buf, 8)
+    length, used = load(buf, _LENGTH_AT), load(buf, _USED)
     end = HEADER + length + used
     if end + len(entry) > seg.size or used + len(entry) > max(LOG_MIN, length):
         return False
     buf[end : end + len(entry)] = entry  # beyond `used`: no reader looks there yet
     version = load(buf, 0)
     store(buf, 0, version + 1)
-    _STATE.pack_into(buf, 8, length, epoch, used + len(entry))
+    store(buf, _USED, used + len(entry))
     store(buf, 0, version + 2)
     return True
 
@@ -169,7 +173,9 @@ def _read_log(seg: Segment, cached, check, what: str):
     while True:
         version = load(buf, 0)
         if not version & 1:
-            length, epoch, used = _STATE.unpack_from(buf, 8)
+            # One atomic load per field: each is whole, but together they may
+            # mix two commits; the check below throws such a mix away.
+            length, epoch, used = load(buf, _LENGTH_AT), load(buf, _EPOCH), load(buf, _USED)
             if length + used > seg.size - HEADER:  # torn: the version moves on, or corrupt
                 if load(buf, 0) == version:
                     raise SegmentCorrupt(f"{what} is corrupt (length {length} > its segment)")
@@ -181,9 +187,18 @@ def _read_log(seg: Segment, cached, check, what: str):
                 base = buf[HEADER : HEADER + length]
                 log = buf[HEADER + length : HEADER + length + used]
             # Entries are never rewritten within an epoch: appends since we
-            # looked leave our copy valid; a full snapshot changes the epoch.
+            # looked leave our copy valid (accepting them keeps a reader of a
+            # big base from starving while the coordinator keeps appending).
+            # A full snapshot changes the epoch; the fields read above may
+            # straddle it (an old length with the new epoch): all three must
+            # still hold.
             after = load(buf, 0)
-            if after == version or (not after & 1 and _STATE.unpack_from(buf, 8)[1] == epoch):
+            if after == version or (
+                not after & 1
+                and load(buf, _EPOCH) == epoch
+                and load(buf, _LENGTH_AT) == length
+                and load(buf, _USED) >= used
+            ):
                 return version, epoch, used, base, log
         if patience is None:
             patience = _Patience(check, what)

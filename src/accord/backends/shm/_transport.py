@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-import re
 import socket
 import stat
 import struct
@@ -25,7 +24,6 @@ _LENGTH = struct.Struct("<I")
 _ID = struct.Struct("<I")
 _CHALLENGE = 32
 HANDSHAKE_TIMEOUT = 5.0
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 
 
 def runtime_dir() -> Path:

@@ -1,0 +1,119 @@
+"""Creating, attaching to and restarting an shm share (used by `Share`
+through the registry: `BACKEND`)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+from subprocess import Popen
+from typing import TYPE_CHECKING
+
+from ..._errors import AccordError, RestartRefused, ShareExists, ShareNotFound
+from .._process import launch_config, spawn
+from . import _transport
+from ._client import (
+    ShareInfo,
+    abandoned_records,
+    client_for,
+    forget,
+    load_record,
+    note_unconfirmed,
+    save_record,
+)
+from ._server import remove_leftovers
+
+if TYPE_CHECKING:
+    from .._protocol import Backend, BackendInfo
+
+
+class ShmBackend:
+    """The shm backend's `Backend`: a coordinator process per share, found
+    by name through this user's runtime directory."""
+
+    def create(self, name: str, url: str, key, window: float) -> tuple[ShareInfo, Popen]:
+        if key is not None:
+            raise ValueError("key= is for network backends; shm shares make their own key")
+        return _start_coordinator(name, window)
+
+    def attach(self, url: str, name: str | None, key) -> ShareInfo:
+        if key is not None:
+            raise ValueError("name= and key= go with a Redis URL: Share.connect(url, name=...)")
+        if name is None:
+            raise ValueError("which share? Share.connect(name) or Share.connect('shm://NAME')")
+        info = load_record(name)
+        if info is None:
+            raise ShareNotFound(f"no share named {name!r} is running for this user")
+        client_for(info).check_alive()
+        return info
+
+    def restart(self, info: BackendInfo, window: float) -> tuple[ShareInfo, Popen, list[str]]:
+        if not isinstance(info, ShareInfo):
+            raise RestartRefused(f"not an shm share: {info!r}")
+        client = client_for(info)
+        # First mark the dead incarnation replaced: no process appends to its
+        # command rings after this, it follows the share to the new one.
+        client.retire()
+        restored, lost = client.snapshots.salvage()
+        note_unconfirmed(client)  # before its segments go: the next operation says so
+        forget(info)
+        remove_leftovers(info.stem, info.socket_path, keep_record=True)
+        new, process = _start_coordinator(info.name, window, restored)
+        return new, process, lost
+
+
+BACKEND: Backend = ShmBackend()  # checked against the protocol by basedpyright
+
+
+def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | None = None):
+    runtime = _transport.runtime_dir()
+    socket_path = runtime / f"{name}.sock"
+    key_file = runtime / f"{name}.key"
+    # Segment names carry a random part: another local user, who can list
+    # /dev/shm, cannot create them first (see _segment for the checks).
+    # "~" is not allowed in share names: "accord.UID.NAME~" is this share's.
+    stem = f"accord.{os.getuid()}.{name}~{secrets.token_hex(8)}"
+    if key_file.exists() or socket_path.exists():
+        _refuse_if_alive(name)
+        # A dead share's, of this name.
+        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
+    for dead in abandoned_records():  # and those of other dead shares of this user
+        remove_leftovers(dead.stem, dead.socket_path)
+    key = secrets.token_bytes(32)
+    config = launch_config(
+        window,
+        stem=stem,
+        socket_path=str(socket_path),
+        key=key.hex(),
+        restore=restore is not None,
+    )
+    extra = pickle.dumps(restore, 5) if restore is not None else b""
+    process, _line = spawn(
+        "accord.backends.shm._coordinator",
+        config,
+        extra,
+        name,
+        lambda: remove_leftovers(stem, str(socket_path)),
+    )
+    info = ShareInfo(name, stem, str(socket_path), key, process.pid)
+    save_record(info)
+    return info, process
+
+
+def _refuse_if_alive(name: str) -> None:
+    info = load_record(name)
+    if info is None:
+        return
+    pid = info.pid
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return  # nobody home: leftovers of a dead share
+    try:
+        BACKEND.attach("", name, None)
+    except (AccordError, OSError):  # lost, closed, refused: not a live share
+        return
+    raise ShareExists(
+        f"a share named {name!r} is already running (coordinator pid {pid}); "
+        f"attach to it with Share.connect({name!r}) or choose another name"
+    )
