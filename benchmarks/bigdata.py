@@ -6,9 +6,12 @@ Rows (each implementation side by side, ratios to accord):
 
 1. an unchanged read of a 100 MB float64 array by another process;
 2. a one-element write, then a read by another process that sees it (median);
-3. memory for that array read by 4 worker processes: the sum of PSS from
-   /proc/PID/smaps_rollup over owner, server/coordinator and workers;
-4. 20 append-then-read cycles (the read in another process) on a 200k-item
+3. the same with a one-cell write to a 100 MB DataFrame (`df.loc[i, c] = v`);
+4. memory for that array read by 4 worker processes: the sum of PSS from
+   /proc/PID/smaps_rollup over owner, server/coordinator and workers (each
+   owner hands its array over and drops its own, as a user short of memory
+   would; joblib's parent must keep it: it is the argument);
+5. 20 append-then-read cycles (the read in another process) on a 200k-item
    list and a 200k-key dict, against the same on an empty one.
 
 Alternatives: multiprocessing.Manager (a Namespace holding the array, a
@@ -78,6 +81,8 @@ def accord_worker(share, conn):
             conn.send((time.perf_counter() - start) / arg)
         elif cmd == "item":
             conn.send(float(zero_copy_get(share, "arr")[arg]))
+        elif cmd == "cell":
+            conn.send(float(zero_copy_get(share, "df")["c"].iloc[arg]))
         elif cmd == "sum":
             conn.send(float(zero_copy_get(share, "arr").sum()))
         elif cmd == "last":
@@ -102,6 +107,8 @@ def manager_worker(ns, conn):
             conn.send((time.perf_counter() - start) / arg)
         elif cmd == "item":
             conn.send(float(ns.arr[arg]))
+        elif cmd == "cell":
+            conn.send(float(ns.df["c"].iloc[arg]))
         elif cmd == "sum":
             a = ns.arr  # each reader holds its own copy, as a user's code would
             conn.send(float(a.sum()))
@@ -169,17 +176,26 @@ def row(label, results: dict, unit: str, fmt="{:.3g}") -> None:
     print(f"{label}\n    " + "\n    ".join(parts), flush=True)
 
 
+def _frame(n: int):
+    import pandas as pd
+
+    return pd.DataFrame({c: np.zeros(n // 4) for c in "abcd"})
+
+
 def array_rows(mb: int, reps: int) -> None:
     n = mb * 1024 * 1024 // 8
-    src = np.arange(n, dtype=np.float64)
-    read, write, memory, idle_workers = {}, {}, {}, {}
+
+    def make():
+        return np.arange(n, dtype=np.float64)
+
+    read, write, frame, memory, idle_workers = {}, {}, {}, {}, {}
     after_writes = 0.0
 
     # accord ---------------------------------------------------------------
     with Share() as share:
         workers = [Worker(accord_worker, share) for _ in range(4)]
         idle = sum(w.ask("ping") or pss_kb(w.process.pid) for w in workers)
-        share.arr = src
+        share.arr = make()  # handed over: the owner keeps no copy of its own
         share.flush()
         try:
             for w in workers:
@@ -200,43 +216,27 @@ def array_rows(mb: int, reps: int) -> None:
                 w.ask("sum")
             gc.collect()
             after_writes = sum(pss_kb(p) for p in pids) / 1024
-        finally:
-            for w in workers:
-                w.stop()
-
-    # multiprocessing.Manager: a Namespace attribute ------------------------
-    with multiprocessing.Manager() as manager:
-        ns = manager.Namespace()
-        workers = [Worker(manager_worker, ns) for _ in range(4)]
-        idle = sum(w.ask("ping") or pss_kb(w.process.pid) for w in workers)
-        ns.arr = src
-        try:
-            for w in workers:
-                w.ask("sum")
-            pids = [os.getpid(), manager._process.pid, *(w.process.pid for w in workers)]
-            memory["Manager"] = sum(pss_kb(p) for p in pids) / 1024
-            idle_workers["Manager"] = idle / 1024
-            read["Manager"] = workers[0].ask("read_time", 3) * 1e6
+            del share.arr
+            share.df = _frame(n)
+            share.flush()
+            workers[0].ask("cell", 0)
             times = []
-            for i in range(min(reps, 5)):
+            for i in range(reps):
                 started = time.perf_counter()
-                a = ns.arr  # the only way to write one element: the whole array
-                a[i] = -1.0
-                ns.arr = a
-                del a
-                assert workers[0].ask("item", i) == -1.0
+                share.df.loc[i, "c"] = -1.0
+                assert workers[0].ask("cell", i) == -1.0
                 times.append(time.perf_counter() - started)
-            write["Manager"] = statistics.median(times) * 1e3
+            frame["accord"] = statistics.median(times) * 1e3
         finally:
             for w in workers:
                 w.stop()
 
     # multiprocessing.shared_memory + np.ndarray (no safety at all) ----------
-    seg = multiprocessing.shared_memory.SharedMemory(create=True, size=src.nbytes)
+    seg = multiprocessing.shared_memory.SharedMemory(create=True, size=n * 8)
     try:
-        arr = np.ndarray(src.shape, dtype=np.float64, buffer=seg.buf)
-        arr[:] = src
-        workers = [Worker(shm_worker, seg.name, src.shape) for _ in range(4)]
+        arr = np.ndarray((n,), dtype=np.float64, buffer=seg.buf)
+        arr[:] = make()
+        workers = [Worker(shm_worker, seg.name, (n,)) for _ in range(4)]
         try:
             read["shared_memory"] = workers[0].ask("read_time", 1000) * 1e6
             times = []
@@ -246,6 +246,7 @@ def array_rows(mb: int, reps: int) -> None:
                 assert workers[0].ask("item", i) == -1.0
                 times.append(time.perf_counter() - started)
             write["shared_memory"] = statistics.median(times) * 1e3
+            frame["shared_memory"] = "n/a (one array, no frame)"
             for w in workers:
                 w.ask("sum")
             pids = [os.getpid(), *(w.process.pid for w in workers)]
@@ -263,6 +264,7 @@ def array_rows(mb: int, reps: int) -> None:
     if joblib is None:
         read["joblib"] = "not installed (pip install joblib)"
     else:
+        src = make()  # the argument of every task: the parent keeps it
         with (
             joblib.parallel_config(backend="loky", n_jobs=4, max_nbytes="1M"),
             joblib.Parallel() as parallel,
@@ -276,16 +278,67 @@ def array_rows(mb: int, reps: int) -> None:
             pss = parallel(joblib.delayed(_joblib_pss)(src) for _ in range(4))
             memory["joblib"] = (sum(pss) + pss_kb(os.getpid())) / 1024
         write["joblib"] = "n/a (workers get read-only memmaps; results return by value)"
+        del src
 
     ray = _optional("ray")
     if ray is None:
         read["Ray"] = "not installed here (pip install ray); skipped"
     else:
-        _ray_rows(ray, src, read, write, memory)
+        _ray_rows(ray, make(), read, write, memory)
 
-    del src
+    # multiprocessing.Manager: a Namespace attribute ------------------------
+    # (Measured last: the 100 MB pickles it moves through this process stay
+    # in its heap and would count against the memory of those after it.)
+    with multiprocessing.Manager() as manager:
+        ns = manager.Namespace()
+        workers = [Worker(manager_worker, ns) for _ in range(4)]
+        idle = sum(w.ask("ping") or pss_kb(w.process.pid) for w in workers)
+        ns.arr = make()
+        try:
+            for w in workers:
+                w.ask("sum")
+            pids = [os.getpid(), manager._process.pid, *(w.process.pid for w in workers)]
+            memory["Manager"] = sum(pss_kb(p) for p in pids) / 1024
+            idle_workers["Manager"] = idle / 1024
+            read["Manager"] = workers[0].ask("read_time", 3) * 1e6
+            times = []
+            for i in range(min(reps, 5)):
+                started = time.perf_counter()
+                a = ns.arr  # the only way to write one element: the whole array
+                a[i] = -1.0
+                ns.arr = a
+                del a
+                assert workers[0].ask("item", i) == -1.0
+                times.append(time.perf_counter() - started)
+            write["Manager"] = statistics.median(times) * 1e3
+            ns.arr = None
+            ns.df = _frame(n)
+            times = []
+            for i in range(min(reps, 3)):
+                started = time.perf_counter()
+                df = ns.df  # likewise: the whole frame, both ways
+                df.loc[i, "c"] = -1.0
+                ns.df = df
+                del df
+                assert workers[0].ask("cell", i) == -1.0
+                times.append(time.perf_counter() - started)
+            frame["Manager"] = statistics.median(times) * 1e3
+        finally:
+            for w in workers:
+                w.stop()
+
+    order = ("accord", "Manager", "shared_memory", "joblib", "Ray")
+    read, write, frame, memory = (
+        {k: d[k] for k in order if k in d} for d in (read, write, frame, memory)
+    )
     row(f"unchanged read of a {mb} MB array by another process", read, "us")
     row(f"one-element write, then a read in another process (median of {reps})", write, "ms")
+    row(
+        f"one-cell write to a {mb} MB DataFrame (df.loc[i, c] = v), then a read in another "
+        f"process (median of {reps}; Manager: of 3)",
+        frame,
+        "ms",
+    )
     row(f"memory, {mb} MB array read by 4 workers (sum of PSS)", memory, "MB", "{:.0f}")
     print(
         f"    accord after the {reps} writes (readers holding older versions, so the "
@@ -317,6 +370,7 @@ def _ray_rows(ray, src, read, write, memory) -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         ref = ray.put(src)
+        del src  # the object store holds it
 
         @ray.remote
         def reader(ref_list, n):

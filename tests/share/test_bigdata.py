@@ -4,9 +4,11 @@ every spawn backend, on the shm and redis backends."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import time
+import weakref
 
 import pytest
 
@@ -19,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from accord import ForeignSegment, Share  # noqa: E402
 from accord.backends.shm import _buffers  # noqa: E402
 
-BACKENDS = ("shm", "redis")  # a memory share lives in one process
+BACKENDS = ("shm", "memory", "redis")  # (tests with workers: shm and redis, see conftest)
 WORKERS = 4
 DEADLINE_S = 30.0
 
@@ -111,6 +113,174 @@ def test_a_foreign_buffer_segment_is_refused(tmp_path):
         os.chmod(f"/dev/shm/{name}", 0o644)
         with pytest.raises(ForeignSegment, match="not private"):
             _buffers._Mapping(name)
+
+
+def _mapped_file(pid, address: int) -> tuple[str, str] | None:
+    """(permissions, path) of the mapping of process `pid` that holds `address`."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[1], fields[5] if len(fields) > 5 else ""
+    return None
+
+
+def _private_segment_maps(pid, stem: str) -> set[str]:
+    """The share's buffer segments that process `pid` maps copy-on-write."""
+    found = set()
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "rw-p" and f"/{stem}~b" in fields[5]:
+                found.add(os.path.basename(fields[5]))
+    return found
+
+
+def _segment_of(view) -> str:
+    perms, path = _mapped_file("self", view.__array_interface__["data"][0])
+    assert perms.startswith("r--"), perms  # mapped read-only
+    return os.path.basename(path)
+
+
+def test_the_owner_keeps_no_copy_of_what_it_assigned():
+    with Share() as share:
+        arr = np.arange(1_000_000, dtype=np.float64)
+        gone = weakref.ref(arr)
+        share.arr = arr
+        share.flush()
+        del arr
+        gc.collect()
+        assert gone() is None  # the share kept no reference to it (nor a copy)
+        # Its later reads map the committed segment, like any reader's.
+        view = share.get("arr", copy=False)
+        assert view[7] == 7.0 and not view.flags.writeable
+        assert _segment_of(view).startswith(f"{share._link.info.stem}~b")
+
+
+def test_the_coordinator_holds_big_buffers_over_the_readers_pages():
+    with Share() as share:
+        stem, coordinator = share._link.info.stem, share.coordinator_pid
+        share.arr = np.arange(1_000_000, dtype=np.float64)
+        share.df = pd.DataFrame({"a": np.zeros(100_000), "b": np.arange(100_000)})
+        published = {_segment_of(share.get("arr", copy=False))}
+        frame = share.get("df", copy=False)
+        published |= {_segment_of(frame[c].to_numpy()) for c in frame}
+        # The coordinator's own copies are copy-on-write mappings of exactly
+        # the segments readers map: no private copy of the data.
+        assert _private_segment_maps(coordinator, stem) == published
+        for k in range(1, 4):  # after each commit it moves onto the new one
+            share.arr[k] = -k
+            share.df.loc[k, "a"] = float(k)
+            view, frame = share.get("arr", copy=False), share.get("df", copy=False)
+            assert view[k] == -k and frame["a"][k] == k
+            now = {_segment_of(view)} | {_segment_of(frame[c].to_numpy()) for c in frame}
+            assert now != published
+            assert _private_segment_maps(coordinator, stem) == now
+            published = now
+
+
+def _fill(arr, lo, hi, value):
+    arr[lo:hi].fill(value)  # a method: what it changes is not known ahead
+
+
+def _set_cells(df, rows, value):
+    for r in rows:
+        df.iat[r, 1] = value
+
+
+def test_writes_after_the_coordinator_maps_its_copy_land(any_share):
+    share = any_share
+    rng = np.random.default_rng(7)
+    local = rng.standard_normal(600_000)  # 4.8 MB, several pages per write
+    frame = pd.DataFrame({"a": np.zeros(50_000), "b": np.arange(50_000.0)})
+    share.arr, share.df = local.copy(), frame.copy()
+    held = []
+    for step in range(24):
+        kind = step % 8
+        if kind == 0:
+            share.arr[step] = local[step] = -step
+        elif kind == 1:
+            lo = int(rng.integers(0, 590_000))
+            share.apply("arr", _fill, lo, lo + 5_000, float(step))
+            local[lo : lo + 5_000] = step
+        elif kind == 2:
+            share.arr += 1.0
+            local += 1.0
+        elif kind == 3:  # a new array of the same size: the old mapping is let go
+            local = rng.standard_normal(600_000)
+            share.arr = local.copy()
+        elif kind == 4:
+            share.df.loc[step, "a"] = frame.loc[step, "a"] = step
+            share.df.iloc[-step, 1] = frame.iloc[-step, 1] = -step
+        elif kind == 5:
+            rows = rng.integers(0, 50_000, 20)
+            share.apply("df", _set_cells, rows, float(step))
+            _set_cells(frame, rows, float(step))
+        elif kind == 6:  # a column replaced: its block is reallocated
+            share.df["a"] = share.get("df")["a"] * 2 + step
+            frame["a"] = frame["a"] * 2 + step
+        else:
+            share.df.at[7, "b"] = frame.at[7, "b"] = 0.5 * step
+        view, df = share.get("arr", copy=False), share.get("df", copy=False)
+        assert np.array_equal(view, local), f"step {step}"
+        pd.testing.assert_frame_equal(df, frame, obj=f"step {step}")
+        held.append((view, local.copy(), df, frame.copy()))
+    for view, then, df, frame_then in held:  # held views never changed
+        assert np.array_equal(view, then)
+        pd.testing.assert_frame_equal(df, frame_then)
+
+
+def test_unknown_changes_to_an_adopted_buffer_copy_the_written_pages():
+    from accord._core._serialize import dumps_out_of_band
+
+    if not _buffers._pagemap_usable():
+        pytest.skip("this kernel does not tell written pages apart (/proc/self/pagemap)")
+    stem = f"accord.{os.getuid()}.test-{os.getpid()}-adopt"
+    writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
+    page = _buffers.PAGE
+    try:
+        local = pd.DataFrame({"a": np.zeros(200_000), "b": np.zeros(200_000)})  # 3.2 MB
+        data, raws = dumps_out_of_band(local)
+        writer.publish("df", data, raws, None)
+        mirror = writer.adopt("df", local, data)
+        assert mirror is not local  # rebuilt over the published pages
+        pd.testing.assert_frame_equal(mirror, local)
+        assert writer.adopt("df", mirror, data) is mirror  # once
+        held = []
+        expected = local.copy()  # the same writes on a plain frame
+        for step in range(1, 12):
+            for frame in (mirror, expected):  # ranges unknown to accord
+                frame.loc[step * 1000, "a"] = float(step)
+                frame.iloc[step * 3000, 1] = -float(step)
+            before = writer.copied
+            data, raws = dumps_out_of_band(mirror)
+            snapshot = writer.publish("df", data, raws, None)
+            assert writer.adopt("df", mirror, data) is mirror
+            copied = writer.copied - before
+            frame = reader.load("df", pickle.loads(snapshot))
+            pd.testing.assert_frame_equal(mirror, expected, obj=f"step {step}")
+            pd.testing.assert_frame_equal(frame, expected, obj=f"step {step}")
+            if 3 <= step < 8:  # every segment filled once: then only the written pages
+                assert copied <= 4 * page, f"step {step}: {copied} bytes copied"
+            if step >= 8:  # views held from now on: pinned, never written again
+                held.append((frame, expected.copy()))
+        # Replaced: the old object keeps its pages (its segment is retired,
+        # never written again); the new one is adopted in its turn.
+        old, then = mirror, mirror.copy()
+        for step in range(5):
+            new = pd.DataFrame({"a": np.full(200_000, step), "b": np.ones(200_000)})
+            data, raws = dumps_out_of_band(new)
+            snapshot = writer.publish("df", data, raws, None)
+            mirror = writer.adopt("df", new, data)
+            assert mirror is not new
+            pd.testing.assert_frame_equal(reader.load("df", pickle.loads(snapshot)), new)
+        pd.testing.assert_frame_equal(old, then)
+        for frame, frame_then in held:
+            pd.testing.assert_frame_equal(frame, frame_then)
+    finally:
+        reader.close()
+        writer.close()
 
 
 # -- partial writes ------------------------------------------------------------------
@@ -262,18 +432,22 @@ def test_in_place_add_from_four_processes_is_exact(share, ctx, spawn_backend):
     assert (np.delete(result, 3) == WORKERS * 25).all()
 
 
-def _set_constants(share, n, done):
+def _set_constants(share, n, done, how):
     for k in range(1, n + 1):
-        share.arr[:] = float(k)
+        if how == "item":
+            share.arr[:] = float(k)  # the changed bytes are known ahead
+        else:  # a method: the commit finds the coordinator's written pages
+            share.arr.fill(float(k))
         share.flush()  # committed one by one: every value is a state a reader may see
     done.set()
 
 
-def test_a_reader_never_sees_a_torn_array(share, ctx, spawn_backend):
+@pytest.mark.parametrize("how", ["item", "method"])
+def test_a_reader_never_sees_a_torn_array(share, ctx, spawn_backend, how):
     _needs_numpy_in_workers(spawn_backend)
     share.arr = np.zeros(512 * 1024)  # 4 MB
     done = ctx.Event()
-    writer = ctx.Process(target=_set_constants, args=(share, 30, done))
+    writer = ctx.Process(target=_set_constants, args=(share, 30, done, how))
     writer.start()
     seen, held = set(), []
     deadline = time.monotonic() + DEADLINE_S

@@ -37,6 +37,7 @@ from ._serialize import (
     unpack,
     unpack_call,
 )
+from ._server import OrderedServer, Server
 from ._slots import SLOTS
 from ._values import is_value
 
@@ -64,9 +65,9 @@ class _Lock:
 
 
 class Coordinator:
-    # `server` is any backend's server (shm, memory, redis); the protocol
-    # they share is not yet complete enough to name here.
-    def __init__(self, server: Any, owner_pid: int, window: float) -> None:
+    server: Server  # any backend's server (shm, memory, redis): see _server.py
+
+    def __init__(self, server: Server, owner_pid: int, window: float) -> None:
         self.server = server
         self.owner_pid = owner_pid
         self.window = window
@@ -343,6 +344,11 @@ class Coordinator:
                 )
             if raws:
                 writer.write(name, data, self.kind(name, value), raws, touched)
+                # The shm backend holds an array's buffer once: our copy
+                # becomes a copy-on-write mapping of what readers map.
+                adopt = getattr(writer, "adopt", None)
+                if adopt is not None:
+                    self.mirror[name] = adopt(name, value, data)
             else:
                 writer.write(name, data, self.kind(name, value))
         else:
@@ -572,7 +578,9 @@ class OrderedCoordinator(Coordinator):
     None: refused by the backend, skipped) and calls `process()`.
     """
 
-    def __init__(self, server, owner_pid: int, window: float) -> None:
+    server: OrderedServer
+
+    def __init__(self, server: OrderedServer, owner_pid: int, window: float) -> None:
         super().__init__(server, owner_pid, window)
         self.inbox: deque = deque()
         self.position = ""  # of the last command run

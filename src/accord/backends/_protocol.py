@@ -7,7 +7,9 @@ travels with a pickled share), a per-process *client* (reads, flags,
 commands), and the coordinator's *server* (commands in, snapshots and flags
 out).  These Protocols are documentation and type-checking aids only; the
 implementations are `shm` (`backends/shm/_client.py`, `_server.py`),
-`memory` (`backends/memory/_memory.py`) and `redis` (`backends/redis/`).
+`memory` (`backends/memory/_memory.py`) and `redis` (`backends/redis/`);
+basedpyright checks each against them (each package's ``BACKEND: Backend``
+and the info, client and server it leads to; each coordinator's server).
 A new backend passes the same suite: add it to `BACKENDS` in
 `tests/conftest.py`.
 """
@@ -15,6 +17,19 @@ A new backend passes the same suite: add it to `BACKENDS` in
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+from .._core._server import OrderedServer, PeerServer, Server
+
+__all__ = [
+    "Backend",
+    "BackendClient",
+    "BackendInfo",
+    "BackendServer",
+    "CoordinatorProcess",
+    "OrderedServer",
+    "PeerServer",
+    "Snapshot",
+]
 
 
 class CoordinatorProcess(Protocol):
@@ -99,12 +114,7 @@ class BackendClient(Protocol):
     def raise_deferred(self) -> None: ...
 
 
-class BackendServer(Protocol):
-    """The coordinator's side.  `snapshots` has write(name, data, kind) and
-    delete(name); for ordered backends `peer(client id)` makes reply targets."""
-
-    snapshots: Any
-
-    def set_applied(self, slot: int, value: int) -> None: ...
-    def send(self, peer: Any, payload: bytes) -> None: ...  # a reply or a deferred error
-    def close(self) -> None: ...
+# The coordinator's side -- what the core's state machine calls -- is
+# declared in the core, which calls it: `_core/_server.py` (Server; PeerServer
+# for shm's per-connection loop, OrderedServer for memory and redis).
+BackendServer = Server

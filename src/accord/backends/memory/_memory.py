@@ -25,8 +25,8 @@ from ..._errors import (
     RestartRefused,
     ShareClosed,
     ShareNotPortable,
-    UsedFromOwnCoordinator,
 )
+from .._clients import own_coordinator
 from .._replies import Replies, kind_of
 
 if TYPE_CHECKING:
@@ -76,10 +76,7 @@ class MemoryInfo:
         if client is None:
             raise ShareClosed(f"share {self.name!r} is closed")
         if threading.current_thread() is client.state.thread:
-            raise UsedFromOwnCoordinator(
-                f"share {self.name!r} cannot be used by code running on its own coordinator "
-                "(a shared object's method or an apply() function): it would wait for itself"
-            )
+            raise own_coordinator(f"share {self.name!r}")
         return client
 
     def reload(self) -> None:
@@ -239,6 +236,12 @@ class MemoryServer:
 
     def peer(self, client_id: int) -> _Peer:
         return _Peer(client_id)
+
+    def lost_intent(self, peer: _Peer) -> tuple[int, ...]:
+        return ()  # a write's flags and its command are queued in one step
+
+    def drop(self, peer: _Peer) -> None:
+        pass  # nothing is kept per client
 
     def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
         self.state.snapshots[name] = (next(self.state.versions), data, kind)

@@ -9,7 +9,6 @@ answered from the object this process last unpickled.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import threading
 import time
@@ -29,8 +28,8 @@ from ..._errors import (
     ShareClosed,
     ShareExists,
     ShareNotFound,
-    UsedFromOwnCoordinator,
 )
+from .._clients import Clients
 from .._replies import Replies, kind_of
 from . import _keys
 from ._keys import Keys, safe_url, split_url
@@ -191,6 +190,10 @@ class RedisClient:
         self.owner_process = None
         self.lost: CoordinatorLost | ShareClosed | None = None
         self._reset()
+
+    def _after_fork(self) -> None:
+        self._reset()  # a reply list of its own; redis-py reconnects by itself
+        self.owner_process = None
 
     def _reset(self) -> None:
         self._id = 0
@@ -410,45 +413,20 @@ class RedisClient:
             self.r.close()
 
 
-_clients: dict[tuple[str, str, bytes], RedisClient] = {}
-_clients_lock = threading.Lock()
-
-# Set in a coordinator process: the stem of the share it coordinates.
-coordinating: tuple[str, str, bytes] | None = None
+_clients: Clients[RedisClient] = Clients()  # by stem; `coordinating` in a coordinator
 
 
 def client_for(info: RedisInfo) -> RedisClient:
     """This process's client of the share described by `info`."""
-    stem = info.stem
-    if stem == coordinating:
-        raise UsedFromOwnCoordinator(
-            f"{info.where()} cannot be used by code running on its own coordinator "
-            "(a shared object's method or an apply() function): it would wait for itself"
-        )
-    client = _clients.get(stem)
-    if client is None or client.lost is not None:
-        with _clients_lock:
-            client = _clients.get(stem)
-            if client is None or client.lost is not None:
-                client = _clients[stem] = RedisClient(info)
-    return client
+    return _clients.get(
+        info.stem, info.where(), lambda: RedisClient(info), lambda client: client.lost is not None
+    )
 
 
 def forget(info: RedisInfo) -> None:
-    client = _clients.pop(info.stem, None)
+    client = _clients.pop(info.stem)
     if client is not None:
         client.close()
-
-
-def _after_fork_in_child() -> None:
-    global _clients_lock
-    _clients_lock = threading.Lock()
-    for client in _clients.values():
-        client._reset()  # a reply list of its own; redis-py reconnects by itself
-        client.owner_process = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_share(info: RedisInfo) -> None:

@@ -21,25 +21,21 @@ JSON on stdin, like the shm coordinator), or as a service with
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
-import signal
-import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 import redis
 import redis.exceptions
 
-from ... import _logging
 from ..._core import _protocol as P
 from ..._core._coordinator import OrderedCoordinator, Stop
 from ..._errors import CommandQuarantined, ShareExists, ShareNotFound
 from ..._remote import pack_error
+from .._process import coordinator_main
 from . import _client
 from ._client import RedisInfo, connect_redis
 from ._server import RedisServer, TakenOver, stream_id
@@ -57,6 +53,8 @@ log = logging.getLogger("accord.backends.redis")
 
 
 class RedisCoordinator(OrderedCoordinator):
+    server: RedisServer
+
     def __init__(self, server: RedisServer, owner_pid: int | None, window: float) -> None:
         super().__init__(server, owner_pid or 0, window)
         self.last_id = "0-0"
@@ -274,15 +272,6 @@ class RedisCoordinator(OrderedCoordinator):
         self.server.close()
 
 
-class _Stop(Stop):
-    """Raised by SIGTERM."""
-
-
-def _stop(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the stop finish
-    raise _Stop
-
-
 def serve(
     info: RedisInfo,
     window: float = 0.002,
@@ -296,7 +285,7 @@ def serve(
     it beside a live coordinator makes a standby that takes over when that
     one dies.  `ready(lost_names)` is called once it holds the share.
     """
-    _client.coordinating = info.stem
+    _client._clients.coordinating = info.stem
     server = RedisServer(info, LEASE_S)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
@@ -324,11 +313,10 @@ def serve(
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
-    signal.signal(signal.SIGTERM, _stop)
-    _logging.to_stderr()
-    config = json.loads(sys.stdin.buffer.readline())
-    sys.path[:] = config["sys_path"]
+    coordinator_main(_serve)
+
+
+def _serve(config: dict, extra: bytes, ready) -> None:
     info = RedisInfo(
         config["url"],
         config["name"],
@@ -336,23 +324,7 @@ def main() -> None:
         config["timeout"],
         config["ttl"],
     )
-
-    started = []
-
-    def ready(lost):
-        print("READY", json.dumps(lost), flush=True)
-        sys.stdout.close()  # the owner stops reading here
-        started.append(True)
-
-    try:
-        serve(info, config["window"], config["owner_pid"], wait=config["wait"], ready=ready)
-    except _Stop:
-        pass
-    except BaseException as exc:
-        if not started:
-            print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-        traceback.print_exc()
-        sys.exit(1)
+    serve(info, config["window"], config["owner_pid"], wait=config["wait"], ready=ready)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,12 @@ class RedisServer:
     def peer(self, client_id: int) -> Peer:
         return Peer(client_id)
 
+    def lost_intent(self, peer: Peer) -> tuple[int, ...]:
+        return ()  # a write's flags and its command reach Redis in one step
+
+    def drop(self, peer: Peer) -> None:
+        pass  # nothing is kept per client
+
     def has_replies(self) -> bool:
         return bool(self._replies)
 

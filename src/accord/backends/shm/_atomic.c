@@ -77,6 +77,7 @@ typedef struct {
     Py_ssize_t size;
     Py_ssize_t exports;
     int readonly; /* mapped PROT_READ: buffers are read-only, writes refused */
+    int private_; /* MAP_PRIVATE: writes stay in this process (copy on write) */
 } Mapping;
 
 static int
@@ -226,14 +227,56 @@ mapping_closed(Mapping *self, void *unused)
     return PyBool_FromLong(self->data == NULL);
 }
 
+/* Mapping.rebase(fd, offset): the same addresses, now a private (copy-on-write)
+ * mapping of fd from offset.  Why: the coordinator's copy of a big buffer
+ * lives over the snapshot it last published, so its pages are the readers'
+ * pages until it writes one; after each commit it moves onto the new
+ * snapshot (which holds exactly its contents) without moving the objects
+ * that view it.  MAP_FIXED replaces the old pages in one step. */
+static PyObject *
+mapping_rebase(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rebase(fd, offset)");
+        return NULL;
+    }
+    if (!mapping_open(self))
+        return NULL;
+    if (!self->private_) {
+        PyErr_SetString(PyExc_ValueError, "only a private mapping (map_private) can be rebased");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    long long offset = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    void *data;
+    Py_BEGIN_ALLOW_THREADS
+    data = mmap(self->data, (size_t)self->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+                (int)fd, (off_t)offset);
+    Py_END_ALLOW_THREADS
+    if (data == MAP_FAILED)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mapping_address(Mapping *self, void *unused)
+{
+    return PyLong_FromVoidPtr(self->data);
+}
+
 static PyMethodDef mapping_methods[] = {
     {"close", (PyCFunction)mapping_close, METH_NOARGS,
      "Unmap (BufferError while buffers are exported)."},
+    {"rebase", (PyCFunction)(void (*)(void))mapping_rebase, METH_FASTCALL,
+     "rebase(fd, offset): remap a private mapping, in place, over fd from offset."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef mapping_getset[] = {
     {"closed", (getter)mapping_closed, NULL, "Whether the mapping was closed.", NULL},
+    {"address", (getter)mapping_address, NULL, "Where the mapping starts in memory.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -257,6 +300,69 @@ static PyType_Spec mapping_spec = {
 };
 
 static PyObject *
+new_mapping(PyObject *module, void *data, Py_ssize_t size, int readonly, int private_)
+{
+    PyObject *tp = PyObject_GetAttrString(module, "Mapping");
+    if (tp == NULL) {
+        munmap(data, (size_t)size);
+        return NULL;
+    }
+    Mapping *self = (Mapping *)((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 0);
+    Py_DECREF(tp);
+    if (self == NULL) {
+        munmap(data, (size_t)size);
+        return NULL;
+    }
+    self->data = data;
+    self->size = size;
+    self->exports = 0;
+    self->readonly = readonly;
+    self->private_ = private_;
+    return (PyObject *)self;
+}
+
+/* map_private(fd, size, offset): a writable copy-on-write mapping of a
+ * segment: reads share the segment's pages, a page written becomes this
+ * process's own; the segment never changes. */
+static PyObject *
+map_private(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "map_private(fd, size, offset)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    long long offset = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "cannot map an empty segment");
+        return NULL;
+    }
+    void *data;
+    Py_BEGIN_ALLOW_THREADS
+    data = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE, (int)fd, (off_t)offset);
+    Py_END_ALLOW_THREADS
+    if (data == MAP_FAILED)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return new_mapping(module, data, size, 0, 1);
+}
+
+/* address(buffer): where a buffer's memory starts (to tell whether an
+ * object's buffer is a given mapping). */
+static PyObject *
+buffer_address(PyObject *module, PyObject *buffer)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *
 map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 && nargs != 3) {
@@ -274,29 +380,14 @@ map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "cannot map an empty segment");
         return NULL;
     }
-    PyObject *tp = PyObject_GetAttrString(module, "Mapping");
-    if (tp == NULL)
-        return NULL;
     void *data;
     Py_BEGIN_ALLOW_THREADS
     data = mmap(NULL, (size_t)size, readonly ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED,
                 (int)fd, 0);
     Py_END_ALLOW_THREADS
-    if (data == MAP_FAILED) {
-        Py_DECREF(tp);
+    if (data == MAP_FAILED)
         return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Mapping *self = (Mapping *)((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 0);
-    Py_DECREF(tp);
-    if (self == NULL) {
-        munmap(data, (size_t)size);
-        return NULL;
-    }
-    self->data = data;
-    self->size = size;
-    self->exports = 0;
-    self->readonly = readonly;
-    return (PyObject *)self;
+    return new_mapping(module, data, size, readonly, 0);
 }
 
 static int
@@ -322,6 +413,11 @@ static PyMethodDef methods[] = {
     {"map", (PyCFunction)(void (*)(void))map_fd, METH_FASTCALL,
      "map(fd, size, readonly=False) -> Mapping: map a shared segment (read-write unless "
      "readonly); fd may be closed after."},
+    {"map_private", (PyCFunction)(void (*)(void))map_private, METH_FASTCALL,
+     "map_private(fd, size, offset) -> Mapping: a writable copy-on-write mapping; fd may "
+     "be closed after."},
+    {"address", (PyCFunction)buffer_address, METH_O,
+     "address(buffer) -> int: where the buffer's memory starts."},
     {NULL, NULL, 0, NULL},
 };
 

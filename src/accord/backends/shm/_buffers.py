@@ -27,6 +27,18 @@ Guarantees:
   still pinned when a new one is needed is unlinked and forgotten: its
   readers keep their mapping, the memory goes with the last of them.
 
+- The coordinator's own copy shares the readers' pages.  Once an array
+  (or a pandas DataFrame or Series) is committed, the coordinator's object
+  is rebuilt over private copy-on-write mappings of the published segments
+  (`adopt`): it reads the very pages readers map, and a page it writes
+  becomes its own (4 kB per page touched, not the whole buffer).  After
+  each commit that mapping moves, at the same addresses, onto the newly
+  published segment, which holds exactly its contents (`_atomic`'s
+  `rebase`): the pages it had copied go back.  A segment under the
+  coordinator's mapping is the published one, never written; when the
+  coordinator's buffer stops being that mapping (the object was replaced,
+  a block reallocated), the segment is retired, never written again.
+
 Every segment is created O_CREAT|O_EXCL with mode 0600, checked (owner,
 mode) when a reader opens it, its descriptor closed once mapped, and
 unlinked by the coordinator when its object is deleted or the share closes.
@@ -34,16 +46,18 @@ unlinked by the coordinator when its object is deleted or the share closes.
 
 from __future__ import annotations
 
+import _posixshmem
 import itertools
 import mmap
 import os
 import pickle
 import stat
+import sys
 import weakref
 from collections import deque
 
 from ..._errors import ForeignSegment
-from ._atomic import fetch_add, load, store
+from ._atomic import address, fetch_add, load, map_private, store
 from ._atomic import map as _map
 from ._segment import Segment
 
@@ -114,10 +128,121 @@ class _Version:
         self.seg.close()
 
 
+def _open_own(segname: str, size: int) -> int:
+    """A read-only descriptor of one of the coordinator's own segments."""
+    fd = _posixshmem.shm_open("/" + segname, os.O_RDONLY | os.O_NOFOLLOW, mode=0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_size != size:
+            raise ForeignSegment(f"/dev/shm/{segname} is no longer the segment accord made")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_PRESENT = 1 << 63  # /proc/self/pagemap: the page is in memory
+_SWAPPED = 1 << 62
+_FILE = 1 << 61  # a page of the file (or shared): not copied on write
+_MAX_RANGES = 4096  # more written runs than this: copy the buffer whole
+_pagemap_works: bool | None = None
+
+
+def _own_pages(address: int, pages: int):
+    """For each page from `address`: whether it is this process's own
+    (copied on write, or swapped out) -- from /proc/self/pagemap."""
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        raw = os.pread(fd, pages * 8, address // PAGE * 8)
+    finally:
+        os.close(fd)
+    if len(raw) != pages * 8:
+        raise OSError("short read of /proc/self/pagemap")
+    np = _numpy
+    assert np is not None  # (callers check)
+    entries = np.frombuffer(raw, np.uint64)
+    present = (entries & np.uint64(_PRESENT)) != 0
+    file = (entries & np.uint64(_FILE)) != 0
+    return (present & ~file) | ((entries & np.uint64(_SWAPPED)) != 0)
+
+
+def _pagemap_usable() -> bool:
+    """Whether this kernel tells written pages of a private mapping apart
+    (checked once, on a probe: read one page, write another).  Where it
+    does not, every commit of an unknown change copies the whole buffer."""
+    global _pagemap_works
+    if _pagemap_works is None:
+        _pagemap_works = False
+        if _numpy is not None:
+            try:
+                fd = os.memfd_create("accord-pagemap-probe")
+                try:
+                    os.ftruncate(fd, 2 * PAGE)
+                    probe = map_private(fd, 2 * PAGE, 0)
+                finally:
+                    os.close(fd)
+                view = memoryview(probe)
+                _ = view[0]  # read: the file's page
+                view[PAGE] = 1  # written: our own copy
+                own = _own_pages(probe.address, 2)
+                view.release()
+                probe.close()
+                _pagemap_works = not own[0] and bool(own[1])
+            except (OSError, AttributeError):
+                pass
+    return _pagemap_works
+
+
+def _written(mirror, nbytes: int) -> list | None:
+    """The byte ranges of the coordinator's private mapping `mirror`
+    written since it was last mapped or rebased (its own pages), or None
+    when that cannot be told (then the whole buffer counts as changed)."""
+    if not _pagemap_usable():
+        return None
+    try:
+        own = _own_pages(mirror.address, (nbytes + PAGE - 1) // PAGE)
+    except OSError:
+        return None
+    np = _numpy
+    assert np is not None  # (checked by _pagemap_usable)
+    pages = np.flatnonzero(own)
+    if pages.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(pages) != 1)
+    if breaks.size >= _MAX_RANGES:
+        return None
+    starts = pages[np.r_[0, breaks + 1]]
+    ends = pages[np.r_[breaks, pages.size - 1]] + 1
+    return [
+        (int(lo) * PAGE, min(int(hi) * PAGE, nbytes)) for lo, hi in zip(starts, ends, strict=True)
+    ]
+
+
+def adoptable(value) -> bool:
+    """Whether the coordinator may hold `value` as its own pickle, unpickled
+    over mappings of the published buffers (its readers' form): an exact
+    numpy array, pandas DataFrame or Series.  Other objects may hold views
+    of one another's memory, which a round trip through pickle would part."""
+    kind = type(value)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and kind is numpy.ndarray:
+        return True
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and kind in (pandas.DataFrame, pandas.Series)
+
+
 class _Buffer:
     """The segments of one buffer of one object."""
 
-    __slots__ = ("history", "nbytes", "published", "unknown_since", "versions")
+    __slots__ = (
+        "base",
+        "history",
+        "mirror",
+        "nbytes",
+        "published",
+        "unknown_since",
+        "versions",
+    )
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
@@ -125,8 +250,64 @@ class _Buffer:
         self.published: _Version | None = None
         self.history: deque[tuple[int, list]] = deque()  # (commit, [(lo, hi)])
         self.unknown_since = 0  # the last commit whose changes are not known
+        # The coordinator's copy of this buffer, when it is a private mapping
+        # of a published segment (`base`, never written while it is).
+        self.mirror = None
+        self.base: _Version | None = None
+
+    def _follows(self, raw: memoryview) -> bool:
+        mirror = self.mirror
+        return mirror is not None and raw.nbytes == self.nbytes and address(raw) == mirror.address
+
+    def _let_go(self) -> _Version | None:
+        # The coordinator's buffer is no longer (only) our mapping: whatever
+        # still views the mapping must keep seeing its segment, so that
+        # segment is retired: never written again, unlinked once the new
+        # version is published.
+        base, self.mirror, self.base = self.base, None, None
+        if base is not None and base in self.versions:
+            self.versions.remove(base)
+            return base
+        return None
+
+    def _rebase(self, target: _Version) -> _Version | None:
+        """Move the coordinator's mapping onto `target`; if that segment
+        cannot be opened, let the mapping go (returns the segment to retire)."""
+        mirror = self.mirror
+        assert mirror is not None  # (it follows)
+        try:
+            fd = _open_own(target.seg.name, PAGE + self.nbytes)
+        except (OSError, ForeignSegment):
+            return self._let_go()  # our copy stays on its old, retired segment
+        try:
+            mirror.rebase(fd, PAGE)
+        finally:
+            os.close(fd)
+        self.base = target
+        return None
+
+    def map_mirror(self):
+        """A private copy-on-write mapping of the published segment, to
+        unpickle the coordinator's copy over."""
+        published = self.published
+        assert published is not None
+        fd = _open_own(published.seg.name, PAGE + self.nbytes)
+        try:
+            self.mirror = map_private(fd, self.nbytes, PAGE)
+        finally:
+            os.close(fd)
+        self.base = published
+        return self.mirror
 
     def publish(self, commit: int, raw: memoryview, ranges, new_segment) -> tuple[tuple, int]:
+        follows = self._follows(raw)
+        retired = None
+        if self.mirror is not None and not follows:
+            retired = self._let_go()
+        if ranges is None and follows:
+            # What changed is unknown (a DataFrame write, a method): the
+            # pages the coordinator wrote since the last commit are its own.
+            ranges = _written(self.mirror, self.nbytes)
         if ranges is None:
             self.history.clear()
             self.unknown_since = commit
@@ -136,7 +317,7 @@ class _Buffer:
                 self.unknown_since = self.history.popleft()[0]
         target = None
         for version in list(self.versions):
-            if version is self.published:
+            if version is self.published or version is self.base:
                 continue
             if version.claim():
                 target = version
@@ -163,9 +344,16 @@ class _Buffer:
         target.commit = commit
         seq = target.release()
         self.published = target
+        if follows:  # the coordinator's pages: back to the readers' ones
+            retired = self._rebase(target)
+        if retired is not None:
+            retired.drop()
         return (target.seg.name, seq, self.nbytes), copied
 
     def drop(self) -> None:
+        # (A mapping of ours that the coordinator's object still uses keeps
+        # its memory until that object goes; its segment is unlinked here.)
+        self.mirror = self.base = None
         for version in self.versions:
             version.drop()
         self.versions.clear()
@@ -207,6 +395,25 @@ class BufferWriter:
             refs.append(ref)
             self.copied += copied
         return pickle.dumps(OutOfBand(data, tuple(refs)), 5)
+
+    def adopt(self, name: str, value, data: bytes):
+        """What the coordinator should hold for `value`, just published as
+        `data` (its in-band pickle): `value` itself, or — the first time an
+        adoptable object is committed, or after one of its buffers was
+        reallocated — `data` unpickled over private mappings of the
+        published segments, so that it holds no copy of its own."""
+        buffers = self._buffers.get(name)
+        if not buffers or all(b.mirror is not None for b in buffers) or not adoptable(value):
+            return value
+        fresh = [b for b in buffers if b.mirror is None]
+        try:
+            # Buffers that still follow keep their mapping (the old object
+            # goes: nothing else on the coordinator refers to it).
+            return pickle.loads(data, buffers=[b.mirror or b.map_mirror() for b in buffers])
+        except Exception:  # keep the object as it is; never fail a commit for this
+            for b in fresh:
+                b.mirror = b.base = None
+            return value
 
     def drop(self, name: str) -> None:
         for buffer in self._buffers.pop(name, ()):

@@ -19,7 +19,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..._errors import CoordinatorLost, ShareClosed, UsedFromOwnCoordinator
+from ..._errors import CoordinatorLost, ShareClosed
+from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
@@ -436,14 +437,7 @@ def _pid_alive(pid: int, process) -> bool:
         return True
 
 
-_clients: dict[str, ShmClient] = {}
-_clients_lock = threading.Lock()
-
-
-# Set in a coordinator process: the share it coordinates.  Using that share
-# from inside its own coordinator (a method that reaches back into the share)
-# would wait for itself for ever; it is refused instead.
-coordinating: str | None = None
+_clients: Clients[ShmClient] = Clients()  # by stem; `coordinating` in a coordinator
 
 
 # Share name -> names written by writes this process sent to a coordinator
@@ -469,46 +463,33 @@ def note_unconfirmed(client: ShmClient) -> None:
 
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
-    if info.stem == coordinating:
-        raise UsedFromOwnCoordinator(
-            f"share {info.name!r} cannot be used by code running on its own coordinator "
-            "(a shared object's method or an apply() function): it would wait for itself"
-        )
-    client = _clients.get(info.stem)
-    if client is None or client.info.pid != info.pid:
-        with _clients_lock:
-            client = _clients.get(info.stem)
-            if client is None or client.info.pid != info.pid:
-                for old in list(_clients.values()):
-                    if old.info.name == info.name and old.info.pid != info.pid:
-                        note_unconfirmed(old)  # a restart: before it is swept
-                _sweep_closed()
-                client = ShmClient(info)
-                _clients[info.stem] = client
-    return client
+    return _clients.get(
+        info.stem,
+        f"share {info.name!r}",
+        lambda: _new_client(info),
+        lambda client: client.info.pid != info.pid,  # a restarted share's
+    )
+
+
+def _new_client(info: ShareInfo) -> ShmClient:  # under the registry's lock
+    for _stem, old in _clients.items():
+        if old.info.name == info.name and old.info.pid != info.pid:
+            note_unconfirmed(old)  # a restart: before it is swept
+    _sweep_closed()
+    return ShmClient(info)
 
 
 def _sweep_closed() -> None:
     # A long-lived worker may see many shares come and go: let go of the
     # sockets and mappings of those that were closed (or whose coordinator
     # was replaced).  Runs only when a new client is made.
-    for stem, client in list(_clients.items()):
+    for stem, client in _clients.items():
         if client.lost is not None or load(client.ctrl, _control.CLOSED):
-            del _clients[stem]
+            _clients.pop(stem)
             client.close()
 
 
 def forget(info: ShareInfo) -> None:
-    client = _clients.pop(info.stem, None)
+    client = _clients.pop(info.stem)
     if client is not None:
         client.close()
-
-
-def _after_fork_in_child() -> None:
-    global _clients_lock
-    _clients_lock = threading.Lock()
-    for client in _clients.values():
-        client._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

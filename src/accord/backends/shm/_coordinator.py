@@ -8,18 +8,16 @@ when the owner closes the share or dies.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import signal
-import sys
 import time
-import traceback
 from collections import deque
 
-from ... import _logging
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
+from ..._core._server import PeerServer
+from .._process import coordinator_main
 from . import _client
 from ._server import Peer, ShmServer
 
@@ -32,7 +30,7 @@ class ShmCoordinator(Coordinator):
     select() on the sockets (wake-up bytes, arrivals, departures) only once
     every ring is empty, and beats."""
 
-    server: ShmServer
+    server: PeerServer
 
     def run(self) -> None:
         last_beat = 0.0
@@ -94,39 +92,32 @@ class ShmCoordinator(Coordinator):
         super().peer_left(peer)
 
 
-def _stop(signum, frame):
-    raise Stop
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
-    signal.signal(signal.SIGTERM, _stop)
-    _logging.to_stderr()
-    config = json.loads(sys.stdin.buffer.readline())
-    sys.path[:] = config["sys_path"]
-    _client.coordinating = config["stem"]
+def serve(config: dict, extra: bytes, ready) -> None:
+    """Coordinate the share `config` describes until it is closed (see
+    `_process.coordinator_main`, which runs it)."""
+    _client._clients.coordinating = config["stem"]
     # After a restart, the owner sends the last committed state (pickled
     # snapshots, from our own predecessor) behind the configuration.
-    restored = pickle.loads(sys.stdin.buffer.read()) if config.get("restore") else {}
-    try:
-        server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
-    except Exception as exc:
-        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-        sys.exit(1)
+    restored = pickle.loads(extra) if config.get("restore") else {}
+    server: PeerServer = ShmServer(
+        config["stem"], config["socket_path"], bytes.fromhex(config["key"])
+    )
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
         coordinator.restore(restored)
-        print("READY", flush=True)  # only now may anyone read or connect
+        ready()  # only now may anyone read or connect
         coordinator.run()
     except Stop:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         coordinator.print_held()
         server.close()
     except BaseException:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        traceback.print_exc()
         server.close()
         raise
+
+
+def main() -> None:
+    coordinator_main(serve)
 
 
 if __name__ == "__main__":

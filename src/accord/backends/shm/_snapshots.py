@@ -319,6 +319,11 @@ class SnapshotWriter:
                 self._append(name, slot.name, kind)
         self._committed()
 
+    def adopt(self, name: str, value, data: bytes):
+        """What the coordinator should keep for `value`, just written with
+        big buffers (`data`: its in-band pickle): see BufferWriter.adopt."""
+        return self.buffers.adopt(name, value, data)
+
     def _drop(self, name: str, slot: _Slot) -> None:
         if slot.seg is not None:
             slot.seg.close()
