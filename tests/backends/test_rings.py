@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import stat
+import threading
 import time
 from collections import deque
 
@@ -17,7 +18,7 @@ from ring_workers import append_forever, append_then_die, check, entry, produce
 
 from accord._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL, SPILL, Consumer, Producer, RingSegment
+from accord.backends.shm._rings import BELL, SPILL, WAKE, Consumer, Inbox, Producer, RingSegment
 from accord.backends.shm._segment import leftovers, unlink
 
 _names = itertools.count()
@@ -314,3 +315,35 @@ def test_the_c_functions_check_their_arguments():
         _ring.ring_append(buf, 0, b"x", 0, buf, 4093)
     assert _ring.ring_state(buf, 0) == (0, 0, 1024 - _ring.RING_DATA)  # nothing appended
     assert bytes(buf[1024:]) == bytes(3072)  # nothing written outside the ring
+
+
+def test_an_inbox_sleeps_on_its_own_ring_until_its_producer_appends(rings):
+    """A reply ring: the reader sleeps on a doorbell in its ring's header,
+    not on the segment's (another ring's producer does not wake it)."""
+    segment = rings(3, 1024)
+    inbox = Inbox(segment, 1)
+    producer = Producer(segment, 1, segment.segment.name, _nothing, own_bell=True)
+    other = Producer(segment, 2, segment.segment.name, _nothing, own_bell=True)
+    assert inbox.take() == []
+    assert inbox.sleep(0.01) is False  # nothing came: timed out
+    other.append(b"not mine")
+    assert inbox.sleep(0.01) is False
+    woke = []
+
+    def sleeper():
+        woke.append(inbox.sleep(60.0))
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while int.from_bytes(bytes(segment.buf[segment.base(1) + WAKE :][:4]), "little") == 0:
+        assert time.monotonic() < deadline, "the inbox never went to sleep"
+        time.sleep(0.001)
+    started = time.monotonic()
+    producer.append(b"reply")
+    thread.join(30)
+    assert woke == [True] and time.monotonic() - started < 30
+    assert inbox.take() == [b"reply"]
+    assert inbox.take() == []  # taken once; its space is free again
+    head, tail, _ = producer.state()
+    assert head == tail

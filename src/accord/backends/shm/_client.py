@@ -24,12 +24,15 @@ from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
-from ._rings import Producer, RingSegment
+from ._rings import Inbox, Producer, RingSegment
 from ._segment import Segment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
 STALE_NS = 1_000_000_000
+# A client waiting for a reply checks this often that its coordinator is
+# there (a dead one is noticed at once: the kernel closes its socket).
+REPLY_CHECK_S = 0.05
 
 _INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
 monotonic_ns = time.monotonic_ns
@@ -135,12 +138,13 @@ class ShmClient:
         self.replies = Replies()
         self._sock: socket.socket | None = None
         self._rings: RingSegment | None = None
+        self._reply_rings: RingSegment | None = None
+        self._inbox: Inbox | None = None
         self._producer: Producer | None = None
         self._id = -1
         self._intent = 0
         self._seq = 0
         self._next_reply = 0
-        self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
         self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
@@ -168,7 +172,10 @@ class ShmClient:
         try:
             if self._rings is None:
                 self._rings = RingSegment.attach(f"{self.info.stem}~rings")
+            if self._reply_rings is None:
+                self._reply_rings = RingSegment.attach(f"{self.info.stem}~replies")
             self._producer = Producer(self._rings, client_id, self.info.stem, self._ring_alive)
+            self._inbox = Inbox(self._reply_rings, client_id)
         except FileNotFoundError:
             sock.close()
             raise self._lose("its command rings are gone", undelivered=True) from None
@@ -320,22 +327,45 @@ class ShmClient:
     # -- receiving -------------------------------------------------------------
 
     def _await(self, reply_id: int) -> tuple:
-        """Wait for the reply `reply_id`, reading the socket (blocking: a
-        dead coordinator closes it, which wakes us at once)."""
+        """Wait for the reply `reply_id` in this client's reply ring."""
         return self.replies.wait(reply_id, self._receive)
 
     def _receive(self) -> list[tuple]:
+        """The replies in the reply ring; sleeps on it (a futex the
+        coordinator wakes) until there are some.  Between sleeps, checks
+        that the coordinator is there: its socket closes when it dies."""
+        inbox = self._inbox
+        if inbox is None:
+            raise self._lose("disconnected")
+        while True:
+            entries = inbox.take()
+            if entries:
+                return [pickle.loads(data) for data in entries]
+            if not inbox.sleep(REPLY_CHECK_S):
+                try:
+                    self._check_connection()
+                except (CoordinatorLost, ShareClosed):
+                    entries = inbox.take()  # replied, then went
+                    if entries:
+                        return [pickle.loads(data) for data in entries]
+                    raise
+
+    def _check_connection(self) -> None:
+        """Raise if the coordinator closed our socket (it died, or cut us
+        off) or is otherwise gone.  It sends nothing on it: any byte there
+        is a protocol error too."""
         sock = self._sock
         if sock is None:
             raise self._lose("disconnected")
         try:
-            chunk = sock.recv(1 << 16)
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = None
         except OSError as exc:
             raise self._lose(f"receive failed ({exc})") from None
-        if not chunk:
-            raise self._lose("connection closed")
-        self._buffer.feed(chunk)
-        return [pickle.loads(data) for data in self._buffer.frames()]
+        if data is not None:
+            raise self._lose("connection closed" if not data else "unexpected data on its socket")
+        self._check_waiting()
 
     def raise_deferred(self) -> None:
         """Raise the errors of earlier fire-and-forget commands."""
@@ -390,6 +420,7 @@ class ShmClient:
     def disconnect(self) -> None:
         sock, self._sock = self._sock, None
         self._producer = None
+        self._inbox = None
         if sock is not None:
             sock.close()
 
@@ -403,8 +434,9 @@ class ShmClient:
         if self.lost is None:  # handles still holding this client re-resolve the share
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
-        if self._rings is not None:
-            self._rings.close()
+        for rings in (self._rings, self._reply_rings):
+            if rings is not None:
+                rings.close()
         self.snapshots.close()
         self.control.close()
 
@@ -413,11 +445,10 @@ class ShmClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._producer = None  # the parent's ring stays the parent's
+        self._producer = self._inbox = None  # the parent's rings stay the parent's
         self._id = -1
         self._send_lock = threading.Lock()
         self.replies = Replies()
-        self._buffer = _transport.FrameBuffer()
         self.owner_process = None
         self.snapshots.after_fork()
 

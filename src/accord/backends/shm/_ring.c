@@ -14,6 +14,8 @@
  *   base +  64  head             bytes ever published by the producer
  *   base + 128  tail             bytes ever committed by the consumer
  *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
+ *   base + 224  free for the caller: _rings.py keeps there the doorbell of a
+ *               consumer that sleeps on this ring alone (a client's replies)
  *   base + 256  data
  *
  * head and tail only grow; `pos % capacity` is where an entry starts.  An

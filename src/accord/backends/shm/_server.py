@@ -1,13 +1,15 @@
 """The coordinator's side of the shm backend.
 
 Owns every resource of a share: the control segment, the snapshot segments,
-the command rings, the listening socket and the key file.
+the command and reply rings, the listening socket and the key file.
 `ShmServer.close()` removes all of them; nothing else ever unlinks (but the
-client that made a spill segment and could not reference it).
+process that made a spill segment and could not reference it, and the
+client that removes a reply's spill once it read it).
 
-Commands arrive through each client's ring (see _rings); a client's socket
-carries its authentication, its replies, a byte that wakes the coordinator
-when it sleeps, and -- by closing -- its death.
+Commands arrive through each client's ring (see _rings) and replies go back
+through another ring per client, on which it sleeps alone; a client's
+socket carries its authentication, a byte that wakes the coordinator when
+it sleeps, and -- by closing -- its death.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from pathlib import Path
 from ..._errors import AccordError
 from . import _control, _transport
 from ._atomic import store
-from ._rings import Consumer, RingSegment
+from ._rings import Consumer, Producer, RingSegment
 from ._segment import Segment, leftovers, unlink
 from ._snapshots import SnapshotWriter
 
 log = logging.getLogger("accord.backends.shm")
+
+# A reply waits this long at most for room in a client's reply ring (the
+# client reads it whenever it waits for a reply; the room is only short while
+# it is busy between two reads).
+REPLY_TIMEOUT_S = 5.0
 
 _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 
@@ -36,16 +43,24 @@ _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 class Peer:
     """One connected client process, as the coordinator sees it."""
 
-    __slots__ = ("broken", "committed", "drained", "id", "pid", "received", "sock")
+    __slots__ = ("broken", "committed", "drained", "id", "outbox", "pid", "received", "sock")
 
-    def __init__(self, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, sock: socket.socket, client_id: int, replies: RingSegment, stem: str):
         self.sock = sock
         self.id = client_id
+        # Its reply ring: it sleeps there alone while it waits for a reply.
+        self.outbox = Producer(replies, client_id, stem, self.reading, own_bell=True)
         self.received = 0  # commands drained from its ring
         self.drained = 0  # ring position drained to
         self.committed = 0  # ring position applied to
         self.broken = False  # wrote garbage to its ring: being cut off
         self.pid = _peer_pid(sock)  # 0: unknown
+
+    def reading(self) -> None:
+        """For a reply waiting for room in the peer's reply ring: raise if
+        the peer is gone (its replies will never be read)."""
+        if not self.alive():
+            raise ConnectionError(f"client {self.id} (pid {self.pid}) is gone")
 
     def alive(self) -> bool:
         """Is the peer's process still there?  (Its socket may outlive it,
@@ -90,6 +105,11 @@ class ShmServer:
         self.snapshots = SnapshotWriter(self.control, stem)
         try:
             self.rings = RingSegment.create(f"{stem}~rings", _control.CLIENTS, init=False)
+            try:  # one per client too, read by it: replies to its blocking calls
+                self.replies = RingSegment.create(f"{stem}~replies", _control.CLIENTS, init=False)
+            except BaseException:
+                self.rings.segment.unlink()
+                raise
         except BaseException:
             self.snapshots.close()
             self.control.unlink()
@@ -183,29 +203,26 @@ class ShmServer:
         # handshake hands it the id, after which it may write there at once.
         start = _control.intent_offset(client_id)
         self.control.buf[start : start + _control.INTENT_SIZE] = bytes(_control.INTENT_SIZE)
-        self.consumer.recycle(client_id)  # and an empty ring
+        self.consumer.recycle(client_id)  # and empty rings
+        self.replies.reset(client_id)
         try:
             sock = _transport.accept(self.listener, self.key, client_id)
         except (OSError, _transport.AuthenticationError):  # BlockingIOError included
             self._free_ids.append(client_id)
             return
         sock.setblocking(False)
-        peer = Peer(sock, client_id)
+        peer = Peer(sock, client_id, self.replies, self.stem)
         self.peers[client_id] = peer
         self.selector.register(sock, selectors.EVENT_READ, peer)
 
     def send(self, peer: Peer, payload: bytes) -> None:
-        """Send a reply; a peer that cannot take it any more is dropped later."""
-        data = _transport.frame(payload)
+        """Put a reply in the peer's reply ring, waking it if it sleeps there
+        (no system call if it does not).  A peer that leaves it full for
+        REPLY_TIMEOUT_S, or dies meanwhile, loses it: it is dropped later."""
         try:
-            peer.sock.setblocking(True)
-            peer.sock.settimeout(5.0)
-            peer.sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                peer.sock.setblocking(False)
+            peer.outbox.append(payload, REPLY_TIMEOUT_S)
+        except (AccordError, OSError) as exc:
+            log.warning("a reply to client %d was not delivered: %s", peer.id, exc)
 
     def disconnect(self, peer: Peer) -> None:
         """End `peer`'s connection; `poll` then reports it left."""
@@ -236,8 +253,9 @@ class ShmServer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.snapshots.close()
-        self.rings.segment.unlink()
-        self.rings.close()
+        for rings in (self.rings, self.replies):
+            rings.segment.unlink()
+            rings.close()
         for name in leftovers(f"{self.stem}~spill."):
             unlink(name)
         self.control.unlink()
