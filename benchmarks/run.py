@@ -99,6 +99,8 @@ def bench_read(n: int) -> None:
         ns = manager.Namespace(x=42)
         table.add("Manager Namespace attribute", per_op(lambda: ns.x, n // 20))
     value = CTX.Value("i", 42)
+    # `.value` takes the Value's own lock: the reference of issue 13's read target.
+    table.add("multiprocessing.Value `.value`", per_op(lambda: value.value, n))
 
     def value_read():
         with value.get_lock():

@@ -41,7 +41,10 @@ def test_the_batch_size_follows_the_measured_item_time():
     assert size.next() == 1  # nothing measured yet
     for _ in range(20):
         size.measured(0.010)
-    assert [size.next() for _ in range(3)] == [4, 10, 10]  # 0.1 s of 10 ms items
+    assert [size.next() for _ in range(3)] == [10, 10, 10]  # 0.1 s of 10 ms items
+    trivial = _BatchSize(None)
+    trivial.measured(1e-6)
+    assert [trivial.next() for _ in range(4)] == [10, 100, 1000, 1000]  # tenfold at most
     for _ in range(30):
         size.measured(2.0)
     assert size.next() == 1  # long items: one at a time
@@ -181,3 +184,47 @@ def test_a_worker_presumed_dead_does_not_run_the_rest_of_its_batch(sqlite_db):
     assert seen == [0, 0, 1, 2, 3]
     assert [h.status for h in queue.history(1)] == ["running", "killed", "running", "completed"]
     queue.dispose()
+
+
+def test_a_worker_takes_the_write_lock_to_join_to_claim_and_no_more(sqlite_db, monkeypatch):
+    from accord.work import _db
+
+    queue = WorkQueue(range(3), db=sqlite_db, name="q", progress=False, claim_batch=3)
+    taken = []
+    take = _db._take_write_lock
+    monkeypatch.setattr(_db, "_take_write_lock", lambda c: (taken.append(1), take(c)))
+    assert list(queue) == [0, 1, 2]
+    # Joining, the batch, and the claim that finds nothing left (it records
+    # the outcomes and stops the worker): connecting only reads, and the end
+    # has no transaction of its own.  Every other worker waits for each.
+    assert len(taken) == 3
+    assert queue.counts()["completed"] == 3
+    queue.dispose()
+
+
+def test_the_claim_that_finds_nothing_left_stops_the_worker_for_good(sqlite_db):
+    from sqlalchemy import select
+
+    from accord.work._db import open_engine
+    from accord.work._schema import workers
+    from accord.work._store import DONE, Entry, Store
+
+    engine = open_engine(sqlite_db)
+    store = Store(engine, "q", "queue")
+    store.register([Entry("0", 0)])
+    worker = store.add_worker("w", "host", 1, (), 60.0, None)
+    conn = store.connect()
+    [claimed] = store.claim(conn, worker)
+    assert store.claim(conn, worker, [(claimed, "completed", None)]) == DONE
+
+    def status() -> str:
+        with engine.connect() as c:
+            return c.execute(select(workers.c.status).where(workers.c.id == worker)).scalar()
+
+    assert status() == "stopped"
+    # A last beat of its heartbeat before the thread stops neither revives
+    # it nor reports it given up.
+    assert store.beat(worker)
+    assert status() == "stopped"
+    conn.close()
+    engine.dispose()

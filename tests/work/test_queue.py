@@ -16,7 +16,16 @@ from accord.work import DatabaseUnavailable, InvalidWork, Task, TaskGraph, WorkF
 
 
 def test_four_workers_do_each_of_400_items_once(db, workers, tmp_path):
-    config = {"db": db, "name": "embed", "items": 400, "barrier": [str(barrier(tmp_path)), 4]}
+    # 5 ms items: 2 s of work for one worker alone, in batches of about 20.
+    # Trivial ones are claimed up to 1,000 at a time, and on a loaded
+    # machine the first worker to start could take them all.
+    config = {
+        "db": db,
+        "name": "embed",
+        "items": 400,
+        "barrier": [str(barrier(tmp_path)), 4],
+        "work_s": 0.005,
+    }
     done = workers.run([config] * 4)
     everything = collections.Counter(key for keys in done for key in keys)
     assert sorted(everything, key=int) == [str(i) for i in range(400)]

@@ -139,9 +139,11 @@ class Coordinator:
             for peer_id, queue in list(self.queues.items()):
                 while queue:
                     message = queue[0]
-                    if type(message) is bytes:
+                    if type(message) is not P.Command:
                         try:
-                            message = queue[0] = pickle.loads(message)
+                            if type(message) is bytes:
+                                message = pickle.loads(message)
+                            message = queue[0] = P.as_command(message)
                         except Stop:
                             raise
                         except BaseException:
@@ -151,7 +153,7 @@ class Coordinator:
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
-                    waits = message[2]
+                    waits = message.waits
                     if waits and (
                         received[waits[0]] < waits[1]
                         or (len(waits) > 2 and not self.satisfied(waits))
@@ -200,12 +202,12 @@ class Coordinator:
         received = self.received
         return all(received[waits[i]] >= waits[i + 1] for i in range(0, len(waits), 2))
 
-    def execute(self, peer: _Peer, message: tuple) -> None:
-        op, reply_id, _waits, writes = message[:4]
+    def execute(self, peer: _Peer, command: P.Command) -> None:
+        op, reply_id, _waits, writes, _fields = command
         self._changed = _UNKNOWN
         self._entry = None
         try:
-            result = self.handlers[op](peer, message)
+            result = self.handlers[op](peer, command)
             status = P.OK
         except Stop:
             raise
@@ -218,9 +220,10 @@ class Coordinator:
             self._changed = _UNKNOWN
             self._entry = None
         if writes:
-            self.note_change(message[4][0], self._changed)
-            self.note_entry(message[4][0], self._entry)
-            self.credit(message[4][0], writes)
+            name = command.name
+            self.note_change(name, self._changed)
+            self.note_entry(name, self._entry)
+            self.credit(name, writes)
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
         elif status == P.ERROR:
@@ -472,11 +475,12 @@ class Coordinator:
 
     # -- commands --------------------------------------------------------------
 
-    def op_assign(self, peer, message):
-        self.set_place(message[4], unpack(message[5]))
+    def op_assign(self, peer, command: P.Command):
+        place, value = command.fields
+        self.set_place(place, unpack(value))
 
-    def op_delete(self, peer, message):
-        place = message[4]
+    def op_delete(self, peer, command: P.Command):
+        (place,) = command.fields
         if len(place) == 1:
             if self.mirror.pop(place[0], _missing) is _missing:
                 raise AttributeError(f"share has no attribute {place[0]!r}")
@@ -489,15 +493,15 @@ class Coordinator:
                 self._replayable(parent, (_changes.DEL, place[-1]))
             del parent[place[-1]]
 
-    def op_augment(self, peer, message):
-        place, op, operand = message[4:7]
+    def op_augment(self, peer, command: P.Command):
+        place, op, operand = command.fields
         if op not in P.INPLACE:
             raise ValueError(f"unknown in-place operator {op!r}")
         current = self.resolve(place)
         self.set_place(place, getattr(operator, op)(current, unpack(operand)))
 
-    def op_call(self, peer, message):
-        path, method, packed = message[4:7]
+    def op_call(self, peer, command: P.Command):
+        path, method, packed = command.fields
         args, kwargs = unpack_call(packed)
         obj = self.resolve(path)
         if len(path) == 1 and type(packed) is tuple:  # plain arguments only
@@ -506,29 +510,29 @@ class Coordinator:
                 self._entry = (_changes.CALL, method, args)
         return getattr(obj, method)(*args, **kwargs)
 
-    def op_apply(self, peer, message):
-        path, packed, replace = message[4:7]
+    def op_apply(self, peer, command: P.Command):
+        path, packed, replace = command.fields
         fn, args, kwargs = cloudpickle.loads(packed)
         result = fn(self.resolve(path), *args, **kwargs)
         if replace:
             self.set_place(path, result)
         return result
 
-    def op_barrier(self, peer, message):
-        waits = message[2]
+    def op_barrier(self, peer, command: P.Command):
+        waits = command.waits
         for i in range(0, len(waits), 2):
             for name in list(self.uncommitted.get(waits[i], ())):
                 self.commit(name)
 
-    def op_flush(self, peer, message):
+    def op_flush(self, peer, command: P.Command):
         for name in list(self.dirty):
             self.commit(name)
 
-    def op_names(self, peer, message):
+    def op_names(self, peer, command: P.Command):
         return sorted(self.mirror)
 
-    def op_acquire(self, peer, message):
-        name, token, timeout = message[4:7]
+    def op_acquire(self, peer, command: P.Command):
+        name, token, timeout = command.fields
         lock = self.locks.setdefault(name, _Lock())
         if lock.owner is None:
             lock.owner = (peer.id, token)
@@ -536,11 +540,11 @@ class Coordinator:
         if timeout is not None and timeout <= 0:
             return False
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        lock.waiters.append((peer, message[1], token, deadline))
+        lock.waiters.append((peer, command.reply_id, token, deadline))
         return _no_reply
 
-    def op_release(self, peer, message):
-        name, token = message[4:6]
+    def op_release(self, peer, command: P.Command):
+        name, token = command.fields
         lock = self.locks.get(name)
         if lock is None or lock.owner != (peer.id, token):
             raise RuntimeError(f"release of lock {name!r}, which this thread does not hold")
@@ -599,7 +603,8 @@ class OrderedCoordinator(Coordinator):
             self.position = position
             if message is None:
                 continue
-            waits = message[2]
+            command = P.as_command(message)
+            waits = command.waits
             if waits and not self.satisfied(waits):
                 # Cannot happen while flags and commands move together;
                 # never hang on it: credit what is missing and say so.
@@ -608,7 +613,7 @@ class OrderedCoordinator(Coordinator):
                     missing = waits[i + 1] - self.received[waits[i]]
                     if missing > 0:
                         self.credit(None, (waits[i],) * missing)
-            self.execute(self.peer(client_id), message)
+            self.execute(self.peer(client_id), command)
 
 
 _missing = object()

@@ -1,10 +1,41 @@
 """The commands a client sends to the coordinator.
 
-A command is the tuple ``(op, reply_id, waits, writes, *fields)``: `waits`
-flattens (slot, target) pairs that must be reached before it runs, `writes`
-lists the flag slots it raised.  Paths address an object inside the share:
-``(name, kind, key, kind, key, ...)`` with kind ATTR or ITEM.
+A command travels as the plain tuple ``(op, reply_id, waits, writes,
+*fields)`` (the cheapest to pickle); the coordinator reads it as a
+`Command`.  `waits` flattens (slot, target) pairs that must be reached
+before it runs, `writes` lists the flag slots it raised.  Paths address an
+object inside the share: ``(name, kind, key, kind, key, ...)`` with kind
+ATTR or ITEM.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+
+class Command(NamedTuple):
+    """One command, its parts named (see `as_command`)."""
+
+    op: int  # ASSIGN, DELETE, ...
+    reply_id: int  # 0: fire-and-forget, no reply
+    waits: Sequence[int]  # slot, target, slot, target, ...
+    writes: Sequence[int]  # flag slots raised; the first is its object's WHOLE
+    fields: tuple[Any, ...]  # the op's own, as listed below
+
+    @property
+    def name(self) -> str:
+        """The shared name a write addresses (the first step of its place)."""
+        return self.fields[0][0]
+
+
+def as_command(message: Sequence[Any]) -> Command:
+    """A command received as ``(op, reply_id, waits, writes, *fields)``."""
+    if type(message) is Command:
+        return message
+    op, reply_id, waits, writes, *fields = message
+    return Command(op, reply_id, waits, writes, tuple(fields))
+
 
 ASSIGN = 1  # (place, value): set the last step of `place`
 DELETE = 2  # (place,)
@@ -13,7 +44,7 @@ CALL = 4  # (path, method, packed args)
 APPLY = 5  # (path, packed (fn, args, kwargs), replace): fn(obj) [obj = result]
 BARRIER = 6  # (): reply once the waits are applied and committed
 FLUSH = 7  # (): reply once everything before it is committed
-ACQUIRE = 8  # (lock name, owner token)
+ACQUIRE = 8  # (lock name, owner token, timeout or None)
 RELEASE = 9  # (lock name, owner token)
 NAMES = 11  # (): reply with the sorted names in the share
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import bisect
 import dis
+import opcode
 import sys
 
+from .._core import _fastread
 from .._core._protocol import INPLACE_OPERATORS
 from .._errors import AugmentedAssignmentUnsupported
 
@@ -239,3 +241,10 @@ RECOGNISED = self_check()
 if not RECOGNISED:
     _verdicts.clear()
     _analyser = _refuse
+# The fast read path (C) serves `share.x` only at a LOAD_ATTR not preceded by
+# COPY or EXTENDED_ARG, which `_analyse` never takes for an augmented read;
+# everything else comes here.  Unrecognised bytecode: everything comes here.
+if RECOGNISED:
+    _fastread.configure(
+        opcode.opmap["LOAD_ATTR"], opcode.opmap["COPY"], opcode.opmap["EXTENDED_ARG"]
+    )

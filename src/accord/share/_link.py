@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from .._core import _protocol as P
+from .._core._fastread import Reader
 from .._core._protocol import describe
 from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
 from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
@@ -244,6 +245,7 @@ class Link:
         "_write_slots",
         "closed",
         "info",
+        "reader",
     )
 
     def __init__(self, info: BackendInfo) -> None:
@@ -256,6 +258,9 @@ class Link:
         self._methods: dict = {}
         self._proxies: dict = {}
         self._names: dict = {}  # name -> (path, read slots)
+        # The fast read path of the Share holding this link (C, see
+        # _core/_fastread.c): armed with the client's Control, if it has one.
+        self.reader = Reader()
 
     def proxy(self, path: tuple) -> Proxy:
         proxy = self._proxies.get(path)
@@ -280,6 +285,7 @@ class Link:
                 if not self._follow_restart():
                     raise
                 client = self._client = self.info.client()
+            self.reader.arm(getattr(client, "fast", None))
             take = getattr(client, "take_lost_writes", None)
             if take is not None:
                 lost = take()
@@ -291,6 +297,7 @@ class Link:
         """Point at a new incarnation of the share (after a restart)."""
         self.info = info
         self._client = None
+        self.reader.arm(None)
         self._methods.clear()
 
     def _follow_restart(self) -> bool:
@@ -470,11 +477,17 @@ class Link:
             return Augmenting(lambda op, operand: self.augment(path, op, operand))
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
+                if self.reader.armed:  # (armed: a client with a fast path, shm)
+                    client.remember(name, slots[0])  # pyright: ignore[reportAttributeAccessIssue]
                 return cached.obj
         else:
             self.request(P.BARRIER, (), reads=slots)  # the flags were just read
         obj = self.value_at(path)
-        return obj if is_value(obj) else self._not_value(path, obj)
+        if not is_value(obj):
+            return self._not_value(path, obj)
+        if self.reader.armed:  # the next read of it: in C while nothing changes
+            client.remember(name, slots[0])  # pyright: ignore[reportAttributeAccessIssue]
+        return obj
 
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""

@@ -11,6 +11,7 @@ import threading
 import weakref
 
 from .._core import _protocol as P
+from .._core._fastread import ShareBase
 from .._core._values import private
 from .._errors import RestartRefused
 from ..backends import _registry
@@ -23,7 +24,7 @@ from ._link import Link, _unsettled, settle_within
 from ._proxy import Proxy, read_only
 
 _MISSING = object()
-_get = object.__getattribute__  # self._link would run Share.__getattribute__
+_get = object.__getattribute__  # the generic lookup, whatever the name
 
 # Attribute names that are the Share's own API; shared objects with these
 # names are reached with share["name"].
@@ -43,7 +44,7 @@ RESERVED = frozenset(
 )
 
 
-class Share:
+class Share(ShareBase):
     """A set of named Python objects shared by processes on one machine.
 
     Assign any picklable object as an attribute; every process the share is
@@ -100,7 +101,9 @@ class Share:
         400
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_link", "_owner_pid", "_window")
+    # `_link` and `_reader` are ShareBase's (C): its attribute hook serves
+    # `share.name` for an unchanged value without running Python code.
+    __slots__ = ("__weakref__", "_finalizer", "_owner_pid", "_window")
 
     def __init__(
         self,
@@ -126,7 +129,7 @@ class Share:
         if commit_window < 0:
             raise ValueError("commit_window must be >= 0")
         info, process = chosen.create(name, url, key, commit_window)
-        object.__setattr__(self, "_link", Link(info))
+        _bind(self, Link(info))
         object.__setattr__(self, "_owner_pid", os.getpid())
         object.__setattr__(self, "_window", commit_window)
         self._adopt(info, process)
@@ -155,7 +158,7 @@ class Share:
     @classmethod
     def _attach(cls, info: BackendInfo) -> Share:
         share = object.__new__(cls)
-        object.__setattr__(share, "_link", Link(info))
+        _bind(share, Link(info))
         object.__setattr__(share, "_owner_pid", None)
         object.__setattr__(share, "_finalizer", None)
         object.__setattr__(share, "_window", None)
@@ -166,10 +169,13 @@ class Share:
 
     # -- the shared names ----------------------------------------------------
 
-    def __getattribute__(self, name: str):
-        # __getattribute__, not __getattr__: see Proxy.__getattribute__.
-        if not name or name[0] == "_" or name in RESERVED:
-            return _get(self, name)  # ("": AttributeError, as for any object)
+    # `share.name`: ShareBase's attribute hook (C) answers "" and "_..." names
+    # as any object does, and an unchanged immutable value from what this
+    # process last read of it when nothing it could miss happened since
+    # (see accord/_core/_fastread.c); everything else comes here.
+    def _accord_slow(self, name: str):
+        if name in RESERVED:
+            return _get(self, name)
         return _get(self, "_link").get_name(name)
 
     def __setattr__(self, name: str, value) -> None:
@@ -324,6 +330,7 @@ class Share:
                 self._finalizer()
         finally:
             link.closed = True
+            link.reader.arm(None)
         raise_all(errors)
 
     def restart(self) -> list[str]:
@@ -465,6 +472,10 @@ def _run_into(future: concurrent.futures.Future, fn, *args) -> None:
         future.set_result(fn(*args))
     except BaseException as exc:
         future.set_exception(exc)
+
+
+def _bind(share: Share, link: Link) -> None:
+    share._accord_bind(link, link.reader)
 
 
 def _is_own_proxy(share: Share, name: str, value) -> bool:

@@ -197,6 +197,7 @@ class _Work(Generic[T]):
         # out of the graph's order.
         size = _BatchSize(self.claim_batch or (1 if self._kind == "graph" else None))
         pause = _Backoff(self.heartbeat_interval)
+        ended = False
         try:
             # Inside the try: a database that fails here must not leave the
             # heartbeat thread beating (and this worker "active") for good.
@@ -222,6 +223,7 @@ class _Work(Generic[T]):
                         pause.wait(link.peek)
                         continue
                     if outcome == DONE:
+                        ended = True  # recorded by that claim
                         return
                     if isinstance(outcome, Stopped):
                         raise WorkFailed(_stopped_message(self.name, outcome))
@@ -248,7 +250,10 @@ class _Work(Generic[T]):
             # The outcomes not recorded yet, the items never started, and
             # this worker's end: one transaction (retried like a claim).
             try:
-                link.stop(finished, release)
+                if ended:
+                    link.close()
+                else:
+                    link.stop(finished, release)
             except Exception as exc:
                 log.warning(
                     "%s: could not record the end of this worker (%d outcomes): %s",
@@ -341,7 +346,7 @@ class WorkQueue(_Work[T]):
     failures count together); the exception still propagates, and the
     item is failed for good only after its last try.  Short items are
     claimed several at a time (``claim_batch``, default: about 0.1 s of
-    work by their measured time, at most 100; one at a time for a graph);
+    work by their measured time, at most 1,000; one at a time for a graph);
     the items of a batch the loop does not reach go back to the queue.  A
     worker that loses the database (server restart, dropped connection,
     SQLite busy past its timeout) reconnects with backoff for up to
@@ -466,12 +471,12 @@ class _Link:
             return True
 
     def stop(self, finished, release) -> None:
-        self._close()
+        self.close()
         self._retry(
             lambda: self._store.stop_worker(self._worker, self._name, finished, release), "stop"
         )
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -486,13 +491,13 @@ class _Link:
             except Exception as exc:
                 if not transient(exc):
                     if what != "stop":
-                        self._close()
+                        self.close()
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self._timeout
                 reason = getattr(exc, "orig", None) or exc
                 if now >= deadline:
-                    self._close()
+                    self.close()
                     raise DatabaseUnavailable(
                         f"{self._name}: lost the database for {self._timeout:g} s "
                         f"(reconnect_timeout) at {what}: {reason}"
@@ -504,7 +509,7 @@ class _Link:
                     str(reason).strip().splitlines()[0] if str(reason).strip() else reason,
                     delay,
                 )
-                self._close()
+                self.close()
                 self._recovering = True
                 time.sleep(min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - now)))
                 delay = min(delay * 2, 5.0)
@@ -527,14 +532,17 @@ class _BatchSize:
     """How many items to claim at once: about ``TARGET`` seconds of work.
 
     One transaction per item costs more than a trivial item's work; one per
-    batch does not.  The size follows the measured time of the items
-    (a moving average, growing at most fourfold per batch); items slower
-    than that leave the batch overdue after ``deadline`` and the rest is
-    handed back.  A fixed ``claim_batch`` turns this off.
+    batch does not.  The size follows the measured time of the items (a
+    moving average), growing at most tenfold per batch: trivial items take
+    1, 10, then 100 (each claim is a transaction every other worker waits
+    for on SQLite, so the ramp is short).  Items slower than measured leave
+    the batch overdue after ``deadline`` and the rest is handed back.  A
+    fixed ``claim_batch`` turns this off.
     """
 
     TARGET = 0.1
-    MOST = 100
+    MOST = 1000
+    GROWTH = 10
 
     def __init__(self, fixed: int | None) -> None:
         self._fixed = fixed
@@ -553,7 +561,7 @@ class _BatchSize:
         if self._average is None:
             return 1
         ideal = int(self.TARGET / max(self._average, 1e-6))
-        self._last = max(1, min(ideal, self.MOST, self._last * 4))
+        self._last = max(1, min(ideal, self.MOST, self._last * self.GROWTH))
         return self._last
 
     def deadline(self, n: int) -> float:

@@ -22,8 +22,10 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Float,
     Integer,
     MetaData,
+    String,
     Table,
     and_,
     bindparam,
@@ -31,13 +33,14 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    null,
     or_,
     select,
     update,
 )
 
 from . import _history
-from ._db import READING
+from ._db import reading
 from ._errors import InvalidWork
 from ._schema import Id, create, deps, history, items, queues, workers
 
@@ -48,6 +51,9 @@ STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 
 # Rows per INSERT: well under SQLite's limit of 32766 bound parameters.
 _BATCH = 500
+
+# The bound list of item ids of a `Prepared` statement.
+IDS = "b_ids"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,20 +319,26 @@ class Store:
             ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
 
     def beat(self, worker_id: int) -> bool:
-        """Record a heartbeat; False if others had already declared this worker dead."""
+        """Record a heartbeat; False if others had already declared this worker dead.
+
+        A worker given up comes back to life; one whose loop ended (its
+        last claim found nothing left, and stopped it) stays stopped: the
+        heartbeat may beat once more before its thread is stopped.
+        """
         with self.engine.begin() as conn:
             alive = conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id, workers.c.status == "active")
                 .values(heartbeat_at=time.time())
             ).rowcount
-            if not alive:
-                conn.execute(
-                    update(workers)
-                    .where(workers.c.id == worker_id)
-                    .values(status="active", heartbeat_at=time.time())
-                )
-        return bool(alive)
+            if alive:
+                return True
+            revived = conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id, workers.c.status == "killed")
+                .values(status="active", heartbeat_at=time.time())
+            ).rowcount
+        return not revived
 
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
@@ -426,7 +438,8 @@ class Store:
             self._sql = _Statements(self.engine.dialect, self.postgres)
         conn = self.engine.connect()
         try:
-            with conn.begin():
+            # Only the temporary table is written: no write lock (SQLite).
+            with reading(conn):
                 # The pool may hand back a connection with last loop's rows.
                 conn.exec_driver_sql(
                     f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
@@ -469,17 +482,23 @@ class Store:
         as they were).  ``recovering``: the last claim's transaction may have
         committed without this worker learning it (the connection broke):
         items it does not know it holds are handed back too.  Returns the
-        claimed items (in order), `WAIT`, `DONE`, or `Stopped`.
+        claimed items (in order), `WAIT`, `DONE` (the worker is then
+        stopped, as by `stop_worker`), or `Stopped`.
         """
         now = time.time()
         sql = self._sql
         assert sql is not None  # prepared by connect()
+        # Inside the transaction, every other worker waits for this one (on
+        # SQLite): only SQL there, and set-based for a batch; the rest of
+        # the Python work is done before and after.
+        released = [c.item_id for c in release]
+        known = [c.item_id for c, *_ in finished] if recovering else []
         with conn.begin():
             self._finish_all(conn, worker_id, finished, now)
-            if release:
-                self._release(conn, worker_id, [c.item_id for c in release], now)
+            if released:
+                self._release(conn, worker_id, released, now)
             if recovering:
-                self._release_unknown(conn, worker_id, [c.item_id for c, *_ in finished], now)
+                self._release_unknown(conn, worker_id, known, now)
             if now >= self._next_reap:
                 self._reap(conn, now)
                 self._next_reap = now + self.reap_interval
@@ -492,42 +511,63 @@ class Store:
                 ).all()
                 if failures:
                     return Stopped([tuple(f) for f in failures])
-            while rows := self._next(conn, want):
-                taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
-                if len(taken) < len(rows):
-                    # Items only other workers were given, ones this worker
-                    # lacks the labels for, or tasks whose fingerprint is
-                    # not the one this worker would run them with (a newer
-                    # worker changed it): never look at them again.
-                    others = [{"id": r.id} for r in rows if r not in taken]
-                    conn.execute(insert(skipped), others)
-                    conn.info[_SKIPPING] = True
-                if not taken:
-                    continue
-                if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
-                    # Others had given this worker up (it was suspended, or
-                    # declared itself dead in a claim after a freeze).  It
-                    # is active again before it owns an item: reaping looks
-                    # only at active workers, so an item claimed as "killed"
-                    # would stay running forever if this worker then died.
-                    log.warning("%s: this worker had been presumed dead; active again", self.name)
-                sql.take.many(
-                    conn, [{"b_id": r.id, "b_worker": worker_id, "b_now": now} for r in taken]
+            taken = self._take(conn, worker_id, want, now)
+            if not taken:
+                if self.postgres:
+                    # Rows other claims had locked were skipped, not absent.
+                    busy = or_(items.c.status == RUNNING, self._ready(conn))
+                    waiting = conn.execute(
+                        select(items.c.id).where(self._mine(), busy).limit(1)
+                    ).first()
+                else:
+                    waiting = sql.busy(conn, b_queue=self.queue_id).first()
+                if waiting:
+                    return WAIT
+                # The end of this worker's loop, recorded here rather than
+                # in a transaction of its own (each is one more wait for
+                # the write lock, for every worker): it holds no item, and
+                # its outcomes are recorded above.
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(status="stopped", heartbeat_at=now)
                 )
-                sql.events(
-                    conn, [(r.id, RUNNING, worker_id, now, r.fingerprint, None) for r in taken]
-                )
-                taken.sort(key=lambda r: r.position)
-                return [Claimed(r.id, r.key, r.fingerprint) for r in taken]
-            if self.postgres:
-                # Rows other claims had locked were skipped, not absent.
-                busy = or_(items.c.status == RUNNING, self._ready(conn))
-                waiting = conn.execute(
-                    select(items.c.id).where(self._mine(), busy).limit(1)
-                ).first()
+                return DONE
+        taken.sort(key=lambda r: r.position)
+        return [Claimed(r.id, r.key, r.fingerprint) for r in taken]
+
+    def _take(self, conn: Connection, worker_id: int, want: int, now: float) -> list:
+        """Claim up to ``want`` of the next items this worker accepts: their rows."""
+        sql = self._sql
+        while rows := self._next(conn, want):
+            taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
+            if len(taken) < len(rows):
+                # Items only other workers were given, ones this worker
+                # lacks the labels for, or tasks whose fingerprint is
+                # not the one this worker would run them with (a newer
+                # worker changed it): never look at them again.
+                others = [{"id": r.id} for r in rows if r not in taken]
+                conn.execute(insert(skipped), others)
+                conn.info[_SKIPPING] = True
+            if not taken:
+                continue
+            if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
+                # Others had given this worker up (it was suspended, or
+                # declared itself dead in a claim after a freeze).  It
+                # is active again before it owns an item: reaping looks
+                # only at active workers, so an item claimed as "killed"
+                # would stay running forever if this worker then died.
+                log.warning("%s: this worker had been presumed dead; active again", self.name)
+            if len(taken) == 1:
+                [r] = taken
+                sql.take(conn, b_id=r.id, b_worker=worker_id, b_now=now)
+                sql.event(conn, r.id, RUNNING, worker_id, now, r.fingerprint)
             else:
-                waiting = sql.busy(conn, b_queue=self.queue_id).first()
-            return WAIT if waiting else DONE
+                ids = [r.id for r in taken]
+                sql.take_all(conn, ids, b_worker=worker_id, b_now=now)
+                sql.events_of(conn, ids, RUNNING, worker_id, now)
+            return taken
+        return []
 
     def peek(self, conn: Connection) -> bool:
         """Whether a claim may find an item now, or the end: read without the write lock.
@@ -536,15 +576,11 @@ class Store:
         takes the write lock, which every working worker then waits for;
         this read takes none.
         """
-        conn.info[READING] = True
-        try:
-            with conn.begin():
-                ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
-                if conn.execute(ready).first() is not None:
-                    return True
-                return self._sql.busy(conn, b_queue=self.queue_id).first() is None
-        finally:
-            conn.info[READING] = False
+        with reading(conn):
+            ready = select(items.c.id).where(self._mine(), self._ready(conn)).limit(1)
+            if conn.execute(ready).first() is not None:
+                return True
+            return self._sql.busy(conn, b_queue=self.queue_id).first() is None
 
     def _release(self, conn: Connection, worker_id: int, ids: list[int], now: float) -> None:
         """Hand back items this worker claimed and never started (history: ``released``)."""
@@ -555,14 +591,11 @@ class Store:
         rows = conn.execute(query).all()
         if not rows:
             return
+        back = [r.id for r in rows]
         conn.execute(
-            update(items)
-            .where(items.c.id.in_([r.id for r in rows]))
-            .values(status=PENDING, updated_at=now)
+            update(items).where(items.c.id.in_(back)).values(status=PENDING, updated_at=now)
         )
-        self._sql.events(
-            conn, [(r.id, "released", worker_id, now, r.fingerprint, None) for r in rows]
-        )
+        self._sql.events_of(conn, back, "released", worker_id, now)
 
     def _release_unknown(self, conn: Connection, worker_id: int, known: list[int], now: float):
         held = (
@@ -589,31 +622,20 @@ class Store:
 
         The items of a queue completed (the usual case) go in three
         statements whatever their number: which are still this worker's,
-        one UPDATE and one history INSERT run as batches.  Anything else
-        item by item (see `_finish`).
+        one UPDATE and one history INSERT … SELECT, each over the whole
+        set.  Anything else item by item (see `_finish`).
         """
-        bulk = [c for c, status, _ in finished if status == COMPLETED and self.kind == "queue"]
+        bulk = [
+            c.item_id for c, status, _ in finished if status == COMPLETED and self.kind == "queue"
+        ]
         ours: set[int] = set()
         if len(bulk) > 1:
-            query = select(items.c.id).where(
-                items.c.id.in_([c.item_id for c in bulk]),
-                items.c.worker_id == worker_id,
-                items.c.status == RUNNING,
-            )
-            if self.postgres:
-                query = query.with_for_update()
-            ours = set(conn.execute(query).scalars())
-            done = [c for c in bulk if c.item_id in ours]
-            self._sql.complete.many(
-                conn,
-                [
-                    {"b_id": c.item_id, "b_worker": worker_id, "b_now": now, "b_fp": c.fingerprint}
-                    for c in done
-                ],
-            )
-            self._sql.events(
-                conn, [(c.item_id, COMPLETED, worker_id, now, c.fingerprint, None) for c in done]
-            )
+            sql = self._sql
+            ours = set(sql.ours_locked(conn, bulk, b_worker=worker_id).scalars())
+            if ours:
+                done = sorted(ours)
+                sql.complete_all(conn, done, b_now=now)
+                sql.events_of(conn, done, COMPLETED, worker_id, now)
         for claimed, status, error in finished:
             if claimed.item_id not in ours:
                 self._finish(conn, worker_id, claimed, status, error, now)
@@ -771,7 +793,9 @@ class Store:
     # -- reading and maintenance ---------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        with self.engine.begin() as conn:
+        # A read: progress bars ask every second, and must not queue for
+        # the write lock behind the workers (nor hold them up).
+        with self.engine.connect() as conn, reading(conn):
             return counts(conn, self.queue_id)
 
     def reset(self, statuses: Sequence[str] = (FAILED,)) -> list[str]:
@@ -862,32 +886,35 @@ def downstream(roots: Iterable[str], entries: Iterable[Entry]) -> list[str]:
 
 
 class Prepared:
-    """A statement compiled once for one dialect, run with ``exec_driver_sql``."""
+    """A statement compiled once for one dialect, run with ``exec_driver_sql``.
+
+    An ``IN`` over a list of item ids (``bindparam(IDS, expanding=True)``)
+    is written into the SQL as literal integers at each call: SQLAlchemy's
+    own expansion costs more per id than the database does.
+    """
 
     def __init__(self, statement, dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
         self.defaults = compiled.construct_params(_check=False)
+        self.defaults.pop(IDS, None)
         self.order = compiled.positiontup  # None for named parameter styles
+        if self.order is not None:
+            self.order = [name for name in self.order if name != IDS]
+        self._ids = f"__[POSTCOMPILE_{IDS}]"
+        self.expands = self._ids in self.sql
 
-    def __call__(self, conn: Connection, **params):
+    def __call__(self, conn: Connection, ids: Sequence[int] = (), **params):
         args = {**self.defaults, **params}
+        sql = self.sql
+        if self.expands:
+            assert ids, "an empty IN list is not valid SQL on every database"
+            # int(): the ids are the database's own integers; nothing else
+            # is ever written into the SQL text.
+            sql = sql.replace(self._ids, ",".join(str(int(i)) for i in ids))
         if self.order is not None:
-            return conn.exec_driver_sql(self.sql, tuple(args[name] for name in self.order))
-        return conn.exec_driver_sql(self.sql, args)
-
-    def many(self, conn: Connection, rows: list[dict]) -> None:
-        """Run once per row, as one batch (psycopg pipelines it: one round trip)."""
-        if not rows:
-            return
-        if len(rows) == 1:
-            self(conn, **rows[0])
-            return
-        args = [{**self.defaults, **row} for row in rows]
-        if self.order is not None:
-            conn.exec_driver_sql(self.sql, [tuple(a[name] for name in self.order) for a in args])
-        else:
-            conn.exec_driver_sql(self.sql, args)
+            return conn.exec_driver_sql(sql, tuple(args[name] for name in self.order))
+        return conn.exec_driver_sql(sql, args)
 
 
 class _Statements:
@@ -994,23 +1021,62 @@ class _Statements:
             .limit(1),
             dialect,
         )
-
-    def events(self, conn, rows: list[tuple]) -> None:
-        """History rows: (item_id, status, worker_id, now, fingerprint, error) each."""
-        self._record.many(
-            conn,
-            [
-                {
-                    "b_item": item,
-                    "b_status": status,
-                    "b_worker": worker,
-                    "b_now": now,
-                    "b_fp": fp,
-                    "b_error": error,
-                }
-                for item, status, worker, now, fp, error in rows
-            ],
+        # The same over a set of items, in one statement each (batches).
+        these = items.c.id.in_(bindparam(IDS, expanding=True))
+        self.ours = Prepared(
+            select(items.c.id).where(
+                these, items.c.worker_id == bindparam("b_worker"), items.c.status == RUNNING
+            ),
+            dialect,
         )
+        if postgres:
+            self.ours_locked = Prepared(
+                select(items.c.id)
+                .where(these, items.c.worker_id == bindparam("b_worker"), items.c.status == RUNNING)
+                .with_for_update(),
+                dialect,
+            )
+        else:
+            self.ours_locked = self.ours
+        self.take_all = Prepared(
+            update(items)
+            .where(these)
+            .values(
+                status=RUNNING,
+                worker_id=bindparam("b_worker"),
+                error=None,
+                updated_at=bindparam("b_now"),
+            ),
+            dialect,
+        )
+        self.complete_all = Prepared(
+            update(items)
+            .where(these)
+            .values(status=COMPLETED, error=None, updated_at=bindparam("b_now")),
+            dialect,
+        )
+        self.release_all = Prepared(
+            update(items).where(these).values(status=PENDING, updated_at=bindparam("b_now")),
+            dialect,
+        )
+        self._record_all = Prepared(
+            insert(history).from_select(
+                ["item_id", "status", "worker_id", "at", "fingerprint", "error"],
+                select(
+                    items.c.id,
+                    bindparam("b_status", type_=String),
+                    bindparam("b_worker", type_=Id),
+                    bindparam("b_now", type_=Float),
+                    items.c.fingerprint,
+                    null(),
+                ).where(these),
+            ),
+            dialect,
+        )
+
+    def events_of(self, conn, ids: Sequence[int], status: str, worker_id, now: float) -> None:
+        """A history row for each of these items, with its fingerprint: one statement."""
+        self._record_all(conn, ids, b_status=status, b_worker=worker_id, b_now=now)
 
     def event(self, conn, item_id, status, worker_id, now, fingerprint, error=None) -> None:
         """A history row for one item."""

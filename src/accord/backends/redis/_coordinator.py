@@ -174,7 +174,7 @@ class RedisCoordinator(OrderedCoordinator):
         self.inbox.extend(admitted)
         self.process()
 
-    def execute(self, peer, message) -> None:
+    def execute(self, peer, command: P.Command) -> None:
         seq = self.sequence_of.pop(self.position, None)
         if seq is not None:
             self.unsaved[seq[0]] = seq[1]
@@ -183,29 +183,28 @@ class RedisCoordinator(OrderedCoordinator):
         if suspect is not None and suspect[0] == self.position:
             self.suspect = None
             if suspect[1] >= QUARANTINE_AFTER:
-                self.quarantine(peer, message, suspect[1])
+                self.quarantine(peer, command, suspect[1])
                 return
-        super().execute(peer, message)
+        super().execute(peer, command)
 
     def report(self, peer, error: tuple[Any, ...]) -> None:
         # With the command's sequence number: the client raises each error
         # of a queued command once, and refuses an old one copied back.
         super().report(peer, (*error, self.sequence))
 
-    def quarantine(self, peer, message, deaths: int) -> None:
+    def quarantine(self, peer, command: P.Command, deaths: int) -> None:
         """Skip a command that killed `deaths` coordinators: its sender gets
         an error, its write flags are credited (nobody waits for it)."""
         error = CommandQuarantined(
-            f"this command (op {message[0]}) was skipped: {deaths + 1} coordinators of "
+            f"this command (op {command.op}) was skipped: {deaths + 1} coordinators of "
             f"{self.server.info.where()} in a row died while applying it (for example "
             "os._exit() or a crash in a C extension in a method or apply() function)"
         )
         log.error("%s", error)
-        writes = message[3]
-        if writes:
-            self.credit(None, writes)
-        if message[1]:
-            self.reply(peer, message[1], P.ERROR, pack_error(error))
+        if command.writes:
+            self.credit(None, command.writes)
+        if command.reply_id:
+            self.reply(peer, command.reply_id, P.ERROR, pack_error(error))
         else:
             self.report(peer, pack_error(error))
 

@@ -57,9 +57,14 @@ import weakref
 from collections import deque
 
 from ..._errors import ForeignSegment
-from ._atomic import address, fetch_add, load, map_private, store
+from ._atomic import fetch_add, load, store
 from ._atomic import map as _map
 from ._segment import Segment
+
+try:
+    from ._atomic import address, map_private
+except ImportError:  # an extension built from an older checkout: rebuild it
+    address = map_private = None  # (pip install -e .); meanwhile private copies
 
 try:
     # The exporter of reader views: an array over the mapping dies only
@@ -173,7 +178,7 @@ def _pagemap_usable() -> bool:
     global _pagemap_works
     if _pagemap_works is None:
         _pagemap_works = False
-        if _numpy is not None:
+        if _numpy is not None and map_private is not None:
             try:
                 fd = os.memfd_create("accord-pagemap-probe")
                 try:
@@ -223,6 +228,8 @@ def adoptable(value) -> bool:
     over mappings of the published buffers (its readers' form): an exact
     numpy array, pandas DataFrame or Series.  Other objects may hold views
     of one another's memory, which a round trip through pickle would part."""
+    if map_private is None:
+        return False
     kind = type(value)
     numpy = sys.modules.get("numpy")
     if numpy is not None and kind is numpy.ndarray:
@@ -257,7 +264,12 @@ class _Buffer:
 
     def _follows(self, raw: memoryview) -> bool:
         mirror = self.mirror
-        return mirror is not None and raw.nbytes == self.nbytes and address(raw) == mirror.address
+        return (
+            mirror is not None
+            and address is not None
+            and raw.nbytes == self.nbytes
+            and address(raw) == mirror.address
+        )
 
     def _let_go(self) -> _Version | None:
         # The coordinator's buffer is no longer (only) our mapping: whatever
@@ -290,7 +302,7 @@ class _Buffer:
         """A private copy-on-write mapping of the published segment, to
         unpickle the coordinator's copy over."""
         published = self.published
-        assert published is not None
+        assert published is not None and map_private is not None  # (adoptable)
         fd = _open_own(published.seg.name, PAGE + self.nbytes)
         try:
             self.mirror = map_private(fd, self.nbytes, PAGE)

@@ -19,6 +19,9 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..._core._fastread import Control
+from ..._core._slots import SLOTS
+from ..._core._values import is_value
 from ..._errors import CoordinatorLost, ShareClosed
 from .._clients import Clients
 from .._replies import Replies
@@ -33,6 +36,8 @@ STALE_NS = 1_000_000_000
 # A client waiting for a reply checks this often that its coordinator is
 # there (a dead one is noticed at once: the kernel closes its socket).
 REPLY_CHECK_S = 0.05
+# Values the fast read path remembers per client before it starts afresh.
+MAX_REMEMBERED = 10_000
 
 _INTENTS = [struct.Struct(f"<{3 + n}Q") for n in range(_control.INTENT_SLOTS + 1)]
 monotonic_ns = time.monotonic_ns
@@ -133,6 +138,17 @@ class ShmClient:
             ) from None
         _control.check_header(self.control.buf)
         self.ctrl = self.control.buf
+        # The fast read path's view of the flags (see Link.get_name and
+        # _core/_fastread.c); closed before the control segment is unmapped.
+        self.fast = Control(
+            self.ctrl,
+            heartbeat=_control.HEARTBEAT,
+            commits=_control.COMMITS,
+            pending=PENDING,
+            applied=APPLIED,
+            slots=SLOTS,
+            stale_ns=STALE_NS,
+        )
         self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
         self.replies = Replies()
@@ -146,7 +162,7 @@ class ShmClient:
         self._seq = 0
         self._next_reply = 0
         self._last_verified = 0
-        self.lost: CoordinatorLost | ShareClosed | None = None
+        self._lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
         # (WHOLE slot, its pending count after our write, name) of each write
         # sent and not yet known to be committed: if the coordinator dies,
@@ -192,6 +208,17 @@ class ShmClient:
         except (CoordinatorLost, ShareClosed) as exc:
             exc.undelivered = True
             raise
+
+    @property
+    def lost(self) -> CoordinatorLost | ShareClosed | None:
+        """Why this client cannot be used any more (None while it can)."""
+        return self._lost
+
+    @lost.setter
+    def lost(self, error: CoordinatorLost | ShareClosed | None) -> None:
+        self._lost = error
+        if error is not None:
+            self.fast.close()  # every read now goes through the checks in Python
 
     def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
@@ -397,6 +424,26 @@ class ShmClient:
                 return False
         return True
 
+    def remember(self, name: str, slot: int) -> None:
+        """Let the fast read path serve `name` (its WHOLE flag is `slot`)
+        while nothing is committed and no write to it is pending: what was
+        last read of it, if that is an immutable value."""
+        cached = self.snapshots.cached(name)
+        if cached is None:
+            return
+        # The count before the object: another thread may be storing a newer
+        # read of it, and an object newer than its count is still current
+        # while the count is (the reverse would not be).
+        commits = cached.commits
+        kind = cached.kind
+        obj = cached.obj
+        if commits < 0 or kind is None or not kind[1] or not is_value(obj):
+            return
+        fast = self.fast
+        if len(fast) >= MAX_REMEMBERED:
+            fast.forget()
+        fast.remember(name, obj, commits, slot)
+
     def lookup(self, name: str, slots):
         """(what was last read for `name` if nothing was committed since,
         else None; whether every write to `slots` queued before now is
@@ -434,6 +481,7 @@ class ShmClient:
         if self.lost is None:  # handles still holding this client re-resolve the share
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
+        self.fast.close()  # it holds a view of the control segment
         for rings in (self._rings, self._reply_rings):
             if rings is not None:
                 rings.close()
@@ -450,6 +498,7 @@ class ShmClient:
         self._send_lock = threading.Lock()
         self.replies = Replies()
         self.owner_process = None
+        self.fast.forget()
         self.snapshots.after_fork()
 
 

@@ -574,6 +574,10 @@ class SnapshotReader:
             obj = self._buffers.load(name, obj)
         return obj
 
+    def cached(self, name: str) -> _Cached | None:
+        """What was last read for `name` (.obj, .commits, .kind), current or not."""
+        return self._cache.get(name)
+
     def unchanged(self, name: str) -> _Cached | None:
         """What was last read for `name` (.obj, .kind) if nothing was
         committed since — so it is the latest commit — else None.  One load."""
