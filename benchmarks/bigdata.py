@@ -47,6 +47,17 @@ def _optional(name: str):
         return None
 
 
+def settle() -> None:
+    """Free what this (measuring) process no longer uses before its memory
+    counts: the big pickles an earlier row moved through its heap would
+    otherwise stay there and count against the rows after it."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def pss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -184,6 +195,9 @@ def _frame(n: int):
 
 def array_rows(mb: int, reps: int) -> None:
     n = mb * 1024 * 1024 // 8
+    # pandas (the DataFrame row) adds ~30 MB to this process: imported
+    # before any memory row, so that it counts in each of them alike.
+    _optional("pandas")
 
     def make():
         return np.arange(n, dtype=np.float64)
@@ -200,7 +214,7 @@ def array_rows(mb: int, reps: int) -> None:
         try:
             for w in workers:
                 w.ask("sum")
-            gc.collect()
+            settle()
             pids = [os.getpid(), share._link.info.pid, *(w.process.pid for w in workers)]
             memory["accord"] = sum(pss_kb(p) for p in pids) / 1024
             idle_workers["accord"] = idle / 1024
@@ -214,7 +228,7 @@ def array_rows(mb: int, reps: int) -> None:
             write["accord"] = statistics.median(times) * 1e3
             for w in workers:
                 w.ask("sum")
-            gc.collect()
+            settle()
             after_writes = sum(pss_kb(p) for p in pids) / 1024
             del share.arr
             share.df = _frame(n)
@@ -250,6 +264,7 @@ def array_rows(mb: int, reps: int) -> None:
             for w in workers:
                 w.ask("sum")
             pids = [os.getpid(), *(w.process.pid for w in workers)]
+            settle()
             memory["shared_memory"] = sum(pss_kb(p) for p in pids) / 1024
         finally:
             for w in workers:
@@ -275,6 +290,7 @@ def array_rows(mb: int, reps: int) -> None:
             # A task is the unit: the per-task cost (dispatch + mapping
             # the memmap) stands in for a read.
             read["joblib"] = (time.perf_counter() - started) / 4 * 1e6
+            settle()
             pss = parallel(joblib.delayed(_joblib_pss)(src) for _ in range(4))
             memory["joblib"] = (sum(pss) + pss_kb(os.getpid())) / 1024
         write["joblib"] = "n/a (workers get read-only memmaps; results return by value)"
@@ -297,6 +313,7 @@ def array_rows(mb: int, reps: int) -> None:
         try:
             for w in workers:
                 w.ask("sum")
+            settle()
             pids = [os.getpid(), manager._process.pid, *(w.process.pid for w in workers)]
             memory["Manager"] = sum(pss_kb(p) for p in pids) / 1024
             idle_workers["Manager"] = idle / 1024
@@ -381,6 +398,7 @@ def _ray_rows(ray, src, read, write, memory) -> None:
 
         seconds, _, _ = ray.get(reader.remote([ref], 100))
         read["Ray"] = seconds * 1e6
+        settle()
         results = ray.get([reader.remote([ref], 1) for _ in range(4)])
         memory["Ray"] = (sum(r[2] for r in results) + pss_kb(os.getpid())) / 1024
         write["Ray"] = "n/a (objects are immutable: a write is a new 100 MB put)"

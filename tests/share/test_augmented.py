@@ -58,6 +58,19 @@ def test_recognised_forms():
     assert (slice(1, 3), True) in p.seen
 
 
+def test_recognised_past_the_256th_name_of_a_function():
+    # Its LOAD_ATTR and STORE_ATTR then take an EXTENDED_ARG prefix.
+    source = "def many(p):\n"
+    source += "".join(f"    p.a{i} = 1\n" for i in range(300))
+    source += "    p.last += 1\n    x = p.plain\n"
+    namespace: dict = {}
+    exec(source, namespace)
+    p = Probe()
+    namespace["many"](p)
+    assert ("last", True) in p.seen
+    assert ("plain", False) in p.seen
+
+
 def test_plain_reads_are_not_augmented():
     p = Probe()
     x = p.a

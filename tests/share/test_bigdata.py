@@ -377,6 +377,43 @@ def test_a_commit_copies_only_the_changed_bytes():
         writer.close()
 
 
+def test_spare_copies_go_when_the_buffer_is_idle():
+    from accord._core._serialize import dumps_out_of_band
+
+    stem = f"accord.{os.getuid()}.test-{os.getpid()}-spares"
+    writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
+
+    def segments():
+        return [n for n in os.listdir("/dev/shm") if n.startswith(f"{stem}~b")]
+
+    def commit(arr, touched):
+        data, raws = dumps_out_of_band(arr)
+        snapshot = writer.publish("arr", data, raws, touched)
+        return writer.adopt("arr", arr, data), reader.load("arr", pickle.loads(snapshot))
+
+    try:
+        mirror, view = commit(np.zeros(200_000), None)
+        expected = np.zeros(200_000)
+        for k in range(3):  # partial writes: the published copy and a spare
+            mirror[k] = expected[k] = k + 1
+            mirror, view = commit(mirror, None)
+            assert np.array_equal(view, expected)
+        assert len(segments()) == 2
+        writer.trim(time.monotonic())  # written just now: the spare stays
+        assert len(segments()) == 2
+        writer.trim(time.monotonic() + _buffers.SPARE_IDLE_S + 2)
+        assert len(segments()) == 1  # idle: only the published copy is left
+        assert np.array_equal(view, expected)
+        mirror[7] = expected[7] = 7.0  # the next write fills a new spare
+        mirror, view = commit(mirror, None)
+        assert np.array_equal(view, expected) and np.array_equal(mirror, expected)
+        assert len(segments()) == 2
+    finally:
+        reader.close()
+        writer.close()
+    assert segments() == []
+
+
 def _write_rows(share, worker, rows, cols):
     for r in range(worker, rows, WORKERS):
         share.arr[r] = r * 10.0 + np.arange(cols)

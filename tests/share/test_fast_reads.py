@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+import types
 
 import pytest
 from fast_read_workers import READS_AND_INCREMENTS, WAIT_S, read_then_increment, serve
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accord import CoordinatorLost, Proxy, Share, ShareClosed
+from accord._core._fastread import Control
 from accord.share._link import Link
 
 # Immutable values (served by the fast path) and a few containers (never).
@@ -181,6 +183,29 @@ def test_every_augmented_form_after_a_cached_read_is_one_command(share, monkeypa
     assert (share.s, share.n, share.t) == ("ab", 14, (1, 2))
 
 
+def test_an_increment_past_the_256th_name_of_a_function_is_one_command(share, monkeypatch):
+    # `share.n` there is EXTENDED_ARG + LOAD_ATTR: the C check sends it to the
+    # Python detector, which must see through the prefix.
+    source = "def many(share, o):\n"
+    source += "".join(f"    o.a{i} = 1\n" for i in range(300))
+    source += "    share.n\n    share.n += 1\n"
+    namespace: dict = {}
+    exec(source, namespace)
+    share.n = 1
+    share.flush()
+    sent = []
+    original = Link.assign
+
+    def spy(link, place, *args):
+        sent.append(place[0])
+        return original(link, place, *args)
+
+    monkeypatch.setattr(Link, "assign", spy)
+    namespace["many"](share, types.SimpleNamespace())
+    assert sent == []  # an AUGMENT, not a read and an assignment
+    assert share.n == 2
+
+
 def test_a_read_after_close_raises_instead_of_serving_the_cache():
     share = Share()
     share.x = 1
@@ -214,3 +239,24 @@ def test_a_cached_read_raises_once_the_coordinator_is_dead_and_restart_resumes()
         assert share.x == 8
     finally:
         share.close()
+
+
+def test_the_values_remembered_are_bounded_and_released_on_close():
+    buf = bytearray(3 * 4096)
+    fast = Control(
+        buf, heartbeat=8, commits=40, pending=4096, applied=8192, slots=512, stale_ns=10**9, limit=3
+    )
+    for i in range(5):
+        fast.remember(f"n{i}", i, 0, i)
+    assert 1 <= len(fast) <= 3  # started afresh when full
+    fast.remember("n4", "again", 1, 4)  # an update, in place
+    assert len(fast) <= 3
+    with pytest.raises(IndexError):
+        fast.remember("n", 1, 0, 512)  # no such flag
+    with pytest.raises(ValueError):
+        Control(buf, heartbeat=8, commits=40, pending=4096, applied=8192, slots=1024, stale_ns=1)
+    fast.close()
+    assert not fast.open and len(fast) == 0
+    fast.remember("n", 1, 0, 0)  # closed: nothing is kept
+    assert len(fast) == 0
+    buf.append(0)  # the buffer is released: it may be resized again

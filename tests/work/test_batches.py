@@ -95,9 +95,11 @@ def test_a_dead_workers_batch_is_handed_out_again(db, workers):
 
 def test_the_heartbeat_keeps_a_whole_batch_with_its_worker(sqlite_db, workers, tmp_path):
     # The batch takes far longer than the heartbeat timeout; no item of it
-    # is handed to the other worker, which only gets what is left.
-    options = {"heartbeat_timeout": 0.6, "heartbeat_interval": 0.1, "claim_batch": 3}
-    config = {"db": sqlite_db, "name": "slow", "items": 6, "options": options, "work_s": 0.4}
+    # is handed to the other worker, which only gets what is left.  (A
+    # timeout of 15 beats: on a loaded machine one can wait long for the
+    # CPU and the write lock.)
+    options = {"heartbeat_timeout": 1.5, "heartbeat_interval": 0.1, "claim_batch": 3}
+    config = {"db": sqlite_db, "name": "slow", "items": 6, "options": options, "work_s": 0.8}
     done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
     assert collections.Counter(done[0] + done[1]) == {str(i): 1 for i in range(6)}
     queue = WorkQueue(range(6), db=sqlite_db, name="slow", progress=False)

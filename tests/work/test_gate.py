@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import threading
+import types
 
 import pytest
 from sqlalchemy import text
@@ -104,3 +105,38 @@ def test_a_gate_held_too_long_is_passed_by(engines, sqlite_db, monkeypatch, capl
     caplog.clear()
     _write(first)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("when", ["waiting", "just given the gate"])
+def test_an_interrupted_wait_leaves_the_gate_free(engines, sqlite_db, monkeypatch, when):
+    # Ctrl-C while a writer waits at the gate: the flock must not stay held
+    # by this process (every other worker would wait for it).
+    first, _ = engines
+    gate = f"{sqlite_db.removeprefix('sqlite:///')}-accord-gate"
+    holder = os.open(gate, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout=None):
+            if when == "just given the gate":
+                fcntl.flock(holder, fcntl.LOCK_UN)
+                super().wait(timeout)  # the thread has the flock now
+            raise KeyboardInterrupt
+
+    # Only the gate's own event: threading's internals keep theirs.
+    fake = types.SimpleNamespace(Event=Interrupted, Lock=threading.Lock, Thread=threading.Thread)
+    monkeypatch.setattr(_db, "threading", fake)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _write(first)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    monkeypatch.undo()
+    wait_until(lambda: not _waiting_at_the_gate(), 60, "the gate's thread to end")
+    probe = os.open(gate, os.O_RDONLY)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: BlockingIOError otherwise
+    finally:
+        os.close(probe)
+    _write(first)  # and the next transaction passes it as usual

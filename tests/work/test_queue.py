@@ -212,9 +212,11 @@ def test_sqlite_uses_wal_and_immediate_transactions(sqlite_db):
 
 def test_heartbeats_keep_a_slow_item_with_its_worker(sqlite_db, workers, tmp_path):
     # Each item takes longer than the heartbeat timeout; the heartbeat thread
-    # keeps the worker alive, so no item is handed out twice.
-    options = {"heartbeat_timeout": 0.6, "heartbeat_interval": 0.1}
-    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 1.0}
+    # keeps the worker alive, so no item is handed out twice.  The timeout
+    # leaves room for 15 beats: on a loaded machine a beat can wait long
+    # for the CPU and for the write lock (a timeout of 0.6 s was flaky).
+    options = {"heartbeat_timeout": 1.5, "heartbeat_interval": 0.1}
+    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 2.0}
     done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
     assert sorted(done[0] + done[1]) == ["0", "1", "2", "3"]
     queue = WorkQueue(range(4), db=sqlite_db, name="slow", progress=False)

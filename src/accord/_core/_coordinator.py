@@ -407,6 +407,9 @@ class Coordinator:
         for name, since in list(self.dirty.items()):
             if now - since >= self._window(name):
                 self.commit(name)
+        trim = getattr(self.server.snapshots, "trim", None)  # spare copies (shm)
+        if trim is not None:
+            trim(now)
 
     # -- departures ------------------------------------------------------------
 

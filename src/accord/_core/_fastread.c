@@ -116,6 +116,7 @@ typedef struct {
     Py_buffer view; /* view.obj NULL once closed */
     PyObject *entries; /* name -> Entry */
     Py_ssize_t heartbeat, commits, pending, applied, nslots;
+    Py_ssize_t limit; /* entries kept before starting afresh */
     int64_t stale_ns;
 } Control;
 
@@ -163,12 +164,13 @@ static PyObject *
 control_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"buffer", "heartbeat", "commits", "pending", "applied", "slots",
-                            "stale_ns", NULL};
+                            "stale_ns", "limit", NULL};
     PyObject *buffer;
-    Py_ssize_t heartbeat, commits, pending, applied, nslots;
+    Py_ssize_t heartbeat, commits, pending, applied, nslots, limit = 10000;
     long long stale_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnnnnL:Control", names, &buffer, &heartbeat,
-                                     &commits, &pending, &applied, &nslots, &stale_ns))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnnnnL|n:Control", names, &buffer,
+                                     &heartbeat, &commits, &pending, &applied, &nslots, &stale_ns,
+                                     &limit))
         return NULL;
     Control *self = (Control *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -202,6 +204,7 @@ control_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->pending = pending;
     self->applied = applied;
     self->nslots = nslots;
+    self->limit = limit < 1 ? 1 : limit;
     self->stale_ns = stale_ns;
     return (PyObject *)self;
 }
@@ -231,6 +234,24 @@ control_remember(Control *self, PyObject *const *args, Py_ssize_t nargs)
     State *state = PyType_GetModuleState(Py_TYPE(self));
     if (state == NULL)
         return NULL;
+    PyObject *found = PyDict_GetItemWithError(self->entries, name);
+    if (found != NULL && Py_IS_TYPE(found, state->entry_type)) {
+        /* Updated in place (the slow path remembers after every commit),
+         * all fields before the old object goes: its finalizer, if any,
+         * may read the share and must see an object and count that agree. */
+        Entry *entry = (Entry *)found;
+        PyObject *old = entry->obj;
+        entry->obj = Py_NewRef(args[1]);
+        entry->commits = (uint64_t)commits;
+        entry->pending = self->pending + 8 * slot;
+        entry->applied = self->applied + 8 * slot;
+        Py_XDECREF(old);
+        Py_RETURN_NONE;
+    }
+    if (found == NULL && PyErr_Occurred())
+        return NULL;
+    if (PyDict_GET_SIZE(self->entries) >= self->limit)
+        PyDict_Clear(self->entries); /* names read once each, without end */
     Entry *entry = PyObject_GC_New(Entry, state->entry_type);
     if (entry == NULL)
         return NULL;
@@ -297,9 +318,9 @@ static PyType_Slot control_slots[] = {
     {Py_tp_getset, control_getset},
     {Py_mp_length, control_len},
     {Py_tp_doc,
-     "Control(buffer, heartbeat, commits, pending, applied, slots, stale_ns): the flags, "
-     "heartbeat and commit counter of a client's control segment (u64 offsets into buffer), "
-     "and the values remembered for the fast read path."},
+     "Control(buffer, heartbeat, commits, pending, applied, slots, stale_ns, limit=10000): the "
+     "flags, heartbeat and commit counter of a client's control segment (u64 offsets into "
+     "buffer), and up to `limit` values remembered for the fast read path."},
     {0, NULL},
 };
 

@@ -12,6 +12,7 @@ class Control:
         applied: int,
         slots: int,
         stale_ns: int,
+        limit: int = 10000,
     ) -> None: ...
     @property
     def open(self) -> bool: ...

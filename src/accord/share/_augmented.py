@@ -55,7 +55,9 @@ def is_augmented(depth: int = 2) -> bool:
 
 
 def _analyse(code, lasti: int) -> bool:
-    instructions = list(dis.get_instructions(code))
+    # EXTENDED_ARG is a prefix of the next instruction's argument (an
+    # attribute name past the 256th of a function): not an instruction here.
+    instructions = [i for i in dis.get_instructions(code) if i.opname != "EXTENDED_ARG"]
     # A specialised instruction that calls Python code inline (3.11's
     # BINARY_SUBSCR_GETITEM) leaves f_lasti on its last inline cache entry:
     # the instruction is the last one starting at or before f_lasti.

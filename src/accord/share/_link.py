@@ -478,7 +478,7 @@ class Link:
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
                 if self.reader.armed:  # (armed: a client with a fast path, shm)
-                    client.remember(name, slots[0])  # pyright: ignore[reportAttributeAccessIssue]
+                    client.remember(name, slots[0], cached)  # pyright: ignore[reportAttributeAccessIssue]
                 return cached.obj
         else:
             self.request(P.BARRIER, (), reads=slots)  # the flags were just read

@@ -233,18 +233,32 @@ class _Gate:
                 state["got"] = True
             got.set()
 
+        thread = threading.Thread(target=wait, name="accord-sqlite-gate", daemon=True)
+        mine = False
         try:
-            threading.Thread(target=wait, name="accord-sqlite-gate", daemon=True).start()
-        except RuntimeError:  # no threads here (interpreter shutting down)
+            thread.start()
+            got.wait(timeout)
+        except RuntimeError:
+            if thread.ident is not None:
+                raise
+            state["never"] = True  # no threads here (interpreter shutting down)
             return
-        got.wait(timeout)
-        with mutex:
-            if state.get("got"):
-                self._held = True
-                return
-            state["abandoned"] = True
-        self._fd = None  # the next transaction opens a new descriptor
-        log.warning("%s: a writer held it for %g s; going on without it", self._path.name, timeout)
+        finally:
+            # Also when the wait is interrupted (KeyboardInterrupt): a flock
+            # the thread takes after that must not stay held for good.
+            if not state.get("never"):
+                with mutex:
+                    mine = state.get("got", False)
+                    if not mine:
+                        state["abandoned"] = True
+                if mine:
+                    self._held = True  # released by the caller if it raises
+                else:
+                    self._fd = None  # the thread's now; the next transaction opens another
+        if not mine:
+            log.warning(
+                "%s: a writer held it for %g s; going on without it", self._path.name, timeout
+            )
 
     def release(self) -> None:
         if self._held:
@@ -396,8 +410,8 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
             connection.exec_driver_sql("BEGIN")
         elif journal == "WAL":
             dbapi_connection = connection.connection.dbapi_connection
-            dbapi_connection.gate.acquire(BUSY_TIMEOUT_S)
             try:
+                dbapi_connection.gate.acquire(BUSY_TIMEOUT_S)
                 _take_write_lock(dbapi_connection)
             except BaseException:
                 dbapi_connection.gate.release()

@@ -53,6 +53,7 @@ import os
 import pickle
 import stat
 import sys
+import time
 import weakref
 from collections import deque
 
@@ -79,6 +80,11 @@ PINS = 8  # processes holding a view of this segment's current contents
 _MINUS_ONE = (1 << 64) - 1
 _SEGMENTS = 3  # per buffer before pinned old ones are let go
 _HISTORY = 64  # changed ranges remembered per buffer (commits)
+# A buffer not committed for this long lets its spare copies go (the next
+# partial write then fills a new one whole, once): an array written once
+# costs one copy in shared memory again, not two.
+SPARE_IDLE_S = 10.0
+_TRIM_EVERY_S = 1.0
 _SQUAT_TRIES = 1000
 
 
@@ -244,6 +250,7 @@ class _Buffer:
     __slots__ = (
         "base",
         "history",
+        "last_publish",
         "mirror",
         "nbytes",
         "published",
@@ -261,6 +268,7 @@ class _Buffer:
         # of a published segment (`base`, never written while it is).
         self.mirror = None
         self.base: _Version | None = None
+        self.last_publish = 0.0  # time.monotonic() of the last commit
 
     def _follows(self, raw: memoryview) -> bool:
         mirror = self.mirror
@@ -356,11 +364,20 @@ class _Buffer:
         target.commit = commit
         seq = target.release()
         self.published = target
+        self.last_publish = time.monotonic()
         if follows:  # the coordinator's pages: back to the readers' ones
             retired = self._rebase(target)
         if retired is not None:
             retired.drop()
         return (target.seg.name, seq, self.nbytes), copied
+
+    def let_spares_go(self) -> None:
+        """Unlink every copy but the published one (and the coordinator's
+        base, which is the published one): readers that pin one keep it."""
+        for version in list(self.versions):
+            if version is not self.published and version is not self.base:
+                self.versions.remove(version)
+                version.drop()
 
     def drop(self) -> None:
         # (A mapping of ours that the coordinator's object still uses keeps
@@ -380,6 +397,7 @@ class BufferWriter:
         self._buffers: dict[str, list[_Buffer]] = {}
         self._commits: dict[str, int] = {}
         self.copied = 0  # bytes copied into buffer segments, in all
+        self._trimmed = 0.0
 
     def _new_segment(self, size: int) -> Segment:
         # A name another local user took first is skipped, never used.
@@ -426,6 +444,17 @@ class BufferWriter:
             for b in fresh:
                 b.mirror = b.base = None
             return value
+
+    def trim(self, now: float) -> None:
+        """Let the spare copies of buffers idle for SPARE_IDLE_S go (called
+        from the coordinator's loop; looks about once a second)."""
+        if now - self._trimmed < _TRIM_EVERY_S:
+            return
+        self._trimmed = now
+        for buffers in self._buffers.values():
+            for buffer in buffers:
+                if len(buffer.versions) > 1 and now - buffer.last_publish >= SPARE_IDLE_S:
+                    buffer.let_spares_go()
 
     def drop(self, name: str) -> None:
         for buffer in self._buffers.pop(name, ()):

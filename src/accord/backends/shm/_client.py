@@ -148,6 +148,7 @@ class ShmClient:
             applied=APPLIED,
             slots=SLOTS,
             stale_ns=STALE_NS,
+            limit=MAX_REMEMBERED,
         )
         self.snapshots = SnapshotReader(self.control, info.stem, self._check_waiting)
         self._send_lock = threading.Lock()  # a write's flags and its send, together
@@ -162,7 +163,8 @@ class ShmClient:
         self._seq = 0
         self._next_reply = 0
         self._last_verified = 0
-        self._lost: CoordinatorLost | ShareClosed | None = None
+        # Set once (by _lose or close), with the fast read path closed.
+        self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
         # (WHOLE slot, its pending count after our write, name) of each write
         # sent and not yet known to be committed: if the coordinator dies,
@@ -209,17 +211,6 @@ class ShmClient:
             exc.undelivered = True
             raise
 
-    @property
-    def lost(self) -> CoordinatorLost | ShareClosed | None:
-        """Why this client cannot be used any more (None while it can)."""
-        return self._lost
-
-    @lost.setter
-    def lost(self, error: CoordinatorLost | ShareClosed | None) -> None:
-        self._lost = error
-        if error is not None:
-            self.fast.close()  # every read now goes through the checks in Python
-
     def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
 
@@ -232,6 +223,7 @@ class ShmClient:
             self.lost = CoordinatorLost(
                 f"the coordinator of share {self.info.name!r} (pid {self.info.pid}) is gone: {why}"
             )
+        self.fast.close()  # every read now goes through the checks in Python
         error = type(self.lost)(*self.lost.args)
         error.undelivered = undelivered
         return error
@@ -424,25 +416,23 @@ class ShmClient:
                 return False
         return True
 
-    def remember(self, name: str, slot: int) -> None:
+    def remember(self, name: str, slot: int, cached=None) -> None:
         """Let the fast read path serve `name` (its WHOLE flag is `slot`)
         while nothing is committed and no write to it is pending: what was
-        last read of it, if that is an immutable value."""
-        cached = self.snapshots.cached(name)
+        last read of it (`cached`, if the caller has it), if that is an
+        immutable value."""
         if cached is None:
-            return
+            cached = self.snapshots.cached(name)
+            if cached is None:
+                return
         # The count before the object: another thread may be storing a newer
         # read of it, and an object newer than its count is still current
         # while the count is (the reverse would not be).
         commits = cached.commits
         kind = cached.kind
         obj = cached.obj
-        if commits < 0 or kind is None or not kind[1] or not is_value(obj):
-            return
-        fast = self.fast
-        if len(fast) >= MAX_REMEMBERED:
-            fast.forget()
-        fast.remember(name, obj, commits, slot)
+        if commits >= 0 and kind is not None and kind[1] and is_value(obj):
+            self.fast.remember(name, obj, commits, slot)
 
     def lookup(self, name: str, slots):
         """(what was last read for `name` if nothing was committed since,

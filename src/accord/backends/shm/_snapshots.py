@@ -319,6 +319,10 @@ class SnapshotWriter:
                 self._append(name, slot.name, kind)
         self._committed()
 
+    def trim(self, now: float) -> None:
+        """Let go of spare buffer copies nobody used for a while (BufferWriter.trim)."""
+        self.buffers.trim(now)
+
     def adopt(self, name: str, value, data: bytes):
         """What the coordinator should keep for `value`, just written with
         big buffers (`data`: its in-band pickle): see BufferWriter.adopt."""
