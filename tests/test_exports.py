@@ -14,6 +14,7 @@ ERRORS = [
     "BackendUnavailable",
     "CommandQuarantined",
     "CoordinatorLost",
+    "CoordinatorStalled",
     "CoordinatorStartFailed",
     "ErrorsDropped",
     "ForeignSegment",

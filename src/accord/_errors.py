@@ -70,6 +70,18 @@ class WritesLost(CoordinatorLost):
         return type(self), (self.args[0], self.names, self.count)
 
 
+class CoordinatorStalled(AccordError, TimeoutError):
+    """The coordinator is alive but has applied none of this process's
+    commands for minutes: its command ring stayed full.
+
+    Usually a command that never returns (a user method or `apply()`
+    function stuck in a loop or waiting on something) holds up every command
+    queued behind it.  The command that raised this was not queued; find
+    the stuck call (`accord status`, py-spy on the coordinator's pid), then
+    close the share or `restart()` it once that coordinator is gone.
+    """
+
+
 class ShareClosed(AccordError):
     """The share was closed with `close()`; it cannot be used any more.
 

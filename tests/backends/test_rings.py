@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import stat
+import threading
 import time
 from collections import deque
 
@@ -15,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ring_workers import append_forever, append_then_die, check, entry, produce
 
-from accord._errors import AccordError
+from accord._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL, SPILL, Consumer, Producer, RingSegment
+from accord.backends.shm._rings import BELL, SPILL, WAKE, Consumer, Inbox, Producer, RingSegment
 from accord.backends.shm._segment import leftovers, unlink
 
 _names = itertools.count()
@@ -82,7 +83,7 @@ def test_a_full_ring_waits_for_the_consumer_then_fails_with_a_deadline(rings):
     consumer = Consumer(segment)
     appended = 0
     started = time.monotonic()
-    with pytest.raises(AccordError, match="stayed full"):
+    with pytest.raises(CoordinatorStalled, match="stayed full"):
         while True:
             producer.append(b"x" * 100, timeout=0.3)
             appended += 1
@@ -129,7 +130,7 @@ def test_a_spill_entry_naming_a_foreign_segment_is_refused(rings):
     consumer = Consumer(segment)
     base = segment.base(0)
     _ring.ring_append(segment.buf, base, b"accord.0.other~spill.1\x0010", SPILL, segment.buf, BELL)
-    with pytest.raises(AccordError, match="foreign segment"):
+    with pytest.raises(ForeignSegment, match="foreign segment"):
         consumer.drain(0)
 
 
@@ -146,7 +147,7 @@ def test_a_new_consumer_resumes_from_the_committed_position(rings):
     entries, position = first.drain(0)
     assert len(entries) == 10
     # `first` dies having drained 10..19 without committing them.
-    with pytest.raises(AccordError, match="resume=True"):
+    with pytest.raises(SegmentCorrupt, match="resume=True"):
         Consumer(segment)
     second = Consumer(segment, resume=True)
     entries, position = second.drain(0)
@@ -180,7 +181,7 @@ def test_any_sequence_of_entry_sizes(rings, ops):
             seq += 1
             try:
                 producer.append(data, timeout=0)
-            except AccordError:  # full: the model says so too
+            except CoordinatorStalled:  # full: the model says so too
                 entries, position = consumer.drain(0)
                 assert entries == [model.popleft() for _ in entries]
                 consumer.commit(0, position)
@@ -287,3 +288,62 @@ def test_sixteen_producers_on_two_cores(rings, ctx):
             p.join(60)
     assert [p.exitcode for p in processes] == [0] * producers
     assert seen == [count] * producers
+
+
+def test_the_c_functions_check_their_arguments():
+    """_ring and _atomic share their argument checks (_shmargs.h): a wrong
+    count, a misaligned or out-of-range word, a missing ring are Python
+    errors, never a write outside the buffer."""
+    from accord.backends.shm import _atomic
+
+    buf = bytearray(4096)
+    with pytest.raises(TypeError, match=r"load\(buffer, offset\)"):
+        _atomic.load(buf)
+    with pytest.raises(TypeError, match=r"bell_ring\(bell_buffer, bell_offset\)"):
+        _ring.bell_ring(buf)
+    for bad in (3, -8, 4096):
+        with pytest.raises(IndexError, match="aligned 8-byte slot"):
+            _atomic.store(buf, bad, 1)
+        with pytest.raises(IndexError, match="aligned 8-byte slot"):
+            _ring.bell_disarm(buf, bad)
+    with pytest.raises(ValueError, match="no initialised ring"):
+        _ring.ring_state(buf, 0)
+    with pytest.raises(TypeError, match="positions"):
+        _ring.bell_arm(buf, 0, buf, [])
+    _ring.ring_init(buf, 0, 1024)
+    with pytest.raises(IndexError, match="aligned 8-byte slot"):
+        _ring.ring_append(buf, 0, b"x", 0, buf, 4093)
+    assert _ring.ring_state(buf, 0) == (0, 0, 1024 - _ring.RING_DATA)  # nothing appended
+    assert bytes(buf[1024:]) == bytes(3072)  # nothing written outside the ring
+
+
+def test_an_inbox_sleeps_on_its_own_ring_until_its_producer_appends(rings):
+    """A reply ring: the reader sleeps on a doorbell in its ring's header,
+    not on the segment's (another ring's producer does not wake it)."""
+    segment = rings(3, 1024)
+    inbox = Inbox(segment, 1)
+    producer = Producer(segment, 1, segment.segment.name, _nothing, own_bell=True)
+    other = Producer(segment, 2, segment.segment.name, _nothing, own_bell=True)
+    assert inbox.take() == []
+    assert inbox.sleep(0.01) is False  # nothing came: timed out
+    other.append(b"not mine")
+    assert inbox.sleep(0.01) is False
+    woke = []
+
+    def sleeper():
+        woke.append(inbox.sleep(60.0))
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while int.from_bytes(bytes(segment.buf[segment.base(1) + WAKE :][:4]), "little") == 0:
+        assert time.monotonic() < deadline, "the inbox never went to sleep"
+        time.sleep(0.001)
+    started = time.monotonic()
+    producer.append(b"reply")
+    thread.join(30)
+    assert woke == [True] and time.monotonic() - started < 30
+    assert inbox.take() == [b"reply"]
+    assert inbox.take() == []  # taken once; its space is free again
+    head, tail, _ = producer.state()
+    assert head == tail

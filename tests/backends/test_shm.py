@@ -14,7 +14,6 @@ from accord.backends.shm import _control
 from accord.backends.shm._atomic import fetch_add, load, store
 from accord.backends.shm._segment import Segment, leftovers
 from accord.backends.shm._snapshots import MISSING, SnapshotReader, SnapshotWriter
-from accord.backends.shm._transport import FrameBuffer, frame
 
 
 def test_atomics():
@@ -70,13 +69,3 @@ def test_snapshots_round_trip_grow_and_delete(stem):
     writer.close()
     control.unlink()
     assert leftovers(stem + "~") == []
-
-
-def test_frames_split_across_chunks():
-    data = frame(b"one") + frame(b"") + frame(b"three" * 1000)
-    buffer = FrameBuffer()
-    got = []
-    for i in range(0, len(data), 7):
-        buffer.feed(data[i : i + 7])
-        got += buffer.frames()
-    assert got == [b"one", b"", b"three" * 1000]

@@ -140,19 +140,16 @@ def test_worker_killed_mid_write_corrupts_nothing(share, ctx, separate_processes
 
 
 def _die_between_flag_and_send(share):
-    # The worst moment to die: flags raised, command not sent.
+    # The worst moment to die: flags raised, command not in the ring.
     client = share._link.client
     client.send(0, (), ())  # connect
-    client._sock = _DiesOnSend(client._sock)
+    client._producer = _DiesOnAppend()
     share.lst.append("never sent")
 
 
-class _DiesOnSend:
-    def __init__(self, sock):
-        self.sock = sock  # still open: the connection ends with the process
-
-    def sendall(self, data):
-        os._exit(0)
+class _DiesOnAppend:
+    def append(self, payload):
+        os._exit(0)  # the socket closes with the process
 
 
 def test_flags_of_a_write_never_sent_are_credited(share, ctx, separate_processes):

@@ -19,49 +19,47 @@ BACKENDS = ("shm",)  # the ordered backends queue a flag and its command in one 
 
 
 class _Wrapped:
-    """The client's socket, with a `sendall` that misbehaves."""
+    """The client's command-ring producer, with an `append` that misbehaves
+    (the command is in no ring until the real append runs)."""
 
-    def __init__(self, sock, sendall):
-        self._sock = sock
-        self._misbehave = sendall
+    def __init__(self, producer, misbehave):
+        self._producer = producer
+        self._misbehave = misbehave
 
-    def sendall(self, data):
-        self._misbehave(self._sock, data)
+    def append(self, payload, timeout=None):
+        return self._misbehave(self._producer.append, payload)
 
     def __getattr__(self, name):
-        return getattr(self._sock, name)
+        return getattr(self._producer, name)
 
 
-def _stop_half_way(sock, data):
-    half = len(data) // 2
-    sock.sendall(data[:half])
+def _stop_half_way(append, data):
     os.kill(os.getpid(), signal.SIGSTOP)  # until the test sends SIGCONT
-    sock.sendall(data[half:])
+    return append(data)
 
 
 class _SendSlowly:
-    """A slow link: the whole value takes 2 x STUCK_S to send."""
+    """A slow sender: the command takes 2 x STUCK_S to reach its ring."""
 
     def __init__(self, started):
         self.started = started
 
-    def __call__(self, sock, data):
+    def __call__(self, append, data):
         self.started.set()
-        step = len(data) // 40 + 1
-        for i in range(0, len(data), step):
-            sock.sendall(data[i : i + step])
+        for _ in range(40):
             time.sleep(STUCK_S * 2 / 40)  # the slowness itself, not a wait for anyone
+        return append(data)
 
 
-def _write_through(share, sendall, value):
+def _write_through(share, misbehave, value):
     client = share._link.client
     share.flush()  # connected, and every earlier write done
-    real = client._sock
-    client._sock = _Wrapped(real, sendall)
+    real = client._producer
+    client._producer = _Wrapped(real, misbehave)
     try:
-        share.big = value  # raises the flag, then sends through `sendall`
+        share.big = value  # raises the flag, then appends through `misbehave`
     finally:
-        client._sock = real
+        client._producer = real
     share.flush()
 
 
@@ -101,7 +99,7 @@ def test_a_stopped_sender_keeps_readers_waiting(share, ctx, separate_processes):
     child = ctx.Process(target=_write_through, args=(share, _stop_half_way, "x" * 1_000_000))
     child.start()
     try:
-        _wait_until(lambda: _stopped(child.pid))  # flag raised, half of the command sent
+        _wait_until(lambda: _stopped(child.pid))  # flag raised, command not yet in its ring
         share.big = "later"  # after the child's write, in flag order
         reader, got = _read_in_thread(share)
         # Longer than the coordinator's patience for a stuck flag: the

@@ -4,9 +4,9 @@ The core (`_coordinator.Coordinator`) applies commands and commits; a
 backend's server carries the results: snapshots out, write flags set,
 replies sent, departed clients' intents read.  Two shapes:
 
-* `PeerServer` (shm): commands arrive per client connection, in any
-  interleaving; the backend's loop polls it and beats, and the core orders
-  commands by their waits.
+* `PeerServer` (shm): commands arrive per client (its ring), in any
+  interleaving; the backend's loop drains and polls it and beats, and the
+  core orders commands by their waits.
 * `OrderedServer` (memory, redis): commands arrive in one total order;
   `peer(client id)` makes a reply target.
 
@@ -55,15 +55,21 @@ class LivePeer(Peer, Protocol):
 
 
 class PeerServer(Server, Protocol):
-    """A server with one connection per client (shm)."""
+    """A server with one connection and one command ring per client (shm)."""
 
     @property
     def peers(self) -> dict[int, Any]: ...  # client id -> LivePeer
 
-    def poll(self, timeout: float | None) -> Iterable[tuple[Any, list[bytes] | None]]:
-        """(peer, frames) for each peer with input; frames None when it left."""
+    def poll(self, timeout: float | None) -> Iterable[Any]:
+        """Wait for input at most `timeout` s (after `arm`); the peers
+        whose connection ended."""
         ...
 
+    def arm(self) -> bool: ...  # about to sleep in poll: True if a ring has input (then do not)
+    def disarm(self) -> None: ...  # awake again
+    def drain(self, peer: Any) -> list[bytes] | None: ...  # its new commands; None: garbage
+    def commit(self, peer: Any) -> None: ...  # what was drained from it is applied
+    def disconnect(self, peer: Any) -> None: ...  # cut it off: poll then reports it left
     def heartbeat(self) -> None: ...  # tell clients the coordinator lives
 
 

@@ -11,32 +11,18 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static uint64_t *
-slot(PyObject *buffer, Py_ssize_t offset, Py_buffer *view)
-{
-    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    if (offset < 0 || offset % 8 != 0 || offset + 8 > view->len) {
-        PyBuffer_Release(view);
-        PyErr_Format(PyExc_IndexError, "offset %zd is not an aligned 8-byte slot", offset);
-        return NULL;
-    }
-    return (uint64_t *)((char *)view->buf + offset);
-}
+#include "_shmargs.h"
 
 static PyObject *
 fetch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "fetch_add(buffer, offset, delta)");
+    if (!nargs_ok(nargs, 3, -1, "fetch_add(buffer, offset, delta)"))
         return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
     unsigned long long delta = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    uint64_t *p = slot(args[0], offset, &view);
+    uint64_t *p = open_word(args[0], args[1], &view);
     if (p == NULL)
         return NULL;
     uint64_t old = __atomic_fetch_add(p, (uint64_t)delta, __ATOMIC_SEQ_CST);
@@ -48,14 +34,9 @@ static PyObject *
 load(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "load(buffer, offset)");
+    if (!nargs_ok(nargs, 2, -1, "load(buffer, offset)"))
         return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    uint64_t *p = slot(args[0], offset, &view);
+    uint64_t *p = open_word(args[0], args[1], &view);
     if (p == NULL)
         return NULL;
     uint64_t value = __atomic_load_n(p, __ATOMIC_SEQ_CST);
@@ -67,15 +48,12 @@ static PyObject *
 store(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "store(buffer, offset, value)");
+    if (!nargs_ok(nargs, 3, -1, "store(buffer, offset, value)"))
         return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
     unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    uint64_t *p = slot(args[0], offset, &view);
+    uint64_t *p = open_word(args[0], args[1], &view);
     if (p == NULL)
         return NULL;
     __atomic_store_n(p, (uint64_t)value, __ATOMIC_SEQ_CST);
@@ -443,14 +421,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialisation (PEP 489) with no module state: importable in
- * sub-interpreters, including those with their own GIL. */
 static PyModuleDef_Slot slots[] = {
     {Py_mod_exec, exec_module},
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-    {0, NULL},
+    ACCORD_SUBINTERPRETER_SLOT{0, NULL},
 };
 
 static struct PyModuleDef module = {

@@ -8,6 +8,7 @@ slot is never shared between two processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -26,11 +27,15 @@ from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
 from ._atomic import fetch_add, load, store
+from ._rings import Inbox, Producer, RingSegment
 from ._segment import Segment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
 STALE_NS = 1_000_000_000
+# A client waiting for a reply checks this often that its coordinator is
+# there (a dead one is noticed at once: the kernel closes its socket).
+REPLY_CHECK_S = 0.05
 # Values the fast read path remembers per client before it starts afresh.
 MAX_REMEMBERED = 10_000
 
@@ -39,7 +44,6 @@ monotonic_ns = time.monotonic_ns
 PENDING = _control.PENDING
 APPLIED = _control.APPLIED
 dumps = pickle.dumps
-pack_length = struct.Struct("<I").pack
 
 
 class ShareInfo:
@@ -150,11 +154,14 @@ class ShmClient:
         self._send_lock = threading.Lock()  # a write's flags and its send, together
         self.replies = Replies()
         self._sock: socket.socket | None = None
+        self._rings: RingSegment | None = None
+        self._reply_rings: RingSegment | None = None
+        self._inbox: Inbox | None = None
+        self._producer: Producer | None = None
         self._id = -1
         self._intent = 0
         self._seq = 0
         self._next_reply = 0
-        self._buffer = _transport.FrameBuffer()
         self._last_verified = 0
         # Set once (by _lose or close), with the fast read path closed.
         self.lost: CoordinatorLost | ShareClosed | None = None
@@ -180,10 +187,29 @@ class ShmClient:
             ) from None
         except OSError as exc:
             raise self._lose(f"cannot connect: {exc}", undelivered=True) from None
+        try:
+            if self._rings is None:
+                self._rings = RingSegment.attach(f"{self.info.stem}~rings")
+            if self._reply_rings is None:
+                self._reply_rings = RingSegment.attach(f"{self.info.stem}~replies")
+            self._producer = Producer(self._rings, client_id, self.info.stem, self._ring_alive)
+            self._inbox = Inbox(self._reply_rings, client_id)
+        except FileNotFoundError:
+            sock.close()
+            raise self._lose("its command rings are gone", undelivered=True) from None
         self._sock, self._id = sock, client_id
         self._intent = _control.intent_offset(client_id)
         self._seq = 0
         return sock
+
+    def _ring_alive(self) -> None:
+        """Raise if the coordinator is gone (a client waiting for room in
+        its ring): the command was not queued and may be sent again."""
+        try:
+            self._check_waiting()
+        except (CoordinatorLost, ShareClosed) as exc:
+            exc.undelivered = True
+            raise
 
     def _lose(self, why: str, undelivered: bool = False) -> CoordinatorLost | ShareClosed:
         """Record that the coordinator is gone; the error to raise.
@@ -249,6 +275,10 @@ class ShmClient:
         if self.replies.deferred:
             self.replies.raise_deferred()
         buf = self.ctrl
+        if load(buf, _control.CLOSED) or load(buf, _control.REPLACED):
+            # A ring append would succeed and never be applied (a socket
+            # send to a dead peer fails): closed, or replaced by restart().
+            raise self._lose("replaced by restart()", undelivered=True)
         with self._send_lock:
             sock = self._sock or self._connect()
             waits = []
@@ -277,40 +307,84 @@ class ShmClient:
             else:
                 reply_id = 0
             payload = dumps((op, reply_id, waits, writes, *fields), 5)
-            try:
-                sock.sendall(pack_length(len(payload)) + payload)
-            except OSError as exc:
-                raise self._lose(f"send failed ({exc})", undelivered=True) from None
+            # Durable once appended: applied even if this process dies now.
+            producer = self._producer
+            assert producer is not None  # set by _connect
+            wake = producer.append(payload)
             self._seq = seq
+            entry = None
             if writes:
                 sent = self._sent
-                sent.append((writes[0], old + 1, fields[0][0] if fields else ""))
+                entry = (writes[0], old + 1, fields[0][0] if fields else "")
+                sent.append(entry)
                 # Forget what is committed (the oldest first: commits follow).
                 while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
                     sent.popleft()
+            if wake:
+                try:  # the coordinator sleeps in select(): wake it there
+                    sock.send(b"\0", socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass  # full of wake-ups already
+                except OSError as exc:
+                    # Appended, but the coordinator is gone: this call's
+                    # error tells the caller (not WritesLost later).
+                    if entry is not None:
+                        self._sent.remove(entry)
+                    raise self._lose(f"wake-up failed ({exc})") from None
         if reply:
-            return self._await(reply_id)
+            try:
+                return self._await(reply_id)
+            except CoordinatorLost:
+                # This call's own error tells its caller the write may be
+                # lost: not WritesLost again at the next operation.
+                if entry is not None:
+                    with self._send_lock, contextlib.suppress(ValueError):
+                        self._sent.remove(entry)
+                raise
         return None
 
     # -- receiving -------------------------------------------------------------
 
     def _await(self, reply_id: int) -> tuple:
-        """Wait for the reply `reply_id`, reading the socket (blocking: a
-        dead coordinator closes it, which wakes us at once)."""
+        """Wait for the reply `reply_id` in this client's reply ring."""
         return self.replies.wait(reply_id, self._receive)
 
     def _receive(self) -> list[tuple]:
+        """The replies in the reply ring; sleeps on it (a futex the
+        coordinator wakes) until there are some.  Between sleeps, checks
+        that the coordinator is there: its socket closes when it dies."""
+        inbox = self._inbox
+        if inbox is None:
+            raise self._lose("disconnected")
+        while True:
+            entries = inbox.take()
+            if entries:
+                return [pickle.loads(data) for data in entries]
+            if not inbox.sleep(REPLY_CHECK_S):
+                try:
+                    self._check_connection()
+                except (CoordinatorLost, ShareClosed):
+                    entries = inbox.take()  # replied, then went
+                    if entries:
+                        return [pickle.loads(data) for data in entries]
+                    raise
+
+    def _check_connection(self) -> None:
+        """Raise if the coordinator closed our socket (it died, or cut us
+        off) or is otherwise gone.  It sends nothing on it: any byte there
+        is a protocol error too."""
         sock = self._sock
         if sock is None:
             raise self._lose("disconnected")
         try:
-            chunk = sock.recv(1 << 16)
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = None
         except OSError as exc:
             raise self._lose(f"receive failed ({exc})") from None
-        if not chunk:
-            raise self._lose("connection closed")
-        self._buffer.feed(chunk)
-        return [pickle.loads(data) for data in self._buffer.frames()]
+        if data is not None:
+            raise self._lose("connection closed" if not data else "unexpected data on its socket")
+        self._check_waiting()
 
     def raise_deferred(self) -> None:
         """Raise the errors of earlier fire-and-forget commands."""
@@ -382,14 +456,25 @@ class ShmClient:
 
     def disconnect(self) -> None:
         sock, self._sock = self._sock, None
+        self._producer = None
+        self._inbox = None
         if sock is not None:
             sock.close()
+
+    def retire(self) -> None:
+        """Mark this incarnation of the share replaced (restart(), by the
+        owner, once its coordinator died): every client then stops
+        appending to its rings and follows the share to the new one."""
+        store(self.ctrl, _control.REPLACED, 1)
 
     def close(self) -> None:
         if self.lost is None:  # handles still holding this client re-resolve the share
             self.lost = ShareClosed(f"share {self.info.name!r} is closed")
         self.disconnect()
         self.fast.close()  # it holds a view of the control segment
+        for rings in (self._rings, self._reply_rings):
+            if rings is not None:
+                rings.close()
         self.snapshots.close()
         self.control.close()
 
@@ -398,10 +483,10 @@ class ShmClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._producer = self._inbox = None  # the parent's rings stay the parent's
         self._id = -1
         self._send_lock = threading.Lock()
         self.replies = Replies()
-        self._buffer = _transport.FrameBuffer()
         self.owner_process = None
         self.fast.forget()
         self.snapshots.after_fork()

@@ -26,6 +26,9 @@ PID = 16
 CLOSED = 24
 INDEX_GEN = 32
 COMMITS = 40  # raised after every commit, before the flags it satisfies
+# After the 8-word header: set by restart() in a dead incarnation's segment,
+# so that clients stop appending to its command rings and follow the new one.
+REPLACED = 64
 
 CLIENTS = 1024
 # An intent: [seq, done-mask, count, slot0 .. slot12]

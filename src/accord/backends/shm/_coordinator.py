@@ -8,6 +8,7 @@ when the owner closes the share or dies.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -18,41 +19,77 @@ from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
 from ..._core._server import PeerServer
 from .._process import coordinator_main
 from . import _client
-from ._server import ShmServer
+from ._server import Peer, ShmServer
+
+log = logging.getLogger("accord.backends.shm")
 
 
 class ShmCoordinator(Coordinator):
-    """Commands arrive per client connection, in any interleaving: the core's
-    per-peer queues order them; this loop polls the sockets and beats."""
+    """Commands arrive through each client's ring, in any interleaving: the
+    core's per-peer queues order them; this loop drains the rings, sleeps in
+    select() on the sockets (wake-up bytes, arrivals, departures) only once
+    every ring is empty, and beats."""
 
     server: PeerServer
 
     def run(self) -> None:
         last_beat = 0.0
         last_input = 0.0
+        server = self.server
         while True:
             # Right after input, poll without sleeping for a moment: a client
             # waiting for a reply usually sends its next command within tens
             # of microseconds, and waking a sleeping process costs about that.
             busy = time.monotonic() - last_input < SPIN_S
-            for peer, frames in self.server.poll(0 if busy else self._timeout()):
-                last_input = time.monotonic()
-                if frames is None:
-                    self.peer_left(peer)
-                else:
-                    self.peers[peer.id] = peer
-                    self.queues.setdefault(peer.id, deque()).extend(frames)
+            timeout = 0 if busy else self._timeout()
+            # Commands come through the rings; sleep in select() only once
+            # every ring is drained (a client that appends then wakes us).
+            if timeout and server.arm():
+                timeout = 0
+            left = server.poll(timeout)
+            server.disarm()
+            for peer in list(server.peers.values()):
+                if self.take(peer):
+                    last_input = time.monotonic()
+            for peer in left:
+                self.take(peer)  # what it appended before it died is applied
+                self.peer_left(peer)
             self.process()
+            for peer in list(server.peers.values()):
+                if peer.id not in self.queues:
+                    server.commit(peer)
             now = time.monotonic()
             self.commit_due(now)
             self.expire_lock_waits(now)
             if now - last_beat >= HEARTBEAT_S / 2:
                 last_beat = now
-                self.server.heartbeat()
+                server.heartbeat()
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
         self.print_held()
-        self.server.close()
+        server.close()
+
+    def take(self, peer: Peer) -> bool:
+        """Queue what `peer` appended to its ring; whether there was any."""
+        entries = self.server.drain(peer)
+        if entries is None:
+            log.warning("dropping a client that wrote garbage to its ring")
+            self.queues.pop(peer.id, None)
+            self.server.disconnect(peer)  # poll reports it left
+            return False
+        if not entries:
+            return False
+        self.peers[peer.id] = peer
+        queue = self.queues.get(peer.id)
+        if queue is None:
+            self.queues[peer.id] = deque(entries)
+        else:
+            queue.extend(entries)
+        return True
+
+    def peer_left(self, peer: Peer) -> None:
+        self.peers[peer.id] = peer  # to be dropped once its queue is done
+        super().peer_left(peer)
 
 
 def serve(config: dict, extra: bytes, ready) -> None:

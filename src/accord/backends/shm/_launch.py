@@ -51,6 +51,9 @@ class ShmBackend:
         if not isinstance(info, ShareInfo):
             raise RestartRefused(f"not an shm share: {info!r}")
         client = client_for(info)
+        # First mark the dead incarnation replaced: no process appends to its
+        # command rings after this, it follows the share to the new one.
+        client.retire()
         restored, lost = client.snapshots.salvage()
         note_unconfirmed(client)  # before its segments go: the next operation says so
         forget(info)

@@ -14,6 +14,8 @@
  *   base +  64  head             bytes ever published by the producer
  *   base + 128  tail             bytes ever committed by the consumer
  *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
+ *   base + 224  free for the caller: _rings.py keeps there the doorbell of a
+ *               consumer that sleeps on this ring alone (a client's replies)
  *   base + 256  data
  *
  * head and tail only grow; `pos % capacity` is where an entry starts.  An
@@ -46,6 +48,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_shmargs.h"
+
 #define RING_MAGIC 0x676E6972726F6361ULL /* "acorring" */
 #define OFF_MAGIC 0
 #define OFF_CAPACITY 8
@@ -60,11 +64,12 @@
  * is 0 in both marks. */
 #define FLAG_MASK 0xFFu
 
-static int
-get_view(PyObject *buffer, Py_buffer *view)
-{
-    return PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE);
-}
+/* A ring argument: the view of its buffer (held), the ring, its capacity. */
+typedef struct {
+    Py_buffer view;
+    char *ring;
+    uint64_t cap;
+} Ring;
 
 /* The ring at `base` of view, checked: returns its data pointer and
  * capacity, or NULL with an exception. */
@@ -89,26 +94,54 @@ ring_at(Py_buffer *view, Py_ssize_t base, uint64_t *capacity)
     return ring;
 }
 
+/* Take a writable view of `buffer` and find the ring at `base` (an int) in
+ * it: 1, or 0 with an exception and no view held. */
+static int
+ring_open(Ring *r, PyObject *buffer, PyObject *base)
+{
+    Py_ssize_t at = PyLong_AsSsize_t(base);
+    if (at == -1 && PyErr_Occurred())
+        return 0;
+    if (writable_view(buffer, &r->view) < 0)
+        return 0;
+    r->ring = ring_at(&r->view, at, &r->cap);
+    if (r->ring == NULL) {
+        PyBuffer_Release(&r->view);
+        return 0;
+    }
+    return 1;
+}
+
+static inline uint64_t *
+head_of(char *ring)
+{
+    return (uint64_t *)(ring + OFF_HEAD);
+}
+
+static inline uint64_t *
+tail_of(char *ring)
+{
+    return (uint64_t *)(ring + OFF_TAIL);
+}
+
 static inline uint64_t
 padded(uint64_t n)
 {
     return (n + 7) & ~(uint64_t)7;
 }
 
+/* Bytes to skip (a WRAP) before an entry of `need` bytes at `head`. */
+static inline uint64_t
+wrap_skip(uint64_t head, uint64_t cap, uint64_t need)
+{
+    uint64_t at = head % cap;
+    return cap - at < need ? cap - at : 0;
+}
+
 static long
 futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout)
 {
     return syscall(SYS_futex, word, op, value, timeout, NULL, 0);
-}
-
-static uint32_t *
-word_at(Py_buffer *view, Py_ssize_t offset)
-{
-    if (offset < 0 || offset % 8 != 0 || offset + 8 > view->len) {
-        PyErr_Format(PyExc_IndexError, "offset %zd is not an aligned doorbell", offset);
-        return NULL;
-    }
-    return (uint32_t *)((char *)view->buf + offset);
 }
 
 /* The doorbell's first word: how the consumer sleeps, if it does. */
@@ -159,15 +192,13 @@ static PyObject *
 ring_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "ring_init(buffer, base, size)");
+    if (!nargs_ok(nargs, 3, -1, "ring_init(buffer, base, size)"))
         return NULL;
-    }
     Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     Py_ssize_t size = PyLong_AsSsize_t(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    if (get_view(args[0], &view) < 0)
+    if (writable_view(args[0], &view) < 0)
         return NULL;
     if (base < 0 || base % 64 != 0 || size < RING_DATA + 64 || size % 16 != 0 ||
         base + size > view.len || size - RING_DATA > (Py_ssize_t)UINT32_MAX) {
@@ -188,20 +219,11 @@ ring_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 ring_max_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    uint64_t cap;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "ring_max_entry(buffer, base)");
+    Ring r;
+    if (!nargs_ok(nargs, 2, -1, "ring_max_entry(buffer, base)") || !ring_open(&r, args[0], args[1]))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
-        return NULL;
-    char *ring = ring_at(&view, base, &cap);
-    PyBuffer_Release(&view);
-    if (ring == NULL)
-        return NULL;
-    return PyLong_FromUnsignedLongLong(cap / 2 - 8);
+    PyBuffer_Release(&r.view);
+    return PyLong_FromUnsignedLongLong(r.cap / 2 - 8);
 }
 
 /* Stop points of an append, for tests that kill a producer mid-append. */
@@ -214,16 +236,11 @@ enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
 static PyObject *
 ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view, data, bell_view;
-    uint64_t cap;
-    if (nargs != 6 && nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "ring_append(buffer, base, data, flag, bell_buffer, bell_offset)");
+    Ring r;
+    Py_buffer data, bell_view;
+    if (!nargs_ok(nargs, 6, 7, "ring_append(buffer, base, data, flag, bell_buffer, bell_offset)"))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     long flag = PyLong_AsLong(args[3]);
-    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[5]);
     long stop = nargs == 7 ? PyLong_AsLong(args[6]) : STOP_NONE;
     if (PyErr_Occurred())
         return NULL;
@@ -231,39 +248,34 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "flag must be 0..255");
         return NULL;
     }
-    if (get_view(args[0], &view) < 0)
+    if (!ring_open(&r, args[0], args[1]))
         return NULL;
     if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (get_view(args[4], &bell_view) < 0) {
-        PyBuffer_Release(&data);
-        PyBuffer_Release(&view);
+        PyBuffer_Release(&r.view);
         return NULL;
     }
     PyObject *result = NULL;
-    char *ring = ring_at(&view, base, &cap);
-    uint32_t *bell = ring ? word_at(&bell_view, bell_offset) : NULL;
+    uint32_t *bell = (uint32_t *)open_word(args[4], args[5], &bell_view);
     if (bell == NULL)
-        goto done;
+        goto no_bell;
+    uint64_t cap = r.cap;
     if ((uint64_t)data.len > cap / 2 - 8) {
         PyErr_Format(PyExc_ValueError,
                      "an entry of %zd bytes does not fit a ring of %llu (spill it)", data.len,
                      (unsigned long long)cap);
         goto done;
     }
-    uint64_t *headp = (uint64_t *)(ring + OFF_HEAD);
+    uint64_t *headp = head_of(r.ring);
     uint64_t head = __atomic_load_n(headp, __ATOMIC_RELAXED); /* ours alone */
-    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     uint64_t need = 8 + padded((uint64_t)data.len);
     uint64_t at = head % cap;
-    uint64_t skip = cap - at < need ? cap - at : 0;
+    uint64_t skip = wrap_skip(head, cap, need);
     if (head + skip + need - tail > cap) {
         result = PyLong_FromLong(0);
         goto done;
     }
-    char *area = ring + RING_DATA;
+    char *area = r.ring + RING_DATA;
     if (skip) {
         /* Visible only once head moves past it, with the entry. */
         __atomic_store_n((uint64_t *)(area + at), (uint64_t)MARK_WRAP << 32, __ATOMIC_RELEASE);
@@ -284,8 +296,9 @@ stopped:
     result = PyLong_FromLong(1);
 done:
     PyBuffer_Release(&bell_view);
+no_bell:
     PyBuffer_Release(&data);
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&r.view);
     return result;
 }
 
@@ -295,23 +308,17 @@ done:
 static PyObject *
 ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    uint64_t cap;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "ring_drain(buffer, base, position, max_bytes)");
+    Ring r;
+    if (!nargs_ok(nargs, 4, -1, "ring_drain(buffer, base, position, max_bytes)"))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+    if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
     PyObject *entries = NULL, *item = NULL;
-    char *ring = ring_at(&view, base, &cap);
-    if (ring == NULL)
-        goto fail;
-    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
-    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
+    uint64_t cap = r.cap;
+    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     if (pos < tail || pos > head || head - tail > cap) {
         PyErr_Format(PyExc_ValueError, "position %llu is outside the ring (%llu..%llu)", pos,
                      (unsigned long long)tail, (unsigned long long)head);
@@ -320,7 +327,7 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     entries = PyList_New(0);
     if (entries == NULL)
         goto fail;
-    char *area = ring + RING_DATA;
+    char *area = r.ring + RING_DATA;
     uint64_t taken = 0;
     while (pos < head && (Py_ssize_t)taken < max_bytes) {
         uint64_t at = pos % cap;
@@ -354,12 +361,12 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos += 8 + padded(length);
         taken += 8 + length;
     }
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&r.view);
     return Py_BuildValue("(NK)", entries, pos);
 fail:
     Py_XDECREF(item);
     Py_XDECREF(entries);
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&r.view);
     return NULL;
 }
 
@@ -368,31 +375,22 @@ fail:
 static PyObject *
 ring_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    uint64_t cap;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "ring_commit(buffer, base, position)");
+    Ring r;
+    if (!nargs_ok(nargs, 3, -1, "ring_commit(buffer, base, position)"))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+    if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
-    char *ring = ring_at(&view, base, &cap);
-    if (ring == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
-    uint64_t *tailp = (uint64_t *)(ring + OFF_TAIL);
+    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t *tailp = tail_of(r.ring);
     if (pos < __atomic_load_n(tailp, __ATOMIC_RELAXED) || pos > head) {
-        PyBuffer_Release(&view);
+        PyBuffer_Release(&r.view);
         PyErr_Format(PyExc_ValueError, "cannot commit position %llu", pos);
         return NULL;
     }
     __atomic_store_n(tailp, (uint64_t)pos, __ATOMIC_SEQ_CST);
-    ring_bell((uint32_t *)(ring + OFF_SPACE));
-    PyBuffer_Release(&view);
+    ring_bell((uint32_t *)(r.ring + OFF_SPACE));
+    PyBuffer_Release(&r.view);
     Py_RETURN_NONE;
 }
 
@@ -400,24 +398,13 @@ ring_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 ring_state(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    uint64_t cap;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "ring_state(buffer, base)");
+    Ring r;
+    if (!nargs_ok(nargs, 2, -1, "ring_state(buffer, base)") || !ring_open(&r, args[0], args[1]))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
-        return NULL;
-    char *ring = ring_at(&view, base, &cap);
-    if (ring == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_ACQUIRE);
-    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_ACQUIRE);
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(KKK)", head, tail, cap);
+    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
+    PyBuffer_Release(&r.view);
+    return Py_BuildValue("(KKK)", head, tail, r.cap);
 }
 
 /* ring_wait_space(buffer, base, need, seconds) -> True if `need` payload
@@ -426,40 +413,88 @@ ring_state(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    uint64_t cap;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "ring_wait_space(buffer, base, need, seconds)");
+    Ring r;
+    if (!nargs_ok(nargs, 4, -1, "ring_wait_space(buffer, base, need, seconds)"))
         return NULL;
-    }
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     Py_ssize_t size = PyLong_AsSsize_t(args[2]);
     double seconds = PyFloat_AsDouble(args[3]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
+    if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
-    char *ring = ring_at(&view, base, &cap);
-    if (ring == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    uint32_t *bell = (uint32_t *)(ring + OFF_SPACE); /* [waiting, sequence] */
+    uint32_t *bell = (uint32_t *)(r.ring + OFF_SPACE); /* [waiting, sequence] */
     uint32_t *seq = &bell[1];
     uint64_t need = 8 + padded((uint64_t)size);
-    uint64_t head = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_RELAXED);
-    uint64_t at = head % cap;
-    uint64_t skip = cap - at < need ? cap - at : 0;
+    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_RELAXED);
+    uint64_t skip = wrap_skip(head, r.cap, need);
     uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
     __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
-    uint64_t tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
-    int fits = head + skip + need - tail <= cap;
+    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
+    int fits = head + skip + need - tail <= r.cap;
     if (!fits) {
         sleep_on(seq, ticket, seconds);
-        tail = __atomic_load_n((uint64_t *)(ring + OFF_TAIL), __ATOMIC_SEQ_CST);
-        fits = head + skip + need - tail <= cap;
+        tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
+        fits = head + skip + need - tail <= r.cap;
     }
     __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&r.view);
     return PyBool_FromLong(fits);
+}
+
+/* The consumer's side of a doorbell call: the doorbell (its view held) and
+ * the view of the rings' buffer with `positions`, a dict {ring base:
+ * drained position}. */
+typedef struct {
+    Py_buffer bell_view, view;
+    uint32_t *bell;
+    PyObject *positions;
+} Watch;
+
+/* Parse (bell_buffer, bell_offset, buffer, positions, ...): 1, or 0 with
+ * an exception and no view held. */
+static int
+watch_open(Watch *w, PyObject *const *args)
+{
+    w->positions = args[3];
+    if (!PyDict_Check(w->positions)) {
+        PyErr_SetString(PyExc_TypeError, "positions: a dict {ring base: drained position}");
+        return 0;
+    }
+    w->bell = (uint32_t *)open_word(args[0], args[1], &w->bell_view);
+    if (w->bell == NULL)
+        return 0;
+    if (writable_view(args[2], &w->view) < 0) {
+        PyBuffer_Release(&w->bell_view);
+        return 0;
+    }
+    return 1;
+}
+
+static void
+watch_close(Watch *w)
+{
+    PyBuffer_Release(&w->view);
+    PyBuffer_Release(&w->bell_view);
+}
+
+/* 1 if a watched ring has an entry beyond its drained position, 0 if none,
+ * -1 with an exception. */
+static int
+watch_pending(Watch *w)
+{
+    PyObject *key, *value;
+    Py_ssize_t i = 0;
+    while (PyDict_Next(w->positions, &i, &key, &value)) {
+        Py_ssize_t base = PyLong_AsSsize_t(key);
+        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
+        uint64_t cap;
+        if (PyErr_Occurred())
+            return -1;
+        char *ring = ring_at(&w->view, base, &cap);
+        if (ring == NULL)
+            return -1;
+        if (__atomic_load_n(head_of(ring), __ATOMIC_SEQ_CST) != pos)
+            return 1;
+    }
+    return 0;
 }
 
 /* bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> bool
@@ -470,77 +505,45 @@ ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 bell_sleep(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer bell_view, view;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds)");
+    Watch w;
+    if (!nargs_ok(nargs, 5, -1, "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds)"))
         return NULL;
-    }
-    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[1]);
     double seconds = PyFloat_AsDouble(args[4]);
-    if (PyErr_Occurred())
+    if (PyErr_Occurred() || !watch_open(&w, args))
         return NULL;
-    PyObject *positions = args[3];
-    if (!PyDict_Check(positions)) {
-        PyErr_SetString(PyExc_TypeError, "positions: a dict {ring base: drained position}");
+    uint32_t ticket = __atomic_load_n(&w.bell[1], __ATOMIC_SEQ_CST);
+    __atomic_store_n(&w.bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
+    int pending = watch_pending(&w);
+    if (pending == 0)
+        pending = !sleep_on(&w.bell[1], ticket, seconds);
+    __atomic_store_n(&w.bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    watch_close(&w);
+    return pending < 0 ? NULL : PyBool_FromLong(pending);
+}
+
+/* bell_ring or bell_disarm (`disarm`) on the doorbell args[0..1]. */
+static PyObject *
+on_bell(PyObject *const *args, Py_ssize_t nargs, const char *signature, int disarm)
+{
+    Py_buffer view;
+    if (!nargs_ok(nargs, 2, -1, signature))
         return NULL;
-    }
-    if (get_view(args[0], &bell_view) < 0)
-        return NULL;
-    if (get_view(args[2], &view) < 0) {
-        PyBuffer_Release(&bell_view);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    uint32_t *bell = word_at(&bell_view, bell_offset);
+    uint32_t *bell = (uint32_t *)open_word(args[0], args[1], &view);
     if (bell == NULL)
-        goto done;
-    uint32_t ticket = __atomic_load_n(&bell[1], __ATOMIC_SEQ_CST);
-    __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
-    int pending = 0;
-    PyObject *key, *value;
-    Py_ssize_t i = 0;
-    while (!pending && PyDict_Next(positions, &i, &key, &value)) {
-        Py_ssize_t base = PyLong_AsSsize_t(key);
-        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
-        uint64_t cap;
-        if (PyErr_Occurred())
-            goto awake;
-        char *ring = ring_at(&view, base, &cap);
-        if (ring == NULL)
-            goto awake;
-        pending = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_SEQ_CST) != pos;
-    }
-    if (!pending)
-        pending = !sleep_on(&bell[1], ticket, seconds);
-    result = PyBool_FromLong(pending);
-awake:
-    __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
-done:
+        return NULL;
+    if (disarm)
+        __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    else
+        ring_bell(bell);
     PyBuffer_Release(&view);
-    PyBuffer_Release(&bell_view);
-    return result;
+    Py_RETURN_NONE;
 }
 
 /* bell_ring(bell_buffer, bell_offset): wake the consumer if it sleeps. */
 static PyObject *
 bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "bell_ring(bell_buffer, bell_offset)");
-        return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
-        return NULL;
-    uint32_t *bell = word_at(&view, offset);
-    if (bell != NULL)
-        ring_bell(bell);
-    PyBuffer_Release(&view);
-    if (bell == NULL)
-        return NULL;
-    Py_RETURN_NONE;
+    return on_bell(args, nargs, "bell_ring(bell_buffer, bell_offset)", 0);
 }
 
 /* bell_arm(bell_buffer, bell_offset, buffer, positions) -> bool
@@ -551,72 +554,23 @@ bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 bell_arm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer bell_view, view;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "bell_arm(bell_buffer, bell_offset, buffer, positions)");
+    Watch w;
+    if (!nargs_ok(nargs, 4, -1, "bell_arm(bell_buffer, bell_offset, buffer, positions)") ||
+        !watch_open(&w, args))
         return NULL;
-    }
-    Py_ssize_t bell_offset = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    PyObject *positions = args[3];
-    if (!PyDict_Check(positions)) {
-        PyErr_SetString(PyExc_TypeError, "positions: a dict {ring base: drained position}");
-        return NULL;
-    }
-    if (get_view(args[0], &bell_view) < 0)
-        return NULL;
-    if (get_view(args[2], &view) < 0) {
-        PyBuffer_Release(&bell_view);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    uint32_t *bell = word_at(&bell_view, bell_offset);
-    if (bell == NULL)
-        goto done;
-    __atomic_store_n(&bell[0], SLEEPS_ON_SELECT, __ATOMIC_SEQ_CST);
-    int pending = 0;
-    PyObject *key, *value;
-    Py_ssize_t i = 0;
-    while (!pending && PyDict_Next(positions, &i, &key, &value)) {
-        Py_ssize_t base = PyLong_AsSsize_t(key);
-        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
-        uint64_t cap;
-        char *ring = PyErr_Occurred() ? NULL : ring_at(&view, base, &cap);
-        if (ring == NULL) {
-            __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
-            goto done;
-        }
-        pending = __atomic_load_n((uint64_t *)(ring + OFF_HEAD), __ATOMIC_SEQ_CST) != pos;
-    }
-    if (pending)
-        __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
-    result = PyBool_FromLong(pending);
-done:
-    PyBuffer_Release(&view);
-    PyBuffer_Release(&bell_view);
-    return result;
+    __atomic_store_n(&w.bell[0], SLEEPS_ON_SELECT, __ATOMIC_SEQ_CST);
+    int pending = watch_pending(&w);
+    if (pending != 0)
+        __atomic_store_n(&w.bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    watch_close(&w);
+    return pending < 0 ? NULL : PyBool_FromLong(pending);
 }
 
 /* bell_disarm(bell_buffer, bell_offset): the consumer is awake again. */
 static PyObject *
 bell_disarm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "bell_disarm(bell_buffer, bell_offset)");
-        return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred() || get_view(args[0], &view) < 0)
-        return NULL;
-    uint32_t *bell = word_at(&view, offset);
-    if (bell != NULL)
-        __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
-    PyBuffer_Release(&view);
-    if (bell == NULL)
-        return NULL;
-    Py_RETURN_NONE;
+    return on_bell(args, nargs, "bell_disarm(bell_buffer, bell_offset)", 1);
 }
 
 static PyMethodDef methods[] = {
@@ -658,14 +612,9 @@ exec_module(PyObject *module)
     return 0;
 }
 
-/* Multi-phase initialisation with no module state: importable in
- * sub-interpreters, including those with their own GIL. */
 static PyModuleDef_Slot slots[] = {
     {Py_mod_exec, exec_module},
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-    {0, NULL},
+    ACCORD_SUBINTERPRETER_SLOT{0, NULL},
 };
 
 static struct PyModuleDef module = {

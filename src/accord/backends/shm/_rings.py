@@ -29,9 +29,9 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from ..._errors import AccordError
+from ..._errors import CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from ._ring import (
     bell_arm,
     bell_disarm,
@@ -49,6 +49,9 @@ from ._segment import Segment, unlink
 
 MAGIC = 0x61636F7272696E01  # "acorrin" + format 1
 BELL = 64
+# In each ring's header, a word _ring.c leaves alone: the doorbell of a
+# consumer that sleeps on that one ring (a client waiting for its replies).
+WAKE = 224
 FIRST_RING = 4096
 RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
 SPILL = 1  # entry flag: the payload is the name of a spill segment
@@ -61,12 +64,6 @@ FULL_TIMEOUT_S = 600.0
 _HEADER = struct.Struct("<3Q")
 
 
-def private_attach(name: str, min_size: int = 1) -> Segment:
-    """Map segment `name` once it is shown to be ours and private (0600):
-    another local user could have created it to feed us entries."""
-    return Segment.attach(name, min_size=min_size)
-
-
 class RingSegment:
     """The segment holding every client's ring and the consumer's doorbell."""
 
@@ -77,7 +74,7 @@ class RingSegment:
         self.buf = segment.buf
         magic, self.count, self.ring_size = _HEADER.unpack_from(self.buf, 0)
         if magic != MAGIC or FIRST_RING + self.count * self.ring_size > len(self.buf):
-            raise AccordError(f"{segment.name!r} is not an accord ring segment")
+            raise SegmentCorrupt(f"{segment.name!r} is not an accord ring segment")
 
     @classmethod
     def create(
@@ -95,7 +92,9 @@ class RingSegment:
 
     @classmethod
     def attach(cls, name: str) -> RingSegment:
-        return cls(private_attach(name, FIRST_RING))
+        # Checked to be ours and private (0600) before a byte is read:
+        # another local user could have created it to feed us entries.
+        return cls(Segment.attach(name, min_size=FIRST_RING))
 
     def base(self, index: int) -> int:
         if not 0 <= index < self.count:
@@ -114,13 +113,23 @@ class RingSegment:
 class Producer:
     """Appends to one ring.  One thread at a time (callers hold a lock)."""
 
-    __slots__ = ("_alive", "_base", "_buf", "_limit", "_spills", "_stem", "rings")
+    __slots__ = ("_alive", "_base", "_bell", "_buf", "_limit", "_spills", "_stem", "rings")
 
-    def __init__(self, rings: RingSegment, index: int, stem: str, alive: Callable[[], None]):
-        """`stem` names spill segments; `alive()` raises if the consumer is gone."""
+    def __init__(
+        self,
+        rings: RingSegment,
+        index: int,
+        stem: str,
+        alive: Callable[[], None],
+        own_bell: bool = False,
+    ):
+        """`stem` names spill segments; `alive()` raises if the consumer is
+        gone.  `own_bell`: the consumer sleeps on this ring alone (`Inbox`),
+        not on the segment's doorbell."""
         self.rings = rings
         self._buf = rings.buf
         self._base = rings.base(index)
+        self._bell = self._base + WAKE if own_bell else BELL
         self._limit = ring_max_entry(self._buf, self._base)
         self._stem = stem
         self._alive = alive
@@ -134,12 +143,12 @@ class Producer:
         woken here."""
         buf = self._buf
         if len(payload) <= self._limit:
-            done = ring_append(buf, self._base, payload, 0, buf, BELL)
+            done = ring_append(buf, self._base, payload, 0, buf, self._bell)
             return (done or self._wait(payload, 0, timeout)) == 2
         name = self._spill(payload)
         try:
             reference = f"{name}\0{len(payload)}".encode()
-            done = ring_append(buf, self._base, reference, SPILL, buf, BELL)
+            done = ring_append(buf, self._base, reference, SPILL, buf, self._bell)
             return (done or self._wait(reference, SPILL, timeout)) == 2
         except BaseException:
             unlink(name)  # never referenced: nobody else would remove it
@@ -148,12 +157,12 @@ class Producer:
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
         buf = self._buf
         deadline = time.monotonic() + timeout
-        while not (done := ring_append(buf, self._base, payload, flag, buf, BELL)):
-            bell_ring(buf, BELL)  # the consumer may sleep with our entries unread
+        while not (done := ring_append(buf, self._base, payload, flag, buf, self._bell)):
+            bell_ring(buf, self._bell)  # the consumer may sleep with our entries unread
             self._alive()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AccordError(
+                raise CoordinatorStalled(
                     f"the command ring stayed full for {timeout:.0f} s: the coordinator "
                     "is alive but not applying commands (a command that never returns?)"
                 )
@@ -178,10 +187,12 @@ class Producer:
 class Consumer:
     """Drains every ring of a segment; commits what it has applied."""
 
-    def __init__(self, rings: RingSegment, resume: bool = False) -> None:
-        """Watches every initialised ring.  `resume`: start from each ring's
-        committed position (a consumer replacing a dead one); else the
-        rings must be empty."""
+    def __init__(
+        self, rings: RingSegment, resume: bool = False, indexes: Iterable[int] | None = None
+    ) -> None:
+        """Watches every initialised ring (or those of `indexes`).  `resume`:
+        start from each ring's committed position (a consumer replacing a
+        dead one); else the rings must be empty."""
         self.rings = rings
         self.buf = rings.buf
         # Producers name spills after the share's stem, which names the rings.
@@ -190,14 +201,14 @@ class Consumer:
         # bell_sleep and bell_arm check for input.
         self.positions: dict[int, int] = {}
         self._spilled: dict[int, list[tuple[int, str]]] = {}
-        for i in range(rings.count):
+        for i in range(rings.count) if indexes is None else indexes:
             base = rings.base(i)
             try:
                 head, tail, _ = ring_state(self.buf, base)
             except ValueError:  # never handed out
                 continue
             if not resume and head != tail:
-                raise AccordError("a new consumer found entries in a ring: resume=True?")
+                raise SegmentCorrupt("a new consumer found entries in a ring: resume=True?")
             self.positions[base] = tail
 
     def drain(self, index: int, max_bytes: int = 1 << 20) -> tuple[list[bytes], int]:
@@ -216,11 +227,11 @@ class Consumer:
     def _unspill(self, base: int, entry: tuple[int, bytes], position: int) -> bytes:
         flag, data = entry
         if flag != SPILL:
-            raise AccordError(f"unknown ring entry flag {flag}")
+            raise SegmentCorrupt(f"unknown ring entry flag {flag}")
         name, size = data.decode().split("\0")
         if not name.startswith(self._spill_prefix):
-            raise AccordError(f"a ring entry names a foreign segment {name!r}")
-        segment = private_attach(name)
+            raise ForeignSegment(f"a ring entry names a foreign segment {name!r}")
+        segment = Segment.attach(name)  # checked ours and 0600, as above
         try:
             payload = bytes(segment.buf[: int(size)])
         finally:
@@ -252,7 +263,7 @@ class Consumer:
         base = self.rings.base(index)
         head, tail, _ = ring_state(self.buf, base)
         if head != tail:
-            raise AccordError(f"ring {index} still holds uncommitted entries")
+            raise SegmentCorrupt(f"ring {index} still holds uncommitted entries")
         self.recycle(index)
 
     def recycle(self, index: int) -> None:
@@ -283,3 +294,30 @@ class Consumer:
         """Sleep until a producer appends (or `timeout`); only if every ring
         is drained.  True if there may be input."""
         return bell_sleep(self.buf, BELL, self.buf, self.positions, timeout)
+
+
+class Inbox:
+    """One ring that one process reads and sleeps on alone: a client's
+    replies (the coordinator appends with `Producer(..., own_bell=True)`)."""
+
+    __slots__ = ("_base", "_buf", "_consumer", "_index")
+
+    def __init__(self, rings: RingSegment, index: int) -> None:
+        self._consumer = Consumer(rings, resume=True, indexes=(index,))
+        self._index = index
+        self._base = rings.base(index)
+        self._buf = rings.buf
+
+    def take(self) -> list[bytes]:
+        """The entries published since the last take (their space freed,
+        their spill segments removed)."""
+        entries, position = self._consumer.drain(self._index)
+        if entries:
+            self._consumer.commit(self._index, position)
+        return entries
+
+    def sleep(self, timeout: float) -> bool:
+        """Sleep until the producer appends, at most `timeout` s; only if
+        nothing is waiting.  False on timeout."""
+        buf = self._buf
+        return bell_sleep(buf, self._base + WAKE, buf, self._consumer.positions, timeout)

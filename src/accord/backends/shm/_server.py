@@ -1,25 +1,41 @@
 """The coordinator's side of the shm backend.
 
 Owns every resource of a share: the control segment, the snapshot segments,
-the listening socket and the key file.  `ShmServer.close()` removes all of
-them; nothing else ever unlinks.
+the command and reply rings, the listening socket and the key file.
+`ShmServer.close()` removes all of them; nothing else ever unlinks (but the
+process that made a spill segment and could not reference it, and the
+client that removes a reply's spill once it read it).
+
+Commands arrive through each client's ring (see _rings) and replies go back
+through another ring per client, on which it sleeps alone; a client's
+socket carries its authentication, a byte that wakes the coordinator when
+it sleeps, and -- by closing -- its death.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from ..._errors import AccordError
 from . import _control, _transport
 from ._atomic import store
-from ._segment import Segment, unlink
+from ._rings import Consumer, Producer, RingSegment
+from ._segment import Segment, leftovers, unlink
 from ._snapshots import SnapshotWriter
+
+log = logging.getLogger("accord.backends.shm")
+
+# A reply waits this long at most for room in a client's reply ring (the
+# client reads it whenever it waits for a reply; the room is only short while
+# it is busy between two reads).
+REPLY_TIMEOUT_S = 5.0
 
 _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 
@@ -27,14 +43,24 @@ _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 class Peer:
     """One connected client process, as the coordinator sees it."""
 
-    __slots__ = ("buffer", "id", "pid", "received", "sock")
+    __slots__ = ("broken", "committed", "drained", "id", "outbox", "pid", "received", "sock")
 
-    def __init__(self, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, sock: socket.socket, client_id: int, replies: RingSegment, stem: str):
         self.sock = sock
         self.id = client_id
-        self.buffer = _transport.FrameBuffer()
-        self.received = 0  # complete frames received from this peer
+        # Its reply ring: it sleeps there alone while it waits for a reply.
+        self.outbox = Producer(replies, client_id, stem, self.reading, own_bell=True)
+        self.received = 0  # commands drained from its ring
+        self.drained = 0  # ring position drained to
+        self.committed = 0  # ring position applied to
+        self.broken = False  # wrote garbage to its ring: being cut off
         self.pid = _peer_pid(sock)  # 0: unknown
+
+    def reading(self) -> None:
+        """For a reply waiting for room in the peer's reply ring: raise if
+        the peer is gone (its replies will never be read)."""
+        if not self.alive():
+            raise ConnectionError(f"client {self.id} (pid {self.pid}) is gone")
 
     def alive(self) -> bool:
         """Is the peer's process still there?  (Its socket may outlive it,
@@ -77,14 +103,25 @@ class ShmServer:
         self.control = Segment.create(f"{stem}~control", _control.SIZE)
         _control.init_header(self.control.buf, os.getpid())
         self.snapshots = SnapshotWriter(self.control, stem)
+        try:
+            self.rings = RingSegment.create(f"{stem}~rings", _control.CLIENTS, init=False)
+            try:  # one per client too, read by it: replies to its blocking calls
+                self.replies = RingSegment.create(f"{stem}~replies", _control.CLIENTS, init=False)
+            except BaseException:
+                self.rings.segment.unlink()
+                raise
+        except BaseException:
+            self.snapshots.close()
+            self.control.unlink()
+            raise
+        self.consumer = Consumer(self.rings)
         self.listener = _transport.listen(self.socket_path)
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.peers: dict[int, Peer] = {}
         self.closed = False
-        self._inbox = bytearray(1 << 20)  # reused: no allocation per recv
-        self._inbox_view = memoryview(self._inbox)
+        self._inbox = bytearray(4096)  # wake-up bytes land here, unread
         self._free_ids = list(range(_control.CLIENTS - 1, -1, -1))
         self.heartbeat()
 
@@ -107,26 +144,54 @@ class ShmServer:
 
     # -- messages ------------------------------------------------------------
 
-    def poll(self, timeout: float | None) -> Iterator[tuple[Peer, list[bytes] | None]]:
-        """Yield (peer, frames) for peers with input; frames None when it left."""
+    def poll(self, timeout: float | None) -> list[Peer]:
+        """Wait for input at most `timeout` s; the peers whose connection
+        ended.  Call `arm()` first: a sleeping coordinator is woken by a
+        byte on a client's socket."""
+        left = []
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 self._accept()
                 continue
             peer: Peer = key.data
             try:
-                size = peer.sock.recv_into(self._inbox)
+                size = peer.sock.recv_into(self._inbox)  # wake-up bytes only
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 size = 0
             if not size:
-                yield peer, None
-                continue
-            peer.buffer.feed(self._inbox_view[:size])
-            frames = peer.buffer.frames()
-            peer.received += len(frames)
-            yield peer, frames
+                left.append(peer)
+        return left
+
+    def arm(self) -> bool:
+        """About to sleep in `poll`: True if a ring has input (then do not)."""
+        return self.consumer.arm()
+
+    def disarm(self) -> None:
+        self.consumer.disarm()
+
+    def drain(self, peer: Peer) -> list[bytes] | None:
+        """The commands `peer` appended since the last drain, in order;
+        None if its ring holds something it could not have written."""
+        if peer.broken:
+            return []
+        try:
+            entries, position = self.consumer.drain(peer.id)
+        except (AccordError, RuntimeError, ValueError, OSError) as exc:
+            log.warning("client %d's command ring: %s", peer.id, exc)
+            peer.broken = True
+            return None
+        if entries:
+            peer.received += len(entries)
+            peer.drained = position
+        return entries
+
+    def commit(self, peer: Peer) -> None:
+        """Everything drained from `peer` is applied: its ring may reuse the space."""
+        if peer.committed != peer.drained:
+            self.consumer.commit(peer.id, peer.drained)
+            peer.committed = peer.drained
 
     def _accept(self) -> None:
         if not self._free_ids:
@@ -138,28 +203,31 @@ class ShmServer:
         # handshake hands it the id, after which it may write there at once.
         start = _control.intent_offset(client_id)
         self.control.buf[start : start + _control.INTENT_SIZE] = bytes(_control.INTENT_SIZE)
+        self.consumer.recycle(client_id)  # and empty rings
+        self.replies.reset(client_id)
         try:
             sock = _transport.accept(self.listener, self.key, client_id)
         except (OSError, _transport.AuthenticationError):  # BlockingIOError included
             self._free_ids.append(client_id)
             return
         sock.setblocking(False)
-        peer = Peer(sock, client_id)
+        peer = Peer(sock, client_id, self.replies, self.stem)
         self.peers[client_id] = peer
         self.selector.register(sock, selectors.EVENT_READ, peer)
 
     def send(self, peer: Peer, payload: bytes) -> None:
-        """Send a reply; a peer that cannot take it any more is dropped later."""
-        data = _transport.frame(payload)
+        """Put a reply in the peer's reply ring, waking it if it sleeps there
+        (no system call if it does not).  A peer that leaves it full for
+        REPLY_TIMEOUT_S, or dies meanwhile, loses it: it is dropped later."""
         try:
-            peer.sock.setblocking(True)
-            peer.sock.settimeout(5.0)
-            peer.sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                peer.sock.setblocking(False)
+            peer.outbox.append(payload, REPLY_TIMEOUT_S)
+        except (AccordError, OSError) as exc:
+            log.warning("a reply to client %d was not delivered: %s", peer.id, exc)
+
+    def disconnect(self, peer: Peer) -> None:
+        """End `peer`'s connection; `poll` then reports it left."""
+        with contextlib.suppress(OSError):
+            peer.sock.shutdown(socket.SHUT_RDWR)
 
     def drop(self, peer: Peer) -> None:
         if self.peers.pop(peer.id, None) is None:
@@ -167,6 +235,7 @@ class ShmServer:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(peer.sock)
         peer.sock.close()
+        self.consumer.release(peer.id)
         self._free_ids.append(peer.id)
 
     # -- lifetime ------------------------------------------------------------
@@ -184,6 +253,11 @@ class ShmServer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.snapshots.close()
+        for rings in (self.rings, self.replies):
+            rings.segment.unlink()
+            rings.close()
+        for name in leftovers(f"{self.stem}~spill."):
+            unlink(name)
         self.control.unlink()
         self.control.close()
 
@@ -194,8 +268,6 @@ def remove_leftovers(stem: str, socket_path: str, keep_record: bool = False) -> 
     `keep_record`: leave the share's key file while it is restarted, so a
     process attaching meanwhile is told CoordinatorLost, not ShareClosed.
     """
-    from ._segment import leftovers
-
     for name in leftovers(stem + "~"):
         unlink(name)
     paths = [Path(socket_path)]

@@ -1,10 +1,11 @@
-"""Authenticated framed messages over Unix domain sockets.
+"""Authenticated Unix domain sockets: a client's connection to its coordinator.
 
 Sockets live in a directory private to the user (0700, checked to be ours),
 and every connection proves knowledge of the share's key with an HMAC
-challenge in both directions, as `multiprocessing.connection` does, before a
-single byte is unpickled.  Messages are length-prefixed frames, so the
-coordinator can read many queued writes with one `recv`.
+challenge in both directions, as `multiprocessing.connection` does.  After
+the handshake nothing is read from a socket but its end (a process died) and
+the byte that wakes a sleeping coordinator: commands and replies go through
+rings in shared memory (see _rings).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from ..._errors import AuthenticationError, UnsafeRuntimeDir
 
-_LENGTH = struct.Struct("<I")
 _ID = struct.Struct("<I")
 _CHALLENGE = 32
 HANDSHAKE_TIMEOUT = 5.0
@@ -40,37 +40,6 @@ def runtime_dir() -> Path:
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
-
-
-def frame(payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload)) + payload
-
-
-class FrameBuffer:
-    """Accumulates received bytes and splits them into frames."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def feed(self, chunk: bytes | memoryview) -> None:
-        self._data += chunk
-
-    def frames(self) -> list[bytes]:
-        data = self._data
-        out = []
-        pos = 0
-        end = len(data)
-        while end - pos >= 4:
-            (length,) = _LENGTH.unpack_from(data, pos)
-            if end - pos - 4 < length:
-                break
-            out.append(bytes(data[pos + 4 : pos + 4 + length]))
-            pos += 4 + length
-        if pos:
-            del data[:pos]
-        return out
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

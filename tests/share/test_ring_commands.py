@@ -1,0 +1,114 @@
+"""Writes of the shm backend travel through per-client rings in shared
+memory: many processes stay exact, a writer killed mid-append leaves no half
+command, big commands spill, and the coordinator sleeps and wakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from accord import Share
+from accord.backends.shm import _ring
+from accord.backends.shm._rings import BELL
+from accord.backends.shm._segment import leftovers
+
+
+def _stem(share) -> str:
+    return share._link.info.stem
+
+
+def _increment(share, n):
+    for _ in range(n):
+        share.counter += 1
+    share.flush()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("processes", [8, 16])
+def test_more_writers_than_cores_stay_exact(share, ctx, processes):
+    share.counter = 0
+    n = 150
+    workers = [ctx.Process(target=_increment, args=(share, n)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(240)
+    assert [w.exitcode for w in workers] == [0] * processes
+    assert share.counter == processes * n
+
+
+def _append_then_die_mid_append(share, count, stop):
+    for i in range(count):
+        share.lst.append(i)
+    # The next command stops half-appended, and the process dies right there.
+    client = share._link.client
+    client._producer = _DiesMidAppend(client._producer.rings, client._id, stop)
+    share.lst.append("half")
+
+
+class _DiesMidAppend:
+    def __init__(self, rings, index, stop):
+        self.rings, self.base, self.stop = rings, rings.base(index), stop
+
+    def append(self, payload, timeout=None):
+        buf = self.rings.buf
+        _ring.ring_append(buf, self.base, payload, 0, buf, BELL, self.stop)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", [_ring.STOP_AFTER_PAYLOAD, _ring.STOP_AFTER_HEADER])
+def test_a_writer_killed_mid_append_leaves_no_half_command(share, ctx, separate_processes, stop):
+    share.lst = []
+    process = ctx.Process(target=_append_then_die_mid_append, args=(share, 50, stop))
+    process.start()
+    process.join(60)
+    assert process.exitcode == -signal.SIGKILL
+    # Every whole command is applied, the half one is not, and its raised
+    # flag is credited (this read would otherwise wait).
+    started = time.monotonic()
+    assert share.lst == list(range(50))
+    assert time.monotonic() - started < 1.5
+    # Its ring is recycled for the next client; nothing is stuck.
+    again = ctx.Process(target=_append_then_die_mid_append, args=(share, 5, stop))
+    again.start()
+    again.join(60)
+    assert share.lst == list(range(50)) + list(range(5))
+
+
+def _assign_big(share, size):
+    share.big = b"x" * size
+    share.flush()
+
+
+def test_big_commands_spill_to_a_segment_removed_once_applied(share, ctx):
+    size = 1 << 20  # far over half a ring
+    process = ctx.Process(target=_assign_big, args=(share, size))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert share.big == b"x" * size
+    share.flush()
+    assert leftovers(_stem(share) + "~spill.") == []
+
+
+def test_an_idle_coordinator_sleeps_and_an_append_wakes_it():
+    with Share() as share:
+        share.lst = []
+        share.flush()
+        # Idle for longer than its spin and heartbeat: it sleeps in select().
+        deadline = time.monotonic() + 5
+        bell = share._link.client._rings.buf
+        while time.monotonic() < deadline and _ring_bell_state(bell) == 0:
+            time.sleep(0.01)
+        assert _ring_bell_state(bell) == 2, "the coordinator never slept"
+        share.lst.append(1)  # appended to the ring; a byte on the socket wakes it
+        started = time.monotonic()
+        assert share.lst == [1]
+        assert time.monotonic() - started < 1.0
+
+
+def _ring_bell_state(buf) -> int:
+    return int.from_bytes(bytes(buf[BELL : BELL + 4]), "little")
