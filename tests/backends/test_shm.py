@@ -69,3 +69,39 @@ def test_snapshots_round_trip_grow_and_delete(stem):
     writer.close()
     control.unlink()
     assert leftovers(stem + "~") == []
+
+
+def test_a_record_being_rewritten_reads_as_the_old_or_the_new_never_as_none():
+    # restart() rewrites the share's record while other processes follow
+    # it: an empty file in between read as "closed" (ShareClosed in a
+    # writer of test_restart_loss, 1 run in 4).
+    import threading
+
+    from accord.backends.shm import _transport
+    from accord.backends.shm._client import ShareInfo, load_record, save_record
+
+    name = f"test-record-{os.getpid()}"
+    infos = [
+        ShareInfo(name, f"accord.{os.getuid()}.{name}~{i}", f"/nonexistent/{i}", b"k" * 32, i + 1)
+        for i in range(2)
+    ]
+    save_record(infos[0])
+    stop = threading.Event()
+
+    def rewrite():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            save_record(infos[i % 2])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        seen = [load_record(name) for _ in range(3000)]
+    finally:
+        stop.set()
+        writer.join(30)
+        (_transport.runtime_dir() / f"{name}.key").unlink()
+    assert all(info is not None for info in seen)
+    assert {info.pid for info in seen} <= {1, 2}
+    assert list(_transport.runtime_dir().glob(f".{name}.*")) == []  # nothing left aside

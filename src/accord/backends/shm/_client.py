@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import secrets
 import socket
 import struct
 import threading
@@ -99,9 +100,19 @@ def save_record(info: ShareInfo) -> None:
         "owner": os.getpid(),
     }
     path = _transport.runtime_dir() / f"{info.name}.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
+    # Written aside, then renamed over the old record: a process reading it
+    # meanwhile (following a restart) sees the old record or the new one,
+    # never an empty file, which would read as "closed".
+    aside = path.with_name(f".{info.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(aside, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        raise
 
 
 def abandoned_records() -> list[ShareInfo]:
