@@ -550,7 +550,7 @@ class Store:
         sql = self._sql
         while rows := self._next(conn, want):
             if rows[-1].position <= self._checked_up_to:
-                taken = rows  # in position order: all checked at connect
+                taken = list(rows)  # in position order: all checked at connect
             else:
                 taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
             if len(taken) < len(rows):
@@ -827,7 +827,7 @@ def counts(conn: Connection, queue_id: int) -> dict[str, int]:
 
     indexed = (PENDING, RUNNING, FAILED)
     total, *numbers = conn.execute(select(count(), *(count(is_(s)) for s in indexed))).one()
-    found = dict(zip(indexed, numbers, strict=True))
+    found: dict[str, int] = dict(zip(indexed, numbers, strict=True))
     found[COMPLETED] = total - sum(numbers)
     return {status: found[status] for status in STATUSES}
 
