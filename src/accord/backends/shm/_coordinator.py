@@ -25,7 +25,6 @@ from collections import deque
 from ..._core import _coordinator as core
 from ..._core import _protocol as P
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
-from ..._core._server import PeerServer
 from ..._core._slots import WHOLE, slot_of
 from .._process import coordinator_main
 from . import _client
@@ -47,7 +46,7 @@ class ShmCoordinator(Coordinator):
     select() on the sockets (wake-up bytes, arrivals, departures) only once
     every ring is empty, and beats."""
 
-    server: PeerServer
+    server: ShmServer
 
     def run(self) -> None:
         last_beat = 0.0
@@ -256,9 +255,7 @@ def serve(config: dict, extra: bytes, ready) -> None:
     # configuration: its last committed state (pickled snapshots), the
     # writes each includes, and the entries of its rings.
     restored, includes, rings = pickle.loads(extra) if config.get("restore") else ({}, {}, {})
-    server: PeerServer = ShmServer(
-        config["stem"], config["socket_path"], bytes.fromhex(config["key"])
-    )
+    server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
         coordinator.restore(restored)
