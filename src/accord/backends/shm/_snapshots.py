@@ -414,7 +414,17 @@ class SnapshotWriter:
 
 
 class _Cached:
-    __slots__ = ("commits", "epoch", "kind", "obj", "segment", "segname", "used", "version")
+    __slots__ = (
+        "commits",
+        "epoch",
+        "kind",
+        "obj",
+        "segment",
+        "segname",
+        "typed",
+        "used",
+        "version",
+    )
 
     def __init__(self, segment: Segment) -> None:
         self.segment: Segment | None = segment  # None while not mapped
@@ -425,6 +435,15 @@ class _Cached:
         self.commits = -1
         self.kind: Kind | None = None  # the index's when obj was read
         self.obj = None
+        self.typed: Typed | None = None  # kind() of obj and kind, made once
+
+
+def _typed(cached: _Cached, kind: Kind) -> Typed:
+    # Made once per object and kind: a proxy's method call asks for it each time.
+    typed = cached.typed
+    if typed is None or typed.kind is not kind or typed.cls is not type(cached.obj):
+        typed = cached.typed = Typed(type(cached.obj), kind)
+    return typed
 
 
 class SnapshotReader:
@@ -608,7 +627,7 @@ class SnapshotReader:
             and cached.kind is not None
             and cached.commits == load(self._control, _control.COMMITS)
         ):
-            return Typed(type(cached.obj), cached.kind)  # nothing committed since we looked
+            return _typed(cached, cached.kind)  # nothing committed since we looked
         entry = self._refresh_index().get(name)
         if entry is None:
             return MISSING
@@ -618,7 +637,7 @@ class SnapshotReader:
             if obj is MISSING:
                 return MISSING
             return Typed(type(obj), entry.kind)
-        return Typed(type(cached.obj), entry.kind)
+        return _typed(cached, entry.kind)
 
     def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str]]:
         """Every committed snapshot as bytes, for a restart after the
