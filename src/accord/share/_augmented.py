@@ -201,17 +201,18 @@ def self_check() -> bool:
 class Augmenting:
     """What an augmented read returns: its in-place operators send AUGMENT.
 
-    ``send(op_name, operand)`` queues the atomic command; the marker it
-    returns tells the following store to do nothing.
+    ``link.augment(place, op_name, operand)`` queues the atomic command; the
+    marker it returns tells the following store to do nothing.
     """
 
-    __slots__ = ("_send",)
+    __slots__ = ("_link", "_place")
 
-    def __init__(self, send) -> None:
-        self._send = send
+    def __init__(self, link, place: tuple) -> None:
+        self._link = link
+        self._place = place
 
     def _apply(self, op: str, operand):
-        self._send(op, operand)
+        self._link.augment(self._place, op, operand)
         return DONE
 
 

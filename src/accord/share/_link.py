@@ -21,7 +21,7 @@ from typing import Any
 from .._core import _protocol as P
 from .._core._fastread import Reader
 from .._core._protocol import describe
-from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._serialize import PLAIN, cloudpickle_dumps, is_plain, pack, pack_call
 from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
 from .._core._values import is_value, private
 from .._errors import (
@@ -449,15 +449,26 @@ class Link:
         if named is None:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
-        client.check_alive()
         known = None
-        if client.remote:
+        if not client.remote:
+            if is_augmented(3):
+                # `share.name += x`: one AUGMENT whatever the value is now
+                # (none yet: the coordinator reports it) -- unless it is a
+                # container, whose proxy's own += is atomic.  Nothing to
+                # wait for: the command runs after every earlier write.
+                kind = client.kind(name)
+                if kind is MISSING or kind[1][1]:
+                    return Augmenting(self, path)
+                return self.proxy(path)
+            client.check_alive()
+        else:
+            client.check_alive()
             # Over a network, `share.x += 1` should cost the one round trip
             # that sends it: decide from what we last read (an AUGMENT is
             # right even if `x` has since become a container).
             known = client.known(name)
             if known is not None and known.kind[1] and is_augmented(3):
-                return Augmenting(lambda op, operand: self.augment(path, op, operand))
+                return Augmenting(self, path)
         # No write pending (checked first), and nothing committed since our
         # last read (checked after): then what we hold is current.
         cached, clear = client.lookup(name, slots)
@@ -473,8 +484,8 @@ class Link:
         if not is_plain_value:
             # A container: its proxy's own += is atomic; no bytecode check.
             return self.proxy(path)
-        if is_augmented(3):
-            return Augmenting(lambda op, operand: self.augment(path, op, operand))
+        if client.remote and is_augmented(3):  # (a local client decided above)
+            return Augmenting(self, path)
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
                 if self.reader.armed:  # (armed: a client with a fast path, shm)
@@ -583,12 +594,15 @@ class Link:
         self.request(P.DELETE, (place,), self.place_slots(place))
 
     def augment(self, place: tuple, op: str, operand) -> None:
-        operand = unwrap(operand)
-        self.send(
-            P.AUGMENT,
-            (place, op, pack(operand, lambda: f"operand of {describe(place)} {op}")),
-            self.place_slots(place),
-        )
+        if type(operand) in PLAIN:  # (`+= 1`: the common case, at once)
+            packed = (operand,)
+        else:
+            operand = unwrap(operand)
+            packed = pack(operand, lambda: f"operand of {describe(place)} {op}")
+        slots = self._write_slots.get((place, None)) if len(place) == 1 else None
+        if slots is None:
+            slots = self.place_slots(place)
+        self.send(P.AUGMENT, (place, op, packed), slots)
 
     def call(self, method: BoundMethod, args: tuple, kwargs: dict):
         path, name, kind = method.path, method.name, method.kind

@@ -406,7 +406,17 @@ class SnapshotWriter:
 
 
 class _Cached:
-    __slots__ = ("commits", "epoch", "kind", "obj", "segment", "segname", "used", "version")
+    __slots__ = (
+        "commits",
+        "epoch",
+        "kind",
+        "kind_commits",
+        "obj",
+        "segment",
+        "segname",
+        "used",
+        "version",
+    )
 
     def __init__(self, segment: Segment) -> None:
         self.segment: Segment | None = segment  # None while not mapped
@@ -415,6 +425,9 @@ class _Cached:
         self.epoch = -1  # of the base obj was read from
         self.used = 0  # bytes of that base's change log applied to obj
         self.commits = -1
+        # The commit count at which `kind` was last found current (obj's
+        # type then still is the committed object's, obj itself maybe not).
+        self.kind_commits = -1
         self.kind: tuple | None = None  # the index's kind when obj was read
         self.obj = None
 
@@ -595,18 +608,22 @@ class SnapshotReader:
         the index and the object last read, without unpickling when the
         object's type has not changed since."""
         cached = self._cache.get(name)
-        if cached is not None and cached.commits == load(self._control, _control.COMMITS):
+        commits = load(self._control, _control.COMMITS)
+        if cached is not None and (cached.commits == commits or cached.kind_commits == commits):
             return type(cached.obj), cached.kind  # nothing committed since we looked
         entry = self._refresh_index().get(name)
         if entry is None:
             return MISSING
         cached = self._cache.get(name)
-        if cached is None or cached.kind != entry[1:]:
-            obj = self.read(name)
-            if obj is MISSING:
-                return MISSING
-            return type(obj), entry[1:]
-        return type(cached.obj), entry[1:]
+        if cached is not None and cached.kind == entry[1:]:
+            # (The count was loaded before the index: at worst this marks a
+            # newer kind current at an older count, which is still true.)
+            cached.kind_commits = commits
+            return type(cached.obj), cached.kind
+        obj = self.read(name)  # its type changed since we last read it
+        if obj is MISSING:
+            return MISSING
+        return type(obj), entry[1:]
 
     def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str]]:
         """Every committed snapshot as bytes, for a restart after the
