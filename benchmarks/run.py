@@ -294,8 +294,8 @@ def bench_command_transport(n: int) -> None:
     import socket
     import struct
 
+    from accord._core._segment import unlink
     from accord.backends.shm._rings import Producer, RingSegment
-    from accord.backends.shm._segment import unlink
 
     table = Table(f"One-way commands of 100 bytes to another process ({n}, until all are read)")
     payload = b"x" * 100

@@ -7,7 +7,8 @@ import re
 import pytest
 
 import accord
-from accord import _errors, work
+from accord import work
+from accord._core import _errors
 from accord.share import _proxy, _share
 from accord.spawn import _pool
 from accord.work import _errors as _work_errors

@@ -96,7 +96,7 @@ def test_public_classes_pickle_by_their_public_path():
 
 def test_backend_modules_reexport_the_public_errors():
     # Code written against the earlier homes of these errors keeps working.
-    from accord._remote import RemoteError
+    from accord._core._remote import RemoteError
     from accord.backends.redis import BackendUnavailable, TamperedPayload
     from accord.backends.shm._transport import AuthenticationError
 

@@ -1,6 +1,6 @@
 """The layers stay layers: imports in src/accord point down only, without cycles.
 
-    _core (+ accord._errors, _remote, _logging)   neutral: no I/O, no backend
+    _core                                           neutral: no backend, no share
     backends/                                       each backend: one folder
     share/                                          Share, proxies, Link, aio
     spawn/, work/, cli                              beside share, on the core
@@ -19,13 +19,9 @@ from pathlib import Path
 import accord
 
 SRC = Path(accord.__file__).parent
-CORE = ("accord._core", "accord._errors", "accord._remote", "accord._logging")
+CORE = ("accord._core",)
 
-# spawn/ ships big frames in shm segments.
-KNOWN_DEBTS = {
-    ("accord.spawn._pool", "accord.backends.shm._segment"),
-    ("accord.spawn._wire", "accord.backends.shm._segment"),
-}
+KNOWN_DEBTS: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._errors import (
+from ._core._errors import (
     AccordError,
     AugmentedAssignmentUnsupported,
     AuthenticationError,

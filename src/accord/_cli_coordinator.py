@@ -27,7 +27,7 @@ def run(
     commit_window: float = 0.002,
 ) -> int:
     """Coordinate share `name` at `url` until it is closed; the exit status."""
-    from ._errors import AccordError
+    from ._core._errors import AccordError
     from .backends.redis._coordinator import serve
     from .backends.redis._launch import info_for
 

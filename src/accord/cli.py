@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ._errors import AccordError
+from ._core._errors import AccordError
 
 
 @click.group()

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ring_workers import append_forever, append_then_die, check, entry, produce
 
-from accord._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
+from accord._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
+from accord._core._segment import leftovers, unlink
 from accord.backends.shm import _ring
 from accord.backends.shm._rings import BELL, SPILL, WAKE, Consumer, Inbox, Producer, RingSegment
-from accord.backends.shm._segment import leftovers, unlink
 
 _names = itertools.count()
 
@@ -294,7 +294,7 @@ def test_the_c_functions_check_their_arguments():
     """_ring and _atomic share their argument checks (_shmargs.h): a wrong
     count, a misaligned or out-of-range word, a missing ring are Python
     errors, never a write outside the buffer."""
-    from accord.backends.shm import _atomic
+    from accord._core import _atomic
 
     buf = bytearray(4096)
     with pytest.raises(TypeError, match=r"load\(buffer, offset\)"):

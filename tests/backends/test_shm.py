@@ -10,9 +10,9 @@ import stat
 
 import pytest
 
+from accord._core._atomic import fetch_add, load, store
+from accord._core._segment import Segment, leftovers
 from accord.backends.shm import _control
-from accord.backends.shm._atomic import fetch_add, load, store
-from accord.backends.shm._segment import Segment, leftovers
 from accord.backends.shm._snapshots import MISSING, SnapshotReader, SnapshotWriter
 
 

@@ -16,9 +16,9 @@ import time
 import pytest
 
 from accord import AccordError, ForeignSegment, Share, ShareClosed, SnapshotNotSettled
+from accord._core._atomic import load, store
+from accord._core._segment import Segment, leftovers, unlink
 from accord.backends.shm import _control, _snapshots
-from accord.backends.shm._atomic import load, store
-from accord.backends.shm._segment import Segment, leftovers, unlink
 from accord.backends.shm._snapshots import SnapshotReader, SnapshotWriter
 
 

@@ -20,8 +20,8 @@ import threading
 
 import pytest
 
+from accord._core._segment import Segment
 from accord.backends.shm import _snapshots
-from accord.backends.shm._segment import Segment
 from accord.backends.shm._snapshots import HEADER, _append_log, _read_log, _write
 
 READER_LOADS = 10  # a read takes up to 8 loads; later ones see the writer done

@@ -22,8 +22,8 @@ from accord import (
     UnshareableError,
 )
 from accord._core._coordinator import STUCK_S
+from accord._core._segment import leftovers
 from accord.backends.shm._client import _pid_alive
-from accord.backends.shm._segment import leftovers
 from accord.backends.shm._transport import connect, runtime_dir
 
 

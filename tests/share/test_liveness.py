@@ -10,8 +10,8 @@ import time
 import pytest
 
 from accord import CoordinatorLost, Share, ShareClosed
-from accord.backends.shm._atomic import load, store
-from accord.backends.shm._segment import Segment
+from accord._core._atomic import load, store
+from accord._core._segment import Segment
 
 NAMES = 50
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from accord import CoordinatorLost, Share
+from accord._core._segment import leftovers
 from accord.backends.shm import _ring
-from accord.backends.shm._segment import leftovers
 
 
 class Box:

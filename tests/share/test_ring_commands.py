@@ -11,9 +11,9 @@ import time
 import pytest
 
 from accord import Share
+from accord._core._segment import leftovers
 from accord.backends.shm import _ring
 from accord.backends.shm._rings import BELL
-from accord.backends.shm._segment import leftovers
 
 
 def _stem(share) -> str:

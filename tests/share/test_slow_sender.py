@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+from accord._core._atomic import load
 from accord._core._coordinator import STUCK_S
 from accord.backends.shm import _control
-from accord.backends.shm._atomic import load
 
 BACKENDS = ("shm",)  # the ordered backends queue a flag and its command in one step
 

@@ -120,7 +120,7 @@ def test_a_dead_worker_fails_its_task_and_is_replaced(spawn_backend, separate_pr
         after = pool.submit(whoami).result(timeout=30)[0]
         assert after != before
         assert pool.submit(square, 5).result(timeout=30) == 25
-    from accord.backends.shm._segment import leftovers
+    from accord._core._segment import leftovers
 
     assert leftovers(pool._stem) == []  # the untaken segment was swept at shutdown
 
@@ -334,7 +334,7 @@ def test_big_arguments_and_results_travel_through_shared_memory(spawn_backend):
         assert results == [big + big, b"smallsmall", big[:BULK_BYTES] * 2]
         assert pool.submit(len, big).result(timeout=30) == len(big)
         stem = pool._stem
-    from accord.backends.shm._segment import leftovers
+    from accord._core._segment import leftovers
 
     assert leftovers(stem) == []  # every segment was taken and unlinked
 
@@ -609,7 +609,7 @@ def test_an_initializer_failing_on_one_worker_while_another_answers(spawn_backen
 def test_a_dead_workers_untaken_segments_go_with_it(spawn_backend, separate_processes):
     # Not only at shutdown: a long-lived pool whose workers die would fill
     # /dev/shm with the big tasks they never took.
-    from accord.backends.shm._segment import leftovers
+    from accord._core._segment import leftovers
 
     big = b"x" * 200_000
     with Pool(1, backend=spawn_backend) as pool:
@@ -856,7 +856,7 @@ if __name__ == "__main__":
 
 
 def _pool_segments_of(pid: int) -> list[str]:
-    from accord.backends.shm._segment import leftovers
+    from accord._core._segment import leftovers
 
     return [n for n in leftovers(f"accord.{os.getuid()}.anon-{pid}-pool")]
 
@@ -1050,7 +1050,7 @@ def blob_double(blob):
 
 
 def test_big_buffers_travel_out_of_band_in_reused_segments(spawn_backend):
-    from accord.backends.shm._segment import leftovers
+    from accord._core._segment import leftovers
     from accord.spawn._wire import _KEEP
 
     data = bytearray(os.urandom(1 << 20))

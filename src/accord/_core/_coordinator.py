@@ -23,11 +23,11 @@ from typing import Any
 
 import cloudpickle
 
-from .._errors import ErrorsDropped, TemporaryTarget
-from .._remote import Unreadable, pack_error
 from . import _changes
 from . import _protocol as P
+from ._errors import ErrorsDropped, TemporaryTarget
 from ._ranges import changed_bytes
+from ._remote import Unreadable, pack_error
 from ._serialize import (
     PLAIN,
     cloudpickle_dumps,

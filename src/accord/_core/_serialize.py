@@ -16,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._errors import UnshareableError
+from ._errors import UnshareableError
 
 PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from .._errors import UsedFromOwnCoordinator
+from .._core._errors import UsedFromOwnCoordinator
 
 
 class _Client(Protocol):

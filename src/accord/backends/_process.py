@@ -19,9 +19,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .. import _logging
+from .._core import _logging
 from .._core._coordinator import Stop
-from .._errors import CoordinatorStartFailed
+from .._core._errors import CoordinatorStartFailed
 
 START_TIMEOUT = 30.0  # seconds a coordinator may take to say READY
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from .._core._remote import rebuild_error
 from .._core._slots import MISSING
-from .._remote import rebuild_error
 
 
 class Replies:

@@ -31,8 +31,8 @@ import opcode
 import sys
 
 from .._core import _fastread
+from .._core._errors import AugmentedAssignmentUnsupported
 from .._core._protocol import INPLACE_OPERATORS
-from .._errors import AugmentedAssignmentUnsupported
 
 _verdicts: dict[tuple, bool] = {}
 

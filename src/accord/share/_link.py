@@ -19,19 +19,19 @@ import threading
 from typing import Any
 
 from .._core import _protocol as P
-from .._core._fastread import Reader
-from .._core._protocol import describe
-from .._core._serialize import PLAIN, cloudpickle_dumps, is_plain, pack, pack_call
-from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
-from .._core._values import is_value, private
-from .._errors import (
+from .._core._errors import (
     CoordinatorLost,
     ShareClosed,
     Unconfirmed,
     UnshareableError,
     WritesLost,
 )
-from .._remote import Unreadable, rebuild_error
+from .._core._fastread import Reader
+from .._core._protocol import describe
+from .._core._remote import Unreadable, rebuild_error
+from .._core._serialize import PLAIN, cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
+from .._core._values import is_value, private
 from ..backends._replies import raise_all
 from ._augmented import Augmenting, is_augmented
 from ._methods import LOCAL, QUEUE, Access, checked, method_access, property_access

@@ -11,9 +11,9 @@ import threading
 import weakref
 
 from .._core import _protocol as P
+from .._core._errors import RestartRefused
 from .._core._fastread import ShareBase
 from .._core._values import private
-from .._errors import RestartRefused
 from ..backends import _registry
 from ..backends._protocol import BackendInfo, CoordinatorProcess
 from ..backends._replies import raise_all

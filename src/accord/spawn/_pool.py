@@ -34,9 +34,9 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .._errors import TaskTimeout, WorkerLost
-from .._remote import rebuild_error
-from ..backends.shm import _segment
+from .._core import _segment
+from .._core._errors import TaskTimeout, WorkerLost
+from .._core._remote import rebuild_error
 from . import _handles, _pickling, _wire, _worker
 from ._wire import FrameReader, frame
 

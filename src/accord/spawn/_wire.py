@@ -88,14 +88,14 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 # when a big frame comes (annotations are not evaluated here).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..backends.shm._segment import Segment
+    from .._core._segment import Segment
 
 _own: dict[str, list] = {}
 _mapped: dict[str, Segment] = {}
 
 
 def _to_buffer(parts: list, stem: str) -> bytes:
-    from ..backends.shm._segment import Segment
+    from .._core._segment import Segment
 
     sizes = [memoryview(p).nbytes for p in parts]
     need = _START + sum(-(-n // 64) * 64 for n in sizes)
@@ -125,7 +125,7 @@ def _to_buffer(parts: list, stem: str) -> bytes:
 
 
 def _from_buffer(body: bytes) -> tuple[bytes, list]:
-    from ..backends.shm._segment import Segment
+    from .._core._segment import Segment
 
     (count,) = _COUNT.unpack_from(body)
     sizes = [_LENGTH.unpack_from(body, _COUNT.size + i * _LENGTH.size)[0] for i in range(count)]
@@ -163,7 +163,7 @@ def forget(stem: str) -> None:
 
 
 def unlink_leftovers(stem: str) -> None:
-    from ..backends.shm import _segment
+    from .._core import _segment
 
     forget(stem)
     for name in _segment.leftovers(stem):

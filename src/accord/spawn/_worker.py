@@ -268,7 +268,7 @@ def _pickled_error(exc: BaseException) -> bytes:
 
 
 def _packed_error(exc: BaseException) -> tuple[bytes, str]:
-    from .._remote import pack_error
+    from .._core._remote import pack_error
 
     return pack_error(exc)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._errors import AccordError
+from .._core._errors import AccordError
 
 
 class WorkError(AccordError):

@@ -19,13 +19,13 @@ from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING
 
 from ..._core._coordinator import OrderedCoordinator
-from ..._core._slots import MISSING, SLOTS
-from ..._errors import (
+from ..._core._errors import (
     CoordinatorLost,
     RestartRefused,
     ShareClosed,
     ShareNotPortable,
 )
+from ..._core._slots import MISSING, SLOTS
 from .._clients import own_coordinator
 from .._replies import Replies, kind_of
 

@@ -19,8 +19,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._core._slots import MISSING
-from ..._errors import (
+from ..._core._errors import (
     AccordError,
     BackendRefused,
     BackendUnavailable,
@@ -29,6 +28,7 @@ from ..._errors import (
     ShareExists,
     ShareNotFound,
 )
+from ..._core._slots import MISSING
 from .._clients import Clients
 from .._replies import Replies, kind_of
 from . import _keys

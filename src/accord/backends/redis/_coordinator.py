@@ -33,8 +33,8 @@ import redis.exceptions
 
 from ..._core import _protocol as P
 from ..._core._coordinator import OrderedCoordinator, Stop
-from ..._errors import CommandQuarantined, ShareExists, ShareNotFound
-from ..._remote import pack_error
+from ..._core._errors import CommandQuarantined, ShareExists, ShareNotFound
+from ..._core._remote import pack_error
 from .._process import coordinator_main
 from . import _client
 from ._client import RedisInfo, connect_redis

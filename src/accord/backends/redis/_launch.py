@@ -9,7 +9,7 @@ import secrets
 from subprocess import Popen
 from typing import TYPE_CHECKING
 
-from ..._errors import KeyRequired, RestartRefused
+from ..._core._errors import KeyRequired, RestartRefused
 from .._process import launch_config, spawn
 from . import _client
 from ._client import RedisInfo, check_share, init_share

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 
-from ..._errors import TamperedPayload
+from ..._core._errors import TamperedPayload
 
 MAC_SIZE = 32
 ENV_KEY = "ACCORD_KEY"

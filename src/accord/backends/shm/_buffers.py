@@ -57,13 +57,13 @@ import time
 import weakref
 from collections import deque
 
-from ..._errors import ForeignSegment
-from ._atomic import fetch_add, load, store
-from ._atomic import map as _map
-from ._segment import Segment
+from ..._core._atomic import fetch_add, load, store
+from ..._core._atomic import map as _map
+from ..._core._errors import ForeignSegment
+from ..._core._segment import Segment
 
 try:
-    from ._atomic import address, map_private
+    from ..._core._atomic import address, map_private
 except ImportError:  # an extension built from an older checkout: rebuild it
     address = map_private = None  # (pip install -e .); meanwhile private copies
 

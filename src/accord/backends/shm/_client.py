@@ -20,16 +20,16 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..._core._atomic import fetch_add, load, store
+from ..._core._errors import CoordinatorLost, ShareClosed
 from ..._core._fastread import Control
+from ..._core._segment import Segment
 from ..._core._slots import SLOTS
 from ..._core._values import is_value
-from ..._errors import CoordinatorLost, ShareClosed
 from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
-from ._atomic import fetch_add, load, store
 from ._rings import Inbox, Producer, RingSegment
-from ._segment import Segment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.

@@ -9,7 +9,7 @@ import secrets
 from subprocess import Popen
 from typing import TYPE_CHECKING
 
-from ..._errors import AccordError, RestartRefused, ShareExists, ShareNotFound
+from ..._core._errors import AccordError, RestartRefused, ShareExists, ShareNotFound
 from .._process import launch_config, spawn
 from . import _transport
 from ._client import (

@@ -31,7 +31,8 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-from ..._errors import CoordinatorStalled, ForeignSegment, SegmentCorrupt
+from ..._core._errors import CoordinatorStalled, ForeignSegment, SegmentCorrupt
+from ..._core._segment import Segment, unlink
 from ._ring import (
     bell_arm,
     bell_disarm,
@@ -45,7 +46,6 @@ from ._ring import (
     ring_state,
     ring_wait_space,
 )
-from ._segment import Segment, unlink
 
 MAGIC = 0x61636F7272696E01  # "acorrin" + format 1
 BELL = 64

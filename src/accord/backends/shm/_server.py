@@ -23,11 +23,11 @@ import struct
 import time
 from pathlib import Path
 
-from ..._errors import AccordError
+from ..._core._atomic import store
+from ..._core._errors import AccordError
+from ..._core._segment import Segment, leftovers, unlink
 from . import _control, _transport
-from ._atomic import store
 from ._rings import Consumer, Producer, RingSegment
-from ._segment import Segment, leftovers, unlink
 from ._snapshots import SnapshotWriter
 
 log = logging.getLogger("accord.backends.shm")

@@ -34,14 +34,14 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..._core._atomic import load, store
 from ..._core._changes import replay
+from ..._core._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
+from ..._core._segment import Segment
+from ..._core._segment import unlink as _unlink
 from ..._core._slots import MISSING
-from ..._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
 from . import _control
-from ._atomic import load, store
 from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
-from ._segment import Segment
-from ._segment import unlink as _unlink
 
 _LENGTH = struct.Struct("<Q")
 _STATE = struct.Struct("<3Q")  # length, epoch, used

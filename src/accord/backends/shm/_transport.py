@@ -19,7 +19,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from ..._errors import AuthenticationError, UnsafeRuntimeDir
+from ..._core._errors import AuthenticationError, UnsafeRuntimeDir
 
 _ID = struct.Struct("<I")
 _CHALLENGE = 32

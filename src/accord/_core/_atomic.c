@@ -295,7 +295,7 @@ static PyType_Slot mapping_slots[] = {
 };
 
 static PyType_Spec mapping_spec = {
-    "accord.backends.shm._atomic.Mapping", sizeof(Mapping), 0,
+    "accord._core._atomic.Mapping", sizeof(Mapping), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, mapping_slots,
 };
 

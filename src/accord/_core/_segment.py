@@ -22,8 +22,8 @@ import contextlib
 import os
 import stat
 
-from ..._errors import ForeignSegment
 from ._atomic import map as _map
+from ._errors import ForeignSegment
 
 # Every segment name starts with this, so leftovers are easy to find (and tests
 # can check that none are left in /dev/shm).

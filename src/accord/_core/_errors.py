@@ -230,7 +230,7 @@ class ForeignSegment(AccordError):
 
         >>> import os
         >>> from accord import ForeignSegment
-        >>> from accord.backends.shm._segment import Segment
+        >>> from accord._core._segment import Segment
         >>> name = f"accord-doc-{os.getpid()}"
         >>> fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_RDWR, 0o644)
         >>> os.ftruncate(fd, 4096); os.fchmod(fd, 0o644); os.close(fd)
