@@ -13,7 +13,7 @@ import pytest
 from accord import Share
 from accord._core._segment import leftovers
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL
+from accord.backends.shm._rings import BELL, WAIT_MARK_BYTES
 
 
 def _stem(share) -> str:
@@ -56,6 +56,27 @@ class _DiesMidAppend:
     def append(self, payload, timeout=None):
         buf = self.rings.buf
         _ring.ring_append(buf, self.base, payload, 0, buf, BELL, self.stop)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def write(self, control, intent, pending, seq, writes, payload):
+        # A fire-and-forget write: intent, flags and append in one C call.
+        buf = self.rings.buf
+        at = payload.find(WAIT_MARK_BYTES)
+        _ring.ring_send(
+            control,
+            intent,
+            pending,
+            seq,
+            writes,
+            payload,
+            at,
+            buf,
+            self.base,
+            buf,
+            BELL,
+            0,
+            self.stop,
+        )
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -98,6 +98,7 @@ class Coordinator:
         self.changes: dict[str, list | None] = {}
         self._entry = None  # the replayable form of the command being run
         self.unreadable: set[str] = set()  # names last committed as Unreadable
+        self.replied = 0  # replies sent so far
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -157,8 +158,7 @@ class Coordinator:
                         received[waits[0]] < waits[1]
                         or (len(waits) > 2 and not self.satisfied(waits))
                     ):
-                        self.note_blocked(peer_id, waits)
-                        break
+                        break  # (noted below if it stays blocked)
                     if self.blocked_since:
                         self.blocked_since.pop(peer_id, None)
                     queue.popleft()
@@ -171,6 +171,9 @@ class Coordinator:
                     del self.queues[peer_id]
                     if peer_id in self.departed:
                         self.finish_departure(peer_id)
+        for peer_id, queue in list(self.queues.items()):
+            if queue and type(queue[0]) is not bytes:  # blocked on its waits
+                self.note_blocked(peer_id, queue[0][2])
 
     def run_queued(self, peer: _Peer, message: tuple) -> None:
         """`execute` for the commands most writes are -- a fire-and-forget
@@ -322,6 +325,7 @@ class Coordinator:
     # -- replies ---------------------------------------------------------------
 
     def reply(self, peer: _Peer, reply_id: int, status: int, result) -> None:
+        self.replied += 1  # (a backend's loop may poll harder after replies)
         if peer.id in self.departed:
             return
         if peer.id in self.held:

@@ -29,7 +29,7 @@ from ..._core._values import is_value
 from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
-from ._rings import Inbox, Producer, RingSegment
+from ._rings import WAIT_MARK, Inbox, Producer, RingSegment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
@@ -290,8 +290,11 @@ class ShmClient:
             # A ring append would succeed and never be applied (a socket
             # send to a dead peer fails): closed, or replaced by restart().
             raise self._lose("replaced by restart()", undelivered=True)
+        if writes and not reply and not reads and self._queue(op, fields, writes):
+            return None
         with self._send_lock:
-            sock = self._sock or self._connect()
+            if self._sock is None:
+                self._connect()
             waits = []
             for s in reads:
                 waits.append(s)
@@ -331,17 +334,8 @@ class ShmClient:
                 # Forget what is committed (the oldest first: commits follow).
                 while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
                     sent.popleft()
-            if wake:
-                try:  # the coordinator sleeps in select(): wake it there
-                    sock.send(b"\0", socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass  # full of wake-ups already
-                except OSError as exc:
-                    # Appended, but the coordinator is gone: this call's
-                    # error tells the caller (not WritesLost later).
-                    if entry is not None:
-                        self._sent.remove(entry)
-                    raise self._lose(f"wake-up failed ({exc})") from None
+            if wake:  # the coordinator sleeps in select(): wake it there
+                self._wake(entry)
         if reply:
             try:
                 return self._await(reply_id)
@@ -353,6 +347,49 @@ class ShmClient:
                         self._sent.remove(entry)
                 raise
         return None
+
+    def _queue(self, op: int, fields: tuple, writes: tuple) -> bool:
+        """`send` of a fire-and-forget write, the common case: its intent,
+        flags and ring append in one C call (`Producer.write`), the command
+        pickled with a mark where its wait goes.  False: nothing was done
+        (a full ring, a big command): `send`'s own path does it."""
+        payload = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields), 5)
+        with self._send_lock:
+            if self._sock is None:
+                self._connect()
+            producer = self._producer
+            assert producer is not None  # set by _connect
+            seq = self._seq + 1
+            done = producer.write(self.ctrl, self._intent, PENDING, seq, writes, payload)
+            if done < 0:
+                return False
+            self._seq = seq
+            sent = self._sent
+            entry = (writes[0], (done >> 2) + 1, fields[0][0] if fields else "")
+            sent.append(entry)
+            # Forget what is committed (the oldest first: commits follow).
+            buf = self.ctrl
+            while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
+                sent.popleft()
+            if done & 3 == 2:
+                self._wake(entry)
+        return True
+
+    def _wake(self, entry) -> None:
+        """Wake the coordinator, asleep in select(), with a byte on our
+        socket (after appending `entry`, forgotten if it is gone)."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send(b"\0", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass  # full of wake-ups already
+        except OSError as exc:
+            # Appended, but the coordinator is gone: this call's
+            # error tells the caller (not WritesLost later).
+            if entry is not None:
+                self._sent.remove(entry)
+            raise self._lose(f"wake-up failed ({exc})") from None
 
     # -- receiving -------------------------------------------------------------
 
