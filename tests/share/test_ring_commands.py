@@ -13,7 +13,7 @@ import pytest
 from accord import Share
 from accord._core._segment import leftovers
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL, WAIT_MARK_BYTES
+from accord.backends.shm._rings import BELL
 
 
 def _stem(share) -> str:
@@ -45,38 +45,23 @@ def _append_then_die_mid_append(share, count, stop):
         share.lst.append(i)
     # The next command stops half-appended, and the process dies right there.
     client = share._link.client
-    client._producer = _DiesMidAppend(client._producer.rings, client._id, stop)
+    client._producer = _DiesMidAppend(client._producer, client._id, stop)
     share.lst.append("half")
 
 
 class _DiesMidAppend:
-    def __init__(self, rings, index, stop):
-        self.rings, self.base, self.stop = rings, rings.base(index), stop
+    def __init__(self, producer, index, stop):
+        self.producer, self.stop = producer, stop
+        self.rings, self.base = producer.rings, producer.rings.base(index)
 
     def append(self, payload, timeout=None):
         buf = self.rings.buf
         _ring.ring_append(buf, self.base, payload, 0, buf, BELL, self.stop)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def write(self, control, intent, pending, seq, writes, payload):
+    def write(self, *args):
         # A fire-and-forget write: intent, flags and append in one C call.
-        buf = self.rings.buf
-        at = payload.find(WAIT_MARK_BYTES)
-        _ring.ring_send(
-            control,
-            intent,
-            pending,
-            seq,
-            writes,
-            payload,
-            at,
-            buf,
-            self.base,
-            buf,
-            BELL,
-            0,
-            self.stop,
-        )
+        self.producer.write(*args, stop=self.stop)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

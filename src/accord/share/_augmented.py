@@ -211,14 +211,11 @@ class Augmenting:
         self._link = link
         self._place = place
 
-    def _apply(self, op: str, operand):
-        self._link.augment(self._place, op, operand)
-        return DONE
-
 
 def _sender(name: str):
     def method(self, other):
-        return self._apply(name, other)
+        self._link.augment(self._place, name, other)
+        return DONE
 
     method.__name__ = method.__qualname__ = f"__{name}__"
     return method

@@ -449,18 +449,20 @@ class Link:
         if named is None:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
-        known = None
         if not client.remote:
+            # Local snapshots: the kind is a few loads away.
+            kind = client.kind(name)  # (and a check that the coordinator lives)
+            if kind is not MISSING and not kind[1][1]:
+                # A container: its proxy's own += is atomic; no bytecode check.
+                return self.proxy(path)
             if is_augmented(3):
                 # `share.name += x`: one AUGMENT whatever the value is now
-                # (none yet: the coordinator reports it) -- unless it is a
-                # container, whose proxy's own += is atomic.  Nothing to
-                # wait for: the command runs after every earlier write.
-                kind = client.kind(name)
-                if kind is MISSING or kind[1][1]:
-                    return Augmenting(self, path)
-                return self.proxy(path)
-            client.check_alive()
+                # (none yet: the coordinator reports it).  Nothing to wait
+                # for: the command runs after every earlier write.
+                return Augmenting(self, path)
+            # No write pending (checked first), and nothing committed since
+            # our last read (checked after): then what we hold is current.
+            cached, clear = client.lookup(name, slots)
         else:
             client.check_alive()
             # Over a network, `share.x += 1` should cost the one round trip
@@ -469,23 +471,20 @@ class Link:
             known = client.known(name)
             if known is not None and known.kind[1] and is_augmented(3):
                 return Augmenting(self, path)
-        # No write pending (checked first), and nothing committed since our
-        # last read (checked after): then what we hold is current.
-        cached, clear = client.lookup(name, slots)
-        if cached is not None:
-            is_plain_value = cached.kind[1]
-        elif client.remote and known is not None:
-            # Saves a round trip; if it has become a container since, the
-            # value read below turns into a proxy all the same.
-            is_plain_value = known.kind[1]
-        else:
-            kind = client.kind(name)
-            is_plain_value = kind is MISSING or kind[1][1]
-        if not is_plain_value:
-            # A container: its proxy's own += is atomic; no bytecode check.
-            return self.proxy(path)
-        if client.remote and is_augmented(3):  # (a local client decided above)
-            return Augmenting(self, path)
+            cached, clear = client.lookup(name, slots)
+            if cached is not None:
+                is_plain_value = cached.kind[1]
+            elif known is not None:
+                # Saves a round trip; if it has become a container since,
+                # the value read below turns into a proxy all the same.
+                is_plain_value = known.kind[1]
+            else:
+                kind = client.kind(name)
+                is_plain_value = kind is MISSING or kind[1][1]
+            if not is_plain_value:
+                return self.proxy(path)
+            if is_augmented(3):
+                return Augmenting(self, path)
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
                 if self.reader.armed:  # (armed: a client with a fast path, shm)

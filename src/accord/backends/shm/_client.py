@@ -290,8 +290,31 @@ class ShmClient:
             # A ring append would succeed and never be applied (a socket
             # send to a dead peer fails): closed, or replaced by restart().
             raise self._lose("replaced by restart()", undelivered=True)
-        if writes and not reply and not reads and self._queue(op, fields, writes):
-            return None
+        if writes and not reply and not reads:
+            # A fire-and-forget write, the common case: its intent, flags
+            # and ring append in one C call (`Producer.write`), the command
+            # pickled with a mark where its wait goes.
+            payload = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields), 5)
+            with self._send_lock:
+                if self._sock is None:
+                    self._connect()
+                producer = self._producer
+                assert producer is not None  # set by _connect
+                seq = self._seq + 1
+                done = producer.write(buf, self._intent, PENDING, seq, writes, payload)
+                if done >= 0:
+                    self._seq = seq
+                    sent = self._sent
+                    entry = (writes[0], (done >> 2) + 1, fields[0][0] if fields else "")
+                    sent.append(entry)
+                    # Forget what is committed (the oldest first: commits follow).
+                    while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
+                        sent.popleft()
+                    if done & 3 == 2:
+                        self._wake(entry)
+                    return None
+            # (A full ring, or a big command: nothing done; the path below
+            # waits for room or spills.)
         with self._send_lock:
             if self._sock is None:
                 self._connect()
@@ -347,33 +370,6 @@ class ShmClient:
                         self._sent.remove(entry)
                 raise
         return None
-
-    def _queue(self, op: int, fields: tuple, writes: tuple) -> bool:
-        """`send` of a fire-and-forget write, the common case: its intent,
-        flags and ring append in one C call (`Producer.write`), the command
-        pickled with a mark where its wait goes.  False: nothing was done
-        (a full ring, a big command): `send`'s own path does it."""
-        payload = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields), 5)
-        with self._send_lock:
-            if self._sock is None:
-                self._connect()
-            producer = self._producer
-            assert producer is not None  # set by _connect
-            seq = self._seq + 1
-            done = producer.write(self.ctrl, self._intent, PENDING, seq, writes, payload)
-            if done < 0:
-                return False
-            self._seq = seq
-            sent = self._sent
-            entry = (writes[0], (done >> 2) + 1, fields[0][0] if fields else "")
-            sent.append(entry)
-            # Forget what is committed (the oldest first: commits follow).
-            buf = self.ctrl
-            while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
-                sent.popleft()
-            if done & 3 == 2:
-                self._wake(entry)
-        return True
 
     def _wake(self, entry) -> None:
         """Wake the coordinator, asleep in select(), with a byte on our

@@ -175,7 +175,14 @@ class Producer:
             raise
 
     def write(
-        self, control, intent: int, pending: int, seq: int, writes: tuple, payload: bytes
+        self,
+        control,
+        intent: int,
+        pending: int,
+        seq: int,
+        writes: tuple,
+        payload: bytes,
+        stop: int = 0,
     ) -> int:
         """A fire-and-forget write, whole, in one C call (`ring_send`):
         record the intent (at `intent` of `control`, with `seq`), raise the
@@ -187,7 +194,9 @@ class Producer:
 
         A sleeping consumer is woken only once the ring holds 1/LAZY_DIVISOR
         of its size: a fire-and-forget write needs nobody now (whoever reads
-        what it writes waits for its flag, and that wakes the consumer)."""
+        what it writes waits for its flag, and that wakes the consumer).
+        `stop` (tests): _ring.STOP_AFTER_PAYLOAD or STOP_AFTER_HEADER leave
+        the entry unpublished, as a producer killed there would."""
         if len(payload) > self._limit:
             return -1
         at = payload.find(WAIT_MARK_BYTES)
@@ -205,6 +214,7 @@ class Producer:
             buf,
             self._bell,
             self._lazy,
+            stop,
         )
 
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
