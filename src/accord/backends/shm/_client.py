@@ -37,6 +37,8 @@ STALE_NS = 1_000_000_000
 # A client waiting for a reply checks this often that its coordinator is
 # there (a dead one is noticed at once: the kernel closes its socket).
 REPLY_CHECK_S = 0.05
+# Writes sent that a client keeps without looking whether they are committed.
+_SENT_KEPT = 32
 # Values the fast read path remembers per client before it starts afresh.
 MAX_REMEMBERED = 10_000
 
@@ -307,9 +309,11 @@ class ShmClient:
                     sent = self._sent
                     entry = (writes[0], (done >> 2) + 1, fields[0][0] if fields else "")
                     sent.append(entry)
-                    # Forget what is committed (the oldest first: commits follow).
-                    while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
-                        sent.popleft()
+                    # Forget what is committed (the oldest first: commits
+                    # follow) -- now and then: `unconfirmed` checks anyway.
+                    if len(sent) > _SENT_KEPT:
+                        while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
+                            sent.popleft()
                     if done & 3 == 2:
                         self._wake(entry)
                     return None
