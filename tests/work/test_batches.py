@@ -230,3 +230,18 @@ def test_the_claim_that_finds_nothing_left_stops_the_worker_for_good(sqlite_db):
     assert status() == "stopped"
     conn.close()
     engine.dispose()
+
+
+def test_items_another_worker_registers_mid_loop_are_not_claimed(db):
+    # A claim checks only the items registered since this worker connected
+    # (the others were checked then): the late ones must still be refused.
+    mine = WorkQueue(["a", "b", "c"], db=db, name="q", key=str, progress=False, claim_batch=2)
+    seen = []
+    for item in mine:
+        seen.append(item)
+        if item == "a":
+            other = WorkQueue(["x", "y"], db=db, name="q", key=str, progress=False)
+    assert seen == ["a", "b", "c"]  # the second batch had "c" and "x"
+    assert list(other) == ["x", "y"]
+    mine.dispose()
+    other.dispose()

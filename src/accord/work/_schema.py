@@ -3,8 +3,11 @@
 One database holds any number of queues and graphs, each under its name.
 Every query a worker runs while working is an index lookup:
 
-- the claim: ``items (queue_id, status, unmet, position)`` — the first
-  pending item with no unfinished dependency, in order;
+- the claim: ``items (queue_id, unmet, position)`` of pending items only —
+  the first pending item with no unfinished dependency, in order;
+- whether any item is running (the end of a worker's loop): ``items
+  (queue_id)`` of running items only; the failures (``failure_policy=
+  "stop"``): ``items (queue_id, position)`` of failed items only;
 - completing a task: ``deps (dep_id)`` — the tasks that wait for it;
 - finding dead workers: ``workers (queue_id, status)``;
 - an item's history: ``history (item_id, id)``.
@@ -13,6 +16,13 @@ Every query a worker runs while working is an index lookup:
 It is computed in one statement when tasks are registered or invalidated and
 decremented in the transaction that completes a dependency, so a claim never
 looks at dependencies at all.
+
+The indexes on an item's status are partial, one per status that is
+looked up: a completion (running → completed) then removes one small
+index entry instead of moving one in an index of every item, and every
+write on SQLite is made under the one write lock every worker waits for.
+A status therefore appears as a literal (`is_`) in the queries that are to
+use them, so that PostgreSQL's plans can use them too.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    inspect,
+    literal_column,
     select,
 )
 
@@ -80,9 +92,27 @@ items = Table(
     Column("error", Text),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("queue_id", "key", name="accord_items_key"),
-    Index("accord_items_claim", "queue_id", "status", "unmet", "position"),
     Index("accord_items_by_worker", "worker_id"),
 )
+
+
+def is_(status: str):
+    """``items.status = 'status'``, the status written into the SQL (see above)."""
+    assert status.isalpha()  # a literal in SQL text: only the statuses below
+    return items.c.status == literal_column(f"'{status}'")
+
+
+def _partial(name: str, status: str, *columns: str) -> Index:
+    where = is_(status)
+    return Index(name, *(items.c[c] for c in columns), sqlite_where=where, postgresql_where=where)
+
+
+# Added to the table by their declaration.
+_partial("accord_items_ready", "pending", "queue_id", "unmet", "position")
+_partial("accord_items_running", "running", "queue_id")
+_partial("accord_items_failed", "failed", "queue_id", "position")
+# Databases made before 2026-12-03 have this one instead of the three above.
+_REPLACED = "accord_items_claim"
 
 deps = Table(
     "accord_deps",
@@ -118,3 +148,10 @@ def create(conn: Connection) -> None:
         # with a unique violation on pg_type; the lock serialises them.
         conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
     metadata.create_all(conn)
+    # create_all adds only missing tables, not the indexes of existing ones.
+    present = {index["name"] for index in inspect(conn).get_indexes(items.name)}
+    for index in items.indexes:
+        if index.name not in present:
+            index.create(conn)
+    if _REPLACED in present:
+        conn.exec_driver_sql(f"DROP INDEX {_REPLACED}")

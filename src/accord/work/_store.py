@@ -42,7 +42,7 @@ from sqlalchemy import (
 from . import _history
 from ._db import reading
 from ._errors import InvalidWork
-from ._schema import Id, create, deps, history, items, queues, workers
+from ._schema import Id, create, deps, history, is_, items, queues, workers
 
 log = logging.getLogger("accord.work")
 
@@ -136,6 +136,10 @@ class Store:
         self.accepts: Callable[[str, str, str | None], bool] = lambda key, req, fp: True
         self.requirement_filter: list[str] | None = None
         self.keys_given: int | None = None  # how many keys the worker's list has
+        # Items at or before this position were checked against `accepts`
+        # when the claim connection was made (see connect): only a queue's
+        # items registered since need the check again.
+        self._checked_up_to = -1
         self._next_reap = 0.0
         # Compiled by connect(), before any claim: None only until then.
         self._sql: _Statements = None  # pyright: ignore[reportAttributeAccessIssue]
@@ -446,7 +450,9 @@ class Store:
                 )
                 conn.execute(delete(skipped))
                 others = []
-                total = conn.execute(select(func.count()).where(self._mine())).scalar_one()
+                total, last = conn.execute(
+                    select(func.count(), func.max(items.c.position)).where(self._mine())
+                ).one()
                 # A queue of exactly this worker's keys (the usual case) has
                 # none of others'; labels are filtered in SQL anyway.
                 if self.keys_given is None or total > self.keys_given:
@@ -461,6 +467,9 @@ class Store:
                 for chunk in batched(others, _BATCH):
                     conn.execute(insert(skipped), chunk)
                 conn.info[_SKIPPING] = bool(others)
+                # Items registered later go after every item there is now
+                # (see register); a graph's fingerprints may change anyway.
+                self._checked_up_to = -1 if self.kind == "graph" or last is None else last
         except BaseException:
             conn.close()
             raise
@@ -505,7 +514,7 @@ class Store:
             if self.stop_on_failure:
                 failures = conn.execute(
                     select(items.c.key, items.c.error)
-                    .where(self._mine(), items.c.status == FAILED)
+                    .where(self._mine(), is_(FAILED))
                     .order_by(items.c.position)
                     .limit(5)
                 ).all()
@@ -515,7 +524,7 @@ class Store:
             if not taken:
                 if self.postgres:
                     # Rows other claims had locked were skipped, not absent.
-                    busy = or_(items.c.status == RUNNING, self._ready(conn))
+                    busy = or_(is_(RUNNING), self._ready(conn))
                     waiting = conn.execute(
                         select(items.c.id).where(self._mine(), busy).limit(1)
                     ).first()
@@ -540,7 +549,10 @@ class Store:
         """Claim up to ``want`` of the next items this worker accepts: their rows."""
         sql = self._sql
         while rows := self._next(conn, want):
-            taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
+            if rows[-1].position <= self._checked_up_to:
+                taken = list(rows)  # in position order: all checked at connect
+            else:
+                taken = [r for r in rows if self.accepts(r.key, r.requirements, r.fingerprint)]
             if len(taken) < len(rows):
                 # Items only other workers were given, ones this worker
                 # lacks the labels for, or tasks whose fingerprint is
@@ -641,7 +653,7 @@ class Store:
                 self._finish(conn, worker_id, claimed, status, error, now)
 
     def _ready(self, conn: Connection):
-        ready = and_(items.c.status == PENDING, items.c.unmet == 0)
+        ready = and_(is_(PENDING), items.c.unmet == 0)
         if self.requirement_filter is not None:
             ready = and_(ready, items.c.requirements.in_(self.requirement_filter))
         if conn.info.get(_SKIPPING):
@@ -804,15 +816,20 @@ class Store:
 
 
 def counts(conn: Connection, queue_id: int) -> dict[str, int]:
-    """Items per status (every status present, zeros included)."""
-    found = dict(
-        conn.execute(
-            select(items.c.status, func.count())
-            .where(items.c.queue_id == queue_id)
-            .group_by(items.c.status)
-        ).all()
-    )
-    return {status: found.get(status, 0) for status in STATUSES}
+    """Items per status (every status present, zeros included).
+
+    Counted in the partial index of each status but "completed", which
+    has none (see _schema): those are the rest of all the queue's items.
+    """
+
+    def count(*where):
+        return select(func.count()).where(items.c.queue_id == queue_id, *where).scalar_subquery()
+
+    indexed = (PENDING, RUNNING, FAILED)
+    total, *numbers = conn.execute(select(count(), *(count(is_(s)) for s in indexed))).one()
+    found: dict[str, int] = dict(zip(indexed, numbers, strict=True))
+    found[COMPLETED] = total - sum(numbers)
+    return {status: found[status] for status in STATUSES}
 
 
 def count_unmet(conn: Connection, queue_id: int) -> None:
@@ -885,12 +902,29 @@ def downstream(roots: Iterable[str], entries: Iterable[Entry]) -> list[str]:
     return list(seen)
 
 
+def id_set(ids: Sequence[int]) -> str:
+    """SQL that follows ``id`` to match exactly these ids: ``BETWEEN`` or ``IN``.
+
+    A batch is usually a run of consecutive ids (claimed in position order,
+    registered in that order): a range is one index seek, where a list of
+    a thousand is that many, and a thousand literals to parse.
+    """
+    assert ids, "an empty IN list is not valid SQL on every database"
+    # int(): the ids are the database's own integers; nothing else is ever
+    # written into the SQL text.
+    low, high = int(min(ids)), int(max(ids))
+    if high - low + 1 == len(ids) == len(set(ids)):
+        return f"BETWEEN {low} AND {high}"
+    return "IN (" + ",".join(str(int(i)) for i in ids) + ")"
+
+
 class Prepared:
     """A statement compiled once for one dialect, run with ``exec_driver_sql``.
 
     An ``IN`` over a list of item ids (``bindparam(IDS, expanding=True)``)
-    is written into the SQL as literal integers at each call: SQLAlchemy's
-    own expansion costs more per id than the database does.
+    is written into the SQL at each call, as a range or literal integers
+    (`id_set`): SQLAlchemy's own expansion costs more per id than the
+    database does.
     """
 
     def __init__(self, statement, dialect) -> None:
@@ -901,17 +935,14 @@ class Prepared:
         self.order = compiled.positiontup  # None for named parameter styles
         if self.order is not None:
             self.order = [name for name in self.order if name != IDS]
-        self._ids = f"__[POSTCOMPILE_{IDS}]"
-        self.expands = self._ids in self.sql
+        self._in = f"IN (__[POSTCOMPILE_{IDS}])"
+        self.expands = self._in in self.sql
 
     def __call__(self, conn: Connection, ids: Sequence[int] = (), **params):
         args = {**self.defaults, **params}
         sql = self.sql
         if self.expands:
-            assert ids, "an empty IN list is not valid SQL on every database"
-            # int(): the ids are the database's own integers; nothing else
-            # is ever written into the SQL text.
-            sql = sql.replace(self._ids, ",".join(str(int(i)) for i in ids))
+            sql = sql.replace(self._in, id_set(ids))
         if self.order is not None:
             return conn.exec_driver_sql(sql, tuple(args[name] for name in self.order))
         return conn.exec_driver_sql(sql, args)
@@ -929,28 +960,28 @@ class _Statements:
                 items.c.fingerprint,
                 items.c.position,
             )
-            .where(
-                items.c.queue_id == bindparam("b_queue"),
-                items.c.status == PENDING,
-                items.c.unmet == 0,
-            )
+            .where(items.c.queue_id == bindparam("b_queue"), is_(PENDING), items.c.unmet == 0)
             .order_by(items.c.position)
             .limit(bindparam("b_limit", type_=Integer))
         )
         if postgres:
             upcoming = upcoming.with_for_update(skip_locked=True)
         self.next = Prepared(upcoming, dialect)
-        self.take = Prepared(
-            update(items)
-            .where(items.c.id == bindparam("b_id"))
-            .values(
-                status=RUNNING,
-                worker_id=bindparam("b_worker"),
-                error=None,
-                updated_at=bindparam("b_now"),
-            ),
-            dialect,
-        )
+
+        def take(which):
+            return Prepared(
+                update(items)
+                .where(which)
+                .values(
+                    status=RUNNING,
+                    worker_id=bindparam("b_worker"),
+                    error=None,
+                    updated_at=bindparam("b_now"),
+                ),
+                dialect,
+            )
+
+        self.take = take(items.c.id == bindparam("b_id"))
         self.revive = Prepared(
             update(workers)
             .where(workers.c.id == bindparam("b_worker"), workers.c.status != "active")
@@ -1017,7 +1048,7 @@ class _Statements:
         )
         self.busy = Prepared(
             select(items.c.id)
-            .where(items.c.queue_id == bindparam("b_queue"), items.c.status == RUNNING)
+            .where(items.c.queue_id == bindparam("b_queue"), is_(RUNNING))
             .limit(1),
             dialect,
         )
@@ -1038,17 +1069,7 @@ class _Statements:
             )
         else:
             self.ours_locked = self.ours
-        self.take_all = Prepared(
-            update(items)
-            .where(these)
-            .values(
-                status=RUNNING,
-                worker_id=bindparam("b_worker"),
-                error=None,
-                updated_at=bindparam("b_now"),
-            ),
-            dialect,
-        )
+        self.take_all = take(these)
         self.complete_all = Prepared(
             update(items)
             .where(these)
