@@ -180,18 +180,28 @@ class Coordinator:
         ASSIGN, AUGMENT or CALL on a name, as `_decoded` left it: the same
         steps with fewer calls (the coordinator's cost is the floor of
         every writer's throughput)."""
-        op, _reply_id, _waits, writes, place, *fields = message
+        op = message[0]
+        writes = message[3]
+        place = message[4]
         name = place[0]
         self._changed = _UNKNOWN
         self._entry = None
         try:
             if op == P.AUGMENT:
-                self.augment(place, *fields)
+                operand = message[6]
+                inplace = _INPLACE.get(message[5])
+                if inplace is not None and len(place) == 1 and type(operand) is tuple:
+                    # `share.x += 1`: the name's value, replaced
+                    mirror = self.mirror
+                    if name not in mirror:
+                        raise AttributeError(f"share has no attribute {name!r}")
+                    mirror[name] = inplace(mirror[name], operand[0])
+                else:
+                    self.augment(place, message[5], operand)
             elif op == P.CALL:
-                self.call(place, *fields)
+                self.call(place, message[5], message[6])
             else:
-                (value,) = fields
-                self.set_place(place, unpack(value))
+                self.set_place(place, unpack(message[5]))
             changed = self._changed
             entry = self._entry
         except Stop:
@@ -681,6 +691,9 @@ class OrderedCoordinator(Coordinator):
                         self.credit(None, (waits[i],) * missing)
             self.execute(self.peer(client_id), command)
 
+
+# In-place operators by name (`Coordinator.run_queued`; P.INPLACE only).
+_INPLACE = {name: getattr(operator, name) for name in P.INPLACE}
 
 # The commands `Coordinator.run_queued` runs: (op, reply_id, waits, writes,
 # place, *fields), by their length.
