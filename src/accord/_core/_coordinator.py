@@ -162,10 +162,10 @@ class Coordinator:
                     if self.blocked_since:
                         self.blocked_since.pop(peer_id, None)
                     queue.popleft()
-                    if type(message) is tuple:  # a fire-and-forget write (see _decoded)
-                        queued(self.peers[peer_id], message)
-                    else:
+                    if isinstance(message, P.Command):
                         self.execute(self.peers[peer_id], message)
+                    else:  # a fire-and-forget write, a plain tuple (see _decoded)
+                        queued(self.peers[peer_id], message)
                     progress = True
                 if not queue:
                     del self.queues[peer_id]
