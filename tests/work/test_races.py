@@ -28,8 +28,14 @@ class _After:
         self._conn, self._when, self._then = conn, when, then
 
     def execute(self, statement, *args, **kwargs):
-        result = self._conn.execute(statement, *args, **kwargs)
-        if self._then is not None and self._when(str(statement)):
+        return self._after(self._conn.execute(statement, *args, **kwargs), str(statement))
+
+    def exec_driver_sql(self, statement, *args, **kwargs):
+        # The claim loop's own statements, compiled once (see _store.Prepared).
+        return self._after(self._conn.exec_driver_sql(statement, *args, **kwargs), statement)
+
+    def _after(self, result, sql: str):
+        if self._then is not None and self._when(sql):
             then, self._then = self._then, None
             then()
         return result

@@ -77,7 +77,7 @@ class Coordinator:
         self.dirty: dict[str, float] = {}  # name -> when it first changed
         self.dirty_slots: dict[str, set[int]] = {}
         self.commit_cost: dict[str, float] = {}
-        self.types: dict[str, tuple] = {}  # name -> (type, generation, is value)
+        self.types: dict[str, P.Typed] = {}  # name -> its type and kind
         self.queues: dict[int, deque] = {}
         self.peers: dict[int, _Peer] = {}
         self.departed: dict[int, tuple[int, ...]] = {}  # peer id -> lost intent
@@ -441,7 +441,7 @@ class Coordinator:
         if (
             append is None
             or known is None
-            or known[0] is not type(self.mirror[name])
+            or known.cls is not type(self.mirror[name])
             or name in self.unreadable
         ):
             return False
@@ -449,16 +449,17 @@ class Coordinator:
             entry = pickle.dumps(changes, 5)
         except Exception:
             return False
-        return append(name, entry, (known[1], known[2]))
+        return append(name, entry, known.kind)
 
-    def kind(self, name: str, value) -> tuple[int, bool]:
+    def kind(self, name: str, value) -> P.Kind:
         """(type generation, is an immutable value): changes only when the
         object's type does, so readers can route calls without unpickling."""
         known = self.types.get(name)
-        if known is None or known[0] is not type(value):
-            generation = known[1] + 1 if known is not None else 0
-            known = self.types[name] = (type(value), generation, is_value(value))
-        return known[1], known[2]
+        if known is None or known.cls is not type(value):
+            generation = known.kind.generation + 1 if known is not None else 0
+            kind = P.Kind(generation, is_value(value))
+            known = self.types[name] = P.Typed(type(value), kind)
+        return known.kind
 
     def restore(self, snapshots: dict[str, bytes]) -> None:
         """Start from committed snapshots (a restart): load and commit each."""

@@ -1,8 +1,14 @@
-"""The commands a client sends to the coordinator.
+"""The commands a client sends to the coordinator, its replies, and the
+kind of a committed object.
 
-A command travels as the plain tuple ``(op, reply_id, waits, writes,
-*fields)`` (the cheapest to pickle); the coordinator reads it as a
-`Command`.  `waits` flattens (slot, target) pairs that must be reached
+Records cross processes as plain tuples (the cheapest to pickle, and no
+class of ours is named in the bytes: unpickling them imports nothing) and
+are read by name on arrival: a command ``(op, reply_id, waits, writes,
+*fields)`` as a `Command` (`as_command`), a reply ``(reply_id, status,
+value[, traceback[, sequence]])`` as a `Reply` (`as_reply`).  A `Kind`
+never crosses processes pickled: the backends store it as numbers.
+
+In a command, `waits` flattens (slot, target) pairs that must be reached
 before it runs, `writes` lists the flag slots it raised.  Paths address an
 object inside the share: ``(name, kind, key, kind, key, ...)`` with kind
 ATTR or ITEM.
@@ -35,6 +41,45 @@ def as_command(message: Sequence[Any]) -> Command:
         return message
     op, reply_id, waits, writes, *fields = message
     return Command(op, reply_id, waits, writes, tuple(fields))
+
+
+class Reply(NamedTuple):
+    """A reply to a blocking call, or the error of a fire-and-forget one.
+
+    Sent as ``(reply_id, OK, value)`` or ``(reply_id, ERROR, pickled
+    exception, traceback)``; the redis backend adds the failed command's
+    `sequence` to the error of a fire-and-forget command."""
+
+    reply_id: int  # the call's; 0: an earlier fire-and-forget command failed
+    status: int  # OK or ERROR
+    value: Any  # OK: the result; ERROR: the pickled exception (`rebuild_error`)
+    traceback: str = ""  # ERROR: formatted where it was raised
+    sequence: int | None = None  # redis: the failed command's (replays are dropped)
+
+
+def as_reply(message: Sequence[Any]) -> Reply:
+    """A reply received as a plain tuple (see `Reply`)."""
+    if type(message) is Reply:
+        return message
+    return Reply(*message)
+
+
+class Kind(NamedTuple):
+    """What the share's index tells of a name without unpickling it."""
+
+    generation: int  # of its type: changes whenever the name's type does
+    is_value: bool  # an immutable value (read as a copy), not a container (a proxy)
+
+
+class Typed(NamedTuple):
+    """What a client's ``kind(name)`` returns: the committed object's type
+    and its `Kind`."""
+
+    cls: type
+    kind: Kind
+
+
+NO_KIND = Kind(0, False)  # where no kind is known
 
 
 ASSIGN = 1  # (place, value): set the last step of `place`

@@ -90,7 +90,7 @@ class Snapshot(Protocol):
     @property
     def obj(self) -> Any: ...  # the unpickled object (shared by reads: never mutated)
     @property
-    def kind(self) -> Any: ...  # (type generation, is an immutable value)
+    def kind(self) -> Any: ...  # _core._protocol.Kind: type generation, is an immutable value
 
 
 class BackendClient(Protocol):
@@ -107,10 +107,10 @@ class BackendClient(Protocol):
     def lookup(self, name: str, slots: tuple[int, ...]) -> tuple[Snapshot | None, bool]: ...
     def known(self, name: str) -> Snapshot | None: ...  # remote clients: last read, unchecked
     def read(self, name: str) -> Any: ...  # the committed object, or MISSING
-    def kind(self, name: str) -> Any: ...  # (type, (generation, is value)), or MISSING
+    def kind(self, name: str) -> Any: ...  # _core._protocol.Typed (type, Kind), or MISSING
     def send(
         self, op: int, fields: tuple, writes: tuple = (), reads: tuple = (), reply: bool = False
-    ) -> Any: ...  # raise `writes` flags and queue; with reply, wait for (id, status, ...)
+    ) -> Any: ...  # raise `writes` flags and queue; with reply, wait for its Reply
     def raise_deferred(self) -> None: ...
 
 

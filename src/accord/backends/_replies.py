@@ -10,8 +10,10 @@ fire-and-forget commands (id 0), which the next blocking call raises.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+from .._core._protocol import NO_KIND, Reply, Typed, as_reply
 from .._core._remote import rebuild_error
 from .._core._slots import MISSING
 
@@ -22,10 +24,10 @@ class Replies:
     def __init__(self) -> None:
         self.ready = threading.Condition()
         self.reading = False
-        self.pending: dict[int, tuple] = {}
-        self.deferred: list[tuple] = []
+        self.pending: dict[int, Reply] = {}
+        self.deferred: list[Reply] = []
 
-    def wait(self, reply_id: int, receive: Callable[[], Iterable[tuple]]) -> tuple:
+    def wait(self, reply_id: int, receive: Callable[[], Iterable[Sequence[Any]]]) -> Reply:
         """The reply `reply_id`; `receive()` blocks for the next messages
         (it may return none, and raises to give up)."""
         with self.ready:
@@ -42,10 +44,11 @@ class Replies:
                 messages = receive()
                 with self.ready:
                     for message in messages:
-                        if message[0] == 0:
-                            self.deferred.append(message)
+                        reply = as_reply(message)
+                        if reply.reply_id == 0:
+                            self.deferred.append(reply)
                         else:
-                            self.pending[message[0]] = message
+                            self.pending[reply.reply_id] = reply
                     found = self.pending.pop(reply_id, None)
                     self.ready.notify_all()
                 if found is not None:
@@ -60,7 +63,7 @@ class Replies:
         rebuilt (and forgotten here: the caller raises or reports them)."""
         with self.ready:
             messages, self.deferred[:] = list(self.deferred), []
-        return [rebuild_error(m[2], m[3], deferred=True) for m in messages]
+        return [rebuild_error(m.value, m.traceback, deferred=True) for m in messages]
 
     def raise_deferred(self) -> None:
         """Raise the errors of earlier fire-and-forget commands: the error
@@ -78,9 +81,9 @@ def raise_all(errors: list[BaseException]) -> None:
         )
 
 
-def kind_of(obj, cached):
-    """What a client's kind() returns for the object it just read (MISSING,
-    or (type, (type generation, is value)) with the kind of its cache entry)."""
+def kind_of(obj, cached) -> Any:
+    """What a client's kind() returns for the object it just read: MISSING,
+    or its type and the `Kind` of its cache entry (`Typed`)."""
     if obj is MISSING:
         return MISSING
-    return type(obj), cached.kind if cached is not None else (0, False)
+    return Typed(type(obj), cached.kind if cached is not None else NO_KIND)

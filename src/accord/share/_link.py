@@ -385,15 +385,15 @@ class Link:
             if not (getattr(exc, "undelivered", False) and self._follow_restart()):
                 raise
             reply = self.client.send(op, fields, writes, reads, reply=True)
-        if reply[1] == P.OK:
+        if reply.status == P.OK:
             if op == P.BARRIER:
                 # A read that waited: every earlier command of this process
                 # has run, and the errors of those that failed came first.
                 client = self.client
                 if client.replies.deferred:
                     client.raise_deferred()
-            return reply[2]
-        raise rebuild_error(reply[2], reply[3])
+            return reply.value
+        raise rebuild_error(reply.value, reply.traceback)
 
     def settle(self, report: bool = False) -> list[BaseException]:
         """Wait until every command this process sent has run; raise the
@@ -451,8 +451,8 @@ class Link:
         path, slots = named
         if not client.remote:
             # Local snapshots: the kind is a few loads away.
-            kind = client.kind(name)  # (and a check that the coordinator lives)
-            if kind is not MISSING and not kind[1][1]:
+            typed = client.kind(name)  # (and a check that the coordinator lives)
+            if typed is not MISSING and not typed.kind.is_value:
                 # A container: its proxy's own += is atomic; no bytecode check.
                 return self.proxy(path)
             if is_augmented(3):
@@ -469,18 +469,18 @@ class Link:
             # that sends it: decide from what we last read (an AUGMENT is
             # right even if `x` has since become a container).
             known = client.known(name)
-            if known is not None and known.kind[1] and is_augmented(3):
+            if known is not None and known.kind.is_value and is_augmented(3):
                 return Augmenting(self, path)
             cached, clear = client.lookup(name, slots)
             if cached is not None:
-                is_plain_value = cached.kind[1]
+                is_plain_value = cached.kind.is_value
             elif known is not None:
                 # Saves a round trip; if it has become a container since,
                 # the value read below turns into a proxy all the same.
-                is_plain_value = known.kind[1]
+                is_plain_value = known.kind.is_value
             else:
-                kind = client.kind(name)
-                is_plain_value = kind is MISSING or kind[1][1]
+                typed = client.kind(name)
+                is_plain_value = typed is MISSING or typed.kind.is_value
             if not is_plain_value:
                 return self.proxy(path)
             if is_augmented(3):
@@ -503,8 +503,8 @@ class Link:
         """What reading `path` gives the user: a value, or a proxy."""
         client = self.client
         if len(path) == 1:
-            kind = client.kind(path[0])
-            if kind is not MISSING and not kind[1][1]:
+            typed = client.kind(path[0])
+            if typed is not MISSING and not typed.kind.is_value:
                 # A shared container: its proxy waits for writes when used,
                 # so `share.lst.append(x)` never waits for other writers.
                 return self.proxy(path)
@@ -520,9 +520,9 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
-        if kind is not MISSING:
-            cls = kind[0]
+        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        if typed is not MISSING:
+            cls = typed.cls
             memo = self._methods.get((path, attr))
             if memo is not None and memo[0] is cls:
                 return memo[1]
@@ -562,8 +562,8 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        kind: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
-        obj = self.peek(path) if kind is MISSING or kind[0] is collections.defaultdict else None
+        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        obj = self.peek(path) if typed is MISSING or typed.cls is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.
             packed = pack_call((key,), {}, lambda: f"key of {describe(path)}")
@@ -579,8 +579,8 @@ class Link:
         may write other attributes: that counts as a write to the whole."""
         attr = _attr_of(place)
         if attr is not None:
-            kind = self.client.kind(place[0])
-            if kind is not MISSING and _setting_runs_code(kind[0], attr):
+            typed = self.client.kind(place[0])
+            if typed is not MISSING and _setting_runs_code(typed.cls, attr):
                 return self.write_slots(place[:1])
         return self.write_slots(place)
 
@@ -642,8 +642,8 @@ class Link:
         memo = self._methods.get((path, attr))
         if memo is None or len(path) != 1:
             return None
-        kind = self.client.kind(path[0])
-        return memo[1] if kind is not MISSING and kind[0] is memo[0] else None
+        typed = self.client.kind(path[0])
+        return memo[1] if typed is not MISSING and typed.cls is memo[0] else None
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
         try:

@@ -398,6 +398,8 @@ def _sqlite_engine(parsed: URL, url: str, must_exist: bool) -> Engine:
             # flock there costs round trips to the server.
             dbapi_connection.gate = _Gate(gate_path)
         cursor.execute("PRAGMA synchronous = NORMAL")
+        for pragma in filter(None, os.environ.get("ACCORD_XPRAGMAS", "").split(";")):  # XXX
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

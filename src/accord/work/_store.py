@@ -87,7 +87,23 @@ class Stopped:
 
 # The items one worker skips, on its claim connection only (see Store.connect).
 skipped = Table("accord_skipped", MetaData(), Column("id", Id, primary_key=True))
-_SKIPPING = "accord_skipping"  # in Connection.info: whether that table has rows
+# In Connection.info, which lives as long as the database connection: whether
+# that table has rows, and whether it exists (made when first needed: on
+# PostgreSQL a temporary table is rows in the catalog, on SQLite a file).
+_SKIPPING = "accord_skipping"
+_SKIP_TABLE = "accord_skip_table"
+
+
+def _skip(conn: Connection, ids: Sequence[int]) -> None:
+    """Add these items to the ones this connection's claims skip."""
+    if not conn.info.get(_SKIP_TABLE):
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
+        )
+        conn.info[_SKIP_TABLE] = True
+    for chunk in batched(ids, _BATCH):
+        conn.execute(insert(skipped), [{"id": i} for i in chunk])
+    conn.info[_SKIPPING] = True
 
 
 def batched(rows: Iterable, n: int) -> Iterable[list]:
@@ -140,9 +156,11 @@ class Store:
         # when the claim connection was made (see connect): only a queue's
         # items registered since need the check again.
         self._checked_up_to = -1
+        self._registered_up_to = -1
         self._next_reap = 0.0
-        # Compiled by connect(), before any claim: None only until then.
-        self._sql: _Statements = None  # pyright: ignore[reportAttributeAccessIssue]
+        # Compiled here, not at first use: that is inside a transaction, and
+        # on SQLite every other worker would wait the milliseconds it takes.
+        self._sql = _Statements(engine.dialect, self.postgres)
 
     def _mine(self):
         return items.c.queue_id == self.queue_id
@@ -177,6 +195,8 @@ class Store:
             # Items another worker's list did not have go after all of its
             # items, in this list's order.
             after = 1 + max((row.position for row in existing.values()), default=-1)
+            # Every item there is now is at or before this position: see connect.
+            self._registered_up_to = max([after - 1] + [after + e.position for e in new])
             for chunk in batched(new, _BATCH):
                 conn.execute(
                     insert(items),
@@ -308,19 +328,17 @@ class Store:
                 ).scalar_one()
                 if active >= cap:
                     return None
-            return conn.execute(
-                insert(workers).values(
-                    queue_id=self.queue_id,
-                    name=name,
-                    host=host,
-                    pid=pid,
-                    labels=",".join(sorted(labels)),
-                    started_at=now,
-                    heartbeat_at=now,
-                    heartbeat_timeout=timeout,
-                    status="active",
-                )
-            ).inserted_primary_key[0]  # pyright: ignore[reportOptionalSubscript]
+            joined = self._sql.join(
+                conn,
+                b_queue=self.queue_id,
+                b_name=name,
+                b_host=host,
+                b_pid=pid,
+                b_labels=",".join(sorted(labels)),
+                b_now=now,
+                b_timeout=timeout,
+            )
+            return joined.scalar_one() if self.postgres else joined.lastrowid
 
     def beat(self, worker_id: int) -> bool:
         """Record a heartbeat; False if others had already declared this worker dead.
@@ -346,15 +364,10 @@ class Store:
 
     def _reap(self, conn: Connection, now: float) -> None:
         """Declare workers without a recent heartbeat dead; re-queue their items."""
-        silent = and_(
-            workers.c.status == "active",
-            workers.c.heartbeat_at + workers.c.heartbeat_timeout < now,
-        )
-        dead = conn.execute(
-            select(workers.c.id, workers.c.name).where(workers.c.queue_id == self.queue_id, silent)
-        ).all()
+        dead = self._sql.silent(conn, b_queue=self.queue_id, b_now=now).all()
         if not dead:
             return
+        silent = _silent(now)
         names = dict(dead)
         # The condition again, not only the ids: on PostgreSQL a heartbeat
         # committed since the select is seen by the UPDATE (which re-reads
@@ -438,38 +451,39 @@ class Store:
         query, all in one claim transaction holding the lock: minutes for a
         worker whose list is one of many thousand-item chunks.
         """
-        if self._sql is None:
-            self._sql = _Statements(self.engine.dialect, self.postgres)
         conn = self.engine.connect()
         try:
             # Only the temporary table is written: no write lock (SQLite).
             with reading(conn):
-                # The pool may hand back a connection with last loop's rows.
-                conn.exec_driver_sql(
-                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {skipped.name} (id BIGINT PRIMARY KEY)"
-                )
-                conn.execute(delete(skipped))
-                others = []
-                total, last = conn.execute(
-                    select(func.count(), func.max(items.c.position)).where(self._mine())
-                ).one()
+                if conn.info.get(_SKIP_TABLE):
+                    # The pool handed back a connection with last loop's rows.
+                    conn.execute(delete(skipped))
+                conn.info[_SKIPPING] = False
+                total = conn.execute(select(func.count()).where(self._mine())).scalar_one()
                 # A queue of exactly this worker's keys (the usual case) has
                 # none of others'; labels are filtered in SQL anyway.
                 if self.keys_given is None or total > self.keys_given:
                     everything = select(
-                        items.c.id, items.c.key, items.c.requirements, items.c.fingerprint
+                        items.c.id,
+                        items.c.key,
+                        items.c.requirements,
+                        items.c.fingerprint,
+                        items.c.position,
                     ).where(self._mine())
+                    rows = conn.execute(everything).all()
                     others = [
-                        {"id": row.id}
-                        for row in conn.execute(everything)
+                        row.id
+                        for row in rows
                         if not self.accepts(row.key, row.requirements, row.fingerprint)
                     ]
-                for chunk in batched(others, _BATCH):
-                    conn.execute(insert(skipped), chunk)
-                conn.info[_SKIPPING] = bool(others)
+                    if others:
+                        _skip(conn, others)
+                    last = max((row.position for row in rows), default=-1)
+                else:
+                    last = self._registered_up_to  # no item but this worker's since
                 # Items registered later go after every item there is now
                 # (see register); a graph's fingerprints may change anyway.
-                self._checked_up_to = -1 if self.kind == "graph" or last is None else last
+                self._checked_up_to = -1 if self.kind == "graph" else last
         except BaseException:
             conn.close()
             raise
@@ -496,7 +510,6 @@ class Store:
         """
         now = time.time()
         sql = self._sql
-        assert sql is not None  # prepared by connect()
         # Inside the transaction, every other worker waits for this one (on
         # SQLite): only SQL there, and set-based for a batch; the rest of
         # the Python work is done before and after.
@@ -536,11 +549,7 @@ class Store:
                 # in a transaction of its own (each is one more wait for
                 # the write lock, for every worker): it holds no item, and
                 # its outcomes are recorded above.
-                conn.execute(
-                    update(workers)
-                    .where(workers.c.id == worker_id)
-                    .values(status="stopped", heartbeat_at=now)
-                )
+                sql.stopped(conn, b_worker=worker_id, b_now=now)
                 return DONE
         taken.sort(key=lambda r: r.position)
         return [Claimed(r.id, r.key, r.fingerprint) for r in taken]
@@ -558,9 +567,7 @@ class Store:
                 # lacks the labels for, or tasks whose fingerprint is
                 # not the one this worker would run them with (a newer
                 # worker changed it): never look at them again.
-                others = [{"id": r.id} for r in rows if r not in taken]
-                conn.execute(insert(skipped), others)
-                conn.info[_SKIPPING] = True
+                _skip(conn, [r.id for r in rows if r not in taken])
             if not taken:
                 continue
             if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
@@ -698,8 +705,6 @@ class Store:
         may be the one that broke).
         """
         now = time.time()
-        if self._sql is None:
-            self._sql = _Statements(self.engine.dialect, self.postgres)
         with self.engine.begin() as conn:
             self._finish_all(conn, worker_id, finished, now)
             if release:
@@ -711,15 +716,10 @@ class Store:
             self._requeue(
                 conn, {worker_id: name}, now, "ended its loop without recording the outcome"
             )
-            conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(status="stopped", heartbeat_at=now)
-            )
+            self._sql.stopped(conn, b_worker=worker_id, b_now=now)
 
     def _finish(self, conn, worker_id, claimed: Claimed, status, error, now) -> None:
         sql = self._sql
-        assert sql is not None  # prepared by connect()
         mine = {"b_id": claimed.item_id, "b_worker": worker_id, "b_now": now}
         if status == COMPLETED and self.kind == "graph" and self.postgres:
             # Registration recounts every task's unmet deps in one UPDATE
@@ -783,7 +783,6 @@ class Store:
             claimed.fingerprint,
             current,
         )
-        assert self._sql is not None  # prepared by connect()
         self._sql.event(conn, claimed.item_id, COMPLETED, worker_id, now, claimed.fingerprint)
         self._sql.event(conn, claimed.item_id, "invalidated", None, now, current)
 
@@ -813,6 +812,13 @@ class Store:
     def reset(self, statuses: Sequence[str] = (FAILED,)) -> list[str]:
         with self.engine.begin() as conn:
             return reset(conn, self.queue_id, statuses)
+
+
+def _silent(now):
+    """Active workers whose heartbeat is older than their timeout at ``now``."""
+    return and_(
+        workers.c.status == "active", workers.c.heartbeat_at + workers.c.heartbeat_timeout < now
+    )
 
 
 def counts(conn: Connection, queue_id: int) -> dict[str, int]:
@@ -1041,6 +1047,32 @@ class _Statements:
                 fingerprint=bindparam("b_fp"),
                 error=bindparam("b_error"),
             ),
+            dialect,
+        )
+        joined = insert(workers).values(
+            queue_id=bindparam("b_queue"),
+            name=bindparam("b_name"),
+            host=bindparam("b_host"),
+            pid=bindparam("b_pid"),
+            labels=bindparam("b_labels"),
+            started_at=bindparam("b_now"),
+            heartbeat_at=bindparam("b_now"),
+            heartbeat_timeout=bindparam("b_timeout"),
+            status="active",
+        )
+        # The new id: RETURNING on PostgreSQL, the cursor's lastrowid on
+        # SQLite (RETURNING only since SQLite 3.35).
+        self.join = Prepared(joined.returning(workers.c.id) if postgres else joined, dialect)
+        self.silent = Prepared(
+            select(workers.c.id, workers.c.name).where(
+                workers.c.queue_id == bindparam("b_queue"), _silent(bindparam("b_now"))
+            ),
+            dialect,
+        )
+        self.stopped = Prepared(
+            update(workers)
+            .where(workers.c.id == bindparam("b_worker"))
+            .values(status="stopped", heartbeat_at=bindparam("b_now")),
             dialect,
         )
         self.share_queue = Prepared(

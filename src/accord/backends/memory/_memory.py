@@ -25,6 +25,7 @@ from ..._core._errors import (
     ShareClosed,
     ShareNotPortable,
 )
+from ..._core._protocol import NO_KIND, Kind, Reply
 from ..._core._slots import MISSING, SLOTS
 from .._clients import own_coordinator
 from .._replies import Replies, kind_of
@@ -42,7 +43,7 @@ class _State:
     def __init__(self) -> None:
         self.pending = [0] * SLOTS
         self.applied = [0] * SLOTS
-        self.snapshots: dict[str, tuple[int, bytes, tuple]] = {}
+        self.snapshots: dict[str, tuple[int, bytes, Kind]] = {}
         self.versions = itertools.count(1)
         self.inbox: deque = deque()
         self.inbox_ready = threading.Condition()
@@ -115,7 +116,7 @@ def _find(share_id: int, name: str, pid: int) -> MemoryInfo:
 class _Snapshot:
     __slots__ = ("kind", "obj", "version")
 
-    def __init__(self, version: int, kind: tuple, obj) -> None:
+    def __init__(self, version: int, kind: Kind, obj) -> None:
         self.version = version
         self.kind = kind
         self.obj = obj
@@ -203,7 +204,7 @@ class MemoryClient:
             return self._await(reply_id)
         return None
 
-    def _await(self, reply_id: int) -> tuple:
+    def _await(self, reply_id: int) -> Reply:
         return self.replies.wait(reply_id, self._receive)
 
     def _receive(self) -> list[tuple]:
@@ -243,7 +244,7 @@ class MemoryServer:
     def drop(self, peer: _Peer) -> None:
         pass  # nothing is kept per client
 
-    def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
+    def write(self, name: str, data: bytes, kind: Kind = NO_KIND) -> None:
         self.state.snapshots[name] = (next(self.state.versions), data, kind)
 
     def delete(self, name: str) -> None:

@@ -28,6 +28,7 @@ from ..._core._errors import (
     ShareExists,
     ShareNotFound,
 )
+from ..._core._protocol import Kind, Reply, as_reply
 from ..._core._slots import MISSING
 from .._clients import Clients
 from .._replies import Replies, kind_of
@@ -170,7 +171,7 @@ class _Snapshot:
         version, generation, is_value, _epoch = parse_entry(entry)
         self.entry = entry
         self.version = version
-        self.kind = (generation, is_value)
+        self.kind = Kind(generation, is_value)
         self.obj = obj
 
 
@@ -316,7 +317,7 @@ class RedisClient:
         return obj
 
     def kind(self, name: str):
-        """(type, (type generation, is value)) of the committed `name`, or MISSING."""
+        """The type and `Kind` of the committed `name` (`Typed`), or MISSING."""
         return kind_of(self.read(name), self.snapshots.get(name))
 
     # -- commands --------------------------------------------------------------
@@ -374,30 +375,30 @@ class RedisClient:
             return self._await(reply_id)
         return None
 
-    def _await(self, reply_id: int) -> tuple:
+    def _await(self, reply_id: int) -> Reply:
         """Wait for reply `reply_id` from this process's reply list (checking
         between waits that a coordinator still holds the share)."""
         return self.replies.wait(reply_id, self._receive)
 
-    def _receive(self) -> list[tuple]:
+    def _receive(self) -> list[Reply]:
         popped = self.call(self.r.blpop, [self.keys.replies(self._id)], timeout=BLOCK_S)
         if popped is None:
             self.check_alive(force=True)
             return []
         where = f"{self.info.where()}: a reply"
-        message = pickle.loads(self.signer.open(b"r%d" % self._id, popped[1], where))
+        message = as_reply(pickle.loads(self.signer.open(b"r%d" % self._id, popped[1], where)))
         # A signed reply copied back into the list is dropped: a reply must
         # answer a call of ours not yet answered; an error of a queued
         # command must be of a later command than the last one raised.
-        if message[0]:
+        if message.reply_id:
             with self.replies.ready:
-                if message[0] not in self._awaited:
+                if message.reply_id not in self._awaited:
                     return []
-                self._awaited.discard(message[0])
-        elif len(message) > 4:  # (a notice of errors dropped has no sequence)
-            if message[4] <= self._error_sequence:
+                self._awaited.discard(message.reply_id)
+        elif message.sequence is not None:  # (a notice of errors dropped has none)
+            if message.sequence <= self._error_sequence:
                 return []
-            self._error_sequence = message[4]
+            self._error_sequence = message.sequence
         return [message]
 
     def raise_deferred(self) -> None:

@@ -101,7 +101,7 @@ class RedisCoordinator(OrderedCoordinator):
                 lost.append(name)
                 continue
             self.mirror[name] = value
-            self.types[name] = (type(value), generation, is_value)
+            self.types[name] = P.Typed(type(value), P.Kind(generation, is_value))
         for slot, count in applied.items():
             self.received[slot] = count
         if position:

@@ -15,6 +15,7 @@ import socket
 import threading
 from typing import Any
 
+from ..._core import _protocol as P
 from . import _keys
 from ._client import RedisInfo, call, connect_redis, parse_entry, snapshot_context
 from ._keys import Keys
@@ -154,9 +155,11 @@ class RedisServer:
 
     # -- commands in ---------------------------------------------------------
 
-    def read(self, last_id: str, block_ms: int | None) -> list[tuple[str, int, int, tuple]]:
-        """Commands after `last_id`: [(id, client id, sequence, message)],
-        verified (message None: refused)."""
+    def read(
+        self, last_id: str, block_ms: int | None
+    ) -> list[tuple[str, int, int, P.Command | None]]:
+        """Commands after `last_id`: [(id, client id, sequence, command)],
+        verified (command None: refused)."""
         found: Any = self.r.xread({self.keys.cmd: last_id}, count=1000, block=block_ms)
         out = []
         for _stream, entries in found or ():
@@ -166,8 +169,15 @@ class RedisServer:
                 try:
                     data = self.signer.open(b"c", signed, f"{self.info.where()}: command")
                     client_id, sequence, message = pickle.loads(data)
-                    message = list(message)
-                    message[2] = [int(x) for x in waits.split(b",")] if waits else []
+                    # Its waits travel beside it, in the clear (see the client).
+                    op, reply_id, _waits, writes, *fields = message
+                    command = P.Command(
+                        op,
+                        reply_id,
+                        [int(x) for x in waits.split(b",")] if waits else [],
+                        writes,
+                        tuple(fields),
+                    )
                 except TamperedPayload as exc:
                     log.warning("dropped a command: %s", exc)
                     out.append((entry_id, 0, 0, None))
@@ -176,13 +186,16 @@ class RedisServer:
                     log.warning("dropped a garbled command: %r", exc)
                     out.append((entry_id, 0, 0, None))
                     continue
-                out.append((entry_id, client_id, sequence, tuple(message)))
+                out.append((entry_id, client_id, sequence, command))
         return out
 
     # -- what the coordinator buffers, flushed in one go ------------------------
 
-    def write(self, name: str, data: bytes, kind: tuple = (0, False)) -> None:
-        self._writes[name] = (f"{kind[0]} {int(kind[1])}", data)  # signed at the commit
+    def write(self, name: str, data: bytes, kind: P.Kind = P.NO_KIND) -> None:
+        self._writes[name] = (
+            f"{kind.generation} {int(kind.is_value)}",
+            data,
+        )  # signed at the commit
 
     def delete(self, name: str) -> None:
         self._writes[name] = None

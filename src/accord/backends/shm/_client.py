@@ -479,7 +479,7 @@ class ShmClient:
         commits = cached.commits
         kind = cached.kind
         obj = cached.obj
-        if commits >= 0 and kind is not None and kind[1] and is_value(obj):
+        if commits >= 0 and kind is not None and kind.is_value and is_value(obj):
             self.fast.remember(name, obj, commits, slot)
 
     def lookup(self, name: str, slots):
@@ -491,7 +491,7 @@ class ShmClient:
         return self.snapshots.unchanged(name), clear
 
     def kind(self, name: str):
-        """(type, (type generation, is value)) of the committed `name`, or MISSING."""
+        """The type and `Kind` of the committed `name` (`Typed`), or MISSING."""
         self.check_alive()
         return self.snapshots.kind(name)
 

@@ -33,10 +33,12 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ..._core._atomic import load, store
 from ..._core._changes import replay
 from ..._core._errors import ForeignSegment, SegmentCorrupt, ShareClosed, SnapshotNotSettled
+from ..._core._protocol import NO_KIND, Kind, Typed
 from ..._core._segment import Segment
 from ..._core._segment import unlink as _unlink
 from ..._core._slots import MISSING
@@ -109,15 +111,22 @@ def index_name(stem: str, generation: int) -> str:
     return f"{stem}~index{generation}"
 
 
-def _record(name: str, segname: str | None, kind: tuple) -> bytes:
+class _Entry(NamedTuple):
+    """What the index holds of one name."""
+
+    segname: str  # its snapshot's segment
+    kind: Kind
+
+
+def _record(name: str, segname: str | None, kind: Kind) -> bytes:
     raw = name.encode("utf-8", "surrogatepass")
     seg = b"" if segname is None else segname.encode()
-    flags = (_VALUE if kind[1] else 0) | (_DELETED if segname is None else 0)
-    return _RECORD.pack(len(raw), len(seg), kind[0], flags) + raw + seg
+    flags = (_VALUE if kind.is_value else 0) | (_DELETED if segname is None else 0)
+    return _RECORD.pack(len(raw), len(seg), kind.generation, flags) + raw + seg
 
 
-def _parse(data: bytes, index: dict[str, tuple]) -> None:
-    """Apply the records in `data` to `index` ({name: (segment, gen, is value)})."""
+def _parse(data: bytes, index: dict[str, _Entry]) -> None:
+    """Apply the records in `data` to `index` ({name: entry})."""
     pos, end = 0, len(data)
     while pos < end:
         if end - pos < _RECORD.size:
@@ -131,7 +140,8 @@ def _parse(data: bytes, index: dict[str, tuple]) -> None:
         if flags & _DELETED:
             index.pop(name, None)
         else:
-            index[name] = (data[pos : pos + slen].decode(), generation, bool(flags & _VALUE))
+            kind = Kind(generation, bool(flags & _VALUE))
+            index[name] = _Entry(data[pos : pos + slen].decode(), kind)
         pos += slen
 
 
@@ -233,7 +243,7 @@ class _Slot:
 
     __slots__ = ("kind", "name", "seg", "size")
 
-    def __init__(self, seg: Segment, kind: tuple) -> None:
+    def __init__(self, seg: Segment, kind: Kind) -> None:
         self.name = seg.name
         self.size = seg.size
         self.seg: Segment | None = seg  # None while not mapped
@@ -285,16 +295,14 @@ class SnapshotWriter:
 
     zero_copy = True  # takes big buffers out of band (see _buffers)
 
-    def write(
-        self, name: str, data: bytes, kind: tuple = (0, False), raws=None, touched=None
-    ) -> None:
+    def write(self, name: str, data: bytes, kind: Kind = NO_KIND, raws=None, touched=None) -> None:
         """Commit `data` as the snapshot of `name`.
 
-        `kind` is a small tuple describing the object (its type generation
-        and whether it is an immutable value); it is kept in the index, so
-        readers learn what an object is without unpickling it.  `raws`: the
-        out-of-band buffers of `data` (pickle protocol 5), each kept in its
-        own segments; `touched`: the byte ranges of a single buffer changed
+        `kind` describes the object (its type generation and whether it is
+        an immutable value); it is kept in the index, so readers learn what
+        an object is without unpickling it.  `raws`: the out-of-band
+        buffers of `data` (pickle protocol 5), each kept in its own
+        segments; `touched`: the byte ranges of a single buffer changed
         since the last commit, None if not known.
         """
         if raws:
@@ -335,7 +343,7 @@ class SnapshotWriter:
         self._mapped.pop(name, None)
         self._live -= len(_record(name, slot.name, slot.kind))
 
-    def append(self, name: str, entry: bytes, kind: tuple) -> bool:
+    def append(self, name: str, entry: bytes, kind: Kind) -> bool:
         """Commit `entry` (logged operations, see _changes) as the change of
         `name` since its last commit; False when a full snapshot is due."""
         slot = self._slots.get(name)
@@ -355,11 +363,11 @@ class SnapshotWriter:
         slot = self._slots.pop(name, None)
         if slot is not None:
             self._drop(name, slot)
-            self._append(name, None, (0, False))
+            self._append(name, None, NO_KIND)
             _unlink(slot.name)
         self._committed()
 
-    def _append(self, name: str, segname: str | None, kind: tuple) -> None:
+    def _append(self, name: str, segname: str | None, kind: Kind) -> None:
         record = _record(name, segname, kind)
         if segname is not None:
             self._live += len(record)
@@ -414,6 +422,7 @@ class _Cached:
         "obj",
         "segment",
         "segname",
+        "typed",
         "used",
         "version",
     )
@@ -428,8 +437,17 @@ class _Cached:
         # The commit count at which `kind` was last found current (obj's
         # type then still is the committed object's, obj itself maybe not).
         self.kind_commits = -1
-        self.kind: tuple | None = None  # the index's kind when obj was read
+        self.kind: Kind | None = None  # the index's when obj was read
         self.obj = None
+        self.typed: Typed | None = None  # kind() of obj and kind, made once
+
+
+def _typed(cached: _Cached, kind: Kind) -> Typed:
+    # Made once per object and kind: a proxy's method call asks for it each time.
+    typed = cached.typed
+    if typed is None or typed.kind is not kind or typed.cls is not type(cached.obj):
+        typed = cached.typed = Typed(type(cached.obj), kind)
+    return typed
 
 
 class SnapshotReader:
@@ -448,7 +466,7 @@ class SnapshotReader:
         self._index_gen = -1
         self._index_seg: Segment | None = None
         self._index_pos = HEADER
-        self._index: dict[str, tuple] = {}
+        self._index: dict[str, _Entry] = {}
         self._index_lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
         self._mapped: OrderedDict[str, None] = OrderedDict()
@@ -466,7 +484,7 @@ class SnapshotReader:
         if load(self._control, _control.CLOSED):
             raise ShareClosed(f"share {self._stem!r} is closed")
 
-    def _refresh_index(self) -> dict[str, tuple]:
+    def _refresh_index(self) -> dict[str, _Entry]:
         gen = load(self._control, _control.INDEX_GEN)
         seg = self._index_seg  # None only before the first refresh (gen -1)
         if gen == self._index_gen and load(seg.buf, INDEX_END) == self._index_pos:  # pyright: ignore[reportOptionalMemberAccess]
@@ -474,7 +492,7 @@ class SnapshotReader:
         with self._index_lock:  # one thread applies what was appended
             return self._refresh_locked(load(self._control, _control.INDEX_GEN))
 
-    def _refresh_locked(self, gen: int) -> dict[str, tuple]:
+    def _refresh_locked(self, gen: int) -> dict[str, _Entry]:
         patience = None
         while gen != self._index_gen:
             try:
@@ -491,7 +509,7 @@ class SnapshotReader:
                 continue
             # The old mapping is not closed here: another thread may be
             # reading it.  It is unmapped when the last reference goes.
-            index: dict[str, tuple] = {}
+            index: dict[str, _Entry] = {}
             _parse(self._published(seg, HEADER), index)
             # The generation last: a thread that sees it sees the rest.
             self._index_seg, self._index, self._index_pos = seg, index, seg.last_end
@@ -542,7 +560,7 @@ class SnapshotReader:
                 self._cache.pop(name, None)
                 self._mapped.pop(name, None)
                 return MISSING
-            segname = entry[0]
+            segname = entry.segname
             cached = self._cache.get(name)
             try:
                 if cached is None or cached.segname != segname:
@@ -582,7 +600,7 @@ class SnapshotReader:
                 cached.obj = obj
                 cached.version, cached.epoch, cached.used = version, epoch, used
             cached.commits = commits
-            cached.kind = entry[1:]
+            cached.kind = entry.kind
             return cached.obj
 
     def _load(self, name: str, data: bytes):
@@ -604,26 +622,30 @@ class SnapshotReader:
         return None
 
     def kind(self, name: str):
-        """(type of the committed object, its kind tuple), or MISSING — from
-        the index and the object last read, without unpickling when the
-        object's type has not changed since."""
+        """The type of the committed object and its `Kind` (`Typed`), or
+        MISSING — from the index and the object last read, without
+        unpickling when the object's type has not changed since."""
         cached = self._cache.get(name)
         commits = load(self._control, _control.COMMITS)
-        if cached is not None and (cached.commits == commits or cached.kind_commits == commits):
-            return type(cached.obj), cached.kind  # nothing committed since we looked
+        if (
+            cached is not None
+            and cached.kind is not None
+            and (cached.commits == commits or cached.kind_commits == commits)
+        ):
+            return _typed(cached, cached.kind)  # nothing committed since we looked
         entry = self._refresh_index().get(name)
         if entry is None:
             return MISSING
         cached = self._cache.get(name)
-        if cached is not None and cached.kind == entry[1:]:
+        if cached is not None and cached.kind is not None and cached.kind == entry.kind:
             # (The count was loaded before the index: at worst this marks a
             # newer kind current at an older count, which is still true.)
             cached.kind_commits = commits
-            return type(cached.obj), cached.kind
+            return _typed(cached, cached.kind)
         obj = self.read(name)  # its type changed since we last read it
         if obj is MISSING:
             return MISSING
-        return type(obj), entry[1:]
+        return Typed(type(obj), entry.kind)
 
     def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str]]:
         """Every committed snapshot as bytes, for a restart after the
@@ -631,9 +653,9 @@ class SnapshotReader:
         found: dict[str, bytes] = {}
         lost: list[str] = []
         gen = load(self._control, _control.INDEX_GEN)
-        index: dict[str, tuple] = {}
+        index: dict[str, _Entry] = {}
         _parse(self._published(Segment.attach(index_name(self._stem, gen)), HEADER), index)
-        for name, (segname, *_kind) in index.items():
+        for name, (segname, _kind) in index.items():
             try:
                 data = self._settled(Segment.attach(segname, min_size=HEADER), tries)
             except FileNotFoundError:
