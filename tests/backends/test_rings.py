@@ -21,7 +21,16 @@ from ring_workers import append_forever, append_then_die, check, entry, produce
 from accord._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord._core._segment import leftovers, unlink
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL, SPILL, WAKE, Consumer, Inbox, Producer, RingSegment
+from accord.backends.shm._rings import (
+    BELL,
+    RING_CLOSED,
+    SPILL,
+    WAKE,
+    Consumer,
+    Inbox,
+    Producer,
+    RingSegment,
+)
 
 _names = itertools.count()
 
@@ -444,11 +453,28 @@ def test_a_send_wakes_a_consumer_asleep_in_select_only_once_the_ring_fills_up():
         assert hows[-1] == 2 and len(hows) > 1
         consumer.disarm()
         assert consumer.arm() is True  # input: not armed
-        entries, position = consumer.drain(0)
+        entries, _position = consumer.drain(0)
         assert len(entries) == len(hows)
-        consumer.commit(0, position)
+        # Drained, not yet committed (its commands are not in a snapshot
+        # yet): writes count from what it drained, not from the tail.
         assert consumer.arm() is False
-        assert producer.append(b"a call") is True  # asleep: wake it
+        again = []
+        while not again or again[-1] == 1:
+            again.append(_write(producer, control, 1, (1,), (4, 0, ("lst",), "append", (0,))) & 3)
+        assert len(again) == len(hows)
+        consumer.disarm()  # (the last write woke it)
+        consumer.drain(0)
+        assert consumer.arm() is False
+        assert producer.append(b"a call") is True  # asleep again: a call wakes it at once
     finally:
         segment.close()
         unlink(name)
+
+
+def test_a_send_to_a_closed_ring_says_so_and_raises_no_flag(rings):
+    segment = rings(1, 4096)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    control = bytearray(_PENDING_AT + 8 * 8)
+    _ring.ring_close(segment.buf, segment.base(0))
+    assert _write(producer, control, 1, (1, 2), (4, 0, ("lst",), "append", (1,))) == RING_CLOSED
+    assert control == bytearray(len(control))

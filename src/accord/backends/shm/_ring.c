@@ -11,8 +11,11 @@
  *
  *   base +   0  magic            RING_MAGIC once ring_init has run
  *   base +   8  capacity         bytes of the data area
- *   base +  64  head             bytes ever published by the producer
+ *   base +  64  head             bytes ever published by the producer; its top
+ *                                bit (HEAD_CLOSED) closes the ring for good
  *   base + 128  tail             bytes ever committed by the consumer
+ *   base + 136  drained          bytes the consumer has read (ring_drain
+ *                                stores it; ring_send's lazy wake-up reads it)
  *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
  *   base + 224  free for the caller: _rings.py keeps there the doorbell of a
  *               consumer that sleeps on this ring alone (a client's replies)
@@ -27,6 +30,13 @@
  * commit marker, then head, each store with release ordering.  A producer
  * killed at any instant has published either the whole entry or nothing:
  * the consumer reads only below head (acquire).
+ *
+ * Closing: `ring_close` sets HEAD_CLOSED in head (an atomic or), and the
+ * producer publishes with a compare-and-swap of head that fails once it is
+ * set.  So after ring_close returns, the ring holds exactly the entries below
+ * the head it returned: an append either published before (and the closer
+ * sees it) or reports the ring closed (and its caller sends elsewhere).
+ * restart() closes a dead coordinator's rings before it collects them.
  *
  * Sleep and wake (a "doorbell", two u32 at an 8-byte aligned offset of any
  * shared buffer: sleeping, then a sequence): the consumer takes the
@@ -55,8 +65,10 @@
 #define OFF_CAPACITY 8
 #define OFF_HEAD 64
 #define OFF_TAIL 128
+#define OFF_DRAINED 136
 #define OFF_SPACE 192
 #define RING_DATA 256
+#define HEAD_CLOSED (1ULL << 63)
 
 #define MARK_COMMIT 0xACC0DE00u
 #define MARK_WRAP 0xACF00D00u
@@ -116,6 +128,13 @@ static inline uint64_t *
 head_of(char *ring)
 {
     return (uint64_t *)(ring + OFF_HEAD);
+}
+
+/* The published position (head without its closed bit). */
+static inline uint64_t
+head_at(char *ring, int order)
+{
+    return __atomic_load_n(head_of(ring), order) & ~HEAD_CLOSED;
 }
 
 static inline uint64_t *
@@ -229,25 +248,32 @@ ring_max_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 /* Stop points of an append, for tests that kill a producer mid-append. */
 enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
 
-/* Room for an entry of `len` payload bytes in the ring now?  Sets *head,
- * *skip (a WRAP before it) and *need (its size, header included). */
+/* Room for an entry of `len` payload bytes in the ring now?  1 yes, 0 no,
+ * -1 closed.  Sets *head (without the closed bit), *skip (a WRAP before it)
+ * and *need (its size, header included). */
 static int
 has_room(Ring *r, uint64_t len, uint64_t *head, uint64_t *skip, uint64_t *need)
 {
-    *head = __atomic_load_n(head_of(r->ring), __ATOMIC_RELAXED); /* ours alone */
+    /* Ours alone but for the closed bit: acquire pairs with ring_close. */
+    uint64_t raw = __atomic_load_n(head_of(r->ring), __ATOMIC_ACQUIRE);
+    if (raw & HEAD_CLOSED)
+        return -1;
+    *head = raw;
     uint64_t tail = __atomic_load_n(tail_of(r->ring), __ATOMIC_ACQUIRE);
     *need = 8 + padded(len);
-    *skip = wrap_skip(*head, r->cap, *need);
-    return *head + *skip + *need - tail <= r->cap;
+    *skip = wrap_skip(raw, r->cap, *need);
+    return raw + *skip + *need - tail <= r->cap;
 }
 
 /* Publish an entry for which has_room() said yes: the payload (with the 8
  * bytes at `patch_at`, if >= 0, replaced by `patch` little-endian), then
- * its header, then head.  Returns the new head, or 0 when told to stop
- * half-way (tests). */
+ * its header, then head -- by compare-and-swap, which fails only if
+ * ring_close set the closed bit since: then nothing is published.  Returns
+ * the new head; 0 when closed meanwhile, or told to stop half-way (tests:
+ * `*stopped` is then set). */
 static uint64_t
 publish(Ring *r, const char *data, uint64_t len, uint32_t flag, Py_ssize_t patch_at,
-        uint64_t patch, uint64_t head, uint64_t skip, uint64_t need, long stop)
+        uint64_t patch, uint64_t head, uint64_t skip, uint64_t need, long stop, int *stopped)
 {
     char *area = r->ring + RING_DATA;
     uint64_t at = head % r->cap;
@@ -262,19 +288,25 @@ publish(Ring *r, const char *data, uint64_t len, uint32_t flag, Py_ssize_t patch
         for (int i = 0; i < 8; i++)
             word[i] = (unsigned char)(patch >> (8 * i));
     }
-    if (stop == STOP_AFTER_PAYLOAD)
+    *stopped = stop == STOP_AFTER_PAYLOAD;
+    if (*stopped)
         return 0;
     __atomic_store_n((uint64_t *)(area + at), len | ((uint64_t)(MARK_COMMIT | flag) << 32),
                      __ATOMIC_RELEASE);
-    if (stop == STOP_AFTER_HEADER)
+    *stopped = stop == STOP_AFTER_HEADER;
+    if (*stopped)
         return 0;
-    __atomic_store_n(head_of(r->ring), head + skip + need, __ATOMIC_SEQ_CST);
+    uint64_t expected = head;
+    if (!__atomic_compare_exchange_n(head_of(r->ring), &expected, head + skip + need, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        return 0;
     return head + skip + need;
 }
 
 /* ring_append(buffer, base, data, flag, bell_buffer, bell_offset[, stop])
  *   -> 0 when the ring has no room now, 1 when appended, 2 when appended and
- *   the consumer sleeps in select(): the caller wakes it there.
+ *   the consumer sleeps in select(): the caller wakes it there; -1 when the
+ *   ring is closed (nothing appended).
  * Single producer: one process (and one thread at a time) per ring. */
 static PyObject *
 ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -308,13 +340,14 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     uint64_t head, skip, need;
-    if (!has_room(&r, (uint64_t)data.len, &head, &skip, &need))
-        result = PyLong_FromLong(0);
-    else if (!publish(&r, data.buf, (uint64_t)data.len, (uint32_t)flag, -1, 0, head, skip, need,
-                      stop))
-        result = PyLong_FromLong(1); /* stopped half-way (tests) */
-    else
+    int room = has_room(&r, (uint64_t)data.len, &head, &skip, &need), stopped;
+    if (room <= 0)
+        result = PyLong_FromLong(room); /* 0: no room, -1: closed */
+    else if (publish(&r, data.buf, (uint64_t)data.len, (uint32_t)flag, -1, 0, head, skip, need,
+                     stop, &stopped))
         result = PyLong_FromLong(ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1);
+    else
+        result = PyLong_FromLong(stopped ? 1 : -1); /* stopped half-way (tests), or closed */
 done:
     PyBuffer_Release(&bell_view);
 no_bell:
@@ -338,12 +371,14 @@ no_bell:
  * _client.ShmClient.send, in its order, without a Python call between.
  *
  * Returns -1 without touching anything when the ring has no room (the
- * caller takes the path that waits), else old * 4 + how: how is 1, or 2
- * when the consumer sleeps in select() and the caller must wake it there.
- * `lazy` > 0: a sleeping consumer is not woken while fewer than `lazy`
- * bytes are unconsumed in the ring (a fire-and-forget write needs nobody
- * now: a reader that needs it waits for its flag, and that wakes the
- * consumer; it wakes by itself at its next heartbeat anyway). */
+ * caller takes the path that waits); -2 when the ring is closed (nothing
+ * appended; the flags raised if it closed during the call, as when an
+ * append reports it closed); else old * 4 + how: how is 1, or 2 when the
+ * consumer sleeps in select() and the caller must wake it there.
+ * `lazy` > 0: a sleeping consumer is not woken while the ring holds fewer
+ * than `lazy` bytes beyond what it has drained (a fire-and-forget write
+ * needs nobody now: a reader that needs it waits for its flag, and that
+ * wakes the consumer; it looks at every ring at its heartbeat anyway). */
 static PyObject *
 ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -405,8 +440,9 @@ ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     uint64_t head, skip, need;
-    if (!has_room(&r, (uint64_t)data.len, &head, &skip, &need)) {
-        result = PyLong_FromLong(-1);
+    int room = has_room(&r, (uint64_t)data.len, &head, &skip, &need), stopped;
+    if (room <= 0) {
+        result = PyLong_FromLong(room < 0 ? -2 : -1);
         goto done;
     }
     /* The intent before each flag (see ShmClient.send for why this order). */
@@ -421,10 +457,14 @@ ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         __atomic_fetch_add(flags[i], 1, __ATOMIC_SEQ_CST);
     }
     uint64_t end = publish(&r, data.buf, (uint64_t)data.len, 0, patch_at, old, head, skip, need,
-                           stop);
+                           stop, &stopped);
+    if (!end && !stopped) {
+        result = PyLong_FromLong(-2); /* closed meanwhile: not published */
+        goto done;
+    }
     int how = 1;
-    if (end && !(lazy > 0 && end - __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST) <
-                                 (uint64_t)lazy))
+    uint64_t drained = __atomic_load_n((uint64_t *)(r.ring + OFF_DRAINED), __ATOMIC_SEQ_CST);
+    if (end && !(lazy > 0 && end - drained < (uint64_t)lazy))
         how = ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1;
     result = PyLong_FromUnsignedLongLong(old * 4 + (uint64_t)how);
 done:
@@ -453,7 +493,7 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyObject *entries = NULL, *item = NULL;
     uint64_t cap = r.cap;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     if (pos < tail || pos > head || head - tail > cap) {
         PyErr_Format(PyExc_ValueError, "position %llu is outside the ring (%llu..%llu)", pos,
@@ -497,6 +537,8 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos += 8 + padded(length);
         taken += 8 + length;
     }
+    /* For ring_send's lazy wake-up: what the consumer has read. */
+    __atomic_store_n((uint64_t *)(r.ring + OFF_DRAINED), (uint64_t)pos, __ATOMIC_SEQ_CST);
     PyBuffer_Release(&r.view);
     return Py_BuildValue("(NK)", entries, pos);
 fail:
@@ -517,7 +559,7 @@ ring_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t *tailp = tail_of(r.ring);
     if (pos < __atomic_load_n(tailp, __ATOMIC_RELAXED) || pos > head) {
         PyBuffer_Release(&r.view);
@@ -537,10 +579,25 @@ ring_state(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Ring r;
     if (!nargs_ok(nargs, 2, -1, "ring_state(buffer, base)") || !ring_open(&r, args[0], args[1]))
         return NULL;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     PyBuffer_Release(&r.view);
     return Py_BuildValue("(KKK)", head, tail, r.cap);
+}
+
+/* ring_close(buffer, base) -> head: no append succeeds after this; the
+ * ring holds exactly the entries below the returned head.  Wakes a
+ * producer waiting for room (it then finds the ring closed). */
+static PyObject *
+ring_close(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Ring r;
+    if (!nargs_ok(nargs, 2, -1, "ring_close(buffer, base)") || !ring_open(&r, args[0], args[1]))
+        return NULL;
+    uint64_t head = __atomic_fetch_or(head_of(r.ring), HEAD_CLOSED, __ATOMIC_SEQ_CST);
+    ring_bell((uint32_t *)(r.ring + OFF_SPACE));
+    PyBuffer_Release(&r.view);
+    return PyLong_FromUnsignedLongLong(head & ~HEAD_CLOSED);
 }
 
 /* ring_wait_space(buffer, base, need, seconds) -> True if `need` payload
@@ -559,7 +616,12 @@ ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint32_t *bell = (uint32_t *)(r.ring + OFF_SPACE); /* [waiting, sequence] */
     uint32_t *seq = &bell[1];
     uint64_t need = 8 + padded((uint64_t)size);
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_RELAXED);
+    uint64_t raw = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    if (raw & HEAD_CLOSED) { /* nothing to wait for: the append says closed */
+        PyBuffer_Release(&r.view);
+        Py_RETURN_TRUE;
+    }
+    uint64_t head = raw;
     uint64_t skip = wrap_skip(head, r.cap, need);
     uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
     __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
@@ -627,7 +689,7 @@ watch_pending(Watch *w)
         char *ring = ring_at(&w->view, base, &cap);
         if (ring == NULL)
             return -1;
-        if (__atomic_load_n(head_of(ring), __ATOMIC_SEQ_CST) != pos)
+        if (head_at(ring, __ATOMIC_SEQ_CST) != pos)
             return 1;
     }
     return 0;
@@ -716,17 +778,19 @@ static PyMethodDef methods[] = {
      "ring_max_entry(buffer, base) -> the largest payload an append takes."},
     {"ring_append", (PyCFunction)(void (*)(void))ring_append, METH_FASTCALL,
      "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> 0 full, 1 appended, "
-     "2 appended and the consumer sleeps in select()."},
+     "2 appended and the consumer sleeps in select(), -1 closed."},
     {"ring_send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL,
      "ring_send(control, intent, pending, seq, writes, payload, patch_at, buffer, base, "
-     "bell_buffer, bell_offset, lazy) -> -1 full, else old flag count * 4 + (1, or 2: wake "
-     "the consumer in select())."},
+     "bell_buffer, bell_offset, lazy) -> -1 full, -2 closed, else old flag count * 4 + (1, "
+     "or 2: wake the consumer in select())."},
     {"ring_drain", (PyCFunction)(void (*)(void))ring_drain, METH_FASTCALL,
      "ring_drain(buffer, base, position, max_bytes) -> (entries, new position)."},
     {"ring_commit", (PyCFunction)(void (*)(void))ring_commit, METH_FASTCALL,
      "ring_commit(buffer, base, position): entries before position are applied."},
     {"ring_state", (PyCFunction)(void (*)(void))ring_state, METH_FASTCALL,
      "ring_state(buffer, base) -> (head, tail, capacity)."},
+    {"ring_close", (PyCFunction)(void (*)(void))ring_close, METH_FASTCALL,
+     "ring_close(buffer, base) -> head: no append succeeds after this."},
     {"ring_wait_space", (PyCFunction)(void (*)(void))ring_wait_space, METH_FASTCALL,
      "ring_wait_space(buffer, base, size, seconds) -> whether size bytes fit now."},
     {"bell_sleep", (PyCFunction)(void (*)(void))bell_sleep, METH_FASTCALL,
