@@ -608,10 +608,8 @@ class Link:
         if kind == QUEUE and not kwargs and len(args) == 1 and type(args[0]) in PLAIN:
             # `lst.append(3)`: the commonest write, without the general steps
             # below (plain arguments travel as they are, see pack_call).
-            client = self.client
-            client.send(P.CALL, (path, name, args), method.slots)
-            if id(client) not in _unsettled:
-                _queued(client)
+            # Through send(): one that restart() turned away is sent again.
+            self.send(P.CALL, (path, name, args), method.slots)
             return None
         if kind == LOCAL:
             self.wait_for(method.slots)
