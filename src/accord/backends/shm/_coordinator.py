@@ -267,7 +267,8 @@ def serve(config: dict, extra: bytes, ready) -> None:
         coordinator.restore(restored)
         if rings:
             replayed = coordinator.replay(rings, includes)
-            log.info("restart: %d write(s) replayed from the rings", replayed)
+            if replayed:
+                log.info("restart: %d write(s) replayed from the rings", replayed)
         ready()  # only now may anyone read or connect
         coordinator.run()
     except Stop:
