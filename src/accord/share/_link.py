@@ -309,6 +309,27 @@ class Link:
         self.rebind(info)
         return True
 
+    # A read sends nothing: when the coordinator it asked is gone and the
+    # owner has restarted the share, it is asked again of the new one.  (This
+    # process may not have used the share since the old one died: its first
+    # check then finds it gone, however long ago the restart was.)
+
+    def _kind(self, name: str):
+        try:
+            return self.client.kind(name)
+        except CoordinatorLost:
+            if not self._follow_restart():
+                raise
+            return self.client.kind(name)
+
+    def _read(self, name: str):
+        try:
+            return self.client.read(name)
+        except CoordinatorLost:
+            if not self._follow_restart():
+                raise
+            return self.client.read(name)
+
     # -- flags -----------------------------------------------------------------
 
     def read_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
@@ -411,7 +432,7 @@ class Link:
     def peek(self, path: tuple):
         """The object at `path` in the latest commit, without waiting; MISSING
         if there is none (it may be pending)."""
-        obj = self.client.read(path[0])
+        obj = self._read(path[0])
         if obj is MISSING or type(obj) is Unreadable:
             return MISSING
         try:
@@ -425,7 +446,7 @@ class Link:
     def value_at(self, path: tuple):
         """The committed object at `path` (call `wait_for` first). Shared with
         the snapshot cache: do not mutate it."""
-        obj = self.client.read(path[0])
+        obj = self._read(path[0])
         if obj is MISSING:
             raise AttributeError(f"share has no attribute {path[0]!r}")
         if type(obj) is Unreadable:
@@ -449,7 +470,12 @@ class Link:
         if named is None:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
-        client.check_alive()
+        try:
+            client.check_alive()
+        except CoordinatorLost:
+            if not self._follow_restart():
+                raise
+            return self.get_name(name)  # of the restarted coordinator (see _kind)
         known = None
         if client.remote:
             # Over a network, `share.x += 1` should cost the one round trip
@@ -468,7 +494,7 @@ class Link:
             # value read below turns into a proxy all the same.
             is_plain_value = known.kind.is_value
         else:
-            typed = client.kind(name)
+            typed = self._kind(name)
             is_plain_value = typed is MISSING or typed.kind.is_value
         if not is_plain_value:
             # A container: its proxy's own += is atomic; no bytecode check.
@@ -491,9 +517,8 @@ class Link:
 
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
-        client = self.client
         if len(path) == 1:
-            typed = client.kind(path[0])
+            typed = self._kind(path[0])
             if typed is not MISSING and not typed.kind.is_value:
                 # A shared container: its proxy waits for writes when used,
                 # so `share.lst.append(x)` never waits for other writers.
@@ -510,7 +535,7 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._kind(path[0]) if len(path) == 1 else MISSING
         if typed is not MISSING:
             cls = typed.cls
             memo = self._methods.get((path, attr))
@@ -552,7 +577,7 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._kind(path[0]) if len(path) == 1 else MISSING
         obj = self.peek(path) if typed is MISSING or typed.cls is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.
@@ -569,7 +594,7 @@ class Link:
         may write other attributes: that counts as a write to the whole."""
         attr = _attr_of(place)
         if attr is not None:
-            typed = self.client.kind(place[0])
+            typed = self._kind(place[0])
             if typed is not MISSING and _setting_runs_code(typed.cls, attr):
                 return self.write_slots(place[:1])
         return self.write_slots(place)
@@ -621,7 +646,7 @@ class Link:
         memo = self._methods.get((path, attr))
         if memo is None or len(path) != 1:
             return None
-        typed = self.client.kind(path[0])
+        typed = self._kind(path[0])
         return memo[1] if typed is not MISSING and typed.cls is memo[0] else None
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
