@@ -133,7 +133,7 @@ def test_tampered_payloads_are_refused_and_never_unpickled(redis_server, tmp_pat
     with Share(name=share_name("tamper"), backend=redis_server.url, key=KEY) as share:
         share.cfg = {"a": 1}
         share.flush()
-        prefix = "accord:{test-tamper}:"
+        prefix = f"accord:{{{share_name('tamper')}}}:"
         # A snapshot replaced by someone without the key (signed with a wrong MAC).
         r.hset(prefix + "snap", "cfg", b"\0" * 32 + evil)
         r.hset(prefix + "state", "v:cfg", b"999999 0 0 1")
@@ -162,7 +162,8 @@ def test_close_deletes_every_key_and_keys_have_a_ttl(redis_server):
     share.lst.pop()  # a reply list too
     r = redis.Redis.from_url(redis_server.url)
     present = keys_of(redis_server.url, share_name("close"))
-    assert {"accord:{test-close}:state", "accord:{test-close}:snap"} <= set(present)
+    close = share_name("close")
+    assert {f"accord:{{{close}}}:state", f"accord:{{{close}}}:snap"} <= set(present)
     for key in present:
         assert r.pttl(key) > 0, key  # an abandoned share expires by itself
     share.close()
@@ -386,7 +387,9 @@ def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_s
     owner.stdout.close()
     until(lambda: _gone(coordinator), what="the orphaned coordinator to stop")
     present = keys_of(redis_server.url, share_name("orphan"))
-    assert "accord:{test-orphan}:state" in present  # left to its TTL, or to a successor
+    assert (
+        f"accord:{{{share_name('orphan')}}}:state" in present
+    )  # left to its TTL, or to a successor
     service = subprocess.Popen(
         [
             sys.executable,

@@ -309,26 +309,22 @@ class Link:
         self.rebind(info)
         return True
 
-    # A read sends nothing: when the coordinator it asked is gone and the
-    # owner has restarted the share, it is asked again of the new one.  (This
-    # process may not have used the share since the old one died: its first
-    # check then finds it gone, however long ago the restart was.)
-
-    def _kind(self, name: str):
-        try:
-            return self.client.kind(name)
-        except CoordinatorLost:
-            if not self._follow_restart():
-                raise
-            return self.client.kind(name)
-
-    def _read(self, name: str):
-        try:
-            return self.client.read(name)
-        except CoordinatorLost:
-            if not self._follow_restart():
-                raise
-            return self.client.read(name)
+    def _read(self, name: str, kind: bool = False):
+        """The client's read(name), or with `kind` its kind(name), following
+        the owner's restart.  A read sends nothing: when the coordinator it
+        asked is gone and the owner has restarted the share, it is asked
+        again of the new one.  (This process may not have used the share
+        since the old one died: its first check then finds it gone, however
+        long ago the restart was.)"""
+        followed = False
+        while True:
+            client = self.client
+            try:
+                return client.kind(name) if kind else client.read(name)
+            except CoordinatorLost:
+                if followed or not self._follow_restart():
+                    raise
+                followed = True
 
     # -- flags -----------------------------------------------------------------
 
@@ -475,7 +471,7 @@ class Link:
         except CoordinatorLost:
             if not self._follow_restart():
                 raise
-            return self.get_name(name)  # of the restarted coordinator (see _kind)
+            return self.get_name(name)  # of the restarted coordinator (see _read)
         known = None
         if client.remote:
             # Over a network, `share.x += 1` should cost the one round trip
@@ -494,7 +490,7 @@ class Link:
             # value read below turns into a proxy all the same.
             is_plain_value = known.kind.is_value
         else:
-            typed = self._kind(name)
+            typed = self._read(name, kind=True)
             is_plain_value = typed is MISSING or typed.kind.is_value
         if not is_plain_value:
             # A container: its proxy's own += is atomic; no bytecode check.
@@ -518,7 +514,7 @@ class Link:
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
         if len(path) == 1:
-            typed = self._kind(path[0])
+            typed = self._read(path[0], kind=True)
             if typed is not MISSING and not typed.kind.is_value:
                 # A shared container: its proxy waits for writes when used,
                 # so `share.lst.append(x)` never waits for other writers.
@@ -535,7 +531,7 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        typed: Any = self._kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
         if typed is not MISSING:
             cls = typed.cls
             memo = self._methods.get((path, attr))
@@ -577,7 +573,7 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        typed: Any = self._kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
         obj = self.peek(path) if typed is MISSING or typed.cls is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.
@@ -594,7 +590,7 @@ class Link:
         may write other attributes: that counts as a write to the whole."""
         attr = _attr_of(place)
         if attr is not None:
-            typed = self._kind(place[0])
+            typed = self._read(place[0], kind=True)
             if typed is not MISSING and _setting_runs_code(typed.cls, attr):
                 return self.write_slots(place[:1])
         return self.write_slots(place)
@@ -646,7 +642,7 @@ class Link:
         memo = self._methods.get((path, attr))
         if memo is None or len(path) != 1:
             return None
-        typed = self._kind(path[0])
+        typed = self._read(path[0], kind=True)
         return memo[1] if typed is not MISSING and typed.cls is memo[0] else None
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
