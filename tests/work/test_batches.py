@@ -8,7 +8,7 @@ import time
 
 import pytest
 from sqlalchemy import event
-from work_helpers import barrier, wait_until
+from work_helpers import SURVIVOR, barrier, wait_until
 
 from accord.work import WorkQueue
 from accord.work._queue import _BatchSize
@@ -77,7 +77,7 @@ def test_a_dead_workers_batch_is_handed_out_again(db, workers):
     wait_until(lambda: "start 1" in victim.stdout.readline(), 90, "the victim to take item 1")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    survivor = workers.start(db=db, name="crash", items=12, options=options)
+    survivor = workers.start(db=db, name="crash", items=12, options={**SURVIVOR, "claim_batch": 5})
     # Its whole batch came back, item 0 too: the victim finished it, but
     # died before its next claim would have recorded that.
     assert sorted(workers.finish(survivor, 120), key=int) == [str(i) for i in range(12)]
@@ -96,10 +96,10 @@ def test_a_dead_workers_batch_is_handed_out_again(db, workers):
 def test_the_heartbeat_keeps_a_whole_batch_with_its_worker(sqlite_db, workers, tmp_path):
     # The batch takes far longer than the heartbeat timeout; no item of it
     # is handed to the other worker, which only gets what is left.  (A
-    # timeout of 15 beats: on a loaded machine one can wait long for the
-    # CPU and the write lock.)
-    options = {"heartbeat_timeout": 1.5, "heartbeat_interval": 0.1, "claim_batch": 3}
-    config = {"db": sqlite_db, "name": "slow", "items": 6, "options": options, "work_s": 0.8}
+    # timeout of 30 beats: on a loaded machine one can wait long for the
+    # CPU, the disk and the write lock.)
+    options = {"heartbeat_timeout": 3.0, "heartbeat_interval": 0.1, "claim_batch": 3}
+    config = {"db": sqlite_db, "name": "slow", "items": 6, "options": options, "work_s": 1.6}
     done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
     assert collections.Counter(done[0] + done[1]) == {str(i): 1 for i in range(6)}
     queue = WorkQueue(range(6), db=sqlite_db, name="slow", progress=False)
@@ -245,3 +245,26 @@ def test_items_another_worker_registers_mid_loop_are_not_claimed(db):
     assert list(other) == ["x", "y"]
     mine.dispose()
     other.dispose()
+
+
+def test_a_batch_with_items_taken_away_records_only_the_others(db, caplog):
+    from sqlalchemy import update
+
+    from accord.work._schema import items
+
+    queue = WorkQueue(range(3), db=db, name="q", progress=False, claim_batch=3)
+    seen = []
+    for item in queue:
+        seen.append(item)
+        if item == 1 and len(seen) == 2:
+            # Two of the batch go back to the queue while this worker runs
+            # them (as a re-registered fingerprint or a reset would do it).
+            with queue._engine.begin() as conn:
+                back = update(items).where(items.c.key.in_(["1", "2"])).values(status="pending")
+                assert conn.execute(back).rowcount == 2
+    # Their outcomes in the first batch are not recorded (0's is): done again.
+    assert seen == [0, 1, 2, 1, 2]
+    assert [h.status for h in queue.history(0)] == ["running", "completed"]
+    assert [h.status for h in queue.history(2)] == ["running", "running", "completed"]
+    assert "went back to the queue while this worker ran it" in caplog.text
+    queue.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
-from work_helpers import barrier, wait_until
+from work_helpers import SURVIVOR, barrier, wait_until
 
 from accord.work import InvalidWork, Task, TaskGraph
 from accord.work._schema import workers as workers_table
@@ -209,7 +209,8 @@ def test_an_invalidated_task_gets_its_retries_back(sqlite_db, workers):
         wait_until(lambda: victim.stdout.readline().startswith("start t"), what="t to start")
         victim.kill()
         victim.wait()
-        return workers.finish(workers.start(**config))
+        survivor = {**config, "options": {**SURVIVOR, "max_retries": 1}}
+        return workers.finish(workers.start(**survivor))
 
     assert killed_once_then_done("v1") == ["t"]
     # Done again for v2: one death of this run is within max_retries=1.

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from work_helpers import barrier, wait_until
+from work_helpers import SURVIVOR, barrier, wait_until
 
 from accord.work import DatabaseUnavailable, InvalidWork, Task, TaskGraph, WorkFailed, WorkQueue
 
@@ -42,7 +42,7 @@ def test_killed_worker_item_is_redone_after_heartbeat_timeout(db, workers):
     wait_until(
         lambda: victim.stdout.readline().startswith("start 0"), what="the victim to take item 0"
     )
-    survivor = workers.start(db=db, name="crash", items=6, options=options)
+    survivor = workers.start(db=db, name="crash", items=6, options=SURVIVOR)
     victim.send_signal(signal.SIGKILL)
     done = workers.finish(survivor)
     assert sorted(done) == ["0", "1", "2", "3", "4", "5"]
@@ -64,7 +64,9 @@ def test_item_given_up_after_max_retries(sqlite_db, workers):
     wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="item 0 to start")
     victim.kill()
     victim.wait()
-    queue = WorkQueue(range(2), db=sqlite_db, name="fragile", progress=False, **options)
+    queue = WorkQueue(
+        range(2), db=sqlite_db, name="fragile", progress=False, max_retries=0, **SURVIVOR
+    )
     assert [int(i) for i in queue] == [1]
     assert queue.counts()["failed"] == 1
     assert "max_retries=0" in queue.history(0)[-1].error
@@ -213,10 +215,10 @@ def test_sqlite_uses_wal_and_immediate_transactions(sqlite_db):
 def test_heartbeats_keep_a_slow_item_with_its_worker(sqlite_db, workers, tmp_path):
     # Each item takes longer than the heartbeat timeout; the heartbeat thread
     # keeps the worker alive, so no item is handed out twice.  The timeout
-    # leaves room for 15 beats: on a loaded machine a beat can wait long
-    # for the CPU and for the write lock (a timeout of 0.6 s was flaky).
-    options = {"heartbeat_timeout": 1.5, "heartbeat_interval": 0.1}
-    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 2.0}
+    # leaves room for 30 beats: on a loaded machine a beat can wait long
+    # for the CPU, the disk and the write lock (0.6 s, then 1.5 s were tight).
+    options = {"heartbeat_timeout": 3.0, "heartbeat_interval": 0.1}
+    config = {"db": sqlite_db, "name": "slow", "items": 4, "options": options, "work_s": 4.0}
     done = workers.run([{**config, "barrier": [str(barrier(tmp_path)), 2]}] * 2)
     assert sorted(done[0] + done[1]) == ["0", "1", "2", "3"]
     queue = WorkQueue(range(4), db=sqlite_db, name="slow", progress=False)
@@ -293,7 +295,8 @@ def test_a_suspended_worker_that_comes_back_does_not_record_its_old_item(sqlite_
     wait_until(lambda: victim.stdout.readline().startswith("start 0"), what="item 0 to start")
     victim.send_signal(signal.SIGSTOP)  # a suspended job, mid-item
     try:
-        assert sorted(workers.finish(workers.start(**config))) == ["0", "1", "2", "3"]
+        survivor = workers.start(**{**config, "options": SURVIVOR})
+        assert sorted(workers.finish(survivor)) == ["0", "1", "2", "3"]
     finally:
         victim.send_signal(signal.SIGCONT)
     # It finishes its body of item 0, which another worker has done since:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from sqlalchemy import select, text, update
-from work_helpers import wait_until
+from work_helpers import SURVIVOR, wait_until
 
 from accord.work import WorkQueue
 from accord.work._db import open_engine
@@ -150,7 +150,7 @@ def test_a_worker_given_up_while_idle_is_active_again_when_it_claims(db, store):
     # Its item comes back once its heartbeat is old, instead of staying
     # "running" forever and keeping every other worker waiting for it.
     others: list = []
-    queue = WorkQueue(range(2), db=db, name="race", heartbeat_timeout=0.5, heartbeat_interval=0.1)
+    queue = WorkQueue(range(2), db=db, name="race", progress=False, **SURVIVOR)
     thread = threading.Thread(target=lambda: others.extend(queue), daemon=True)
     thread.start()
     wait_until(lambda: not thread.is_alive(), 15, "the other worker to finish")

@@ -35,8 +35,11 @@ def main() -> None:
     if "barrier" in config:
         where, n = Path(config["barrier"][0]), config["barrier"][1]
         (where / str(os.getpid())).touch()
-        deadline = time.monotonic() + 30
-        while len(list(where.iterdir())) < n and time.monotonic() < deadline:
+        # Generous: 32 workers importing at once on a loaded machine take long.
+        deadline = time.monotonic() + 150
+        while len(list(where.iterdir())) < n:
+            if time.monotonic() > deadline:
+                sys.exit(f"barrier: {len(list(where.iterdir()))} of {n} workers ready after 150 s")
             time.sleep(0.01)
     for item in work:
         key = item.name if isinstance(item, Task) else str(item)

@@ -179,10 +179,7 @@ class _Work(Generic[T]):
         lost = threading.Event()
 
         def beat() -> bool:
-            alive = store.beat(worker_id)
-            if not alive:
-                lost.set()
-            return alive
+            return store.beat(worker_id, lost.set)
 
         heartbeat = Heartbeat(beat, self.heartbeat_interval, self.worker)
         heartbeat.start()

@@ -340,12 +340,14 @@ class Store:
             )
             return joined.scalar_one() if self.postgres else joined.lastrowid
 
-    def beat(self, worker_id: int) -> bool:
+    def beat(self, worker_id: int, given_up: Callable[[], None] = lambda: None) -> bool:
         """Record a heartbeat; False if others had already declared this worker dead.
 
         A worker given up comes back to life; one whose loop ended (its
         last claim found nothing left, and stopped it) stays stopped: the
         heartbeat may beat once more before its thread is stopped.
+        ``given_up`` is called before the revival commits: once anyone can
+        see this worker active again, it knows its items went back.
         """
         with self.engine.begin() as conn:
             alive = conn.execute(
@@ -360,6 +362,8 @@ class Store:
                 .where(workers.c.id == worker_id, workers.c.status == "killed")
                 .values(status="active", heartbeat_at=time.time())
             ).rowcount
+            if revived:
+                given_up()
         return not revived
 
     def _reap(self, conn: Connection, now: float) -> None:
@@ -650,7 +654,14 @@ class Store:
         ours: set[int] = set()
         if len(bulk) > 1:
             sql = self._sql
-            ours = set(sql.ours_locked(conn, bulk, b_worker=worker_id).scalars())
+            # Usually all of them: counted on SQLite, not fetched (PostgreSQL
+            # locks the rows, which a count cannot).
+            if not self.postgres and sql.count_ours(
+                conn, bulk, b_worker=worker_id
+            ).scalar_one() == len(bulk):
+                ours = set(bulk)
+            else:
+                ours = set(sql.ours_locked(conn, bulk, b_worker=worker_id).scalars())
             if ours:
                 done = sorted(ours)
                 sql.complete_all(conn, done, b_now=now)
@@ -1086,19 +1097,11 @@ class _Statements:
         )
         # The same over a set of items, in one statement each (batches).
         these = items.c.id.in_(bindparam(IDS, expanding=True))
-        self.ours = Prepared(
-            select(items.c.id).where(
-                these, items.c.worker_id == bindparam("b_worker"), items.c.status == RUNNING
-            ),
-            dialect,
-        )
+        held = and_(these, items.c.worker_id == bindparam("b_worker"), items.c.status == RUNNING)
+        self.ours = Prepared(select(items.c.id).where(held), dialect)
+        self.count_ours = Prepared(select(func.count()).where(held), dialect)
         if postgres:
-            self.ours_locked = Prepared(
-                select(items.c.id)
-                .where(these, items.c.worker_id == bindparam("b_worker"), items.c.status == RUNNING)
-                .with_for_update(),
-                dialect,
-            )
+            self.ours_locked = Prepared(select(items.c.id).where(held).with_for_update(), dialect)
         else:
             self.ours_locked = self.ours
         self.take_all = take(these)
