@@ -5,7 +5,9 @@ command, big commands spill, and the coordinator sleeps and wakes."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import threading
 import time
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from accord import Share
 from accord._core._segment import leftovers
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL
+from accord.backends.shm._rings import BELL, Consumer, Producer, RingClosed, RingSegment, collect
 
 
 def _stem(share) -> str:
@@ -112,3 +114,55 @@ def test_an_idle_coordinator_sleeps_and_an_append_wakes_it():
 
 def _ring_bell_state(buf) -> int:
     return int.from_bytes(bytes(buf[BELL : BELL + 4]), "little")
+
+
+@pytest.mark.timeout(120)
+def test_a_full_ring_does_not_wait_for_a_long_commit_window():
+    # A ring keeps each command until it is committed (so that restart()
+    # can replay it): a producer out of room has the coordinator commit at
+    # once rather than at the end of its window (here far beyond the test's
+    # timeout).
+    with Share(commit_window=600.0) as share:
+        share.lst = []
+        count = 20_000  # about 30 times what one ring holds
+        for i in range(count):
+            share.lst.append(i)
+        assert len(share.lst) == count
+
+
+def test_a_closed_ring_refuses_appends_and_keeps_what_it_held():
+    stem = f"accord.{os.getuid()}.test-{secrets.token_hex(6)}"
+    rings = RingSegment.create(f"{stem}~rings", 2, ring_size=1024)
+    try:
+        producer = Producer(rings, 0, stem, lambda: None)
+        producer.append(b"first")
+        producer.append(b"second")
+        full = Producer(rings, 1, stem, lambda: None)
+        while _ring.ring_append(rings.buf, rings.base(1), b"x" * 300, 0, rings.buf, BELL):
+            pass  # ring 1 is full now
+        outcome = []
+
+        def append_when_room():
+            try:
+                full.append(b"y" * 300, timeout=60)
+                outcome.append("appended")
+            except RingClosed:
+                outcome.append("closed")
+
+        waiter = threading.Thread(target=append_when_room)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not Consumer(rings, resume=True).producer_waits(1):
+            assert time.monotonic() < deadline, "the producer never waited for room"
+            time.sleep(0.001)
+        found = collect(rings)  # closes both rings, wakes the waiting producer
+        waiter.join(30)
+        assert outcome == ["closed"]
+        assert found[0] == [b"first", b"second"]
+        assert all(entry == b"x" * 300 for entry in found[1])
+        with pytest.raises(RingClosed):
+            producer.append(b"late")
+        assert collect(rings)[0] == [b"first", b"second"]  # nothing was added
+    finally:
+        rings.segment.unlink()
+        rings.close()

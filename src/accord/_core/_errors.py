@@ -28,7 +28,13 @@ class CoordinatorLost(AccordError):
     Raised by every pending and later operation on the share within about a
     second of the coordinator's death.  To recover, the creating process
     calls `Share.restart()`, which starts a new coordinator from the last
-    committed state; other processes follow it on their next operation.
+    committed state and applies every write that was queued and is not in
+    it, exactly once; other processes follow it on their next operation.
+
+    `queued` tells whether the operation that raised it was queued first (a
+    call that waited for a result while the coordinator died): an shm
+    `restart()` then applies it once, and its result is lost.  Otherwise it
+    was not queued, and is not applied.
 
         >>> import os, signal
         >>> from accord import CoordinatorLost, Share
@@ -47,18 +53,17 @@ class CoordinatorLost(AccordError):
     # True when the command never left this process: it may safely be sent
     # again to a restarted coordinator.
     undelivered: bool = False
+    # True when the command was queued before the coordinator was lost (see above).
+    queued: bool = False
 
 
 class WritesLost(CoordinatorLost):
-    """Writes this process sent may have been lost with a dead coordinator.
+    """Writes this process sent were lost with a dead coordinator.
 
-    `Share.restart()` starts from the last committed state: a write the dead
-    coordinator had not committed yet (applied or still queued) is gone,
-    although the call that sent it returned normally.  Every process that
-    sent such writes gets this error once, at its first operation after the
-    restart; that operation is not performed.  `names` are the shared
-    objects those writes went to and `count` how many there were: re-read
-    them and redo what is needed.
+    No backend raises it now: an shm `Share.restart()` applies every queued
+    write exactly once, and a redis share replays its stream.  It is kept
+    so that code catching it still runs.  `names` are the shared objects
+    such writes went to and `count` how many there were.
     """
 
     def __init__(self, message: str, names: tuple[str, ...] = (), count: int = 0) -> None:

@@ -68,7 +68,9 @@ class PeerServer(Server, Protocol):
     def arm(self) -> bool: ...  # about to sleep in poll: True if a ring has input (then do not)
     def disarm(self) -> None: ...  # awake again
     def drain(self, peer: Any) -> list[bytes] | None: ...  # its new commands; None: garbage
-    def commit(self, peer: Any) -> None: ...  # what was drained from it is applied
+    def commit(
+        self, peer: Any, position: int
+    ) -> None: ...  # its commands before position are committed
     def disconnect(self, peer: Any) -> None: ...  # cut it off: poll then reports it left
     def heartbeat(self) -> None: ...  # tell clients the coordinator lives
 

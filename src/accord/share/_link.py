@@ -604,10 +604,8 @@ class Link:
             kwargs = {k: unwrap(v) for k, v in kwargs.items()}
         packed = pack_call(args, kwargs, lambda: f"arguments of {describe(path)}.{name}()")
         if kind == QUEUE:
-            client = self.client
-            client.send(P.CALL, (path, name, packed), method.slots)
-            if id(client) not in _unsettled:
-                _queued(client)
+            # Through send(): one that restart() turned away is sent again.
+            self.send(P.CALL, (path, name, packed), method.slots)
             return None
         result = self.request(P.CALL, (path, name, packed), method.slots)
         if name == "setdefault" and args and is_plain(args[0]) and not is_value(result):

@@ -337,11 +337,15 @@ class Share(ShareBase):
         """Start a new coordinator from the last committed state.
 
         For the creating process, after `CoordinatorLost`.  Every object is
-        restored as it was last committed; writes the dead coordinator had
-        not committed are lost (each process that sent some gets
-        `WritesLost` at its next operation), and so is an object it died
-        while committing — its name is returned.  Proxies of this share keep
-        working; other processes reattach on their next operation.
+        restored as it was last committed, then every write that was queued
+        and is not in that state is applied, exactly once, in the order it
+        was issued (shm: from the dead coordinator's command rings; redis:
+        from its stream, see the README) before this returns.  A write that returned is
+        never lost or applied twice; a call that raised `CoordinatorLost`
+        after its command was queued (`exc.queued`) is applied once, its
+        result lost.  An object the coordinator died while committing is
+        lost, with the writes to it: its name is returned.  Proxies of this
+        share keep working; other processes reattach on their next operation.
         """
         if self._owner_pid != os.getpid():
             raise RestartRefused("only the process that created a share can restart it")

@@ -17,7 +17,6 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from ..._core._atomic import fetch_add, load, store
@@ -29,7 +28,7 @@ from ..._core._values import is_value
 from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
-from ._rings import Inbox, Producer, RingSegment
+from ._rings import Inbox, Producer, RingClosed, RingSegment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
@@ -177,10 +176,6 @@ class ShmClient:
         # Set once (by _lose or close), with the fast read path closed.
         self.lost: CoordinatorLost | ShareClosed | None = None
         self.owner_process = None  # the Popen, in the process that started it
-        # (WHOLE slot, its pending count after our write, name) of each write
-        # sent and not yet known to be committed: if the coordinator dies,
-        # these may be lost with it (see `unconfirmed`).
-        self._sent: deque = deque()
 
     # -- the connection --------------------------------------------------------
 
@@ -318,39 +313,33 @@ class ShmClient:
             else:
                 reply_id = 0
             payload = dumps((op, reply_id, waits, writes, *fields), 5)
-            # Durable once appended: applied even if this process dies now.
+            # Durable once appended: applied exactly once even if this
+            # process or the coordinator dies now (restart() replays it).
             producer = self._producer
             assert producer is not None  # set by _connect
-            wake = producer.append(payload)
+            try:
+                wake = producer.append(payload)
+            except RingClosed:
+                # restart() closed the rings after we passed the check above:
+                # not queued, so it may be sent to the new coordinator.
+                raise self._lose("replaced by restart()", undelivered=True) from None
             self._seq = seq
-            entry = None
-            if writes:
-                sent = self._sent
-                entry = (writes[0], old + 1, fields[0][0] if fields else "")
-                sent.append(entry)
-                # Forget what is committed (the oldest first: commits follow).
-                while sent and load(buf, APPLIED + 8 * sent[0][0]) >= sent[0][1]:
-                    sent.popleft()
             if wake:
                 try:  # the coordinator sleeps in select(): wake it there
                     sock.send(b"\0", socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     pass  # full of wake-ups already
                 except OSError as exc:
-                    # Appended, but the coordinator is gone: this call's
-                    # error tells the caller (not WritesLost later).
-                    if entry is not None:
-                        self._sent.remove(entry)
-                    raise self._lose(f"wake-up failed ({exc})") from None
+                    # Queued, but the coordinator is gone: restart() applies
+                    # it; the next operation tells the coordinator is lost.
+                    self._lose(f"wake-up failed ({exc})")
         if reply:
             try:
                 return self._await(reply_id)
-            except CoordinatorLost:
-                # This call's own error tells its caller the write may be
-                # lost: not WritesLost again at the next operation.
-                if entry is not None:
-                    with self._send_lock, contextlib.suppress(ValueError):
-                        self._sent.remove(entry)
+            except CoordinatorLost as exc:
+                # Queued before the coordinator died: restart() applies it
+                # exactly once, but its result is lost.
+                exc.queued = True
                 raise
         return None
 
@@ -400,23 +389,6 @@ class ShmClient:
     def raise_deferred(self) -> None:
         """Raise the errors of earlier fire-and-forget commands."""
         self.replies.raise_deferred()
-
-    def take_lost_writes(self) -> list[str]:
-        """Names written by writes this process sent to an earlier
-        incarnation of this share that it died without committing (once)."""
-        return _lost_writes.pop(self.info.name, [])
-
-    def unconfirmed(self) -> list[str]:
-        """After the coordinator died: the names written by the writes this
-        process sent that it had not committed (a restart loses them), once
-        (the list is then forgotten).  Reads the old control segment: call
-        it before `close()`."""
-        sent, self._sent = self._sent, deque()
-        try:
-            buf = self.ctrl
-            return [name for slot, target, name in sent if load(buf, APPLIED + 8 * slot) < target]
-        except (ValueError, TypeError):  # unmapped already
-            return [name for _slot, _target, name in sent]
 
     # -- reading ---------------------------------------------------------------
 
@@ -521,27 +493,6 @@ def _pid_alive(pid: int, process) -> bool:
 _clients: Clients[ShmClient] = Clients()  # by stem; `coordinating` in a coordinator
 
 
-# Share name -> names written by writes this process sent to a coordinator
-# of that share which died before committing them: the first client of the
-# restarted share hands them to the first operation (WritesLost).
-_lost_writes: dict[str, list[str]] = {}
-
-
-def note_unconfirmed(client: ShmClient) -> None:
-    """Keep what `client`'s dead coordinator had not committed (see above).
-    Called for the old client when a restarted share gets a new one here."""
-    if client.lost is not None and isinstance(client.lost, ShareClosed):
-        return  # closed, not crashed: writes pending at close() were dropped by design
-    try:
-        if load(client.ctrl, _control.CLOSED):
-            return
-    except (ValueError, TypeError):
-        return  # unmapped: closed
-    names = client.unconfirmed()
-    if names:
-        _lost_writes.setdefault(client.info.name, []).extend(names)
-
-
 def client_for(info: ShareInfo) -> ShmClient:
     """This process's client of the share described by `info`."""
     return _clients.get(
@@ -553,9 +504,6 @@ def client_for(info: ShareInfo) -> ShmClient:
 
 
 def _new_client(info: ShareInfo) -> ShmClient:  # under the registry's lock
-    for _stem, old in _clients.items():
-        if old.info.name == info.name and old.info.pid != info.pid:
-            note_unconfirmed(old)  # a restart: before it is swept
     _sweep_closed()
     return ShmClient(info)
 

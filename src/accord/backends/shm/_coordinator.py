@@ -4,6 +4,13 @@ this backend's loop over authenticated Unix sockets.
 Run as ``python -m accord.backends.shm._coordinator`` by `Share`; it reads
 its configuration as JSON on stdin, prints READY when it listens, and exits
 when the owner closes the share or dies.
+
+Exactly once across restart(): a client's ring keeps each command until it
+is in a committed snapshot (`settle`), and each snapshot records how many
+writes to its name it includes (see _snapshots.HEADER).  After a crash,
+restart() closes the dead coordinator's rings and hands their entries to the
+new one, which applies those that the last commits do not include, in the
+order they were issued (`replay`), and commits them before it is ready.
 """
 
 from __future__ import annotations
@@ -15,13 +22,22 @@ import signal
 import time
 from collections import deque
 
+from ..._core import _coordinator as core
+from ..._core import _protocol as P
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
-from ..._core._server import PeerServer
+from ..._core._slots import WHOLE, slot_of
 from .._process import coordinator_main
 from . import _client
 from ._server import Peer, ShmServer
 
 log = logging.getLogger("accord.backends.shm")
+
+# Tests only: "N" exits (status 70, nothing cleaned up, as a SIGKILL would)
+# as soon as N commands are applied, before they are committed; "N:committed"
+# once they are committed, before the rings learn it (see `settle`).
+_EXIT_AT = os.environ.get("ACCORD_TEST_EXIT_AFTER_APPLIED", "0").split(":")
+_EXIT_AFTER_APPLIED = int(_EXIT_AT[0])
+_EXIT_COMMITTED = _EXIT_AT[1:] == ["committed"]
 
 
 class ShmCoordinator(Coordinator):
@@ -30,7 +46,7 @@ class ShmCoordinator(Coordinator):
     select() on the sockets (wake-up bytes, arrivals, departures) only once
     every ring is empty, and beats."""
 
-    server: PeerServer
+    server: ShmServer
 
     def run(self) -> None:
         last_beat = 0.0
@@ -55,11 +71,14 @@ class ShmCoordinator(Coordinator):
                 self.take(peer)  # what it appended before it died is applied
                 self.peer_left(peer)
             self.process()
-            for peer in list(server.peers.values()):
-                if peer.id not in self.queues:
-                    server.commit(peer)
+            applied = time.monotonic()
+            if _EXIT_AFTER_APPLIED and not _EXIT_COMMITTED:
+                self._exit_if_applied(_EXIT_AFTER_APPLIED)
             now = time.monotonic()
             self.commit_due(now)
+            if _EXIT_AFTER_APPLIED and _EXIT_COMMITTED and not self.dirty:
+                self._exit_if_applied(_EXIT_AFTER_APPLIED)
+            self.settle(applied)
             self.expire_lock_waits(now)
             if now - last_beat >= HEARTBEAT_S / 2:
                 last_beat = now
@@ -68,6 +87,133 @@ class ShmCoordinator(Coordinator):
                     break  # the owner died without closing: nobody can close now
         self.print_held()
         server.close()
+
+    def settle(self, applied: float) -> None:
+        """Let each ring reuse the space of commands that are in committed
+        snapshots (only those: a restart replays what comes after).
+
+        Every command drained from an idle peer was applied at `applied`; it
+        is committed once every name dirty at that moment has been committed
+        since -- once the oldest name still dirty became dirty after it
+        (`dirty` keeps names in the order they became dirty).  A producer
+        waiting for room has the dirty names committed at once: a long
+        commit window must not stall it."""
+        server = self.server
+        oldest = next(iter(self.dirty.values()), None)
+        for peers in (server.peers, server.retiring):
+            for peer in list(peers.values()):
+                checkpoints = peer.checkpoints
+                if peer.id not in self.queues:
+                    last = checkpoints[-1][1] if checkpoints else peer.committed
+                    if peer.drained != last:
+                        checkpoints.append((applied, peer.drained))
+                if (
+                    checkpoints
+                    and oldest is not None
+                    and oldest <= checkpoints[0][0]
+                    and server.wants_room(peer)
+                ):
+                    for name in list(self.dirty):
+                        self.commit(name)
+                    oldest = None
+                position = None
+                while checkpoints and (oldest is None or oldest > checkpoints[0][0]):
+                    position = checkpoints.popleft()[1]
+                if position is not None:
+                    server.commit(peer, position)
+
+    def commit(self, name: str) -> None:
+        # The snapshot records the writes to `name` it includes (a count of
+        # its WHOLE slot), under the same version as its data.
+        self.server.snapshots.includes = self.received[slot_of(name, WHOLE)]
+        super().commit(name)
+
+    def replay(self, rings: dict[int, list[bytes]], includes: dict[str, int]) -> int:
+        """Apply the writes a dead predecessor's rings held that its last
+        commits do not include, each once; commit them.  Returns how many.
+
+        A write's ticket (the pending count of its object's WHOLE slot it
+        took, the last of its waits) orders it: a snapshot of that name
+        includes exactly the tickets below its `includes`.  Writes are
+        applied in each client's order and, per slot, in ticket order
+        (both follow the order they were issued in, so that always
+        progresses).  Commands without writes (reads, barriers, locks) are
+        not replayed: their callers were told CoordinatorLost.
+        """
+        queues: list[deque] = []
+        tickets: dict[int, list[int]] = {}
+        for index in sorted(rings):
+            queue: deque = deque()
+            for payload in rings[index]:
+                try:
+                    command = P.as_command(pickle.loads(payload))
+                    writes, waits = command.writes, command.waits
+                    name = command.name if writes else None
+                except Exception:  # garbled: what its process sent after is still its own
+                    log.warning("restart: skipping a garbled command of client %d", index)
+                    continue
+                if name is None:
+                    continue
+                ticket = waits[-1] if len(waits) >= 2 and waits[-2] == writes[0] else None
+                if ticket is not None and ticket < includes.get(name, 0):
+                    continue  # in its last commit already
+                queue.append((writes[0], ticket, command))
+                if ticket is not None:
+                    tickets.setdefault(writes[0], []).append(ticket)
+            if queue:
+                queues.append(queue)
+        order = {slot: deque(sorted(found)) for slot, found in tickets.items()}
+        count = 0
+        while queues:
+            progress = False
+            for queue in queues:
+                while queue:
+                    slot, ticket, command = queue[0]
+                    if ticket is not None:
+                        if order[slot][0] != ticket:
+                            break
+                        order[slot].popleft()
+                    queue.popleft()
+                    self._replay_one(command)
+                    count += 1
+                    progress = True
+            queues = [queue for queue in queues if queue]
+            if queues and not progress:  # cannot happen (see above); never hang on it
+                log.warning("restart: replayed writes out of their ticket order")
+                slot, ticket, command = queues[0].popleft()
+                if ticket is not None:
+                    order[slot].remove(ticket)
+                self._replay_one(command)
+                count += 1
+        for name in list(self.dirty):
+            self.commit(name)
+        return count
+
+    def _replay_one(self, command: P.Command) -> None:
+        # As execute() does, but without crediting flags: the flags of this
+        # incarnation start at zero, and no client waits for these writes.
+        self._changed = core._UNKNOWN
+        self._entry = None
+        try:
+            self.handlers[command.op](_REPLAYED, command)
+        except Stop:
+            raise
+        except BaseException:
+            log.exception("restart: a replayed command on share.%s failed", command.name)
+            self._changed = core._UNKNOWN
+            self._entry = None
+        name = command.name
+        self.note_change(name, self._changed)
+        self.note_entry(name, self._entry)
+        if name not in self.dirty:
+            self.dirty[name] = time.monotonic()
+            self.dirty_slots[name] = set()
+
+    def _exit_if_applied(self, count: int) -> None:
+        server = self.server
+        queued = sum(len(queue) for queue in self.queues.values())
+        if sum(peer.received for peer in server.peers.values()) - queued >= count:
+            os._exit(70)
 
     def take(self, peer: Peer) -> bool:
         """Queue what `peer` appended to its ring; whether there was any."""
@@ -92,19 +238,31 @@ class ShmCoordinator(Coordinator):
         super().peer_left(peer)
 
 
+class _Replayed:
+    """The peer of a replayed command: its process is told nothing."""
+
+    id = -1
+
+
+_REPLAYED = _Replayed()
+
+
 def serve(config: dict, extra: bytes, ready) -> None:
     """Coordinate the share `config` describes until it is closed (see
     `_process.coordinator_main`, which runs it)."""
     _client._clients.coordinating = config["stem"]
-    # After a restart, the owner sends the last committed state (pickled
-    # snapshots, from our own predecessor) behind the configuration.
-    restored = pickle.loads(extra) if config.get("restore") else {}
-    server: PeerServer = ShmServer(
-        config["stem"], config["socket_path"], bytes.fromhex(config["key"])
-    )
+    # After a restart, the owner sends what our predecessor left behind the
+    # configuration: its last committed state (pickled snapshots), the
+    # writes each includes, and the entries of its rings.
+    restored, includes, rings = pickle.loads(extra) if config.get("restore") else ({}, {}, {})
+    server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
         coordinator.restore(restored)
+        if rings:
+            replayed = coordinator.replay(rings, includes)
+            if replayed:
+                log.info("restart: %d write(s) replayed from the rings", replayed)
         ready()  # only now may anyone read or connect
         coordinator.run()
     except Stop:

@@ -18,9 +18,9 @@ from ._client import (
     client_for,
     forget,
     load_record,
-    note_unconfirmed,
     save_record,
 )
+from ._rings import RingSegment, collect
 from ._server import remove_leftovers
 
 if TYPE_CHECKING:
@@ -51,21 +51,36 @@ class ShmBackend:
         if not isinstance(info, ShareInfo):
             raise RestartRefused(f"not an shm share: {info!r}")
         client = client_for(info)
-        # First mark the dead incarnation replaced: no process appends to its
-        # command rings after this, it follows the share to the new one.
+        # First mark the dead incarnation replaced: processes stop appending
+        # to its command rings and follow the share to the new one.  Then
+        # close the rings: a process that passed that check just before
+        # cannot append any more (it is told, and sends to the new one), so
+        # what they hold now is all that was ever queued.
         client.retire()
-        restored, lost = client.snapshots.salvage()
-        note_unconfirmed(client)  # before its segments go: the next operation says so
+        try:
+            rings = RingSegment.attach(f"{info.stem}~rings")
+        except FileNotFoundError:
+            entries = {}
+        else:
+            try:
+                entries = collect(rings)
+            finally:
+                rings.close()
+        restored, lost, includes = client.snapshots.salvage()
+        for name in lost:  # the object is gone, and the writes to it with it
+            includes[name] = 1 << 63
         forget(info)
         remove_leftovers(info.stem, info.socket_path, keep_record=True)
-        new, process = _start_coordinator(info.name, window, restored)
+        # The new coordinator applies the entries its predecessor had not
+        # committed (exactly once: see _coordinator.replay) before it is ready.
+        new, process = _start_coordinator(info.name, window, (restored, includes, entries))
         return new, process, lost
 
 
 BACKEND: Backend = ShmBackend()  # checked against the protocol by basedpyright
 
 
-def _start_coordinator(name: str, window: float, restore: dict[str, bytes] | None = None):
+def _start_coordinator(name: str, window: float, restore: tuple | None = None):
     runtime = _transport.runtime_dir()
     socket_path = runtime / f"{name}.sock"
     key_file = runtime / f"{name}.key"

@@ -11,7 +11,8 @@
  *
  *   base +   0  magic            RING_MAGIC once ring_init has run
  *   base +   8  capacity         bytes of the data area
- *   base +  64  head             bytes ever published by the producer
+ *   base +  64  head             bytes ever published by the producer; its top
+ *                                bit (HEAD_CLOSED) closes the ring for good
  *   base + 128  tail             bytes ever committed by the consumer
  *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
  *   base + 224  free for the caller: _rings.py keeps there the doorbell of a
@@ -27,6 +28,13 @@
  * commit marker, then head, each store with release ordering.  A producer
  * killed at any instant has published either the whole entry or nothing:
  * the consumer reads only below head (acquire).
+ *
+ * Closing: `ring_close` sets HEAD_CLOSED in head (an atomic or), and the
+ * producer publishes with a compare-and-swap of head that fails once it is
+ * set.  So after ring_close returns, the ring holds exactly the entries below
+ * the head it returned: an append either published before (and the closer
+ * sees it) or reports the ring closed (and its caller sends elsewhere).
+ * restart() closes a dead coordinator's rings before it collects them.
  *
  * Sleep and wake (a "doorbell", two u32 at an 8-byte aligned offset of any
  * shared buffer: sleeping, then a sequence): the consumer takes the
@@ -57,6 +65,7 @@
 #define OFF_TAIL 128
 #define OFF_SPACE 192
 #define RING_DATA 256
+#define HEAD_CLOSED (1ULL << 63)
 
 #define MARK_COMMIT 0xACC0DE00u
 #define MARK_WRAP 0xACF00D00u
@@ -116,6 +125,13 @@ static inline uint64_t *
 head_of(char *ring)
 {
     return (uint64_t *)(ring + OFF_HEAD);
+}
+
+/* The published position (head without its closed bit). */
+static inline uint64_t
+head_at(char *ring, int order)
+{
+    return __atomic_load_n(head_of(ring), order) & ~HEAD_CLOSED;
 }
 
 static inline uint64_t *
@@ -231,7 +247,8 @@ enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
 
 /* ring_append(buffer, base, data, flag, bell_buffer, bell_offset[, stop])
  *   -> 0 when the ring has no room now, 1 when appended, 2 when appended and
- *   the consumer sleeps in select(): the caller wakes it there.
+ *   the consumer sleeps in select(): the caller wakes it there; -1 when the
+ *   ring is closed (nothing appended).
  * Single producer: one process (and one thread at a time) per ring. */
 static PyObject *
 ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -266,7 +283,12 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     uint64_t *headp = head_of(r.ring);
-    uint64_t head = __atomic_load_n(headp, __ATOMIC_RELAXED); /* ours alone */
+    /* Ours alone but for the closed bit: acquire pairs with ring_close. */
+    uint64_t head = __atomic_load_n(headp, __ATOMIC_ACQUIRE);
+    if (head & HEAD_CLOSED) {
+        result = PyLong_FromLong(-1);
+        goto done;
+    }
     uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     uint64_t need = 8 + padded((uint64_t)data.len);
     uint64_t at = head % cap;
@@ -289,7 +311,13 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                      __ATOMIC_RELEASE);
     if (stop == STOP_AFTER_HEADER)
         goto stopped;
-    __atomic_store_n(headp, head + skip + need, __ATOMIC_SEQ_CST);
+    /* Fails only if ring_close set the closed bit since we loaded head:
+     * then the entry is not published and the caller is told. */
+    if (!__atomic_compare_exchange_n(headp, &head, head + skip + need, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST)) {
+        result = PyLong_FromLong(-1);
+        goto done;
+    }
     result = PyLong_FromLong(ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1);
     goto done;
 stopped:
@@ -317,7 +345,7 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyObject *entries = NULL, *item = NULL;
     uint64_t cap = r.cap;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     if (pos < tail || pos > head || head - tail > cap) {
         PyErr_Format(PyExc_ValueError, "position %llu is outside the ring (%llu..%llu)", pos,
@@ -381,7 +409,7 @@ ring_commit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t *tailp = tail_of(r.ring);
     if (pos < __atomic_load_n(tailp, __ATOMIC_RELAXED) || pos > head) {
         PyBuffer_Release(&r.view);
@@ -401,10 +429,25 @@ ring_state(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Ring r;
     if (!nargs_ok(nargs, 2, -1, "ring_state(buffer, base)") || !ring_open(&r, args[0], args[1]))
         return NULL;
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    uint64_t head = head_at(r.ring, __ATOMIC_ACQUIRE);
     uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
     PyBuffer_Release(&r.view);
     return Py_BuildValue("(KKK)", head, tail, r.cap);
+}
+
+/* ring_close(buffer, base) -> head: no append succeeds after this; the
+ * ring holds exactly the entries below the returned head.  Wakes a
+ * producer waiting for room (it then finds the ring closed). */
+static PyObject *
+ring_close(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Ring r;
+    if (!nargs_ok(nargs, 2, -1, "ring_close(buffer, base)") || !ring_open(&r, args[0], args[1]))
+        return NULL;
+    uint64_t head = __atomic_fetch_or(head_of(r.ring), HEAD_CLOSED, __ATOMIC_SEQ_CST);
+    ring_bell((uint32_t *)(r.ring + OFF_SPACE));
+    PyBuffer_Release(&r.view);
+    return PyLong_FromUnsignedLongLong(head & ~HEAD_CLOSED);
 }
 
 /* ring_wait_space(buffer, base, need, seconds) -> True if `need` payload
@@ -423,7 +466,12 @@ ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint32_t *bell = (uint32_t *)(r.ring + OFF_SPACE); /* [waiting, sequence] */
     uint32_t *seq = &bell[1];
     uint64_t need = 8 + padded((uint64_t)size);
-    uint64_t head = __atomic_load_n(head_of(r.ring), __ATOMIC_RELAXED);
+    uint64_t raw = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
+    if (raw & HEAD_CLOSED) { /* nothing to wait for: the append says closed */
+        PyBuffer_Release(&r.view);
+        Py_RETURN_TRUE;
+    }
+    uint64_t head = raw;
     uint64_t skip = wrap_skip(head, r.cap, need);
     uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
     __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
@@ -491,7 +539,7 @@ watch_pending(Watch *w)
         char *ring = ring_at(&w->view, base, &cap);
         if (ring == NULL)
             return -1;
-        if (__atomic_load_n(head_of(ring), __ATOMIC_SEQ_CST) != pos)
+        if (head_at(ring, __ATOMIC_SEQ_CST) != pos)
             return 1;
     }
     return 0;
@@ -580,13 +628,15 @@ static PyMethodDef methods[] = {
      "ring_max_entry(buffer, base) -> the largest payload an append takes."},
     {"ring_append", (PyCFunction)(void (*)(void))ring_append, METH_FASTCALL,
      "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> 0 full, 1 appended, "
-     "2 appended and the consumer sleeps in select()."},
+     "2 appended and the consumer sleeps in select(), -1 closed."},
     {"ring_drain", (PyCFunction)(void (*)(void))ring_drain, METH_FASTCALL,
      "ring_drain(buffer, base, position, max_bytes) -> (entries, new position)."},
     {"ring_commit", (PyCFunction)(void (*)(void))ring_commit, METH_FASTCALL,
      "ring_commit(buffer, base, position): entries before position are applied."},
     {"ring_state", (PyCFunction)(void (*)(void))ring_state, METH_FASTCALL,
      "ring_state(buffer, base) -> (head, tail, capacity)."},
+    {"ring_close", (PyCFunction)(void (*)(void))ring_close, METH_FASTCALL,
+     "ring_close(buffer, base) -> head: no append succeeds after this."},
     {"ring_wait_space", (PyCFunction)(void (*)(void))ring_wait_space, METH_FASTCALL,
      "ring_wait_space(buffer, base, size, seconds) -> whether size bytes fit now."},
     {"bell_sleep", (PyCFunction)(void (*)(void))bell_sleep, METH_FASTCALL,

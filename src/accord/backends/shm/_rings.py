@@ -13,6 +13,9 @@ reuses only committed space.  So:
   from every ring's committed position: nothing that was appended is lost.
   (Applying an entry twice is the caller's to prevent: it commits only what
   its durable state includes.)
+- `collect` closes every ring of a dead consumer (after which an append
+  fails with `RingClosed` instead of landing where nobody reads) and returns
+  the entries above each ring's committed position.
 
 Payloads larger than half a ring spill to their own segment (created
 O_EXCL, mode 0600), referenced from the ring and removed once committed.
@@ -31,7 +34,8 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-from ..._core._errors import CoordinatorStalled, ForeignSegment, SegmentCorrupt
+from ..._core._atomic import load
+from ..._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from ..._core._segment import Segment, unlink
 from ._ring import (
     bell_arm,
@@ -39,6 +43,7 @@ from ._ring import (
     bell_ring,
     bell_sleep,
     ring_append,
+    ring_close,
     ring_commit,
     ring_drain,
     ring_init,
@@ -53,6 +58,7 @@ BELL = 64
 # consumer that sleeps on that one ring (a client waiting for its replies).
 WAKE = 224
 FIRST_RING = 4096
+ROOM_BELL = 192  # in each ring's header: a producer waiting for room (see _ring.c)
 RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
 SPILL = 1  # entry flag: the payload is the name of a spill segment
 WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
@@ -62,6 +68,10 @@ WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
 FULL_TIMEOUT_S = 600.0
 
 _HEADER = struct.Struct("<3Q")
+
+
+class RingClosed(Exception):
+    """The ring was closed (`collect`): the entry was not appended."""
 
 
 class RingSegment:
@@ -144,17 +154,22 @@ class Producer:
         buf = self._buf
         if len(payload) <= self._limit:
             done = ring_append(buf, self._base, payload, 0, buf, self._bell)
-            return (done or self._wait(payload, 0, timeout)) == 2
+            if done > 0:
+                return done == 2
+            return self._wait(payload, 0, timeout) == 2
         name = self._spill(payload)
         try:
             reference = f"{name}\0{len(payload)}".encode()
             done = ring_append(buf, self._base, reference, SPILL, buf, self._bell)
-            return (done or self._wait(reference, SPILL, timeout)) == 2
+            if done > 0:
+                return done == 2
+            return self._wait(reference, SPILL, timeout) == 2
         except BaseException:
             unlink(name)  # never referenced: nobody else would remove it
             raise
 
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
+        """Append once there is room; raise RingClosed if the ring is closed."""
         buf = self._buf
         deadline = time.monotonic() + timeout
         while not (done := ring_append(buf, self._base, payload, flag, buf, self._bell)):
@@ -167,6 +182,8 @@ class Producer:
                     "is alive but not applying commands (a command that never returns?)"
                 )
             ring_wait_space(buf, self._base, len(payload), min(WAIT_STEP_S, left))
+        if done < 0:
+            raise RingClosed("the ring was closed: the entry was not appended")
         return done
 
     def _spill(self, payload: bytes) -> str:
@@ -254,6 +271,11 @@ class Consumer:
                     keep.append((end, name))
             self._spilled[base] = keep
 
+    def producer_waits(self, index: int) -> bool:
+        """Is the producer of ring `index` waiting for room?"""
+        # The room bell's first word (see _ring.c), the low half of a u64.
+        return load(self.buf, self.rings.base(index) + ROOM_BELL) & 0xFFFFFFFF != 0
+
     def committed(self, index: int) -> int:
         return ring_state(self.buf, self.rings.base(index))[1]
 
@@ -321,3 +343,34 @@ class Inbox:
         nothing is waiting.  False on timeout."""
         buf = self._buf
         return bell_sleep(buf, self._base + WAKE, buf, self._consumer.positions, timeout)
+
+
+def collect(rings: RingSegment) -> dict[int, list[bytes]]:
+    """For a restart after the consumer died: close every ring (an append
+    from now on raises RingClosed), then {ring index: the payloads above its
+    committed position, in order} -- spilled ones read back.  Entries the
+    dead consumer had applied but not committed are among them: telling
+    them apart is the caller's (see the coordinator's `replay`)."""
+    closed = []
+    for i in range(rings.count):
+        base = rings.base(i)
+        try:
+            ring_close(rings.buf, base)
+        except ValueError:  # never handed out
+            continue
+        closed.append(i)
+    consumer = Consumer(rings, resume=True, indexes=closed)
+    found: dict[int, list[bytes]] = {}
+    for i in closed:
+        entries: list[bytes] = []
+        while True:
+            try:
+                more, _position = consumer.drain(i)
+            except (AccordError, RuntimeError, ValueError, OSError):
+                break  # written by something other than its producer: what came before
+            if not more:
+                break
+            entries += more
+        if entries:
+            found[i] = entries
+    return found

@@ -21,6 +21,7 @@ import selectors
 import socket
 import struct
 import time
+from collections import deque
 from pathlib import Path
 
 from ..._core._atomic import store
@@ -43,7 +44,17 @@ _INTENT = struct.Struct(f"<{3 + _control.INTENT_SLOTS}Q")
 class Peer:
     """One connected client process, as the coordinator sees it."""
 
-    __slots__ = ("broken", "committed", "drained", "id", "outbox", "pid", "received", "sock")
+    __slots__ = (
+        "broken",
+        "checkpoints",
+        "committed",
+        "drained",
+        "id",
+        "outbox",
+        "pid",
+        "received",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket, client_id: int, replies: RingSegment, stem: str):
         self.sock = sock
@@ -52,7 +63,10 @@ class Peer:
         self.outbox = Producer(replies, client_id, stem, self.reading, own_bell=True)
         self.received = 0  # commands drained from its ring
         self.drained = 0  # ring position drained to
-        self.committed = 0  # ring position applied to
+        self.committed = 0  # ring position whose commands are all in committed snapshots
+        # (when, position): every command before `position` was applied at
+        # `when`; committed once every name dirty then is (ShmCoordinator.settle).
+        self.checkpoints: deque[tuple[float, int]] = deque()
         self.broken = False  # wrote garbage to its ring: being cut off
         self.pid = _peer_pid(sock)  # 0: unknown
 
@@ -120,6 +134,10 @@ class ShmServer:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.peers: dict[int, Peer] = {}
+        # Departed peers whose last commands are applied but not all in
+        # committed snapshots yet: their rings are not handed out again
+        # before they are (a restart would need those entries).
+        self.retiring: dict[int, Peer] = {}
         self.closed = False
         self._inbox = bytearray(4096)  # wake-up bytes land here, unread
         self._free_ids = list(range(_control.CLIENTS - 1, -1, -1))
@@ -187,11 +205,18 @@ class ShmServer:
             peer.drained = position
         return entries
 
-    def commit(self, peer: Peer) -> None:
-        """Everything drained from `peer` is applied: its ring may reuse the space."""
-        if peer.committed != peer.drained:
-            self.consumer.commit(peer.id, peer.drained)
-            peer.committed = peer.drained
+    def wants_room(self, peer: Peer) -> bool:
+        """Is `peer`'s producer waiting for room in its command ring?"""
+        return self.consumer.producer_waits(peer.id)
+
+    def commit(self, peer: Peer, position: int) -> None:
+        """Every command of `peer` before `position` is in a committed
+        snapshot: its ring may reuse the space, and a restart after our
+        death replays only what comes after (see ShmCoordinator.settle)."""
+        self.consumer.commit(peer.id, position)
+        peer.committed = position
+        if position == peer.drained and self.retiring.pop(peer.id, None) is not None:
+            self._free_ids.append(peer.id)
 
     def _accept(self) -> None:
         if not self._free_ids:
@@ -236,7 +261,10 @@ class ShmServer:
             self.selector.unregister(peer.sock)
         peer.sock.close()
         self.consumer.release(peer.id)
-        self._free_ids.append(peer.id)
+        if peer.committed == peer.drained:
+            self._free_ids.append(peer.id)
+        else:
+            self.retiring[peer.id] = peer
 
     # -- lifetime ------------------------------------------------------------
 

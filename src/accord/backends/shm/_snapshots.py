@@ -46,12 +46,21 @@ from . import _control
 from ._buffers import BufferReader, BufferWriter, OutOfBand, Stale, materialize
 
 _LENGTH = struct.Struct("<Q")
-_STATE = struct.Struct("<3Q")  # length, epoch, used
-_LENGTH_AT, _EPOCH, _USED = 8, 16, 24  # their offsets
+_STATE = struct.Struct("<4Q")  # length, epoch, used, includes
+_LENGTH_AT, _EPOCH, _USED, _INCLUDES = 8, 16, 24, 32  # their offsets
 # A snapshot segment: version (odd while the coordinator writes), length of
 # the base snapshot, epoch (raised by every full snapshot), bytes of change
-# log after the base (see _changes); then the base and the log.
-HEADER = 32
+# log after the base (see _changes), the writes it includes (below); then
+# the base and the log.
+#
+# "Includes": the count of writes to the name's WHOLE flag slot applied when
+# it was committed, written under the same version as the data.  Writes to
+# one slot are applied in the order of their tickets (the pending count each
+# took, see ShmClient.send), so the snapshot holds exactly the writes to this
+# name with a ticket below it: after a crash, restart() replays from the
+# rings only the writes above it (ShmCoordinator.replay).  A deleted name
+# keeps it in its index record (as the type generation) for the same use.
+HEADER = 40
 LOG_MIN = 1 << 16  # a log may grow to this or the base's size, whichever is larger
 MIN_SIZE = 4096
 # Segments kept mapped per process (per share); the others are mapped again
@@ -125,8 +134,9 @@ def _record(name: str, segname: str | None, kind: Kind) -> bytes:
     return _RECORD.pack(len(raw), len(seg), kind.generation, flags) + raw + seg
 
 
-def _parse(data: bytes, index: dict[str, _Entry]) -> None:
-    """Apply the records in `data` to `index` ({name: entry})."""
+def _parse(data: bytes, index: dict[str, _Entry], deleted: dict[str, int] | None = None) -> None:
+    """Apply the records in `data` to `index` ({name: entry}); `deleted`
+    gets {name: includes} of the names whose last record deletes them."""
     pos, end = 0, len(data)
     while pos < end:
         if end - pos < _RECORD.size:
@@ -139,13 +149,17 @@ def _parse(data: bytes, index: dict[str, _Entry]) -> None:
         pos += nlen
         if flags & _DELETED:
             index.pop(name, None)
+            if deleted is not None:
+                deleted[name] = generation
         else:
             kind = Kind(generation, bool(flags & _VALUE))
             index[name] = _Entry(data[pos : pos + slen].decode(), kind)
+            if deleted is not None:
+                deleted.pop(name, None)
         pos += slen
 
 
-def _write(seg: Segment, data: bytes) -> None:
+def _write(seg: Segment, data: bytes, includes: int = 0) -> None:
     buf = seg.buf
     version = load(buf, 0)
     store(buf, 0, version + 1)  # odd: writing
@@ -155,10 +169,11 @@ def _write(seg: Segment, data: bytes) -> None:
     store(buf, _USED, 0)
     store(buf, _LENGTH_AT, len(data))
     store(buf, _EPOCH, load(buf, _EPOCH) + 1)
+    store(buf, _INCLUDES, includes)
     store(buf, 0, version + 2)
 
 
-def _append_log(seg: Segment, entry: bytes) -> bool:
+def _append_log(seg: Segment, entry: bytes, includes: int = 0) -> bool:
     """Append `entry` to the change log after the base; False if it does
     not fit (then a full snapshot is due)."""
     buf = seg.buf
@@ -170,6 +185,7 @@ def _append_log(seg: Segment, entry: bytes) -> bool:
     version = load(buf, 0)
     store(buf, 0, version + 1)
     store(buf, _USED, used + len(entry))
+    store(buf, _INCLUDES, includes)
     store(buf, 0, version + 2)
     return True
 
@@ -269,6 +285,9 @@ class SnapshotWriter:
         store(self._index.buf, INDEX_END, HEADER)
         self._live = 0  # bytes of the records a compaction keeps
         self.buffers = BufferWriter(stem)
+        # What the next write, append or delete records as the writes it
+        # includes (see HEADER): set by the coordinator before each commit.
+        self.includes = 0
 
     def _new_segment(self, size: int) -> Segment:
         # Another local user who lists /dev/shm may create the next names
@@ -312,7 +331,7 @@ class SnapshotWriter:
         slot = self._slots.get(name)
         if slot is None or HEADER + len(data) > slot.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
-            _write(new, data)
+            _write(new, data, self.includes)
             if slot is not None:
                 self._drop(name, slot)
             self._slots[name] = _Slot(new, kind)
@@ -321,7 +340,7 @@ class SnapshotWriter:
             if slot is not None:
                 _unlink(slot.name)
         else:
-            _write(self._segment(name, slot), data)
+            _write(self._segment(name, slot), data, self.includes)
             if slot.kind != kind:
                 slot.kind = kind
                 self._append(name, slot.name, kind)
@@ -349,7 +368,7 @@ class SnapshotWriter:
         slot = self._slots.get(name)
         if slot is None or slot.kind != kind:
             return False
-        if not _append_log(self._segment(name, slot), entry):
+        if not _append_log(self._segment(name, slot), entry, self.includes):
             return False
         self._committed()
         return True
@@ -363,7 +382,7 @@ class SnapshotWriter:
         slot = self._slots.pop(name, None)
         if slot is not None:
             self._drop(name, slot)
-            self._append(name, None, NO_KIND)
+            self._append(name, None, Kind(self.includes, False))  # a tombstone (see HEADER)
             _unlink(slot.name)
         self._committed()
 
@@ -639,19 +658,26 @@ class SnapshotReader:
             return Typed(type(obj), entry.kind)
         return _typed(cached, entry.kind)
 
-    def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str]]:
+    def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str], dict[str, int]]:
         """Every committed snapshot as bytes, for a restart after the
-        coordinator died: ({name: data}, [names lost mid-commit])."""
+        coordinator died: ({name: data}, [names lost mid-commit], {name: the
+        writes its last commit includes}, deleted names included: see HEADER)."""
         found: dict[str, bytes] = {}
         lost: list[str] = []
         gen = load(self._control, _control.INDEX_GEN)
         index: dict[str, _Entry] = {}
-        _parse(self._published(Segment.attach(index_name(self._stem, gen)), HEADER), index)
+        includes: dict[str, int] = {}
+        _parse(
+            self._published(Segment.attach(index_name(self._stem, gen)), HEADER), index, includes
+        )
         for name, (segname, _kind) in index.items():
             try:
-                data = self._settled(Segment.attach(segname, min_size=HEADER), tries)
+                settled = self._settled(Segment.attach(segname, min_size=HEADER), tries)
             except FileNotFoundError:
-                data = None
+                settled = None
+            data = None
+            if settled is not None:
+                data, includes[name] = settled
             if data is not None:
                 try:
                     data = materialize(data)
@@ -661,16 +687,16 @@ class SnapshotReader:
                 lost.append(name)
             else:
                 found[name] = data
-        return found, lost
+        return found, lost, includes
 
     @staticmethod
-    def _settled(seg: Segment, tries: int) -> bytes | None:
+    def _settled(seg: Segment, tries: int) -> tuple[bytes, int] | None:
         # A writer that died mid-commit leaves the version odd for ever.
         for _ in range(tries):
             version = load(seg.buf, 0)
             if version & 1:
                 continue
-            length, _epoch, used = _STATE.unpack_from(seg.buf, 8)
+            length, _epoch, used, includes = _STATE.unpack_from(seg.buf, 8)
             if length + used > seg.size - HEADER:
                 continue
             data = seg.buf[HEADER : HEADER + length]
@@ -680,7 +706,7 @@ class SnapshotReader:
                     obj = pickle.loads(data)
                     replay(obj, log)
                     data = pickle.dumps(obj, 5)
-                return data
+                return data, includes
         return None
 
     def close(self) -> None:
