@@ -333,15 +333,23 @@ def bench_command_transport(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    benches = {
+        "transport": (bench_command_transport, 200_000),
+        "read": (bench_read, 100_000),
+        "append": (bench_append, 50_000),
+        "call": (bench_call, 2_000),
+        "counter": (bench_counter, 5_000),
+        "big": (bench_big_append, 50_000),
+    }
+    parser.add_argument(
+        "--only", default=",".join(benches), help=f"comma-separated, of: {', '.join(benches)}"
+    )
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     print(f"# accord benchmarks ({time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]})")
-    bench_command_transport(int(200_000 * scale))
-    bench_read(int(100_000 * scale))
-    bench_append(int(50_000 * scale))
-    bench_call(int(2_000 * scale))
-    bench_counter(int(5_000 * scale))
-    bench_big_append(int(50_000 * scale))
+    for name in args.only.split(","):
+        bench, n = benches[name]
+        bench(int(n * scale))
 
 
 if __name__ == "__main__":

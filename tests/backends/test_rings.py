@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import signal
 import stat
+import struct
 import threading
 import time
 from collections import deque
@@ -19,7 +21,16 @@ from ring_workers import append_forever, append_then_die, check, entry, produce
 from accord._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord._core._segment import leftovers, unlink
 from accord.backends.shm import _ring
-from accord.backends.shm._rings import BELL, SPILL, WAKE, Consumer, Inbox, Producer, RingSegment
+from accord.backends.shm._rings import (
+    BELL,
+    RING_CLOSED,
+    SPILL,
+    WAKE,
+    Consumer,
+    Inbox,
+    Producer,
+    RingSegment,
+)
 
 _names = itertools.count()
 
@@ -347,3 +358,123 @@ def test_an_inbox_sleeps_on_its_own_ring_until_its_producer_appends(rings):
     assert inbox.take() == []  # taken once; its space is free again
     head, tail, _ = producer.state()
     assert head == tail
+
+
+# -- ring_send: a fire-and-forget write whole (intent, flags, patched entry) --
+
+_INTENT_AT, _PENDING_AT = 64, 1024  # in a scratch "control" buffer of ours
+
+
+def _write(producer: Producer, control, seq: int, writes: tuple, command: tuple) -> int:
+    from accord.backends.shm._rings import WAIT_MARK
+
+    payload = pickle.dumps((*command[:2], (writes[0], WAIT_MARK), writes, *command[2:]), 5)
+    return producer.write(control, _INTENT_AT, _PENDING_AT, seq, writes, payload)
+
+
+_plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: st.tuples(inner, inner),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fields=st.lists(_plain, max_size=4),
+    before=st.integers(0, 2**62 - 1),
+    writes=st.lists(st.integers(0, 100), min_size=1, max_size=13, unique=True),
+)
+def test_a_sent_write_round_trips_with_its_wait_and_raises_its_flags(rings, fields, before, writes):
+    """Whatever the command holds -- even the wait mark's bytes, after the
+    wait -- the entry drained is the command with the first flag's count
+    before this write as its wait; each flag rose by one and the intent
+    record names the write."""
+    from accord.backends.shm._rings import WAIT_MARK_BYTES
+
+    segment = rings(1, 4096)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    consumer = Consumer(segment)
+    control = bytearray(_PENDING_AT + 8 * 101)
+    writes = tuple(writes)
+    struct.pack_into("<Q", control, _PENDING_AT + 8 * writes[0], before)
+    command = (3, 0, ("name", 0, "attr"), "iadd", *fields, WAIT_MARK_BYTES)
+    done = _write(producer, control, 7, writes, command)
+    assert done >= 0 and done >> 2 == before
+    (data,), position = consumer.drain(0)
+    consumer.commit(0, position)
+    assert pickle.loads(data) == (3, 0, (writes[0], before), writes, *command[2:])
+    counts = [struct.unpack_from("<Q", control, _PENDING_AT + 8 * s)[0] for s in writes]
+    assert counts == [before + 1] + [1] * (len(writes) - 1)
+    seq, mask, count, *slots = struct.unpack_from(f"<{3 + len(writes)}Q", control, _INTENT_AT)
+    assert (seq, mask, count, tuple(slots)) == (7, (1 << len(writes)) - 1, len(writes), writes)
+
+
+def test_a_send_to_a_full_ring_does_nothing_and_says_so(rings):
+    segment = rings(1, 1024)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    control = bytearray(_PENDING_AT + 8 * 8)
+    sent = 0
+    while _write(producer, control, sent + 1, (1, 2), (4, 0, ("lst",), "append", (sent,))) >= 0:
+        sent += 1
+    assert sent > 0
+    before = bytes(control)
+    assert _write(producer, control, sent + 1, (1, 2), (4, 0, ("lst",), "append", (0,))) == -1
+    assert bytes(control) == before  # no intent, no flag raised
+    entries, _ = Consumer(segment, resume=True).drain(0)
+    assert [pickle.loads(e)[-1] for e in entries] == [(i,) for i in range(sent)]
+
+
+def test_a_send_wakes_a_consumer_asleep_in_select_only_once_the_ring_fills_up():
+    """Fire-and-forget writes leave a sleeping consumer asleep until 1/8 of
+    the ring is used (whoever needs them wakes it); then one of them says
+    to wake it, and a plain append (a command that waits for its reply)
+    always does."""
+    name = _name()
+    segment = RingSegment.create(name, 1, 8192)
+    try:
+        producer = Producer(segment, 0, name, _nothing)
+        consumer = Consumer(segment)
+        control = bytearray(_PENDING_AT + 8 * 8)
+        assert consumer.arm() is False  # asleep in select()
+        hows = []
+        while not hows or hows[-1] == 1:
+            hows.append(_write(producer, control, 1, (1,), (4, 0, ("lst",), "append", (0,))) & 3)
+        head, tail, _capacity = producer.state()
+        # Woken by the write that took the ring to 1/8 of its size, not before.
+        assert head - tail >= segment.ring_size // 8 > head - tail - 128
+        assert hows[-1] == 2 and len(hows) > 1
+        consumer.disarm()
+        assert consumer.arm() is True  # input: not armed
+        entries, _position = consumer.drain(0)
+        assert len(entries) == len(hows)
+        # Drained, not yet committed (its commands are not in a snapshot
+        # yet): writes count from what it drained, not from the tail.
+        assert consumer.arm() is False
+        again = []
+        while not again or again[-1] == 1:
+            again.append(_write(producer, control, 1, (1,), (4, 0, ("lst",), "append", (0,))) & 3)
+        assert len(again) == len(hows)
+        consumer.disarm()  # (the last write woke it)
+        consumer.drain(0)
+        assert consumer.arm() is False
+        assert producer.append(b"a call") is True  # asleep again: a call wakes it at once
+    finally:
+        segment.close()
+        unlink(name)
+
+
+def test_a_send_to_a_closed_ring_says_so_and_raises_no_flag(rings):
+    segment = rings(1, 4096)
+    producer = Producer(segment, 0, segment.segment.name, _nothing)
+    control = bytearray(_PENDING_AT + 8 * 8)
+    _ring.ring_close(segment.buf, segment.base(0))
+    assert _write(producer, control, 1, (1, 2), (4, 0, ("lst",), "append", (1,))) == RING_CLOSED
+    assert control == bytearray(len(control))

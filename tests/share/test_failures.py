@@ -23,6 +23,7 @@ from accord import (
 )
 from accord._core._coordinator import STUCK_S
 from accord._core._segment import leftovers
+from accord.backends.shm import _ring
 from accord.backends.shm._client import _pid_alive
 from accord.backends.shm._transport import connect, runtime_dir
 
@@ -143,13 +144,22 @@ def _die_between_flag_and_send(share):
     # The worst moment to die: flags raised, command not in the ring.
     client = share._link.client
     client.send(0, (), ())  # connect
-    client._producer = _DiesOnAppend()
+    client._producer = _DiesOnAppend(client._producer)
     share.lst.append("never sent")
 
 
 class _DiesOnAppend:
+    def __init__(self, producer):
+        self.producer = producer
+
     def append(self, payload):
         os._exit(0)  # the socket closes with the process
+
+    def write(self, *args):
+        # A fire-and-forget write (intent, flags and append in one C call):
+        # intent and flags written, the entry not published -- then death.
+        self.producer.write(*args, stop=_ring.STOP_AFTER_PAYLOAD)
+        os._exit(0)
 
 
 def test_flags_of_a_write_never_sent_are_credited(share, ctx, separate_processes):

@@ -47,17 +47,23 @@ def _append_then_die_mid_append(share, count, stop):
         share.lst.append(i)
     # The next command stops half-appended, and the process dies right there.
     client = share._link.client
-    client._producer = _DiesMidAppend(client._producer.rings, client._id, stop)
+    client._producer = _DiesMidAppend(client._producer, client._id, stop)
     share.lst.append("half")
 
 
 class _DiesMidAppend:
-    def __init__(self, rings, index, stop):
-        self.rings, self.base, self.stop = rings, rings.base(index), stop
+    def __init__(self, producer, index, stop):
+        self.producer, self.stop = producer, stop
+        self.rings, self.base = producer.rings, producer.rings.base(index)
 
     def append(self, payload, timeout=None):
         buf = self.rings.buf
         _ring.ring_append(buf, self.base, payload, 0, buf, BELL, self.stop)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def write(self, *args):
+        # A fire-and-forget write: intent, flags and append in one C call.
+        self.producer.write(*args, stop=self.stop)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -98,6 +98,7 @@ class Coordinator:
         self.changes: dict[str, list | None] = {}
         self._entry = None  # the replayable form of the command being run
         self.unreadable: set[str] = set()  # names last committed as Unreadable
+        self.replied = 0  # replies sent so far
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -133,17 +134,16 @@ class Coordinator:
     def process(self) -> None:
         """Run every queued command whose waits are met, per client in order."""
         received = self.received
+        queued = self.run_queued
         progress = True
         while progress:
             progress = False
             for peer_id, queue in list(self.queues.items()):
                 while queue:
                     message = queue[0]
-                    if type(message) is not P.Command:
+                    if type(message) is not tuple and type(message) is not P.Command:
                         try:
-                            if type(message) is bytes:
-                                message = pickle.loads(message)
-                            message = queue[0] = P.as_command(message)
+                            message = queue[0] = _decoded(message)
                         except Stop:
                             raise
                         except BaseException:
@@ -153,21 +153,89 @@ class Coordinator:
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
-                    waits = message.waits
+                    waits = message[2]
                     if waits and (
                         received[waits[0]] < waits[1]
                         or (len(waits) > 2 and not self.satisfied(waits))
                     ):
-                        self.note_blocked(peer_id, waits)
-                        break
-                    self.blocked_since.pop(peer_id, None)
+                        break  # (noted below if it stays blocked)
+                    if self.blocked_since:
+                        self.blocked_since.pop(peer_id, None)
                     queue.popleft()
-                    self.execute(self.peers[peer_id], message)
+                    if isinstance(message, P.Command):
+                        self.execute(self.peers[peer_id], message)
+                    else:  # a fire-and-forget write, a plain tuple (see _decoded)
+                        queued(self.peers[peer_id], message)
                     progress = True
                 if not queue:
                     del self.queues[peer_id]
                     if peer_id in self.departed:
                         self.finish_departure(peer_id)
+        for peer_id, queue in list(self.queues.items()):
+            if queue and type(queue[0]) is not bytes:  # blocked on its waits
+                self.note_blocked(peer_id, queue[0][2])
+
+    def run_queued(self, peer: _Peer, message: tuple) -> None:
+        """`execute` for the commands most writes are -- a fire-and-forget
+        ASSIGN, AUGMENT or CALL on a name, as `_decoded` left it: the same
+        steps with fewer calls (the coordinator's cost is the floor of
+        every writer's throughput)."""
+        op = message[0]
+        writes = message[3]
+        place = message[4]
+        name = place[0]
+        self._changed = _UNKNOWN
+        self._entry = None
+        try:
+            if op == P.AUGMENT:
+                operand = message[6]
+                inplace = _INPLACE.get(message[5])
+                if inplace is not None and len(place) == 1 and type(operand) is tuple:
+                    # `share.x += 1`: the name's value, replaced
+                    mirror = self.mirror
+                    if name not in mirror:
+                        raise AttributeError(f"share has no attribute {name!r}")
+                    mirror[name] = inplace(mirror[name], operand[0])
+                else:
+                    self.augment(place, message[5], operand)
+            elif op == P.CALL:
+                self.call(place, message[5], message[6])
+            else:
+                self.set_place(place, unpack(message[5]))
+            changed = self._changed
+            entry = self._entry
+        except Stop:
+            raise
+        except BaseException as exc:
+            changed = entry = None
+            self.report(peer, pack_error(exc))
+        if changed is _UNKNOWN or changed is None:
+            self.touched[name] = None
+        else:
+            self.note_change(name, changed)
+        if entry is None:
+            self.changes[name] = None
+        else:
+            self.note_entry(name, entry)
+        # `credit`, for a name: `uncommitted[s]` holds `name` exactly when
+        # `s` is in `dirty_slots[name]` (both are dropped by its commit).
+        received = self.received
+        for s in writes:
+            received[s] += 1
+        slots = self.dirty_slots.get(name)
+        if slots is None:
+            self.dirty[name] = time.monotonic()
+            slots = self.dirty_slots[name] = set()
+        if not slots.issuperset(writes):
+            uncommitted = self.uncommitted
+            for s in writes:
+                if s not in slots:
+                    slots.add(s)
+                    names = uncommitted.get(s)
+                    if names is None:
+                        uncommitted[s] = {name}
+                    else:
+                        names.add(name)
 
     def note_blocked(self, peer_id: int, waits) -> None:
         """Look for dead processes when a command's waits have not moved for
@@ -267,6 +335,7 @@ class Coordinator:
     # -- replies ---------------------------------------------------------------
 
     def reply(self, peer: _Peer, reply_id: int, status: int, result) -> None:
+        self.replied += 1  # (a backend's loop may poll harder after replies)
         if peer.id in self.departed:
             return
         if peer.id in self.held:
@@ -498,14 +567,18 @@ class Coordinator:
             del parent[place[-1]]
 
     def op_augment(self, peer, command: P.Command):
-        place, op, operand = command.fields
+        self.augment(*command.fields)
+
+    def augment(self, place: tuple, op: str, operand) -> None:
         if op not in P.INPLACE:
             raise ValueError(f"unknown in-place operator {op!r}")
         current = self.resolve(place)
         self.set_place(place, getattr(operator, op)(current, unpack(operand)))
 
     def op_call(self, peer, command: P.Command):
-        path, method, packed = command.fields
+        return self.call(*command.fields)
+
+    def call(self, path: tuple, method: str, packed):
         args, kwargs = unpack_call(packed)
         obj = self.resolve(path)
         if len(path) == 1 and type(packed) is tuple:  # plain arguments only
@@ -618,6 +691,32 @@ class OrderedCoordinator(Coordinator):
                     if missing > 0:
                         self.credit(None, (waits[i],) * missing)
             self.execute(self.peer(client_id), command)
+
+
+# In-place operators by name (`Coordinator.run_queued`; P.INPLACE only).
+_INPLACE = {name: getattr(operator, name) for name in P.INPLACE}
+
+# The commands `Coordinator.run_queued` runs: (op, reply_id, waits, writes,
+# place, *fields), by their length.
+_QUEUED = {P.ASSIGN: 6, P.AUGMENT: 7, P.CALL: 7}
+
+
+def _decoded(message) -> tuple | P.Command:
+    """A received command: the plain tuple itself if `run_queued` runs it
+    (a fire-and-forget write to a name), else a `Command` (raises if it is
+    not one)."""
+    if type(message) is bytes:
+        message = pickle.loads(message)
+    if (
+        type(message) is tuple
+        and len(message) == _QUEUED.get(message[0], 0)
+        and not message[1]
+        and message[3]
+        and type(message[4]) is tuple
+        and message[4]
+    ):
+        return message
+    return P.as_command(message)
 
 
 _missing = object()

@@ -201,23 +201,21 @@ def self_check() -> bool:
 class Augmenting:
     """What an augmented read returns: its in-place operators send AUGMENT.
 
-    ``send(op_name, operand)`` queues the atomic command; the marker it
-    returns tells the following store to do nothing.
+    ``link.augment(place, op_name, operand)`` queues the atomic command; the
+    marker it returns tells the following store to do nothing.
     """
 
-    __slots__ = ("_send",)
+    __slots__ = ("_link", "_place")
 
-    def __init__(self, send) -> None:
-        self._send = send
-
-    def _apply(self, op: str, operand):
-        self._send(op, operand)
-        return DONE
+    def __init__(self, link, place: tuple) -> None:
+        self._link = link
+        self._place = place
 
 
 def _sender(name: str):
     def method(self, other):
-        return self._apply(name, other)
+        self._link.augment(self._place, name, other)
+        return DONE
 
     method.__name__ = method.__qualname__ = f"__{name}__"
     return method

@@ -29,7 +29,7 @@ from .._core._errors import (
 from .._core._fastread import Reader
 from .._core._protocol import describe
 from .._core._remote import Unreadable, rebuild_error
-from .._core._serialize import cloudpickle_dumps, is_plain, pack, pack_call
+from .._core._serialize import PLAIN, cloudpickle_dumps, is_plain, pack, pack_call
 from .._core._slots import MAX_WRITE_SLOTS, MISSING, UNKNOWN, WHOLE, slot_of
 from .._core._values import is_value, private
 from ..backends._replies import raise_all
@@ -449,32 +449,42 @@ class Link:
         if named is None:
             named = _remember(self._names, name, ((name,), self.read_slots((name,))))
         path, slots = named
-        client.check_alive()
-        known = None
-        if client.remote:
+        if not client.remote:
+            # Local snapshots: the kind is a few loads away.
+            typed = client.kind(name)  # (and a check that the coordinator lives)
+            if typed is not MISSING and not typed.kind.is_value:
+                # A container: its proxy's own += is atomic; no bytecode check.
+                return self.proxy(path)
+            if is_augmented(3):
+                # `share.name += x`: one AUGMENT whatever the value is now
+                # (none yet: the coordinator reports it).  Nothing to wait
+                # for: the command runs after every earlier write.
+                return Augmenting(self, path)
+            # No write pending (checked first), and nothing committed since
+            # our last read (checked after): then what we hold is current.
+            cached, clear = client.lookup(name, slots)
+        else:
+            client.check_alive()
             # Over a network, `share.x += 1` should cost the one round trip
             # that sends it: decide from what we last read (an AUGMENT is
             # right even if `x` has since become a container).
             known = client.known(name)
             if known is not None and known.kind.is_value and is_augmented(3):
-                return Augmenting(lambda op, operand: self.augment(path, op, operand))
-        # No write pending (checked first), and nothing committed since our
-        # last read (checked after): then what we hold is current.
-        cached, clear = client.lookup(name, slots)
-        if cached is not None:
-            is_plain_value = cached.kind.is_value
-        elif client.remote and known is not None:
-            # Saves a round trip; if it has become a container since, the
-            # value read below turns into a proxy all the same.
-            is_plain_value = known.kind.is_value
-        else:
-            typed = client.kind(name)
-            is_plain_value = typed is MISSING or typed.kind.is_value
-        if not is_plain_value:
-            # A container: its proxy's own += is atomic; no bytecode check.
-            return self.proxy(path)
-        if is_augmented(3):
-            return Augmenting(lambda op, operand: self.augment(path, op, operand))
+                return Augmenting(self, path)
+            cached, clear = client.lookup(name, slots)
+            if cached is not None:
+                is_plain_value = cached.kind.is_value
+            elif known is not None:
+                # Saves a round trip; if it has become a container since,
+                # the value read below turns into a proxy all the same.
+                is_plain_value = known.kind.is_value
+            else:
+                typed = client.kind(name)
+                is_plain_value = typed is MISSING or typed.kind.is_value
+            if not is_plain_value:
+                return self.proxy(path)
+            if is_augmented(3):
+                return Augmenting(self, path)
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
                 if self.reader.armed:  # (armed: a client with a fast path, shm)
@@ -583,15 +593,24 @@ class Link:
         self.request(P.DELETE, (place,), self.place_slots(place))
 
     def augment(self, place: tuple, op: str, operand) -> None:
-        operand = unwrap(operand)
-        self.send(
-            P.AUGMENT,
-            (place, op, pack(operand, lambda: f"operand of {describe(place)} {op}")),
-            self.place_slots(place),
-        )
+        if type(operand) in PLAIN:  # (`+= 1`: the common case, at once)
+            packed = (operand,)
+        else:
+            operand = unwrap(operand)
+            packed = pack(operand, lambda: f"operand of {describe(place)} {op}")
+        slots = self._write_slots.get((place, None)) if len(place) == 1 else None
+        if slots is None:
+            slots = self.place_slots(place)
+        self.send(P.AUGMENT, (place, op, packed), slots)
 
     def call(self, method: BoundMethod, args: tuple, kwargs: dict):
         path, name, kind = method.path, method.name, method.kind
+        if kind == QUEUE and not kwargs and len(args) == 1 and type(args[0]) in PLAIN:
+            # `lst.append(3)`: the commonest write, without the general steps
+            # below (plain arguments travel as they are, see pack_call).
+            # Through send(): one that restart() turned away is sent again.
+            self.send(P.CALL, (path, name, args), method.slots)
+            return None
         if kind == LOCAL:
             self.wait_for(method.slots)
             obj = self.value_at(path)

@@ -75,7 +75,7 @@ class Proxy:
             return method  # (a method is never the target of `x.attr += y`)
         if is_augmented():
             place = (*path, P.ATTR, attr)
-            return Augmenting(lambda op, operand: link.augment(place, op, operand))
+            return Augmenting(link, place)
         return link.attribute(path, attr)
 
     def __setattr__(self, attr: str, value) -> None:
@@ -92,7 +92,7 @@ class Proxy:
         link, path = _get(self, "_accord_link"), _get(self, "_accord_path")
         if is_augmented():
             place = (*path, P.ITEM, key)
-            return Augmenting(lambda op, operand: link.augment(place, op, operand))
+            return Augmenting(link, place)
         return link.item(path, key)
 
     def __setitem__(self, key, value) -> None:

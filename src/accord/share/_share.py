@@ -193,7 +193,7 @@ class Share(ShareBase):
     def __getitem__(self, name: str):
         link = _get(self, "_link")
         if is_augmented():
-            return Augmenting(lambda op, operand: link.augment((name,), op, operand))
+            return Augmenting(link, (name,))
         return link.get((_check_name(name),))
 
     def __setitem__(self, name: str, value) -> None:

@@ -28,7 +28,7 @@ from ..._core._values import is_value
 from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
-from ._rings import Inbox, Producer, RingClosed, RingSegment
+from ._rings import RING_CLOSED, WAIT_MARK, Inbox, Producer, RingClosed, RingSegment
 from ._snapshots import SnapshotReader
 
 # A coordinator that has not beaten for this long is checked for life.
@@ -285,8 +285,32 @@ class ShmClient:
             # A ring append would succeed and never be applied (a socket
             # send to a dead peer fails): closed, or replaced by restart().
             raise self._lose("replaced by restart()", undelivered=True)
+        if writes and not reply and not reads:
+            # A fire-and-forget write, the common case: its intent, flags
+            # and ring append in one C call (`Producer.write`), the command
+            # pickled with a mark where its wait goes.
+            payload = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields), 5)
+            with self._send_lock:
+                if self._sock is None:
+                    self._connect()
+                producer = self._producer
+                assert producer is not None  # set by _connect
+                seq = self._seq + 1
+                done = producer.write(buf, self._intent, PENDING, seq, writes, payload)
+                if done == RING_CLOSED:
+                    # restart() closed the rings after we passed the check
+                    # above: not queued, so it may go to the new coordinator.
+                    raise self._lose("replaced by restart()", undelivered=True)
+                if done >= 0:
+                    self._seq = seq
+                    if done & 3 == 2:
+                        self._wake()
+                    return None
+            # (A full ring, or a big command: nothing done; the path below
+            # waits for room or spills.)
         with self._send_lock:
-            sock = self._sock or self._connect()
+            if self._sock is None:
+                self._connect()
             waits = []
             for s in reads:
                 waits.append(s)
@@ -324,15 +348,8 @@ class ShmClient:
                 # not queued, so it may be sent to the new coordinator.
                 raise self._lose("replaced by restart()", undelivered=True) from None
             self._seq = seq
-            if wake:
-                try:  # the coordinator sleeps in select(): wake it there
-                    sock.send(b"\0", socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass  # full of wake-ups already
-                except OSError as exc:
-                    # Queued, but the coordinator is gone: restart() applies
-                    # it; the next operation tells the coordinator is lost.
-                    self._lose(f"wake-up failed ({exc})")
+            if wake:  # the coordinator sleeps in select(): wake it there
+                self._wake()
         if reply:
             try:
                 return self._await(reply_id)
@@ -342,6 +359,19 @@ class ShmClient:
                 exc.queued = True
                 raise
         return None
+
+    def _wake(self) -> None:
+        """Wake the coordinator, asleep in select(), with a byte on our socket."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send(b"\0", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass  # full of wake-ups already
+        except OSError as exc:
+            # Queued, but the coordinator is gone: restart() applies it;
+            # the next operation tells the coordinator is lost.
+            self._lose(f"wake-up failed ({exc})")
 
     # -- receiving -------------------------------------------------------------
 

@@ -14,6 +14,8 @@
  *   base +  64  head             bytes ever published by the producer; its top
  *                                bit (HEAD_CLOSED) closes the ring for good
  *   base + 128  tail             bytes ever committed by the consumer
+ *   base + 136  drained          bytes the consumer has read (ring_drain
+ *                                stores it; ring_send's lazy wake-up reads it)
  *   base + 192  room bell: a producer waiting for room (u32), its sequence (u32)
  *   base + 224  free for the caller: _rings.py keeps there the doorbell of a
  *               consumer that sleeps on this ring alone (a client's replies)
@@ -63,6 +65,7 @@
 #define OFF_CAPACITY 8
 #define OFF_HEAD 64
 #define OFF_TAIL 128
+#define OFF_DRAINED 136
 #define OFF_SPACE 192
 #define RING_DATA 256
 #define HEAD_CLOSED (1ULL << 63)
@@ -245,6 +248,61 @@ ring_max_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 /* Stop points of an append, for tests that kill a producer mid-append. */
 enum { STOP_NONE = 0, STOP_AFTER_PAYLOAD = 1, STOP_AFTER_HEADER = 2 };
 
+/* Room for an entry of `len` payload bytes in the ring now?  1 yes, 0 no,
+ * -1 closed.  Sets *head (without the closed bit), *skip (a WRAP before it)
+ * and *need (its size, header included). */
+static int
+has_room(Ring *r, uint64_t len, uint64_t *head, uint64_t *skip, uint64_t *need)
+{
+    /* Ours alone but for the closed bit: acquire pairs with ring_close. */
+    uint64_t raw = __atomic_load_n(head_of(r->ring), __ATOMIC_ACQUIRE);
+    if (raw & HEAD_CLOSED)
+        return -1;
+    *head = raw;
+    uint64_t tail = __atomic_load_n(tail_of(r->ring), __ATOMIC_ACQUIRE);
+    *need = 8 + padded(len);
+    *skip = wrap_skip(raw, r->cap, *need);
+    return raw + *skip + *need - tail <= r->cap;
+}
+
+/* Publish an entry for which has_room() said yes: the payload (with the 8
+ * bytes at `patch_at`, if >= 0, replaced by `patch` little-endian), then
+ * its header, then head -- by compare-and-swap, which fails only if
+ * ring_close set the closed bit since: then nothing is published.  Returns
+ * the new head; 0 when closed meanwhile, or told to stop half-way (tests:
+ * `*stopped` is then set). */
+static uint64_t
+publish(Ring *r, const char *data, uint64_t len, uint32_t flag, Py_ssize_t patch_at,
+        uint64_t patch, uint64_t head, uint64_t skip, uint64_t need, long stop, int *stopped)
+{
+    char *area = r->ring + RING_DATA;
+    uint64_t at = head % r->cap;
+    if (skip) {
+        /* Visible only once head moves past it, with the entry. */
+        __atomic_store_n((uint64_t *)(area + at), (uint64_t)MARK_WRAP << 32, __ATOMIC_RELEASE);
+        at = 0;
+    }
+    memcpy(area + at + 8, data, (size_t)len);
+    if (patch_at >= 0) {
+        unsigned char *word = (unsigned char *)area + at + 8 + patch_at;
+        for (int i = 0; i < 8; i++)
+            word[i] = (unsigned char)(patch >> (8 * i));
+    }
+    *stopped = stop == STOP_AFTER_PAYLOAD;
+    if (*stopped)
+        return 0;
+    __atomic_store_n((uint64_t *)(area + at), len | ((uint64_t)(MARK_COMMIT | flag) << 32),
+                     __ATOMIC_RELEASE);
+    *stopped = stop == STOP_AFTER_HEADER;
+    if (*stopped)
+        return 0;
+    uint64_t expected = head;
+    if (!__atomic_compare_exchange_n(head_of(r->ring), &expected, head + skip + need, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        return 0;
+    return head + skip + need;
+}
+
 /* ring_append(buffer, base, data, flag, bell_buffer, bell_offset[, stop])
  *   -> 0 when the ring has no room now, 1 when appended, 2 when appended and
  *   the consumer sleeps in select(): the caller wakes it there; -1 when the
@@ -275,58 +333,148 @@ ring_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint32_t *bell = (uint32_t *)open_word(args[4], args[5], &bell_view);
     if (bell == NULL)
         goto no_bell;
-    uint64_t cap = r.cap;
-    if ((uint64_t)data.len > cap / 2 - 8) {
+    if ((uint64_t)data.len > r.cap / 2 - 8) {
         PyErr_Format(PyExc_ValueError,
                      "an entry of %zd bytes does not fit a ring of %llu (spill it)", data.len,
-                     (unsigned long long)cap);
+                     (unsigned long long)r.cap);
         goto done;
     }
-    uint64_t *headp = head_of(r.ring);
-    /* Ours alone but for the closed bit: acquire pairs with ring_close. */
-    uint64_t head = __atomic_load_n(headp, __ATOMIC_ACQUIRE);
-    if (head & HEAD_CLOSED) {
-        result = PyLong_FromLong(-1);
-        goto done;
-    }
-    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_ACQUIRE);
-    uint64_t need = 8 + padded((uint64_t)data.len);
-    uint64_t at = head % cap;
-    uint64_t skip = wrap_skip(head, cap, need);
-    if (head + skip + need - tail > cap) {
-        result = PyLong_FromLong(0);
-        goto done;
-    }
-    char *area = r.ring + RING_DATA;
-    if (skip) {
-        /* Visible only once head moves past it, with the entry. */
-        __atomic_store_n((uint64_t *)(area + at), (uint64_t)MARK_WRAP << 32, __ATOMIC_RELEASE);
-        at = 0;
-    }
-    memcpy(area + at + 8, data.buf, (size_t)data.len);
-    if (stop == STOP_AFTER_PAYLOAD)
-        goto stopped;
-    __atomic_store_n((uint64_t *)(area + at),
-                     (uint64_t)data.len | ((uint64_t)(MARK_COMMIT | (uint32_t)flag) << 32),
-                     __ATOMIC_RELEASE);
-    if (stop == STOP_AFTER_HEADER)
-        goto stopped;
-    /* Fails only if ring_close set the closed bit since we loaded head:
-     * then the entry is not published and the caller is told. */
-    if (!__atomic_compare_exchange_n(headp, &head, head + skip + need, 0, __ATOMIC_SEQ_CST,
-                                     __ATOMIC_SEQ_CST)) {
-        result = PyLong_FromLong(-1);
-        goto done;
-    }
-    result = PyLong_FromLong(ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1);
-    goto done;
-stopped:
-    result = PyLong_FromLong(1);
+    uint64_t head, skip, need;
+    int room = has_room(&r, (uint64_t)data.len, &head, &skip, &need), stopped;
+    if (room <= 0)
+        result = PyLong_FromLong(room); /* 0: no room, -1: closed */
+    else if (publish(&r, data.buf, (uint64_t)data.len, (uint32_t)flag, -1, 0, head, skip, need,
+                     stop, &stopped))
+        result = PyLong_FromLong(ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1);
+    else
+        result = PyLong_FromLong(stopped ? 1 : -1); /* stopped half-way (tests), or closed */
 done:
     PyBuffer_Release(&bell_view);
 no_bell:
     PyBuffer_Release(&data);
     PyBuffer_Release(&r.view);
+    return result;
+}
+
+/* The most write flags one command raises (_core/_slots.MAX_WRITE_SLOTS is
+ * smaller; the intent record has room for that many). */
+#define MAX_WRITES 64
+
+/* ring_send(control, intent, pending, seq, writes, payload, patch_at,
+ *           buffer, base, bell_buffer, bell_offset, lazy[, stop]) -> int
+ *
+ * A fire-and-forget write, whole: record the intent (seq, mask, count,
+ * slots: 8-byte words at `intent` of `control`), raise each write flag (the
+ * 8-byte counter at pending + 8 * slot) after its mask bit, and append
+ * `payload` with its 8 bytes at `patch_at` replaced by the first flag's
+ * count before this write (the command's wait), in one call: the steps of
+ * _client.ShmClient.send, in its order, without a Python call between.
+ *
+ * Returns -1 without touching anything when the ring has no room (the
+ * caller takes the path that waits); -2 when the ring is closed (nothing
+ * appended; the flags raised if it closed during the call, as when an
+ * append reports it closed); else old * 4 + how: how is 1, or 2 when the
+ * consumer sleeps in select() and the caller must wake it there.
+ * `lazy` > 0: a sleeping consumer is not woken while the ring holds fewer
+ * than `lazy` bytes beyond what it has drained (a fire-and-forget write
+ * needs nobody now: a reader that needs it waits for its flag, and that
+ * wakes the consumer; it looks at every ring at its heartbeat anyway). */
+static PyObject *
+ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Ring r;
+    Py_buffer control, data, bell_view;
+    if (!nargs_ok(nargs, 12, 13,
+                  "ring_send(control, intent, pending, seq, writes, payload, patch_at, buffer, "
+                  "base, bell_buffer, bell_offset, lazy)"))
+        return NULL;
+    Py_ssize_t intent = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t pending = PyLong_AsSsize_t(args[2]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[3]);
+    Py_ssize_t patch_at = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t lazy = PyLong_AsSsize_t(args[11]);
+    long stop = nargs == 13 ? PyLong_AsLong(args[12]) : STOP_NONE;
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *writes = args[4];
+    if (!PyTuple_Check(writes) || PyTuple_GET_SIZE(writes) < 1 ||
+        PyTuple_GET_SIZE(writes) > MAX_WRITES) {
+        PyErr_SetString(PyExc_ValueError, "writes: a tuple of 1 to 64 flag slots");
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(writes);
+    Py_ssize_t slots[MAX_WRITES];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        slots[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(writes, i));
+        if (slots[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (writable_view(args[0], &control) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *record = word_in(&control, intent);
+    if (record == NULL)
+        goto no_ring;
+    if (intent + 8 * (3 + count) > control.len) {
+        PyErr_SetString(PyExc_IndexError, "the intent record does not fit the control buffer");
+        goto no_ring;
+    }
+    uint64_t *flags[MAX_WRITES];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (slots[i] < 0 || (flags[i] = word_in(&control, pending + 8 * slots[i])) == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_IndexError, "no flag slot %zd", slots[i]);
+            goto no_ring;
+        }
+    }
+    if (!ring_open(&r, args[7], args[8]))
+        goto no_ring;
+    if (PyObject_GetBuffer(args[5], &data, PyBUF_SIMPLE) < 0)
+        goto no_data;
+    uint32_t *bell = (uint32_t *)open_word(args[9], args[10], &bell_view);
+    if (bell == NULL)
+        goto no_bell;
+    if ((uint64_t)data.len > r.cap / 2 - 8 || patch_at < 0 || patch_at + 8 > data.len) {
+        PyErr_Format(PyExc_ValueError, "an entry of %zd bytes (patched at %zd) does not fit",
+                     data.len, patch_at);
+        goto done;
+    }
+    uint64_t head, skip, need;
+    int room = has_room(&r, (uint64_t)data.len, &head, &skip, &need), stopped;
+    if (room <= 0) {
+        result = PyLong_FromLong(room < 0 ? -2 : -1);
+        goto done;
+    }
+    /* The intent before each flag (see ShmClient.send for why this order). */
+    __atomic_store_n(&record[0], (uint64_t)seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&record[1], 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&record[2], (uint64_t)count, __ATOMIC_RELAXED);
+    for (Py_ssize_t i = 0; i < count; i++)
+        __atomic_store_n(&record[3 + i], (uint64_t)slots[i], __ATOMIC_RELAXED);
+    uint64_t old = __atomic_fetch_add(flags[0], 1, __ATOMIC_SEQ_CST);
+    for (Py_ssize_t i = 1; i < count; i++) {
+        __atomic_store_n(&record[1], ((uint64_t)2 << i) - 1, __ATOMIC_SEQ_CST);
+        __atomic_fetch_add(flags[i], 1, __ATOMIC_SEQ_CST);
+    }
+    uint64_t end = publish(&r, data.buf, (uint64_t)data.len, 0, patch_at, old, head, skip, need,
+                           stop, &stopped);
+    if (!end && !stopped) {
+        result = PyLong_FromLong(-2); /* closed meanwhile: not published */
+        goto done;
+    }
+    int how = 1;
+    uint64_t drained = __atomic_load_n((uint64_t *)(r.ring + OFF_DRAINED), __ATOMIC_SEQ_CST);
+    if (end && !(lazy > 0 && end - drained < (uint64_t)lazy))
+        how = ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1;
+    result = PyLong_FromUnsignedLongLong(old * 4 + (uint64_t)how);
+done:
+    PyBuffer_Release(&bell_view);
+no_bell:
+    PyBuffer_Release(&data);
+no_data:
+    PyBuffer_Release(&r.view);
+no_ring:
+    PyBuffer_Release(&control);
     return result;
 }
 
@@ -389,6 +537,8 @@ ring_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos += 8 + padded(length);
         taken += 8 + length;
     }
+    /* For ring_send's lazy wake-up: what the consumer has read. */
+    __atomic_store_n((uint64_t *)(r.ring + OFF_DRAINED), (uint64_t)pos, __ATOMIC_SEQ_CST);
     PyBuffer_Release(&r.view);
     return Py_BuildValue("(NK)", entries, pos);
 fail:
@@ -629,6 +779,10 @@ static PyMethodDef methods[] = {
     {"ring_append", (PyCFunction)(void (*)(void))ring_append, METH_FASTCALL,
      "ring_append(buffer, base, data, flag, bell_buffer, bell_offset) -> 0 full, 1 appended, "
      "2 appended and the consumer sleeps in select(), -1 closed."},
+    {"ring_send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL,
+     "ring_send(control, intent, pending, seq, writes, payload, patch_at, buffer, base, "
+     "bell_buffer, bell_offset, lazy) -> -1 full, -2 closed, else old flag count * 4 + (1, "
+     "or 2: wake the consumer in select())."},
     {"ring_drain", (PyCFunction)(void (*)(void))ring_drain, METH_FASTCALL,
      "ring_drain(buffer, base, position, max_bytes) -> (entries, new position)."},
     {"ring_commit", (PyCFunction)(void (*)(void))ring_commit, METH_FASTCALL,

@@ -48,6 +48,7 @@ from ._ring import (
     ring_drain,
     ring_init,
     ring_max_entry,
+    ring_send,
     ring_state,
     ring_wait_space,
 )
@@ -68,6 +69,14 @@ WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
 FULL_TIMEOUT_S = 600.0
 
 _HEADER = struct.Struct("<3Q")
+
+# Producer.write: the placeholder pickled where the command's wait goes (an
+# 8-byte LONG1 the C call overwrites), and 1/(the fraction of a ring that
+# wakes a sleeping consumer).
+WAIT_MARK = 0x3FACC0DE5EED0001
+RING_CLOSED = -2  # Producer.write: the ring is closed
+WAIT_MARK_BYTES = WAIT_MARK.to_bytes(8, "little")
+LAZY_DIVISOR = 8
 
 
 class RingClosed(Exception):
@@ -123,7 +132,17 @@ class RingSegment:
 class Producer:
     """Appends to one ring.  One thread at a time (callers hold a lock)."""
 
-    __slots__ = ("_alive", "_base", "_bell", "_buf", "_limit", "_spills", "_stem", "rings")
+    __slots__ = (
+        "_alive",
+        "_base",
+        "_bell",
+        "_buf",
+        "_lazy",
+        "_limit",
+        "_spills",
+        "_stem",
+        "rings",
+    )
 
     def __init__(
         self,
@@ -144,6 +163,8 @@ class Producer:
         self._stem = stem
         self._alive = alive
         self._spills = 0
+        # `write` leaves a sleeping consumer asleep below this many bytes.
+        self._lazy = 0 if own_bell else rings.ring_size // LAZY_DIVISOR
 
     def append(self, payload: bytes, timeout: float = FULL_TIMEOUT_S) -> bool:
         """Append one entry; durable when this returns.  Waits while the
@@ -167,6 +188,50 @@ class Producer:
         except BaseException:
             unlink(name)  # never referenced: nobody else would remove it
             raise
+
+    def write(
+        self,
+        control,
+        intent: int,
+        pending: int,
+        seq: int,
+        writes: tuple,
+        payload: bytes,
+        stop: int = 0,
+    ) -> int:
+        """A fire-and-forget write, whole, in one C call (`ring_send`):
+        record the intent (at `intent` of `control`, with `seq`), raise the
+        flags `writes` (counters at `pending` + 8 * slot), append `payload`
+        with the count the first flag had put in place of `WAIT_MARK`.
+        -1: nothing done (the ring is full, or the payload too big for it):
+        take `append`'s path.  RING_CLOSED: the ring is closed (restart()),
+        nothing appended.  Else the count * 4, + 2 if the consumer must be
+        woken in select(), + 1 if not.
+
+        A sleeping consumer is woken only once the ring holds 1/LAZY_DIVISOR
+        of its size: a fire-and-forget write needs nobody now (whoever reads
+        what it writes waits for its flag, and that wakes the consumer).
+        `stop` (tests): _ring.STOP_AFTER_PAYLOAD or STOP_AFTER_HEADER leave
+        the entry unpublished, as a producer killed there would."""
+        if len(payload) > self._limit:
+            return -1
+        at = payload.find(WAIT_MARK_BYTES)
+        buf = self._buf
+        return ring_send(
+            control,
+            intent,
+            pending,
+            seq,
+            writes,
+            payload,
+            at,
+            buf,
+            self._base,
+            buf,
+            self._bell,
+            self._lazy,
+            stop,
+        )
 
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
         """Append once there is room; raise RingClosed if the ring is closed."""

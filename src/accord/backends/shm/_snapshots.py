@@ -437,6 +437,7 @@ class _Cached:
         "commits",
         "epoch",
         "kind",
+        "kind_commits",
         "obj",
         "segment",
         "segname",
@@ -452,6 +453,9 @@ class _Cached:
         self.epoch = -1  # of the base obj was read from
         self.used = 0  # bytes of that base's change log applied to obj
         self.commits = -1
+        # The commit count at which `kind` was last found current (obj's
+        # type then still is the committed object's, obj itself maybe not).
+        self.kind_commits = -1
         self.kind: Kind | None = None  # the index's when obj was read
         self.obj = None
         self.typed: Typed | None = None  # kind() of obj and kind, made once
@@ -641,22 +645,26 @@ class SnapshotReader:
         MISSING — from the index and the object last read, without
         unpickling when the object's type has not changed since."""
         cached = self._cache.get(name)
+        commits = load(self._control, _control.COMMITS)
         if (
             cached is not None
             and cached.kind is not None
-            and cached.commits == load(self._control, _control.COMMITS)
+            and (cached.commits == commits or cached.kind_commits == commits)
         ):
             return _typed(cached, cached.kind)  # nothing committed since we looked
         entry = self._refresh_index().get(name)
         if entry is None:
             return MISSING
         cached = self._cache.get(name)
-        if cached is None or cached.kind != entry.kind:
-            obj = self.read(name)
-            if obj is MISSING:
-                return MISSING
-            return Typed(type(obj), entry.kind)
-        return _typed(cached, entry.kind)
+        if cached is not None and cached.kind is not None and cached.kind == entry.kind:
+            # (The count was loaded before the index: at worst this marks a
+            # newer kind current at an older count, which is still true.)
+            cached.kind_commits = commits
+            return _typed(cached, cached.kind)
+        obj = self.read(name)  # its type changed since we last read it
+        if obj is MISSING:
+            return MISSING
+        return Typed(type(obj), entry.kind)
 
     def salvage(self, tries: int = 10_000) -> tuple[dict[str, bytes], list[str], dict[str, int]]:
         """Every committed snapshot as bytes, for a restart after the
