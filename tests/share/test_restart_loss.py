@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from accord import CoordinatorLost, Share
+from accord import CoordinatorLost, CoordinatorStartFailed, Share
 from accord.backends.shm import _client as shm_client
 from accord.backends.shm import _control
 
@@ -172,5 +172,29 @@ def test_a_call_waiting_when_the_coordinator_died_is_applied_once_if_it_was_queu
         # Queued before the death was noticed (usually: the ring takes it
         # at once): applied once, its result lost.  Else not applied at all.
         assert share.lst == ([1, 2] if lost.value.queued else [1, 2, 3])
+    finally:
+        share.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_whose_coordinator_fails_to_start_can_be_tried_again(monkeypatch):
+    monkeypatch.setenv("ACCORD_TEST_EXIT_AFTER_APPLIED", "12")  # 2 set-up commands, 10 appends
+    share = Share(commit_window=60.0)
+    monkeypatch.delenv("ACCORD_TEST_EXIT_AFTER_APPLIED")
+    try:
+        share.lst = []
+        share.flush()
+        for i in range(10):
+            share.lst.append(i)  # applied, never committed
+        assert share._link.client.owner_process.wait(30) == 70
+        with pytest.raises(CoordinatorLost):
+            share.flush()
+        monkeypatch.setenv("ACCORD_TEST_RESTART_FAILS", "1")
+        with pytest.raises(CoordinatorStartFailed):
+            share.restart()
+        monkeypatch.delenv("ACCORD_TEST_RESTART_FAILS")
+        # The dead incarnation's rings and snapshots are still there.
+        assert share.restart() == []
+        assert share.lst == list(range(10))
     finally:
         share.close()

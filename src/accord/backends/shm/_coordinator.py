@@ -38,6 +38,8 @@ log = logging.getLogger("accord.backends.shm")
 _EXIT_AT = os.environ.get("ACCORD_TEST_EXIT_AFTER_APPLIED", "0").split(":")
 _EXIT_AFTER_APPLIED = int(_EXIT_AT[0])
 _EXIT_COMMITTED = _EXIT_AT[1:] == ["committed"]
+# Tests only: a coordinator started by restart() exits before it is ready.
+_RESTART_FAILS = os.environ.get("ACCORD_TEST_RESTART_FAILS") == "1"
 
 
 class ShmCoordinator(Coordinator):
@@ -264,6 +266,8 @@ def serve(config: dict, extra: bytes, ready) -> None:
     server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
+        if _RESTART_FAILS and config.get("restore"):
+            os._exit(70)
         coordinator.restore(restored)
         if rings:
             replayed = coordinator.replay(rings, includes)

@@ -3,6 +3,7 @@ through the registry: `BACKEND`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import secrets
@@ -70,17 +71,27 @@ class ShmBackend:
         for name in lost:  # the object is gone, and the writes to it with it
             includes[name] = 1 << 63
         forget(info)
-        remove_leftovers(info.stem, info.socket_path, keep_record=True)
+        with contextlib.suppress(FileNotFoundError):  # its path is the new one's
+            os.unlink(info.socket_path)
         # The new coordinator applies the entries its predecessor had not
-        # committed (exactly once: see _coordinator.replay) before it is ready.
-        new, process = _start_coordinator(info.name, window, (restored, includes, entries))
+        # committed (exactly once: see _coordinator.replay) before it is
+        # ready.  The dead one's segments go only then: if the new one fails
+        # to start, restart() may be called again and finds them all.
+        new, process = _start_coordinator(
+            info.name, window, (restored, includes, entries), spare=info.stem
+        )
+        remove_leftovers(info.stem, None)
         return new, process, lost
 
 
 BACKEND: Backend = ShmBackend()  # checked against the protocol by basedpyright
 
 
-def _start_coordinator(name: str, window: float, restore: tuple | None = None):
+def _start_coordinator(
+    name: str, window: float, restore: tuple | None = None, spare: str | None = None
+):
+    """Start a coordinator for share `name` (from `restore`, a restart);
+    remove what dead ones of that name left, but the segments of `spare`."""
     runtime = _transport.runtime_dir()
     socket_path = runtime / f"{name}.sock"
     key_file = runtime / f"{name}.key"
@@ -91,7 +102,9 @@ def _start_coordinator(name: str, window: float, restore: tuple | None = None):
     if key_file.exists() or socket_path.exists():
         _refuse_if_alive(name)
         # A dead share's, of this name.
-        remove_leftovers(f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True)
+        remove_leftovers(
+            f"accord.{os.getuid()}.{name}", str(socket_path), keep_record=True, spare=spare
+        )
     for dead in abandoned_records():  # and those of other dead shares of this user
         remove_leftovers(dead.stem, dead.socket_path)
     key = secrets.token_bytes(32)
@@ -108,7 +121,8 @@ def _start_coordinator(name: str, window: float, restore: tuple | None = None):
         config,
         extra,
         name,
-        lambda: remove_leftovers(stem, str(socket_path)),
+        # A restart that fails keeps the record: restart() may be tried again.
+        lambda: remove_leftovers(stem, str(socket_path), keep_record=restore is not None),
     )
     info = ShareInfo(name, stem, str(socket_path), key, process.pid)
     save_record(info)

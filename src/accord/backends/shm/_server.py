@@ -290,14 +290,22 @@ class ShmServer:
         self.control.close()
 
 
-def remove_leftovers(stem: str, socket_path: str, keep_record: bool = False) -> None:
-    """Remove whatever a dead coordinator of this share left behind.
+def remove_leftovers(
+    stem: str, socket_path: str | None, keep_record: bool = False, spare: str | None = None
+) -> None:
+    """Remove whatever a dead coordinator of this share left behind (its
+    socket and key file too, given `socket_path`).
 
     `keep_record`: leave the share's key file while it is restarted, so a
     process attaching meanwhile is told CoordinatorLost, not ShareClosed.
+    `spare`: leave the segments of that stem (the incarnation being
+    restarted, until its successor is ready).
     """
     for name in leftovers(stem + "~"):
-        unlink(name)
+        if spare is None or not name.startswith(spare + "~"):
+            unlink(name)
+    if socket_path is None:
+        return
     paths = [Path(socket_path)]
     if not keep_record:
         paths.append(Path(socket_path).with_suffix(".key"))
