@@ -75,5 +75,9 @@ bench: $(STAMP) redis-server
 	$(PY) benchmarks/redis.py
 	$(PY) benchmarks/bigdata.py
 
+# Built C extensions too, wherever they are under src/accord: one left from
+# before a module moved makes `import accord` fail after a merge.
 clean:
-	rm -rf $(VENV) .venv-3.* build src/*.egg-info src/accord/backends/shm/*.so
+	rm -rf $(VENV) .venv-3.* build src/*.egg-info
+	find src/accord -name '*.so' -delete
+	find . -path ./.git -prune -o -type d -name build -prune -exec rm -rf {} +

@@ -20,6 +20,11 @@ rates are compared, not times.  The PostgreSQL server is one this script starts
 (Debian's ``postgresql`` package; fsync off, as in the tests), unless
 ``--postgres URL`` names another.
 
+Scaling on SQLite: 1, 4 and 16 workers on 10,000 and on 100,000 trivial
+items, in rounds (1, 4, 16, then again), three of them: the median of each
+and its ratio to one worker, the aim of issue 15 being 4 workers >= 1 and
+16 workers >= 0.8x (a single run on a shared machine scatters by +-30%).
+
 Scheduling overhead: one worker runs a task graph of 100 / 1,000 / 5,000
 trivial tasks (each depends on up to two earlier ones); µs per task include
 building the graph.  Ratios are the other's time over accord's (>1: accord
@@ -38,6 +43,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,7 +340,8 @@ def main() -> None:
                         flush=True,
                     )
                     aims.append((backend, kind, workers, rate, their))
-        _check_aims(aims)
+        scaling = {} if args.quick else {n: _scaling(tmp, n, runs) for n in (10_000, 100_000)}
+        _check_aims(aims, scaling)
 
     print("\nscheduling overhead, one worker, trivial tasks: µs per task (lower is better)")
     impls = ["accord"] + (["laufband"] if laufband else [])
@@ -346,6 +353,30 @@ def main() -> None:
         print(f"{n:>8} {costs['accord']:>10.0f} {theirs:>10.0f} {theirs / costs['accord']:>6.1f}x")
 
 
+def _scaling(tmp: str, n: int, runs, counts=(1, 4, 16), rounds: int = 3) -> dict[int, float]:
+    """Median items/s of each worker count over interleaved rounds (SQLite, trivial)."""
+    print(f"\nsqlite, {n:,} trivial items, {rounds} rounds: items/s (load {_load()})")
+    rates: dict[int, list[float]] = {w: [] for w in counts}
+    for _ in range(rounds):
+        for workers in counts:
+            db = _fresh_sqlite(tmp, next(runs))
+            rates[workers].append(throughput("accord", db, workers, n, 0.0)[0])
+            Path(db.removeprefix("sqlite:///")).unlink()
+        print("  " + "  ".join(f"{w:>2}: {rates[w][-1]:>7.0f}" for w in counts), flush=True)
+    median = {w: statistics.median(r) for w, r in rates.items()}
+    one = median[counts[0]]
+    print(
+        "  median "
+        + "  ".join(f"{w}: {m:.0f} ({m / one:.2f}x)" for w, m in median.items())
+        + f"  (load {_load()})"
+    )
+    return median
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _check_sqlite(db: str, n: int) -> None:
     """Every item completed exactly once in that run (the workers' errors would show)."""
     queue = WorkQueue(range(n), db=db, name="bench", progress=False)
@@ -354,7 +385,7 @@ def _check_sqlite(db: str, n: int) -> None:
     assert len(completions) == len(set(completions)) == n, "an item was completed twice"
 
 
-def _check_aims(aims: list[tuple]) -> None:
+def _check_aims(aims: list[tuple], scaling: dict[int, dict[int, float]]) -> None:
     """Print whether the aims of issue 15 were met in this run."""
     rate = {(b, k, w): (r, t) for b, k, w, r, t in aims}
     print()
@@ -364,6 +395,9 @@ def _check_aims(aims: list[tuple]) -> None:
     if ("sqlite", "trivial", 4) in rate:
         one, four = rate["sqlite", "trivial", 1][0], rate["sqlite", "trivial", 4][0]
         print(f"aim: SQLite, 4 workers >= 1 worker: {four:.0f} vs {one:.0f} items/s")
+    for n, median in scaling.items():
+        ratios = ", ".join(f"{w} workers {m / median[1]:.2f}x" for w, m in median.items() if w > 1)
+        print(f"aim: SQLite, {n:,} items, medians: {ratios} (aims: >= 1, >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from run_names import our_segments, ours
 
 from accord import Share
 from accord.backends.shm._transport import runtime_dir
@@ -103,19 +104,8 @@ def any_share(backend):
         yield s
 
 
-def _ours(name: str) -> bool:
-    # Shares this run makes: anonymous ones carry our pid, named ones "test-".
-    # (Another run of the suite on the same machine must not count.)
-    return name.startswith((f"anon-{os.getpid()}-", "test-"))
-
-
-def _our_segments() -> list[str]:
-    stem = f"accord.{os.getuid()}."
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(stem) and _ours(n[len(stem) :]))
-
-
 def _our_files() -> set[str]:
-    return {n for n in os.listdir(runtime_dir()) if _ours(n)}
+    return {n for n in os.listdir(runtime_dir()) if ours(n)}
 
 
 def _children() -> list[int]:
@@ -136,11 +126,11 @@ def _children() -> list[int]:
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
     """After the whole suite: no segment, socket, key file or coordinator."""
-    before_segments = set(_our_segments())
+    before_segments = set(our_segments())
     before_files = _our_files()
     yield
     multiprocessing.active_children()  # reap finished workers
-    left_segments = set(_our_segments()) - before_segments
+    left_segments = set(our_segments()) - before_segments
     left_files = _our_files() - before_files
     assert not left_segments, f"shared memory left in /dev/shm: {sorted(left_segments)}"
     assert not left_files, f"sockets or keys left in {runtime_dir()}: {sorted(left_files)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from run_names import share_name
 
 from accord import CoordinatorStartFailed
 from accord.backends._process import launch_config, spawn
@@ -14,17 +15,17 @@ def test_a_coordinator_that_fails_to_start_says_why_and_is_undone():
     undone = []
     config = launch_config(
         0.002,
-        stem=f"accord.{os.getuid()}.test-bad-start~0",
-        socket_path="/nonexistent/test-bad-start.sock",
+        stem=f"accord.{os.getuid()}.{share_name('bad-start')}~0",
+        socket_path=f"/nonexistent/{share_name('bad-start')}.sock",
         key="not hex",  # the coordinator fails reading its configuration
         restore=False,
     )
-    with pytest.raises(CoordinatorStartFailed, match=r"test-bad-start.*ValueError"):
+    with pytest.raises(CoordinatorStartFailed, match=rf"{share_name('bad-start')}.*ValueError"):
         spawn(
             "accord.backends.shm._coordinator",
             config,
             b"",
-            "test-bad-start",
+            share_name("bad-start"),
             lambda: undone.append(1),
         )
     assert undone == [1]

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import redis
+from run_names import share_name
 
 from accord import (
     BackendRefused,
@@ -89,12 +90,12 @@ def _run_workers(tmp_path, url, name, count, n):
 
 def test_independent_processes_keep_exact_counters_and_complete_lists(redis_server, tmp_path):
     workers, n = 3, 150
-    with Share(name="test-exact", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("exact"), backend=redis_server.url, key=KEY) as share:
         share.counter = 0
         share.items = []
         share.tally = {"k": 0}
         share.flush()
-        _run_workers(tmp_path, redis_server.url, "test-exact", workers, n)
+        _run_workers(tmp_path, redis_server.url, share_name("exact"), workers, n)
         assert share.counter == workers * n
         assert share.tally["k"] == workers * n
         items = share.get("items")
@@ -104,15 +105,15 @@ def test_independent_processes_keep_exact_counters_and_complete_lists(redis_serv
 
 
 def test_connect_needs_the_right_key(redis_server):
-    with Share(name="test-key", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("key"), backend=redis_server.url, key=KEY) as share:
         share.x = 1
         with pytest.raises(TamperedPayload, match="created with another key"):
-            Share.connect(redis_server.url, name="test-key", key="another-key-0123456789")
+            Share.connect(redis_server.url, name=share_name("key"), key="another-key-0123456789")
         with pytest.raises(KeyRequired):
-            Share.connect(redis_server.url, name="test-key")
-        assert Share.connect(redis_server.url, name="test-key", key=KEY).x == 1
+            Share.connect(redis_server.url, name=share_name("key"))
+        assert Share.connect(redis_server.url, name=share_name("key"), key=KEY).x == 1
     with pytest.raises(ShareNotFound):
-        Share.connect(redis_server.url, name="test-key", key=KEY)
+        Share.connect(redis_server.url, name=share_name("key"), key=KEY)
 
 
 class Boom:
@@ -129,10 +130,10 @@ def test_tampered_payloads_are_refused_and_never_unpickled(redis_server, tmp_pat
     marker = tmp_path / "unpickled"
     evil = pickle.dumps(Boom(str(marker)))
     r = redis.Redis.from_url(redis_server.url)
-    with Share(name="test-tamper", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("tamper"), backend=redis_server.url, key=KEY) as share:
         share.cfg = {"a": 1}
         share.flush()
-        prefix = "accord:{test-tamper}:"
+        prefix = f"accord:{{{share_name('tamper')}}}:"
         # A snapshot replaced by someone without the key (signed with a wrong MAC).
         r.hset(prefix + "snap", "cfg", b"\0" * 32 + evil)
         r.hset(prefix + "state", "v:cfg", b"999999 0 0 1")
@@ -156,16 +157,17 @@ def test_tampered_payloads_are_refused_and_never_unpickled(redis_server, tmp_pat
 
 
 def test_close_deletes_every_key_and_keys_have_a_ttl(redis_server):
-    share = Share(name="test-close", backend=redis_server.url, key=KEY)
+    share = Share(name=share_name("close"), backend=redis_server.url, key=KEY)
     share.lst = [1]
     share.lst.pop()  # a reply list too
     r = redis.Redis.from_url(redis_server.url)
-    present = keys_of(redis_server.url, "test-close")
-    assert {"accord:{test-close}:state", "accord:{test-close}:snap"} <= set(present)
+    present = keys_of(redis_server.url, share_name("close"))
+    close = share_name("close")
+    assert {f"accord:{{{close}}}:state", f"accord:{{{close}}}:snap"} <= set(present)
     for key in present:
         assert r.pttl(key) > 0, key  # an abandoned share expires by itself
     share.close()
-    assert keys_of(redis_server.url, "test-close") == []
+    assert keys_of(redis_server.url, share_name("close")) == []
     r.close()
     with pytest.raises(ShareClosed):
         share.lst  # noqa: B018
@@ -173,18 +175,20 @@ def test_close_deletes_every_key_and_keys_have_a_ttl(redis_server):
 
 def test_an_abandoned_share_expires(redis_server):
     url = redis_server.url + "?ttl=3"  # 1 s lapsed under load while the share was alive
-    share = Share(name="test-expire", backend=url, key=KEY)
+    share = Share(name=share_name("expire"), backend=url, key=KEY)
     share.x = 1
     share.flush()
     os.kill(share.coordinator_pid, signal.SIGKILL)
-    until(lambda: keys_of(redis_server.url, "test-expire") == [], what="the keys to expire")
+    until(lambda: keys_of(redis_server.url, share_name("expire")) == [], what="the keys to expire")
     share._finalizer.detach()  # nothing left to close
 
 
 def test_killed_coordinator_is_detected_and_a_new_one_takes_over_without_loss(redis_server):
     # A long commit window: most writes are applied but not committed when
     # the coordinator is killed; the new one must replay them from the stream.
-    with Share(name="test-takeover", backend=redis_server.url, key=KEY, commit_window=60) as share:
+    with Share(
+        name=share_name("takeover"), backend=redis_server.url, key=KEY, commit_window=60
+    ) as share:
         share.counter = 0
         share.items = []
         for i in range(200):
@@ -206,7 +210,7 @@ def test_killed_coordinator_is_detected_and_a_new_one_takes_over_without_loss(re
 
 def test_a_standby_service_takes_over(redis_server, tmp_path):
     env = {**os.environ, "ACCORD_KEY": KEY}
-    with Share(name="test-standby", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("standby"), backend=redis_server.url, key=KEY) as share:
         share.counter = 0
         standby = subprocess.Popen(
             [
@@ -216,7 +220,7 @@ def test_a_standby_service_takes_over(redis_server, tmp_path):
                 "coordinator",
                 redis_server.url,
                 "--name",
-                "test-standby",
+                share_name("standby"),
             ],
             env=env,
             stderr=subprocess.PIPE,
@@ -250,7 +254,7 @@ def test_redis_restart_gives_clear_errors_then_resumes(tmp_path):
     server = RedisServer(tmp_path, persistent=True)
     try:
         url = server.url + "?timeout=1"
-        with Share(name="test-restart", backend=url, key=KEY) as share:
+        with Share(name=share_name("restart"), backend=url, key=KEY) as share:
             share.counter = 0
             for _ in range(20):
                 share.counter += 1
@@ -327,7 +331,7 @@ def test_tls(tmp_path):
 
 def test_an_unchanged_read_is_one_hmget(redis_server):
     r = redis.Redis.from_url(redis_server.url)
-    with Share(name="test-cost", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("cost"), backend=redis_server.url, key=KEY) as share:
         share.x = 5
         share.n = 0
         assert share.x == 5  # the first read fetches and unpickles the snapshot
@@ -373,7 +377,7 @@ def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_s
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
     owner = subprocess.Popen(
-        [sys.executable, str(script), redis_server.url, "test-orphan", KEY],
+        [sys.executable, str(script), redis_server.url, share_name("orphan"), KEY],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -382,8 +386,10 @@ def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_s
     owner.wait()
     owner.stdout.close()
     until(lambda: _gone(coordinator), what="the orphaned coordinator to stop")
-    present = keys_of(redis_server.url, "test-orphan")
-    assert "accord:{test-orphan}:state" in present  # left to its TTL, or to a successor
+    present = keys_of(redis_server.url, share_name("orphan"))
+    assert (
+        f"accord:{{{share_name('orphan')}}}:state" in present
+    )  # left to its TTL, or to a successor
     service = subprocess.Popen(
         [
             sys.executable,
@@ -392,13 +398,13 @@ def test_owner_killed_its_coordinator_stops_and_the_share_can_be_resumed(redis_s
             "coordinator",
             redis_server.url,
             "--name",
-            "test-orphan",
+            share_name("orphan"),
         ],
         env={**os.environ, "ACCORD_KEY": KEY},
         stderr=subprocess.PIPE,
         text=True,
     )
-    share = Share.connect(redis_server.url, name="test-orphan", key=KEY)
+    share = Share.connect(redis_server.url, name=share_name("orphan"), key=KEY)
     try:
 
         def resumed():

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis
+from run_names import share_name
 
 from accord import CommandQuarantined, CoordinatorLost, Share
 from accord.backends.redis import TamperedPayload
@@ -63,7 +64,7 @@ def _lost(share) -> bool:
 
 
 def test_replayed_commands_are_ignored(redis_server, attacker):
-    name = "test-replay"
+    name = share_name("replay")
     stream = _prefix(name) + "cmd"
     # A long commit window: the command stays in the stream to be copied.
     with Share(name=name, backend=redis_server.url, key=KEY, commit_window=60) as share:
@@ -90,7 +91,7 @@ def test_replayed_commands_are_ignored(redis_server, attacker):
 
 
 def test_replay_of_a_command_not_yet_committed_across_a_takeover(redis_server, attacker):
-    name = "test-replay-takeover"
+    name = share_name("replay-takeover")
     stream = _prefix(name) + "cmd"
     with Share(name=name, backend=redis_server.url, key=KEY, commit_window=60) as share:
         share.balance = 100
@@ -107,7 +108,7 @@ def test_replay_of_a_command_not_yet_committed_across_a_takeover(redis_server, a
 
 
 def test_an_old_snapshot_is_never_served_as_a_newer_one(redis_server, attacker):
-    name = "test-rollback"
+    name = share_name("rollback")
     state, snap = _prefix(name) + "state", _prefix(name) + "snap"
     with Share(name=name, backend=redis_server.url, key=KEY) as share:
         share.owner = "alice"
@@ -143,7 +144,7 @@ def _exit_process(value):
 
 
 def test_a_command_that_kills_every_coordinator_is_quarantined(redis_server, capfd):
-    with Share(name="test-poison", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("poison"), backend=redis_server.url, key=KEY) as share:
         share.x = 1
         share.flush()
         with pytest.raises(CoordinatorLost):
@@ -171,7 +172,7 @@ class Exits:
 
 
 def test_the_sender_of_a_quarantined_command_gets_the_error(redis_server):
-    with Share(name="test-poison-queued", backend=redis_server.url, key=KEY) as share:
+    with Share(name=share_name("poison-queued"), backend=redis_server.url, key=KEY) as share:
         share.obj = Exits()
         share.n = 0
         share.flush()
@@ -200,7 +201,7 @@ class Adder:
 
 
 def test_replayed_replies_and_errors_are_dropped(redis_server, attacker):
-    name = "test-replay-reply"
+    name = share_name("replay-reply")
     with Share(name=name, backend=redis_server.url, key=KEY) as share:
         share.adder = Adder()
         share.lst = [1]

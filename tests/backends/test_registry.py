@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from run_names import share_name
 
 from accord import Share, ShareNotFound
 from accord.backends._registry import SCHEMES, backend, backend_of
@@ -27,9 +28,9 @@ def test_a_share_by_url():
     with Share(backend="memory://") as share:
         share.x = 1
         assert share.x == 1
-    with Share(backend="shm://test-registry") as share:
+    with Share(backend=f"shm://{share_name('registry')}") as share:
         share.x = [1]
-        assert Share.connect("test-registry").x == [1]
+        assert Share.connect(share_name("registry")).x == [1]
     with pytest.raises(ValueError, match="two names"):
         Share("a", backend="shm://b")
 
@@ -42,13 +43,13 @@ def test_every_backend_is_reached_through_the_registry():
 
 
 def test_connect_by_url():
-    with Share(backend="shm://test-registry-url") as share:
+    with Share(backend=f"shm://{share_name('registry-url')}") as share:
         share.x = 2
-        assert Share.connect("shm://test-registry-url").x == 2
+        assert Share.connect(f"shm://{share_name('registry-url')}").x == 2
         with pytest.raises(ValueError, match="two names"):
-            Share.connect("shm://test-registry-url", name="other")
+            Share.connect(f"shm://{share_name('registry-url')}", name="other")
     with pytest.raises(ShareNotFound):
-        Share.connect("shm://test-registry-url")
+        Share.connect(f"shm://{share_name('registry-url')}")
     with pytest.raises(ValueError, match="which share"):
         Share.connect("shm://")
     with Share(backend="memory") as share, pytest.raises(ValueError, match="cannot be connected"):

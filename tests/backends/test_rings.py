@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ring_workers import append_forever, append_then_die, check, entry, produce
+from run_names import share_name
 
 from accord._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from accord._core._segment import leftovers, unlink
@@ -36,8 +37,8 @@ _names = itertools.count()
 
 
 def _name() -> str:
-    # "test-" and our pid: the suite's leftover check covers these segments.
-    return f"accord.{os.getuid()}.test-ring-{os.getpid()}-{next(_names)}"
+    # This run's prefix: the suite's leftover check covers these segments.
+    return f"accord.{os.getuid()}.{share_name(f'ring-{next(_names)}')}"
 
 
 @pytest.fixture

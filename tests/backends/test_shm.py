@@ -9,6 +9,7 @@ import secrets
 import stat
 
 import pytest
+from run_names import share_name
 
 from accord._core._atomic import fetch_add, load, store
 from accord._core._segment import Segment, leftovers
@@ -31,7 +32,7 @@ def test_atomics():
 
 @pytest.fixture
 def stem():
-    name = f"accord.{os.getuid()}.test-{secrets.token_hex(4)}"
+    name = f"accord.{os.getuid()}.{share_name(secrets.token_hex(4))}"
     yield name
     for left in leftovers(name + "~"):
         Segment.attach(left).unlink()
@@ -80,7 +81,7 @@ def test_a_record_being_rewritten_reads_as_the_old_or_the_new_never_as_none():
     from accord.backends.shm import _transport
     from accord.backends.shm._client import ShareInfo, load_record, save_record
 
-    name = f"test-record-{os.getpid()}"
+    name = share_name("record")
     infos = [
         ShareInfo(name, f"accord.{os.getuid()}.{name}~{i}", f"/nonexistent/{i}", b"k" * 32, i + 1)
         for i in range(2)

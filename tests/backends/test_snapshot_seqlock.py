@@ -19,6 +19,7 @@ import pickle
 import threading
 
 import pytest
+from run_names import share_name
 
 from accord._core._segment import Segment
 from accord.backends.shm import _snapshots
@@ -100,7 +101,7 @@ def _schedules(stores: int):
 def test_every_interleaving_of_a_read_with_a_commit_reads_a_state_that_existed(
     monkeypatch, held, then
 ):
-    name = f"accord.{os.getuid()}.test-seqlock-{os.getpid()}"
+    name = f"accord.{os.getuid()}.{share_name('seqlock')}"
     segment = Segment.create(name, HEADER + 64 * 1024)
     first, second = value(1000), value(2500)  # different lengths, differently filled
     try:

@@ -11,6 +11,7 @@ import time
 import weakref
 
 import pytest
+from run_names import share_name
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
@@ -236,7 +237,7 @@ def test_unknown_changes_to_an_adopted_buffer_copy_the_written_pages():
 
     if not _buffers._pagemap_usable():
         pytest.skip("this kernel does not tell written pages apart (/proc/self/pagemap)")
-    stem = f"accord.{os.getuid()}.test-{os.getpid()}-adopt"
+    stem = f"accord.{os.getuid()}.{share_name('adopt')}"
     writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
     page = _buffers.PAGE
     try:
@@ -334,7 +335,7 @@ def test_a_commit_copies_only_the_changed_bytes():
     from accord._core._ranges import changed_bytes
     from accord._core._serialize import dumps_out_of_band
 
-    stem = f"accord.{os.getuid()}.test-{os.getpid()}-ranges"
+    stem = f"accord.{os.getuid()}.{share_name('ranges')}"
     writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
     try:
         local = np.zeros(1_000_000)  # 8 MB
@@ -380,7 +381,7 @@ def test_a_commit_copies_only_the_changed_bytes():
 def test_spare_copies_go_when_the_buffer_is_idle():
     from accord._core._serialize import dumps_out_of_band
 
-    stem = f"accord.{os.getuid()}.test-{os.getpid()}-spares"
+    stem = f"accord.{os.getuid()}.{share_name('spares')}"
     writer, reader = _buffers.BufferWriter(stem), _buffers.BufferReader()
 
     def segments():

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from run_names import share_name
 
 from accord import (
     AuthenticationError,
@@ -21,10 +22,11 @@ from accord import (
     ShareClosed,
     UnshareableError,
 )
+from accord._core._atomic import load
 from accord._core._coordinator import STUCK_S
 from accord._core._segment import leftovers
-from accord.backends.shm import _ring
-from accord.backends.shm._client import _pid_alive
+from accord.backends.shm import _control, _ring
+from accord.backends.shm._client import STALE_NS, _pid_alive
 from accord.backends.shm._transport import connect, runtime_dir
 
 
@@ -47,7 +49,7 @@ def _kill_coordinator(share):
 
 
 def test_close_removes_every_resource():
-    share = Share(name="test-close")
+    share = Share(name=share_name("close"))
     share.blob = list(range(1000))
     share.flush()
     stem = _stem(share)
@@ -55,8 +57,8 @@ def test_close_removes_every_resource():
     assert leftovers(stem + "~")
     share.close()
     assert leftovers(stem + "~") == []
-    assert not (runtime_dir() / "test-close.sock").exists()
-    assert not (runtime_dir() / "test-close.key").exists()
+    assert not (runtime_dir() / f"{share_name('close')}.sock").exists()
+    assert not (runtime_dir() / f"{share_name('close')}.key").exists()
     assert _wait_until(lambda: not _pid_alive(pid, None))
     with pytest.raises(ShareClosed):
         share.blob  # noqa: B018
@@ -206,38 +208,41 @@ def test_owner_killed_with_sigkill_leaves_nothing():
         """
         import sys, threading
         from accord import Share
-        share = Share(name="test-owner-killed")
+        share = Share(name=sys.argv[1])
         share.data = list(range(100))
         share.flush()
         print(share.coordinator_pid, flush=True)
         threading.Event().wait()
-        """
+        """,
+        share_name("owner-killed"),
     )
     pid = int(owner.stdout.readline())
-    stem = f"accord.{os.getuid()}.test-owner-killed"
+    stem = f"accord.{os.getuid()}.{share_name('owner-killed')}"
     assert leftovers(stem + "~")
     owner.kill()
     owner.wait(10)
     owner.stdout.close()
     assert _wait_until(lambda: not _pid_alive(pid, None))
     assert leftovers(stem + "~") == []
-    assert not (runtime_dir() / "test-owner-killed.key").exists()
+    assert not (runtime_dir() / f"{share_name('owner-killed')}.key").exists()
 
 
 def test_interpreter_exit_without_close_cleans_up():
     proc = _run(
         """
+        import sys
         from accord import Share
-        share = Share(name="test-exit")
+        share = Share(name=sys.argv[1])
         share.x = [1, 2, 3]
         print(share.coordinator_pid, flush=True)
-        """
+        """,
+        share_name("exit"),
     )
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     pid = int(out)
     assert _wait_until(lambda: not _pid_alive(pid, None))
-    assert leftovers(f"accord.{os.getuid()}.test-exit~") == []
+    assert leftovers(f"accord.{os.getuid()}.{share_name('exit')}~") == []
 
 
 def test_segments_and_sockets_are_private(share):
@@ -280,55 +285,72 @@ class Box:
 def _increment_after(share, ready, go, done):
     share.counter += 0  # attached to the first coordinator
     share.flush()
+    lst = share.lst  # a proxy kept across the restart
     ready.set()
     go.wait(60)
+    # The first operation after the restart comes once the dead
+    # coordinator's heartbeat is stale (as it does on a loaded machine):
+    # the old incarnation is then found dead before anything is sent, and
+    # its reads must follow the restart like its writes.
+    ctrl = share._link.client.ctrl  # (the old incarnation's, not yet followed)
+    while time.monotonic_ns() - load(ctrl, _control.HEARTBEAT) < STALE_NS:
+        time.sleep(0.01)  # a dead process's clock: nothing to wait on
     share.counter += 1
+    lst.append(3)
     share.flush()
     done.set()
 
 
+@pytest.mark.timeout(180)  # two coordinators and a worker started, on a loaded machine
 def test_restart_from_the_last_committed_state(ctx):
     share = Share()
-    share.counter = 5
-    share.lst = [1, 2]
-    share.flush()
-    lst = share.lst  # a proxy kept across the restart
-    ready, go, done = ctx.Event(), ctx.Event(), ctx.Event()
-    worker = ctx.Process(target=_increment_after, args=(share, ready, go, done))
-    worker.start()
-    assert ready.wait(60)
-    with pytest.raises(RestartRefused):
-        share.restart()
-    old_pid = share.coordinator_pid
-    _kill_coordinator(share)
-    with pytest.raises(CoordinatorLost) as lost:
-        share.lst.pop()
-    assert share.restart() == []
-    assert share.coordinator_pid != old_pid
-    assert share.counter == 5
-    # The pop was queued before the death was noticed (then restart()
-    # applies it once, its result lost), or refused before (not applied).
-    assert lst == ([1] if lost.value.queued else [1, 2])
-    go.set()  # the worker's next write reaches the new coordinator
-    assert done.wait(60)
-    worker.join(60)
-    assert share.counter == 6
-    stem = _stem(share)
-    share.close()
+    try:
+        share.counter = 5
+        share.lst = [1, 2]
+        share.flush()
+        lst = share.lst  # a proxy kept across the restart
+        ready, go, done = ctx.Event(), ctx.Event(), ctx.Event()
+        worker = ctx.Process(target=_increment_after, args=(share, ready, go, done))
+        worker.start()
+        assert ready.wait(60)
+        with pytest.raises(RestartRefused):
+            share.restart()
+        old_pid = share.coordinator_pid
+        _kill_coordinator(share)
+        with pytest.raises(CoordinatorLost) as lost:
+            share.lst.pop()
+        assert share.restart() == []
+        assert share.coordinator_pid != old_pid
+        assert share.counter == 5
+        # The pop was queued before the death was noticed (then restart()
+        # applies it once, its result lost), or refused before (not applied).
+        restored = [1] if lost.value.queued else [1, 2]
+        assert lst == restored
+        go.set()  # the worker's next operations reach the new coordinator
+        # Its end, not a fixed wait: a worker that died says so at once.
+        assert _wait_until(lambda: done.is_set() or not worker.is_alive(), timeout=120)
+        worker.join(60)
+        assert done.is_set(), f"the worker failed (exit code {worker.exitcode})"
+        assert share.counter == 6
+        assert lst == [*restored, 3]
+    finally:
+        stem = _stem(share)
+        share.close()
     assert leftovers(stem + "~") == []
 
 
 def test_leftovers_of_shares_whose_owner_and_coordinator_were_killed_are_swept():
     owner = _run(
         """
-        import threading
+        import sys, threading
         from accord import Share
-        share = Share(name="test-abandoned")
+        share = Share(name=sys.argv[1])
         share.data = [1, 2, 3]
         share.flush()
         print(share.coordinator_pid, flush=True)
         threading.Event().wait()
-        """
+        """,
+        share_name("abandoned"),
     )
     coordinator = int(owner.stdout.readline())
     os.kill(coordinator, signal.SIGKILL)  # first, so that it cannot clean up
@@ -336,11 +358,11 @@ def test_leftovers_of_shares_whose_owner_and_coordinator_were_killed_are_swept()
     owner.wait(10)
     owner.stdout.close()
     assert _wait_until(lambda: not _pid_alive(coordinator, None))
-    stem = f"accord.{os.getuid()}.test-abandoned"
+    stem = f"accord.{os.getuid()}.{share_name('abandoned')}"
     assert leftovers(stem + "~")
-    assert (runtime_dir() / "test-abandoned.key").exists()
+    assert (runtime_dir() / f"{share_name('abandoned')}.key").exists()
     with Share():  # any new share sweeps what dead shares left
         pass
     assert leftovers(stem + "~") == []
-    assert not (runtime_dir() / "test-abandoned.key").exists()
-    assert not (runtime_dir() / "test-abandoned.sock").exists()
+    assert not (runtime_dir() / f"{share_name('abandoned')}.key").exists()
+    assert not (runtime_dir() / f"{share_name('abandoned')}.sock").exists()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from run_names import share_name
 
 from accord import Pool, RemoteTraceback, Share, ShareExists
 
@@ -224,12 +225,14 @@ def test_connect_by_name_from_an_unrelated_process(tmp_path):
             """
         )
     )
-    with Share(name="test-connect") as share:
+    with Share(name=share_name("connect")) as share:
         share.counter = 0
         share.log = []
         procs = [
             subprocess.Popen(
-                [sys.executable, str(script), "test-connect"], stdout=subprocess.PIPE, text=True
+                [sys.executable, str(script), share_name("connect")],
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for _ in range(2)
         ]
@@ -239,7 +242,7 @@ def test_connect_by_name_from_an_unrelated_process(tmp_path):
         assert share.counter == 200
         assert sorted(share.log) == sorted(list(range(100)) * 2)
         with pytest.raises(ShareExists):
-            Share(name="test-connect")
+            Share(name=share_name("connect"))
 
 
 def _clients_after_using(share):

@@ -309,6 +309,23 @@ class Link:
         self.rebind(info)
         return True
 
+    def _read(self, name: str, kind: bool = False):
+        """The client's read(name), or with `kind` its kind(name), following
+        the owner's restart.  A read sends nothing: when the coordinator it
+        asked is gone and the owner has restarted the share, it is asked
+        again of the new one.  (This process may not have used the share
+        since the old one died: its first check then finds it gone, however
+        long ago the restart was.)"""
+        followed = False
+        while True:
+            client = self.client
+            try:
+                return client.kind(name) if kind else client.read(name)
+            except CoordinatorLost:
+                if followed or not self._follow_restart():
+                    raise
+                followed = True
+
     # -- flags -----------------------------------------------------------------
 
     def read_slots(self, path: tuple, access: Access | None = None) -> tuple[int, ...]:
@@ -411,7 +428,7 @@ class Link:
     def peek(self, path: tuple):
         """The object at `path` in the latest commit, without waiting; MISSING
         if there is none (it may be pending)."""
-        obj = self.client.read(path[0])
+        obj = self._read(path[0])
         if obj is MISSING or type(obj) is Unreadable:
             return MISSING
         try:
@@ -425,7 +442,7 @@ class Link:
     def value_at(self, path: tuple):
         """The committed object at `path` (call `wait_for` first). Shared with
         the snapshot cache: do not mutate it."""
-        obj = self.client.read(path[0])
+        obj = self._read(path[0])
         if obj is MISSING:
             raise AttributeError(f"share has no attribute {path[0]!r}")
         if type(obj) is Unreadable:
@@ -451,7 +468,12 @@ class Link:
         path, slots = named
         if not client.remote:
             # Local snapshots: the kind is a few loads away.
-            typed = client.kind(name)  # (and a check that the coordinator lives)
+            try:
+                typed = client.kind(name)  # (and a check that the coordinator lives)
+            except CoordinatorLost:
+                if not self._follow_restart():
+                    raise
+                return self.get_name(name)  # of the restarted coordinator (see _read)
             if typed is not MISSING and not typed.kind.is_value:
                 # A container: its proxy's own += is atomic; no bytecode check.
                 return self.proxy(path)
@@ -464,7 +486,12 @@ class Link:
             # our last read (checked after): then what we hold is current.
             cached, clear = client.lookup(name, slots)
         else:
-            client.check_alive()
+            try:
+                client.check_alive()
+            except CoordinatorLost:
+                if not self._follow_restart():
+                    raise
+                return self.get_name(name)
             # Over a network, `share.x += 1` should cost the one round trip
             # that sends it: decide from what we last read (an AUGMENT is
             # right even if `x` has since become a container).
@@ -501,9 +528,8 @@ class Link:
 
     def get(self, path: tuple):
         """What reading `path` gives the user: a value, or a proxy."""
-        client = self.client
         if len(path) == 1:
-            typed = client.kind(path[0])
+            typed = self._read(path[0], kind=True)
             if typed is not MISSING and not typed.kind.is_value:
                 # A shared container: its proxy waits for writes when used,
                 # so `share.lst.append(x)` never waits for other writers.
@@ -520,7 +546,7 @@ class Link:
 
     def attribute(self, path: tuple, attr: str):
         """``proxy.attr``: a bound method, a property's value, or get()."""
-        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
         if typed is not MISSING:
             cls = typed.cls
             memo = self._methods.get((path, attr))
@@ -562,7 +588,7 @@ class Link:
         view would take it) raises instead of changing the copy alone."""
         if is_selector(key):
             return _selection(self.value(path)[key])
-        typed: Any = self.client.kind(path[0]) if len(path) == 1 else MISSING
+        typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
         obj = self.peek(path) if typed is MISSING or typed.cls is collections.defaultdict else None
         if isinstance(obj, collections.defaultdict) and key not in obj:
             # Reading a missing key inserts it: only the coordinator may.
@@ -579,7 +605,7 @@ class Link:
         may write other attributes: that counts as a write to the whole."""
         attr = _attr_of(place)
         if attr is not None:
-            typed = self.client.kind(place[0])
+            typed = self._read(place[0], kind=True)
             if typed is not MISSING and _setting_runs_code(typed.cls, attr):
                 return self.write_slots(place[:1])
         return self.write_slots(place)
@@ -638,7 +664,7 @@ class Link:
         memo = self._methods.get((path, attr))
         if memo is None or len(path) != 1:
             return None
-        typed = self.client.kind(path[0])
+        typed = self._read(path[0], kind=True)
         return memo[1] if typed is not MISSING and typed.cls is memo[0] else None
 
     def apply(self, path: tuple, fn, args: tuple, kwargs: dict, replace: bool):
