@@ -28,6 +28,13 @@ def test_atomics():
         load(buf, 60)
     with pytest.raises(IndexError):
         load(buf, 3)
+    with pytest.raises(TypeError, match=r"store\(buffer, offset, value\)"):
+        store(buf, 8)
+    with pytest.raises(TypeError, match=r"load\(buffer, offset\)"):
+        load(buf, 8, 1)
+    with pytest.raises(OverflowError):
+        fetch_add(buf, 8, -1)
+    assert load(buf, 8) == 6  # a refused call changes nothing
 
 
 @pytest.fixture

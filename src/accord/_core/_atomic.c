@@ -13,19 +13,33 @@
 
 #include "_shmargs.h"
 
+/* The word `(buffer, offset, ...)` names, with `view` held on it (release
+ * it after use), and with `value` args[2] as a 64-bit word; NULL with an
+ * exception set. */
+static uint64_t *
+word_of_args(PyObject *const *args, Py_ssize_t nargs, const char *signature, Py_buffer *view,
+             uint64_t *value)
+{
+    if (!nargs_ok(nargs, value == NULL ? 2 : 3, -1, signature))
+        return NULL;
+    if (value != NULL) {
+        unsigned long long given = PyLong_AsUnsignedLongLong(args[2]);
+        if (given == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        *value = (uint64_t)given;
+    }
+    return open_word(args[0], args[1], view);
+}
+
 static PyObject *
 fetch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (!nargs_ok(nargs, 3, -1, "fetch_add(buffer, offset, delta)"))
-        return NULL;
-    unsigned long long delta = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    uint64_t *p = open_word(args[0], args[1], &view);
+    uint64_t delta;
+    uint64_t *p = word_of_args(args, nargs, "fetch_add(buffer, offset, delta)", &view, &delta);
     if (p == NULL)
         return NULL;
-    uint64_t old = __atomic_fetch_add(p, (uint64_t)delta, __ATOMIC_SEQ_CST);
+    uint64_t old = __atomic_fetch_add(p, delta, __ATOMIC_SEQ_CST);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(old);
 }
@@ -34,9 +48,7 @@ static PyObject *
 load(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (!nargs_ok(nargs, 2, -1, "load(buffer, offset)"))
-        return NULL;
-    uint64_t *p = open_word(args[0], args[1], &view);
+    uint64_t *p = word_of_args(args, nargs, "load(buffer, offset)", &view, NULL);
     if (p == NULL)
         return NULL;
     uint64_t value = __atomic_load_n(p, __ATOMIC_SEQ_CST);
@@ -48,15 +60,11 @@ static PyObject *
 store(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    if (!nargs_ok(nargs, 3, -1, "store(buffer, offset, value)"))
-        return NULL;
-    unsigned long long value = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    uint64_t *p = open_word(args[0], args[1], &view);
+    uint64_t value;
+    uint64_t *p = word_of_args(args, nargs, "store(buffer, offset, value)", &view, &value);
     if (p == NULL)
         return NULL;
-    __atomic_store_n(p, (uint64_t)value, __ATOMIC_SEQ_CST);
+    __atomic_store_n(p, value, __ATOMIC_SEQ_CST);
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
