@@ -479,3 +479,26 @@ def test_a_send_to_a_closed_ring_says_so_and_raises_no_flag(rings):
     _ring.ring_close(segment.buf, segment.base(0))
     assert _write(producer, control, 1, (1, 2), (4, 0, ("lst",), "append", (1,))) == RING_CLOSED
     assert control == bytearray(len(control))
+
+
+def test_a_full_ring_wakes_a_consumer_asleep_in_select_through_its_wake(rings):
+    """A producer waiting for room says so before it rings the doorbell; a
+    consumer asleep in select() (drained, not yet committed) is woken through
+    the producer's `wake` (its socket), not left to its next timeout."""
+    segment = rings(1, 1024)
+    consumer = Consumer(segment)
+    woken = []
+
+    def wake():  # what the coordinator does, woken: commit, making room
+        woken.append(True)
+        _entries, position = consumer.drain(0)
+        consumer.commit(0, position)
+
+    producer = Producer(segment, 0, segment.segment.name, _nothing, wake=wake)
+    buf, base = segment.buf, segment.base(0)
+    while _ring.ring_append(buf, base, b"x" * 40, 0, buf, BELL):
+        pass
+    consumer.drain(0)  # drained, not committed: the ring stays full
+    assert consumer.arm() is False  # asleep in select()
+    assert producer.append(b"y" * 40, timeout=30) is False
+    assert woken == [True]

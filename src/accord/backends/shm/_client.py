@@ -198,7 +198,9 @@ class ShmClient:
                 self._rings = RingSegment.attach(f"{self.info.stem}~rings")
             if self._reply_rings is None:
                 self._reply_rings = RingSegment.attach(f"{self.info.stem}~replies")
-            self._producer = Producer(self._rings, client_id, self.info.stem, self._ring_alive)
+            self._producer = Producer(
+                self._rings, client_id, self.info.stem, self._ring_alive, wake=self._wake
+            )
             self._inbox = Inbox(self._reply_rings, client_id)
         except FileNotFoundError:
             sock.close()

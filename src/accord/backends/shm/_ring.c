@@ -600,41 +600,60 @@ ring_close(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromUnsignedLongLong(head & ~HEAD_CLOSED);
 }
 
-/* ring_wait_space(buffer, base, need, seconds) -> True if `need` payload
- * bytes fit now, False after at most `seconds` (the caller checks the
- * consumer's liveness and its deadline between calls). */
+/* ring_wait_space(buffer, base, need, seconds[, bell_buffer, bell_offset])
+ * -> True if `need` payload bytes fit now, False after at most `seconds`
+ * (the caller checks the consumer's liveness and its deadline between
+ * calls).  With a bell: the consumer's doorbell, rung once this producer
+ * says it waits for room and before it sleeps -- a consumer woken any
+ * earlier could look for waiting producers before this one says so, and
+ * sleep on without making room. */
 static PyObject *
 ring_wait_space(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Ring r;
-    if (!nargs_ok(nargs, 4, -1, "ring_wait_space(buffer, base, need, seconds)"))
+    Py_buffer bell_view;
+    uint32_t *consumer = NULL;
+    if (!nargs_ok(nargs, 4, 6, "ring_wait_space(buffer, base, need, seconds)"))
         return NULL;
     Py_ssize_t size = PyLong_AsSsize_t(args[2]);
     double seconds = PyFloat_AsDouble(args[3]);
     if (PyErr_Occurred() || !ring_open(&r, args[0], args[1]))
         return NULL;
+    if (nargs == 6) {
+        consumer = (uint32_t *)open_word(args[4], args[5], &bell_view);
+        if (consumer == NULL) {
+            PyBuffer_Release(&r.view);
+            return NULL;
+        }
+    }
     uint32_t *bell = (uint32_t *)(r.ring + OFF_SPACE); /* [waiting, sequence] */
     uint32_t *seq = &bell[1];
     uint64_t need = 8 + padded((uint64_t)size);
     uint64_t raw = __atomic_load_n(head_of(r.ring), __ATOMIC_ACQUIRE);
-    if (raw & HEAD_CLOSED) { /* nothing to wait for: the append says closed */
-        PyBuffer_Release(&r.view);
-        Py_RETURN_TRUE;
-    }
-    uint64_t head = raw;
-    uint64_t skip = wrap_skip(head, r.cap, need);
-    uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
-    uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
-    int fits = head + skip + need - tail <= r.cap;
-    if (!fits) {
-        sleep_on(seq, ticket, seconds);
-        tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
+    int fits = 1; /* closed: nothing to wait for, the append says closed */
+    if (!(raw & HEAD_CLOSED)) {
+        uint64_t head = raw;
+        uint64_t skip = wrap_skip(head, r.cap, need);
+        uint32_t ticket = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
+        uint64_t tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
         fits = head + skip + need - tail <= r.cap;
+        if (!fits) {
+            if (consumer != NULL && ring_bell(consumer) == SLEEPS_ON_SELECT)
+                fits = -1; /* it sleeps in select(): the caller wakes it there */
+            else {
+                sleep_on(seq, ticket, seconds);
+                tail = __atomic_load_n(tail_of(r.ring), __ATOMIC_SEQ_CST);
+                fits = head + skip + need - tail <= r.cap;
+            }
+        }
+        if (fits != -1)
+            __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
     }
-    __atomic_store_n(&bell[0], AWAKE, __ATOMIC_SEQ_CST);
+    if (consumer != NULL)
+        PyBuffer_Release(&bell_view);
     PyBuffer_Release(&r.view);
-    return PyBool_FromLong(fits);
+    return fits == -1 ? PyLong_FromLong(-1) : PyBool_FromLong(fits);
 }
 
 /* The consumer's side of a doorbell call: the doorbell (its view held) and

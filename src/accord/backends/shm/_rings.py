@@ -40,7 +40,6 @@ from ..._core._segment import Segment, unlink
 from ._ring import (
     bell_arm,
     bell_disarm,
-    bell_ring,
     bell_sleep,
     ring_append,
     ring_close,
@@ -141,6 +140,7 @@ class Producer:
         "_limit",
         "_spills",
         "_stem",
+        "_wake",
         "rings",
     )
 
@@ -151,10 +151,12 @@ class Producer:
         stem: str,
         alive: Callable[[], None],
         own_bell: bool = False,
+        wake: Callable[[], None] | None = None,
     ):
         """`stem` names spill segments; `alive()` raises if the consumer is
         gone.  `own_bell`: the consumer sleeps on this ring alone (`Inbox`),
-        not on the segment's doorbell."""
+        not on the segment's doorbell.  `wake()` wakes a consumer asleep in
+        select() (a full ring waits for it to make room)."""
         self.rings = rings
         self._buf = rings.buf
         self._base = rings.base(index)
@@ -162,6 +164,7 @@ class Producer:
         self._limit = ring_max_entry(self._buf, self._base)
         self._stem = stem
         self._alive = alive
+        self._wake = wake
         self._spills = 0
         # `write` leaves a sleeping consumer asleep below this many bytes.
         self._lazy = 0 if own_bell else rings.ring_size // LAZY_DIVISOR
@@ -238,7 +241,6 @@ class Producer:
         buf = self._buf
         deadline = time.monotonic() + timeout
         while not (done := ring_append(buf, self._base, payload, flag, buf, self._bell)):
-            bell_ring(buf, self._bell)  # the consumer may sleep with our entries unread
             self._alive()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -246,7 +248,16 @@ class Producer:
                     f"the command ring stayed full for {timeout:.0f} s: the coordinator "
                     "is alive but not applying commands (a command that never returns?)"
                 )
-            ring_wait_space(buf, self._base, len(payload), min(WAIT_STEP_S, left))
+            # Says we wait for room, then rings the consumer's doorbell (it
+            # may sleep with our entries unread, or uncommitted), then sleeps.
+            room = ring_wait_space(
+                buf, self._base, len(payload), min(WAIT_STEP_S, left), buf, self._bell
+            )
+            if room == -1:  # it sleeps in select(): wake it there
+                if self._wake is not None:
+                    self._wake()
+                else:
+                    ring_wait_space(buf, self._base, len(payload), min(WAIT_STEP_S, left))
         if done < 0:
             raise RingClosed("the ring was closed: the entry was not appended")
         return done
