@@ -457,10 +457,15 @@ class Link:
         self.wait_for(self.read_slots(path))
         return self.value_at(path)
 
-    def get_name(self, name: str):
+    def get_name(self, name: str, _depth: int = 3):
         """``share.name``: a proxy for a container, else the value — or, for
         the read that starts ``share.name += x``, the marker that turns it
-        into one AUGMENT command."""
+        into one AUGMENT command.
+
+        `_depth` counts the frames up to the user's code, for `is_augmented`:
+        one more in the call that follows a restart, or that read would see
+        no `+=` and the user's line would become a read and an ASSIGN,
+        overwriting what other processes added in between."""
         client = self.client
         named = self._names.get(name)
         if named is None:
@@ -473,11 +478,11 @@ class Link:
             except CoordinatorLost:
                 if not self._follow_restart():
                     raise
-                return self.get_name(name)  # of the restarted coordinator (see _read)
+                return self.get_name(name, _depth + 1)  # of the restarted coordinator
             if typed is not MISSING and not typed.kind.is_value:
                 # A container: its proxy's own += is atomic; no bytecode check.
                 return self.proxy(path)
-            if is_augmented(3):
+            if is_augmented(_depth):
                 # `share.name += x`: one AUGMENT whatever the value is now
                 # (none yet: the coordinator reports it).  Nothing to wait
                 # for: the command runs after every earlier write.
@@ -491,12 +496,12 @@ class Link:
             except CoordinatorLost:
                 if not self._follow_restart():
                     raise
-                return self.get_name(name)
+                return self.get_name(name, _depth + 1)
             # Over a network, `share.x += 1` should cost the one round trip
             # that sends it: decide from what we last read (an AUGMENT is
             # right even if `x` has since become a container).
             known = client.known(name)
-            if known is not None and known.kind.is_value and is_augmented(3):
+            if known is not None and known.kind.is_value and is_augmented(_depth):
                 return Augmenting(self, path)
             cached, clear = client.lookup(name, slots)
             if cached is not None:
@@ -510,7 +515,7 @@ class Link:
                 is_plain_value = typed is MISSING or typed.kind.is_value
             if not is_plain_value:
                 return self.proxy(path)
-            if is_augmented(3):
+            if is_augmented(_depth):
                 return Augmenting(self, path)
         if clear:
             if cached is not None and type(cached.obj) is not Unreadable:
