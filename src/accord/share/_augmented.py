@@ -248,3 +248,6 @@ if RECOGNISED:
     _fastread.configure(
         opcode.opmap["LOAD_ATTR"], opcode.opmap["COPY"], opcode.opmap["EXTENDED_ARG"]
     )
+    # Reads of proxy items (`share.d[k]`): at a BINARY_SUBSCR not preceded by
+    # COPY, which `_analyse` never takes for the read that starts `d[k] += x`.
+    _fastread.configure_items(opcode.opmap["BINARY_SUBSCR"])
