@@ -904,6 +904,19 @@ serve(ProxyBase *self, PyObject *held, PyObject *key, int item)
     return result;
 }
 
+/* self.<name>(arg): the Python slow path, looked up as any attribute of
+ * the proxy's own (its class's method). */
+static PyObject *
+proxy_slow(ProxyBase *self, PyObject *name, PyObject *arg)
+{
+    PyObject *method = PyObject_GenericGetAttr((PyObject *)self, name);
+    if (method == NULL)
+        return NULL;
+    PyObject *result = PyObject_CallOneArg(method, arg);
+    Py_DECREF(method);
+    return result;
+}
+
 static PyObject *
 proxy_subscript(ProxyBase *self, PyObject *key)
 {
@@ -915,7 +928,7 @@ proxy_subscript(ProxyBase *self, PyObject *key)
     State *state = proxy_state(Py_TYPE(self));
     if (state == NULL)
         return NULL;
-    return PyObject_CallMethodOneArg((PyObject *)self, state->getitem_name, key);
+    return proxy_slow(self, state->getitem_name, key);
 }
 
 static PyObject *
@@ -936,7 +949,7 @@ proxy_getattro(ProxyBase *self, PyObject *name)
             return NULL;
         if (own)
             return PyObject_GenericGetAttr((PyObject *)self, name);
-        return PyObject_CallMethodOneArg((PyObject *)self, state->getattr_name, name);
+        return proxy_slow(self, state->getattr_name, name);
     }
     if (PyUnicode_CheckExact(name)) {
         PyObject *result = serve(self, self->attrs, name, 0);
@@ -946,7 +959,19 @@ proxy_getattro(ProxyBase *self, PyObject *name)
     State *state = proxy_state(Py_TYPE(self));
     if (state == NULL)
         return NULL;
-    return PyObject_CallMethodOneArg((PyObject *)self, state->getattr_name, name);
+    return proxy_slow(self, state->getattr_name, name);
+}
+
+static void
+held_set(Held *held, Control *control, uint64_t commits, int nslots, const Py_ssize_t *index)
+{
+    held->epoch = control->epoch;
+    held->commits = commits;
+    held->nslots = nslots;
+    for (int i = 0; i < nslots; i++) {
+        held->pending[i] = control->pending + 8 * index[i];
+        held->applied[i] = control->applied + 8 * index[i];
+    }
 }
 
 static PyObject *
@@ -991,19 +1016,27 @@ proxy_hold(ProxyBase *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject **where = attribute ? &self->attrs : &self->items;
     if (*where == NULL && (*where = PyDict_New()) == NULL)
         return NULL;
+    PyObject *found = PyDict_GetItemWithError(*where, key);
+    if (found == NULL && PyErr_Occurred())
+        return NULL;
+    if (found != NULL && Py_IS_TYPE(found, state->held_type)) {
+        /* Updated in place (a read after every commit comes here), every
+         * field before the old object goes: its finalizer, if any, may read
+         * through this proxy and must see an object and fields that agree. */
+        Held *held = (Held *)found;
+        PyObject *old = held->obj;
+        held->obj = Py_NewRef(args[1]);
+        held_set(held, control, commits, nslots, index);
+        Py_XDECREF(old);
+        Py_RETURN_NONE;
+    }
     if (PyDict_GET_SIZE(*where) >= control->limit)
         PyDict_Clear(*where); /* keys read once each, without end */
     Held *held = PyObject_GC_New(Held, state->held_type);
     if (held == NULL)
         return NULL;
     held->obj = Py_NewRef(args[1]);
-    held->epoch = control->epoch;
-    held->commits = commits;
-    held->nslots = nslots;
-    for (int i = 0; i < nslots; i++) {
-        held->pending[i] = control->pending + 8 * index[i];
-        held->applied[i] = control->applied + 8 * index[i];
-    }
+    held_set(held, control, commits, nslots, index);
     PyObject_GC_Track(held);
     int failed = PyDict_SetItem(*where, key, (PyObject *)held);
     Py_DECREF(held);
