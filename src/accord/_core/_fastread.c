@@ -23,7 +23,9 @@
  *     (see share/_augmented.py; anything else goes to the Python detector).
  *
  * Only immutable values are remembered (`Control.remember`, by the slow path
- * after a read), so handing the cached object out is as safe as before.
+ * after a read), so handing the cached object out is as safe as before -- and
+ * the proxies of containers (`Reader.remember`), which read afresh when used.
+ * Items and attributes of containers: see ProxyBase below.
  *
  * Multi-phase initialisation with per-module state and heap types only:
  * importable in sub-interpreters, including those with their own GIL.
@@ -432,7 +434,9 @@ reader_mark(Reader *self, PyObject *unused)
                          (unsigned long long)load64(control->view.buf, control->commits));
 }
 
-/* The epoch and commit count of a mark() made while `control` was armed, or -1. */
+/* Reads the commit count of `mark` (a Reader.mark()) into *commits: 1 if the
+ * mark was made while `control` was armed (and not forgotten since), 0 if
+ * not, -1 on an error. */
 static int
 mark_of(Control *control, PyObject *mark, uint64_t *commits)
 {
