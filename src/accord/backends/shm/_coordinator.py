@@ -40,6 +40,9 @@ _EXIT_AFTER_APPLIED = int(_EXIT_AT[0])
 _EXIT_COMMITTED = _EXIT_AT[1:] == ["committed"]
 # Tests only: a coordinator started by restart() exits before it is ready.
 _RESTART_FAILS = os.environ.get("ACCORD_TEST_RESTART_FAILS") == "1"
+# Tests only: the ring of this client id never settles (as a client's whose
+# queue never empties, blocked on a wait): all it sent stays to replay.
+_HOLD_RING = int(os.environ.get("ACCORD_TEST_HOLD_RING", "-1"))
 
 
 class ShmCoordinator(Coordinator):
@@ -49,6 +52,11 @@ class ShmCoordinator(Coordinator):
     every ring is empty, and beats."""
 
     server: ShmServer
+
+    def __init__(self, server: ShmServer, owner_pid: int, window: float) -> None:
+        super().__init__(server, owner_pid, window)
+        # peer id -> the time of its last checkpoint committed to its ring (`settle`)
+        self.settled_at: dict[int, float] = {}
 
     def run(self) -> None:
         last_beat = 0.0
@@ -110,6 +118,8 @@ class ShmCoordinator(Coordinator):
         oldest = next(iter(self.dirty.values()), None)
         for peers in (server.peers, server.retiring):
             for peer in list(peers.values()):
+                if peer.id == _HOLD_RING:
+                    continue
                 checkpoints = peer.checkpoints
                 if peer.id not in self.queues:
                     last = checkpoints[-1][1] if checkpoints else peer.committed
@@ -126,9 +136,28 @@ class ShmCoordinator(Coordinator):
                     oldest = None
                 position = None
                 while checkpoints and (oldest is None or oldest > checkpoints[0][0]):
-                    position = checkpoints.popleft()[1]
+                    when, position = checkpoints.popleft()
+                    self.settled_at[peer.id] = when
                 if position is not None:
                     server.commit(peer, position)
+        if server.snapshots.deleted:
+            server.snapshots.forget_deleted(self._settled(applied))
+
+    def _settled(self, now: float) -> float:
+        """A time before which every applied command is in its ring's
+        committed part (so a restart replays none of them).
+
+        Every command of a peer beyond its last settled checkpoint was
+        applied after that checkpoint's time (it was drained later); a
+        peer with nothing unsettled holds nothing back.  (A recycled id
+        inherits an earlier time: that only holds back more.)"""
+        server = self.server
+        settled = now
+        for peers in (server.peers, server.retiring):
+            for peer in peers.values():
+                if peer.checkpoints or peer.committed != peer.drained or peer.id in self.queues:
+                    settled = min(settled, self.settled_at.get(peer.id, 0.0))
+        return settled
 
     def commit(self, name: str) -> None:
         # The snapshot records the writes to `name` it includes (a count of
