@@ -260,11 +260,14 @@ class ShmCoordinator(Coordinator):
         except Stop:
             raise
         except BaseException as exc:
-            errors = self.orphans.setdefault(writer, [])
-            if len(errors) < core.HELD_ERRORS:
-                errors.append(pack_error(exc))
-            else:  # counted, as `report` does
-                self.orphans_dropped[writer] = self.orphans_dropped.get(writer, 0) + 1
+            if command.reply_id:  # its caller was told CoordinatorLost (queued): result lost
+                log.exception("restart: a replayed call on share.%s failed", command.name)
+            else:  # a fire-and-forget write: its process is told
+                errors = self.orphans.setdefault(writer, [])
+                if len(errors) < core.HELD_ERRORS:
+                    errors.append(pack_error(exc))
+                else:  # counted, as `report` does
+                    self.orphans_dropped[writer] = self.orphans_dropped.get(writer, 0) + 1
             self._changed = core._UNKNOWN
             self._entry = None
         name = command.name
