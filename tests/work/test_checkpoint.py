@@ -37,9 +37,7 @@ def _write_lock_free(path: str) -> bool:
         other.close()
 
 
-def test_a_worker_checkpoints_after_its_commit_with_the_write_lock_let_go(
-    sqlite_db, monkeypatch
-):
+def test_a_worker_checkpoints_after_its_commit_with_the_write_lock_let_go(sqlite_db, monkeypatch):
     path = sqlite_db.removeprefix("sqlite:///")
     # A small threshold: a run of 300 items crosses it several times.
     monkeypatch.setattr(_db, "CHECKPOINT_ROWS", 200)
