@@ -204,6 +204,29 @@ def test_own_writes_are_read_by_the_next_read_as_the_slow_path_reads_them(share,
                 assert type(got) is (Proxy if isinstance(v, list) else type(v))
 
 
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    start=st.lists(ITEMS, min_size=1, max_size=5),
+    steps=st.lists(st.tuples(st.integers(-5, 4), ITEMS), min_size=1, max_size=8),
+)
+def test_list_items_are_read_as_the_slow_path_reads_them(share, start, steps):
+    share.lst = start
+    expected = list(start)
+    lst = share.lst
+    for index, value in [(None, None), *steps]:
+        if index is not None:
+            index %= len(expected)
+            lst[index] = value
+            expected[index] = value
+        for i in range(-len(expected), len(expected)):
+            for _ in range(2):  # the second: from what the first held
+                got = share.lst[i]
+                assert _plain(got) == expected[i] == _slow(share, "lst", P.ITEM, i)
+                assert type(got) is (Proxy if isinstance(expected[i], list) else type(expected[i]))
+
+
 def test_writes_by_another_process_are_seen_by_the_next_read(share, ctx):
     """The stale-read test: before every write the reader holds the old
     value, on both sides; a write that returned in one process is read by
@@ -256,6 +279,7 @@ def test_writes_by_another_process_are_seen_by_the_next_read(share, ctx):
                 for _ in range(2):
                     if what == "d":
                         assert share.d[key] == value and d[key] == value
+                        assert d[key] == _slow(share, "d", P.ITEM, key)
                     elif what == "lst":
                         assert share.lst[key] == value and lst[key] == value
                     else:
