@@ -20,11 +20,11 @@ from typing import Any
 
 from .._core import _protocol as P
 from .._core._errors import (
+    AccordError,
     CoordinatorLost,
     ShareClosed,
     Unconfirmed,
     UnshareableError,
-    WritesLost,
 )
 from .._core._fastread import Reader
 from .._core._protocol import describe
@@ -57,15 +57,37 @@ def _settle_client(client) -> list[BaseException]:
     after every earlier command of this process ran, and their errors
     before it)."""
     errors = client.replies.take_deferred()
-    if _unsettled.pop(id(client), None) is not None and client.lost is None:
+    if _unsettled.pop(id(client), None) is not None:
         try:
+            if client.lost is not None:
+                raise CoordinatorLost
             client.send(P.BARRIER, (), reply=True)
         except CoordinatorLost:
-            pass  # nobody can confirm them now; every later use says why
+            # Its coordinator died.  If the owner restarted the share, the
+            # new one replayed our queued commands: it has their errors.
+            # Else nobody can confirm them now; every later use says why.
+            errors += _settle_restarted(client)
         except Exception as exc:  # the backend is unreachable (redis down...)
             errors.append(_unconfirmed(client, f"({type(exc).__name__}: {exc})"))
         errors += client.replies.take_deferred()
     return errors
+
+
+def _settle_restarted(client) -> list[BaseException]:
+    """The errors the coordinator that replaced `client`'s (a restart) has
+    kept for this process: those of its replayed commands."""
+    old = getattr(client, "info", None)
+    if old is None or isinstance(client.lost, ShareClosed):
+        return []
+    try:
+        info = old.reload()
+        if info is None or info.pid == old.pid:
+            return []
+        successor = info.client()
+        successor.send(P.BARRIER, (), reply=True)
+    except (AccordError, OSError):  # gone again, closed: nobody can tell now
+        return []
+    return successor.replies.take_deferred()
 
 
 def _queued(client) -> None:
@@ -140,19 +162,6 @@ def settle_all() -> None:
     for client in list(_unsettled.values()):
         errors += _settle_client(client)
     raise_all(errors)
-
-
-def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
-    shown = sorted(set(names))
-    listed = ", ".join(f"share.{n}" for n in shown[:5]) + (", ..." if len(shown) > 5 else "")
-    return WritesLost(
-        f"the coordinator of share {share_name!r} died before committing {len(names)} "
-        f"write(s) this process sent (to {listed}); the restarted share does not have "
-        "them. Re-read those objects and redo what is needed. (This operation was not "
-        "performed.)",
-        tuple(shown),
-        len(names),
-    )
 
 
 _MEMO_LIMIT = 10_000
@@ -286,11 +295,6 @@ class Link:
                     raise
                 client = self._client = self.info.client()
             self.reader.arm(getattr(client, "fast", None))
-            take = getattr(client, "take_lost_writes", None)
-            if take is not None:
-                lost = take()
-                if lost:
-                    raise _writes_lost(self.info.name, lost)
         return client
 
     def rebind(self, info: BackendInfo) -> None:

@@ -30,6 +30,8 @@ from .._replies import Replies
 from . import _control, _transport
 from ._ring import Sender
 from ._rings import (
+    IDENTITY,
+    OWNER_PID,
     RING_CLOSED,
     WAIT_MARK,
     Inbox,
@@ -213,6 +215,10 @@ class ShmClient:
             self._producer = Producer(
                 self._rings, client_id, self.info.stem, self._ring_alive, wake=self._wake
             )
+            # Who appends here, before anything is appended (see _rings.IDENTITY).
+            base = self._rings.base(client_id)
+            store(self._rings.buf, base + IDENTITY, _identity)
+            store(self._rings.buf, base + OWNER_PID, os.getpid())
             self._inbox = Inbox(self._reply_rings, client_id)
         except FileNotFoundError:
             sock.close()
@@ -564,6 +570,18 @@ def _pid_alive(pid: int, process) -> bool:
 
 
 _clients: Clients[ShmClient] = Clients()  # by stem; `coordinating` in a coordinator
+
+
+def _new_identity() -> None:
+    global _identity
+    _identity = secrets.randbits(63) + 1  # never 0: "not said"
+
+
+# This interpreter's identity in its rings (see _rings.IDENTITY): one per
+# interpreter (each imports this module anew) and per forked child.
+_identity = 0
+_new_identity()
+os.register_at_fork(after_in_child=_new_identity)
 
 
 def client_for(info: ShareInfo) -> ShmClient:

@@ -60,6 +60,13 @@ BELL = 64
 # consumer that sleeps on that one ring (a client waiting for its replies).
 WAKE = 224
 FIRST_RING = 4096
+# In each ring's header, words _ring.c leaves alone (zeroed when the ring is
+# handed out): who writes to it -- a random identity of the producing
+# interpreter (several interpreters share a pid) and its pid, written by the
+# producer before its first append.  restart() hands a replayed write's
+# failure to that interpreter when it connects to the new coordinator.
+IDENTITY = 32
+OWNER_PID = 40
 ROOM_BELL = 192  # in each ring's header: a producer waiting for room (see _ring.c)
 RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
 SPILL = 1  # entry flag: the payload is the name of a spill segment
@@ -473,6 +480,16 @@ class Inbox:
         nothing is waiting.  False on timeout."""
         buf = self._buf
         return bell_sleep(buf, self._base + WAKE, buf, self._consumer.positions, timeout)
+
+
+def owners(rings: RingSegment, indexes: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """{ring index: (identity, pid)} of the producers of rings `indexes`
+    (see IDENTITY; (0, 0) if one never said)."""
+    buf = rings.buf
+    return {
+        i: (load(buf, rings.base(i) + IDENTITY), load(buf, rings.base(i) + OWNER_PID))
+        for i in indexes
+    }
 
 
 def collect(rings: RingSegment) -> dict[int, list[bytes]]:
