@@ -384,6 +384,12 @@ class Link:
             return
         self.request(P.BARRIER, (), reads=slots)
 
+    def names(self) -> list[str]:
+        """The names in the share, sorted, including every name whose write
+        was queued (by any process) before this call, as a read would."""
+        pending = getattr(self.client, "pending_slots", None)  # ordered backends need none
+        return self.request(P.NAMES, (), reads=pending() if pending is not None else ())
+
     # -- commands --------------------------------------------------------------
 
     def send(self, op: int, fields: tuple, writes: tuple = ()) -> None:

@@ -215,7 +215,7 @@ class Share(ShareBase):
 
     def __iter__(self):
         """The names in the share, sorted."""
-        return iter(self._link.request(P.NAMES, ()))
+        return iter(self._link.names())
 
     def __repr__(self) -> str:
         info = self._link.info

@@ -476,6 +476,32 @@ class ShmClient:
                 return False
         return True
 
+    def pending_slots(self) -> tuple[int, ...]:
+        """The slots with writes raised and not yet committed: a command
+        that waits on them (`send(..., reads=...)`) runs after every write
+        queued, by any process, before this call -- what `list(share)`
+        needs, since the coordinator drains the rings in no causal order.
+        Both counter arrays are copied first (64 KiB each): the slots that
+        differ there are then read again, one atomic load each.  A write
+        queued before this call changed its counter before the copy, so
+        only a write concurrent with the call can escape it."""
+        buf = self.ctrl
+        size = 8 * SLOTS
+        raised = bytes(buf[PENDING : PENDING + size])
+        done = bytes(buf[APPLIED : APPLIED + size])
+        if raised == done:
+            return ()  # nothing pending anywhere (the common case)
+        found = []
+        for start in range(0, size, _CHUNK):
+            if raised[start : start + _CHUNK] == done[start : start + _CHUNK]:
+                continue
+            for at in range(start, start + _CHUNK, 8):
+                if raised[at : at + 8] != done[at : at + 8]:
+                    pending = load(buf, PENDING + at)
+                    if pending and load(buf, APPLIED + at) < pending:
+                        found.append(at // 8)
+        return tuple(found)
+
     def remember(self, name: str, slot: int, cached=None) -> None:
         """Let the fast read path serve `name` (its WHOLE flag is `slot`)
         while nothing is committed and no write to it is pending: what was
@@ -570,6 +596,7 @@ def _pid_alive(pid: int, process) -> bool:
 
 
 _clients: Clients[ShmClient] = Clients()  # by stem; `coordinating` in a coordinator
+_CHUNK = 512  # bytes of flag counters `pending_slots` compares at once
 
 
 def _new_identity() -> None:
