@@ -201,7 +201,7 @@ class ShmClient:
             self._producer = Producer(
                 self._rings, client_id, self.info.stem, self._ring_alive, wake=self._wake
             )
-            self._inbox = Inbox(self._reply_rings, client_id)
+            self._inbox = Inbox(self._reply_rings, client_id, producer=self._rings)
         except FileNotFoundError:
             sock.close()
             raise self._lose("its command rings are gone", undelivered=True) from None
