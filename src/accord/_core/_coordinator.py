@@ -99,6 +99,8 @@ class Coordinator:
         self._entry = None  # the replayable form of the command being run
         self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.replied = 0  # replies sent so far
+        # peer id -> the shape of its last `share.x += k` (see run_augments)
+        self.runs: dict[int, _AugmentRun] = {}
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -135,15 +137,28 @@ class Coordinator:
         """Run every queued command whose waits are met, per client in order."""
         received = self.received
         queued = self.run_queued
+        runs = self.runs
         progress = True
         while progress:
             progress = False
             for peer_id, queue in list(self.queues.items()):
                 while queue:
                     message = queue[0]
+                    if type(message) is bytes:
+                        run = runs.get(peer_id)
+                        if run is not None and self.run_augments(run, queue):
+                            if self.blocked_since:
+                                self.blocked_since.pop(peer_id, None)
+                            progress = True
+                            continue
                     if type(message) is not tuple and type(message) is not P.Command:
                         try:
+                            raw = message
                             message = queue[0] = _decoded(message)
+                            if type(message) is tuple and message[0] == P.AUGMENT:
+                                run = _AugmentRun.of(raw, message)
+                                if run is not None:
+                                    runs[peer_id] = run
                         except Stop:
                             raise
                         except BaseException:
@@ -236,6 +251,63 @@ class Coordinator:
                         uncommitted[s] = {name}
                     else:
                         names.add(name)
+
+    def run_augments(self, run: _AugmentRun, queue: deque) -> int:
+        """Apply, as one, the `share.x += k` commands at the head of `queue`
+        that are the bytes of `run`'s but for their ticket, and whose
+        tickets are met -- the same state `run_queued` would leave after
+        each (the operator applied once per command, in order, each write
+        credited), without decoding or bookkeeping per command.  A run of
+        one process's `+=` on one name is what a busy counter's queue
+        mostly holds.  Returns how many (0: the head is not one)."""
+        name = run.name
+        mirror = self.mirror
+        if name not in mirror:
+            return 0  # run_queued raises the error
+        value = mirror[name]
+        prefix, suffix, size, at = run.prefix, run.suffix, run.size, run.at
+        fn, operand = run.fn, run.operand
+        received = self.received
+        reached = received[run.slot]
+        count = 0
+        for message in queue:
+            if (
+                type(message) is not bytes
+                or len(message) != size
+                or not message.startswith(prefix)
+                or not message.endswith(suffix)
+                or int.from_bytes(message[at : at + 8], "little", signed=True) > reached
+            ):
+                break
+            if type(value) not in _NUMBERS:
+                break  # a user's __iadd__ could do anything: run_queued runs it
+            try:
+                value = fn(value, operand)
+            except Exception:  # no side effect on a number: run_queued reports it
+                break
+            count += 1
+            reached += 1
+        if not count:
+            return 0
+        for _ in range(count):
+            queue.popleft()
+        mirror[name] = value
+        self.touched[name] = None
+        self.changes[name] = None
+        writes = run.writes
+        for s in writes:
+            received[s] += count
+        slots = self.dirty_slots.get(name)
+        if slots is None:
+            self.dirty[name] = time.monotonic()
+            slots = self.dirty_slots[name] = set()
+        if not slots.issuperset(writes):
+            uncommitted = self.uncommitted
+            for s in writes:
+                if s not in slots:
+                    slots.add(s)
+                    uncommitted.setdefault(s, set()).add(name)
+        return count
 
     def note_blocked(self, peer_id: int, waits) -> None:
         """Look for dead processes when a command's waits have not moved for
@@ -498,6 +570,7 @@ class Coordinator:
         lost = self.departed.pop(peer_id, ())
         if lost:
             self.credit(None, lost)
+        self.runs.pop(peer_id, None)
         held = self.held.pop(peer_id, None)
         if held:
             _print_lost(peer_id, held, self.held_dropped.pop(peer_id, 0))
@@ -717,6 +790,61 @@ def _decoded(message) -> tuple | P.Command:
     ):
         return message
     return P.as_command(message)
+
+
+# A command's ticket (the count its wait is for) as the shm writer pickles
+# it: an 8-byte LONG1 (ring_send patches those 8 bytes; see _rings.WAIT_MARK).
+_LONG1_8 = b"\x8a\x08"
+# Operands a run of augments may share: immutable, so one object serves all.
+_SHAREABLE = (int, float, complex, str, bytes, bool, type(None))
+# Values a run of augments applies to: builtin numbers, whose operators run
+# no user code and change nothing when they raise.
+_NUMBERS = (int, float, complex)
+
+
+class _AugmentRun:
+    """The bytes of one fire-and-forget `share.x op= operand` but for its
+    ticket: a received command whose bytes are `prefix + 8 bytes + suffix`
+    unpickles as this one with the ticket those 8 bytes say (pickle is
+    deterministic in its input; only a LONG1's payload differs), so it is
+    applied without unpickling (see Coordinator.run_augments)."""
+
+    __slots__ = ("at", "fn", "name", "operand", "prefix", "size", "slot", "suffix", "writes")
+
+    @classmethod
+    def of(cls, raw: bytes, message: tuple) -> _AugmentRun | None:
+        """The run `message` (decoded from `raw` by _decoded) starts, if it
+        is a `share.x op= plain immutable value` with its ticket where the
+        shm writer puts it; else None."""
+        _op, _reply, waits, writes, place, opname, operand = message
+        fn = _INPLACE.get(opname)
+        if (
+            fn is None
+            or len(place) != 1
+            or type(operand) is not tuple
+            or len(operand) != 1
+            or type(operand[0]) not in _SHAREABLE
+            or len(waits) != 2
+            or waits[0] != writes[0]
+            or len(set(writes)) != len(writes)
+            or not 0 <= waits[1] < 1 << 63
+        ):
+            return None
+        ticket = _LONG1_8 + waits[1].to_bytes(8, "little", signed=True)
+        at = raw.find(ticket)
+        if at < 0 or raw.find(ticket, at + 1) >= 0:
+            return None  # not where the writer puts it, or ambiguous
+        run = cls()
+        run.at = at + len(_LONG1_8)
+        run.prefix = raw[: run.at]
+        run.suffix = raw[run.at + 8 :]
+        run.size = len(raw)
+        run.slot = waits[0]
+        run.writes = writes
+        run.name = place[0]
+        run.fn = fn
+        run.operand = operand[0]
+        return run
 
 
 _missing = object()

@@ -107,21 +107,36 @@ class ShmCoordinator(Coordinator):
         """Let each ring reuse the space of commands that are in committed
         snapshots (only those: a restart replays what comes after).
 
-        Every command drained from an idle peer was applied at `applied`; it
-        is committed once every name dirty at that moment has been committed
-        since -- once the oldest name still dirty became dirty after it
-        (`dirty` keeps names in the order they became dirty).  A producer
-        waiting for room has the dirty names committed at once: a long
-        commit window must not stall it."""
+        Every command of a peer up to the end of its last wholly applied
+        drain (all of them once its queue is empty) was applied at
+        `applied`; they are committed once every name dirty at that moment
+        has been committed since -- once the oldest name still dirty became
+        dirty after it (`dirty` keeps names in the order they became dirty).
+        A peer's queue is seldom empty while several processes write to one
+        object (its next command waits for another's), so the position of
+        each drain counts as soon as what it brought is applied.  A producer
+        waiting for room, or about to (`wants_room`), has the dirty names
+        committed at once: a long commit window must not stall it."""
         server = self.server
+        queues = self.queues
         oldest = next(iter(self.dirty.values()), None)
         for peers in (server.peers, server.retiring):
             for peer in list(peers.values()):
                 checkpoints = peer.checkpoints
-                if peer.id not in self.queues:
+                batches = peer.batches
+                queue = queues.get(peer.id)
+                if queue is None:
+                    batches.clear()
+                    done = peer.drained
+                else:
+                    applied_count = peer.received - len(queue)
+                    done = None
+                    while batches and batches[0][0] <= applied_count:
+                        done = batches.popleft()[1]
+                if done is not None:
                     last = checkpoints[-1][1] if checkpoints else peer.committed
-                    if peer.drained != last:
-                        checkpoints.append((applied, peer.drained))
+                    if done != last:
+                        checkpoints.append((applied, done))
                 if (
                     checkpoints
                     and oldest is not None
