@@ -190,7 +190,7 @@ def test_a_run_of_augments_is_applied_without_decoding_each_command():
     finally:
         _coordinator.pickle.loads = real
     assert coordinator.mirror["n"] == 100
-    assert len(loads) == 1  # the first, which starts the run
+    assert len(loads) == 2  # the first, which starts the run (and its probe)
     assert coordinator.received[1] == 50 and coordinator.received[11] == 50
     assert coordinator.uncommitted == {1: {"n"}, 11: {"n"}}
 

@@ -152,13 +152,9 @@ class Coordinator:
                             progress = True
                             continue
                     if type(message) is not tuple and type(message) is not P.Command:
+                        raw = message
                         try:
-                            raw = message
                             message = queue[0] = _decoded(message)
-                            if type(message) is tuple and message[0] == P.AUGMENT:
-                                run = _AugmentRun.of(raw, message)
-                                if run is not None:
-                                    runs[peer_id] = run
                         except Stop:
                             raise
                         except BaseException:
@@ -168,6 +164,12 @@ class Coordinator:
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
+                        if type(message) is tuple and message[0] == P.AUGMENT:
+                            run = runs.get(peer_id)
+                            if run is None or not run.matches(raw):
+                                run = _AugmentRun.of(raw, message)
+                                if run is not None:
+                                    runs[peer_id] = run
                     waits = message[2]
                     if waits and (
                         received[waits[0]] < waits[1]
@@ -795,8 +797,9 @@ def _decoded(message) -> tuple | P.Command:
 # A command's ticket (the count its wait is for) as the shm writer pickles
 # it: an 8-byte LONG1 (ring_send patches those 8 bytes; see _rings.WAIT_MARK).
 _LONG1_8 = b"\x8a\x08"
-# Operands a run of augments may share: immutable, so one object serves all.
-_SHAREABLE = (int, float, complex, str, bytes, bool, type(None))
+# Operands a run of augments may share: immutable numbers, so one object
+# serves all (and the only other ones a number takes raise at once).
+_SHAREABLE = (int, float, complex, bool)
 # Values a run of augments applies to: builtin numbers, whose operators run
 # no user code and change nothing when they raise.
 _NUMBERS = (int, float, complex)
@@ -812,32 +815,50 @@ class _AugmentRun:
     __slots__ = ("at", "fn", "name", "operand", "prefix", "size", "slot", "suffix", "writes")
 
     @classmethod
-    def of(cls, raw: bytes, message: tuple) -> _AugmentRun | None:
+    def of(cls, raw: object, message: tuple) -> _AugmentRun | None:
         """The run `message` (decoded from `raw` by _decoded) starts, if it
         is a `share.x op= plain immutable value` with its ticket where the
         shm writer puts it; else None."""
         _op, _reply, waits, writes, place, opname, operand = message
-        fn = _INPLACE.get(opname)
+        fn = _INPLACE.get(opname) if type(opname) is str else None
         if (
-            fn is None
+            type(raw) is not bytes
+            or fn is None
+            or type(waits) is not tuple
+            or len(waits) != 2
+            or type(waits[1]) is not int
+            or not 0 <= waits[1] < 1 << 62
+            or type(writes) is not tuple
+            or any(type(s) is not int for s in writes)
+            or waits[0] != writes[0]
+            or len(set(writes)) != len(writes)
             or len(place) != 1
+            or type(place[0]) is not str
             or type(operand) is not tuple
             or len(operand) != 1
             or type(operand[0]) not in _SHAREABLE
-            or len(waits) != 2
-            or waits[0] != writes[0]
-            or len(set(writes)) != len(writes)
-            or not 0 <= waits[1] < 1 << 63
         ):
             return None
         ticket = _LONG1_8 + waits[1].to_bytes(8, "little", signed=True)
         at = raw.find(ticket)
         if at < 0 or raw.find(ticket, at + 1) >= 0:
             return None  # not where the writer puts it, or ambiguous
+        at += len(_LONG1_8)
+        prefix, suffix = raw[:at], raw[at + 8 :]
+        # Those 8 bytes must be the ticket's and nothing else's (not, say,
+        # the inside of a bytes operand): another value there changes the
+        # ticket alone.
+        other = waits[1] ^ 1
+        try:
+            probe = pickle.loads(prefix + other.to_bytes(8, "little", signed=True) + suffix)
+        except Exception:
+            return None
+        if probe != (*message[:2], (waits[0], other), *message[3:]):
+            return None
         run = cls()
-        run.at = at + len(_LONG1_8)
-        run.prefix = raw[: run.at]
-        run.suffix = raw[run.at + 8 :]
+        run.at = at
+        run.prefix = prefix
+        run.suffix = suffix
         run.size = len(raw)
         run.slot = waits[0]
         run.writes = writes
@@ -845,6 +866,15 @@ class _AugmentRun:
         run.fn = fn
         run.operand = operand[0]
         return run
+
+    def matches(self, raw) -> bool:
+        """Is `raw` a command of this run (its ticket aside)?"""
+        return (
+            type(raw) is bytes
+            and len(raw) == self.size
+            and raw.startswith(self.prefix)
+            and raw.endswith(self.suffix)
+        )
 
 
 _missing = object()
