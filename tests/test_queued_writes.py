@@ -10,7 +10,7 @@ from collections import deque
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from accord._core import _coordinator
+from accord._core import _changes, _coordinator
 from accord._core import _protocol as P
 from accord._core._coordinator import Coordinator
 
@@ -94,7 +94,8 @@ class _Numbered(_Peer):
 def _run(commands: list, short: bool, runs: bool = True, peers: list | None = None) -> tuple:
     """Run `commands` (sent by the peers `peers` names, in that order, each
     peer's in its own queue) on a fresh coordinator; the state it leaves.
-    `short`: through run_queued (and, with `runs`, run_augments), else
+    `short`: through run_queued (and, with `runs`, run_augments and
+    run_appends), else
     every command through `execute`."""
     coordinator = Coordinator(_Server(), 0, 0.002)
     coordinator.mirror.update(n=0, lst=[], d={})
@@ -107,6 +108,7 @@ def _run(commands: list, short: bool, runs: bool = True, peers: list | None = No
         coordinator.run_queued = lambda peer, m: coordinator.execute(peer, P.as_command(m))
     if not short or not runs:
         coordinator.run_augments = lambda run, queue: 0
+        coordinator.run_appends = lambda run, queue: 0
     pending: dict = {}
     for peer_id, command in zip(peers, commands, strict=True):
         coordinator.queues.setdefault(peer_id, deque()).append(_sent(command, pending))
@@ -142,10 +144,15 @@ _augments = st.tuples(
 )
 
 
+_appends = st.tuples(
+    st.just(P.CALL), st.sampled_from(["lst", "lst", "n"]), st.just("append"), _values
+)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 2), st.integers(1, 6), _augments | _commands),
+        st.tuples(st.integers(0, 2), st.integers(1, 6), _augments | _appends | _commands),
         max_size=10,
     )
 )
@@ -156,11 +163,19 @@ _augments = st.tuples(
         (0, 2, (P.AUGMENT, "n", "iadd", 1)),
     ]
 )
+@example(  # the same for appends
+    [
+        (0, 2, (P.CALL, "lst", "append", 1)),
+        (1, 1, (P.CALL, "lst", "append", 2)),
+        (0, 2, (P.CALL, "lst", "append", 3)),
+    ]
+)
 def test_runs_of_augments_leave_what_each_command_alone_leaves(bursts):
-    """`share.n op= k` repeated by several processes, interleaved in bursts
-    (as processes are scheduled), other writes and errors among them: the
-    state after `run_augments` takes whole runs at once is the state after
-    run_queued or execute takes each command alone."""
+    """`share.n op= k` and `share.lst.append(x)` repeated by several
+    processes, interleaved in bursts (as processes are scheduled), other
+    writes and errors among them: the state after `run_augments` and
+    `run_appends` take whole runs at once is the state after run_queued or
+    execute takes each command alone."""
     commands, peers = [], []
     for peer_id, repeat, command in bursts:
         commands += [command] * repeat
@@ -193,6 +208,24 @@ def test_a_run_of_augments_is_applied_without_decoding_each_command():
     assert len(loads) == 2  # the first, which starts the run (and its probe)
     assert coordinator.received[1] == 50 and coordinator.received[11] == 50
     assert coordinator.uncommitted == {1: {"n"}, 11: {"n"}}
+
+
+def test_a_run_of_appends_is_applied_as_one():
+    """Appends to one list: only the first goes through run_queued; the
+    others are applied as one run, logged for readers each."""
+    coordinator = Coordinator(_Server(), 0, 0.002)
+    coordinator.mirror["lst"] = []
+    coordinator.peers[0] = _Numbered(0)
+    pending: dict = {}
+    coordinator.queues[0] = deque(_sent((P.CALL, "lst", "append", i), pending) for i in range(50))
+    alone = []
+    short = coordinator.run_queued
+    coordinator.run_queued = lambda peer, message: alone.append(message) or short(peer, message)
+    coordinator.process()
+    assert coordinator.mirror["lst"] == list(range(50))
+    assert len(alone) == 1
+    assert coordinator.changes["lst"] == [(_changes.CALL, "append", (i,)) for i in range(50)]
+    assert coordinator.received[2] == 50 and coordinator.uncommitted == {2: {"lst"}, 12: {"lst"}}
 
 
 def test_the_short_path_is_taken_for_fire_and_forget_writes_only():

@@ -14,6 +14,7 @@ through.
 
 from __future__ import annotations
 
+import collections
 import logging
 import operator
 import pickle
@@ -146,11 +147,16 @@ class Coordinator:
                     message = queue[0]
                     if type(message) is bytes:
                         run = runs.get(peer_id)
-                        if run is not None and self.run_augments(run, queue):
+                        if run is not None and (
+                            self.run_augments(run, queue)
+                            if type(run) is _AugmentRun
+                            else self.run_appends(run, queue)
+                        ):
                             if self.blocked_since:
                                 self.blocked_since.pop(peer_id, None)
                             progress = True
                             continue
+                        message = queue[0]  # (run_appends may have decoded it)
                     if type(message) is not tuple and type(message) is not P.Command:
                         raw = message
                         try:
@@ -164,12 +170,25 @@ class Coordinator:
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
-                        if type(message) is tuple and message[0] == P.AUGMENT:
-                            run = runs.get(peer_id)
-                            if run is None or not run.matches(raw):
-                                run = _AugmentRun.of(raw, message)
-                                if run is not None:
-                                    runs[peer_id] = run
+                        if type(message) is tuple:
+                            if message[0] == P.AUGMENT:
+                                run = runs.get(peer_id)
+                                if type(run) is not _AugmentRun or not run.matches(raw):
+                                    run = _AugmentRun.of(raw, message)
+                                    if run is not None:
+                                        runs[peer_id] = run
+                            elif (
+                                message[0] == P.CALL
+                                and type(message[5]) is str
+                                and message[5] in _APPENDS
+                                and len(message[4]) == 1
+                                and type(message[4][0]) is str
+                                and type(message[2]) is tuple
+                                and len(message[2]) == 2
+                            ):
+                                run = runs.get(peer_id)
+                                if type(run) is not _AppendRun or not run.matches(message):
+                                    runs[peer_id] = _AppendRun(message)
                     waits = message[2]
                     if waits and (
                         received[waits[0]] < waits[1]
@@ -297,6 +316,81 @@ class Coordinator:
         self.touched[name] = None
         self.changes[name] = None
         writes = run.writes
+        for s in writes:
+            received[s] += count
+        slots = self.dirty_slots.get(name)
+        if slots is None:
+            self.dirty[name] = time.monotonic()
+            slots = self.dirty_slots[name] = set()
+        if not slots.issuperset(writes):
+            uncommitted = self.uncommitted
+            for s in writes:
+                if s not in slots:
+                    slots.add(s)
+                    uncommitted.setdefault(s, set()).add(name)
+        return count
+
+    def run_appends(self, run: _AppendRun, queue: deque) -> int:
+        """Apply, as one, the `proxy.append(x)` commands at the head of
+        `queue` on `run`'s name (a list or deque there) whose tickets are
+        met -- each decoded, appended and logged for readers as run_queued
+        would, with the bookkeeping once.  Returns how many; a command that
+        is not one is left decoded at the head."""
+        name = run.name
+        obj = self.mirror.get(name)
+        if type(obj) not in _APPENDABLE:
+            return 0
+        method = run.method
+        append = getattr(obj, method)
+        replayable = method in _changes.REPLAYABLE[type(obj)]
+        log = self.changes.get(name, _missing)
+        if log is _missing:
+            log = []
+        writes, place, slot = run.writes, run.place, run.slot
+        received = self.received
+        reached = received[slot]
+        count = 0
+        while queue:
+            raw = queue[0]
+            if type(raw) is not bytes:
+                break
+            try:
+                message = pickle.loads(raw)
+            except Exception:
+                break  # _decoded cuts the client off
+            if (
+                type(message) is not tuple
+                or len(message) != 7
+                or message[0] != P.CALL
+                or message[1]
+                or message[3] != writes
+                or message[4] != place
+                or message[5] != method
+                or type(message[6]) is not tuple
+                or len(message[6]) != 1
+                or type(message[2]) is not tuple
+                or len(message[2]) != 2
+                or message[2][0] != slot
+                or type(message[2][1]) is not int
+            ):
+                break  # another command: decoded (again) on the general path
+            if message[2][1] > reached:
+                queue[0] = message  # waits for another process's write
+                break
+            queue.popleft()
+            args = message[6]
+            append(args[0])
+            if log is not None:
+                if replayable and len(log) < 4096:
+                    log.append((_changes.CALL, method, args))
+                else:
+                    log = self.changes[name] = None
+            count += 1
+            reached += 1
+        if not count:
+            return 0
+        self.changes[name] = log
+        self.touched[name] = None
         for s in writes:
             received[s] += count
         slots = self.dirty_slots.get(name)
@@ -875,6 +969,30 @@ class _AugmentRun:
             and raw.startswith(self.prefix)
             and raw.endswith(self.suffix)
         )
+
+
+# Containers whose one-argument append a run applies (run_appends): builtin,
+# so appending runs no user code.
+_APPENDABLE = (list, collections.deque)
+_APPENDS = frozenset({"append"})
+
+
+class _AppendRun:
+    """The shape of a fire-and-forget `proxy.append(x)` on a name: its
+    flags, place and method; later commands of that shape are applied
+    together (see Coordinator.run_appends)."""
+
+    __slots__ = ("method", "name", "place", "slot", "writes")
+
+    def __init__(self, message: tuple) -> None:
+        self.writes = message[3]
+        self.place = message[4]
+        self.name = message[4][0]
+        self.method = message[5]
+        self.slot = message[3][0]
+
+    def matches(self, message: tuple) -> bool:
+        return message[3] == self.writes and message[4] == self.place and message[5] == self.method
 
 
 _missing = object()
