@@ -101,7 +101,7 @@ class Coordinator:
         self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.replied = 0  # replies sent so far
         # peer id -> the shape of its last `share.x += k` (see run_augments)
-        self.runs: dict[int, _AugmentRun] = {}
+        self.runs: dict[int, _AugmentRun | _AppendRun] = {}
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -343,9 +343,7 @@ class Coordinator:
         method = run.method
         append = getattr(obj, method)
         replayable = method in _changes.REPLAYABLE[type(obj)]
-        log = self.changes.get(name, _missing)
-        if log is _missing:
-            log = []
+        log: list | None = self.changes.get(name, [])
         writes, place, slot = run.writes, run.place, run.slot
         received = self.received
         reached = received[slot]
