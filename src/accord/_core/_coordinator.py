@@ -149,7 +149,7 @@ class Coordinator:
                         run = runs.get(peer_id)
                         if run is not None and (
                             self.run_augments(run, queue)
-                            if type(run) is _AugmentRun
+                            if isinstance(run, _AugmentRun)
                             else self.run_appends(run, queue)
                         ):
                             if self.blocked_since:
