@@ -373,6 +373,11 @@ def test_an_inbox_polls_for_a_reply_only_while_its_producer_is_awake(rings, monk
     inbox = Inbox(segment, 1, producer=commands)
     producer = Producer(segment, 1, segment.segment.name, _nothing, own_bell=True)
     monkeypatch.setattr(_rings, "SPIN_S", 60.0)
+    # No core to spare (the coordinator says so): no poll at all.
+    started = time.monotonic()
+    assert inbox.sleep(0.0) is False
+    assert time.monotonic() - started < 30
+    struct.pack_into("<Q", commands.buf, _rings.SPIN_PAYS, 1)
     # Awake: a reply that comes while it polls is taken (the futex sleep
     # that follows a poll would time out at once here: 0 s).
     polling = threading.Event()
@@ -399,6 +404,16 @@ def test_an_inbox_polls_for_a_reply_only_while_its_producer_is_awake(rings, monk
     struct.pack_into("<I", commands.buf, BELL, 0)
     monkeypatch.setattr(_rings, "SPIN_S", 0.02)
     assert inbox.sleep(0.0) is False
+
+
+def test_polling_pays_only_with_a_core_to_spare():
+    from accord.backends.shm._rings import spare_cores, spinning_pays
+
+    assert spare_cores("0.52 0.58 0.59 2/789 12345\n", 2)  # ourselves and one other
+    assert not spare_cores("21.75 20.1 15.2 3/1234 5678\n", 2)
+    assert spare_cores("9.0 9.0 9.0 3/1234 5678\n", 4)
+    assert spare_cores("garbage", 2)  # not Linux's format: as before
+    assert spinning_pays() in (True, False)
 
 
 # -- ring_send: a fire-and-forget write whole (intent, flags, patched entry) --

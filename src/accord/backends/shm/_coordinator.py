@@ -24,10 +24,12 @@ from collections import deque
 
 from ..._core import _coordinator as core
 from ..._core import _protocol as P
+from ..._core._atomic import store
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
 from ..._core._slots import WHOLE, slot_of
 from .._process import coordinator_main
 from . import _client
+from ._rings import SPIN_PAYS, spinning_pays
 from ._server import Peer, ShmServer
 
 log = logging.getLogger("accord.backends.shm")
@@ -53,6 +55,7 @@ class ShmCoordinator(Coordinator):
     def run(self) -> None:
         last_beat = 0.0
         last_input = 0.0
+        spare = True
         server = self.server
         while True:
             # Right after a reply, poll without sleeping for a moment: a
@@ -63,12 +66,14 @@ class ShmCoordinator(Coordinator):
             # writers): their producers wake it once a ring fills up a
             # little, and it then applies them in one batch.
             busy = time.monotonic() - last_input < SPIN_S
-            if busy:
+            if busy and spare:
                 # Each poll while spinning leaves the CPU to whoever else
-                # is runnable on it: on a loaded machine that is often the
-                # very client whose next command we wait for (measured at
-                # load 5 on 2 cores: a blocking call 78 us with this, 92
-                # without; 316 without when the client spins too).
+                # is runnable on it: often the very client whose next
+                # command we wait for, polling for its reply on our core
+                # (measured at load 5 on 2 cores: a blocking call 78 us
+                # with this, 92 without; 316 without when the client polls
+                # too).  With no core to spare clients do not poll, and a
+                # yield would hand the core to any of the runnable others.
                 os.sched_yield()
             timeout = 0 if busy else self._timeout()
             # Commands come through the rings; sleep in select() only once
@@ -98,6 +103,11 @@ class ShmCoordinator(Coordinator):
             if now - last_beat >= HEARTBEAT_S / 2:
                 last_beat = now
                 server.heartbeat()
+                # A caller polls for its reply only with a core to spare:
+                # with more processes runnable than cores it would only
+                # delay whoever would run instead (see _rings.Inbox.sleep).
+                spare = spinning_pays()
+                store(server.rings.buf, SPIN_PAYS, int(spare))
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
         self.print_held()

@@ -24,6 +24,8 @@ Segment layout::
 
     0      MAGIC, ring count, ring size (u64 each)
     64     doorbell: consumer sleeping (u32), wake sequence (u32)
+    72     spinning pays (u64): 1 while the machine has a core to spare
+           (the consumer updates it; see `spare_cores`)
     4096   ring 0, ring 1, ...  (`ring_size` bytes each; see _ring.c)
 """
 
@@ -54,6 +56,7 @@ from ._ring import (
 
 MAGIC = 0x61636F7272696E01  # "acorrin" + format 1
 BELL = 64
+SPIN_PAYS = 72
 # In each ring's header, a word _ring.c leaves alone: the doorbell of a
 # consumer that sleeps on that one ring (a client waiting for its replies).
 WAKE = 224
@@ -427,15 +430,38 @@ class Inbox:
     def sleep(self, timeout: float) -> bool:
         """Sleep until the producer appends, at most `timeout` s; only if
         nothing is waiting.  False on timeout.  While the producer is awake
-        (it is running the call whose reply we wait for, most likely), poll
-        SPIN_S first: the reply usually comes sooner than a futex sleep and
-        wake-up would take."""
+        (it is running the call whose reply we wait for, most likely) and
+        the machine has a core to spare (SPIN_PAYS), poll SPIN_S first: the
+        reply usually comes sooner than a futex sleep and wake-up would
+        take.  (On a machine with more runnable processes than cores,
+        polling only delays whoever would run instead: sleep at once.)"""
         buf = self._buf
         positions = self._consumer.positions
         other = self._producer_bell
-        if other is None:
+        if other is None or not load(other, SPIN_PAYS):
             return bell_sleep(buf, self._base + WAKE, buf, positions, timeout)
         return bell_sleep(buf, self._base + WAKE, buf, positions, timeout, SPIN_S, other, BELL)
+
+
+def spare_cores(loadavg: str, cores: int) -> bool:
+    """From the text of /proc/loadavg: are fewer processes runnable right
+    now than `cores` + 1 (the caller, running, is one of them)?  Polling
+    for a reply or a command pays only then."""
+    try:
+        running = int(loadavg.split()[3].split("/")[0])
+    except (IndexError, ValueError):
+        return True  # not Linux's format: poll, as before this was measured
+    return running <= cores
+
+
+def spinning_pays() -> bool:
+    """`spare_cores` for this machine now (cores this process may use)."""
+    try:
+        with open("/proc/loadavg") as f:
+            text = f.read()
+    except OSError:
+        return True
+    return spare_cores(text, len(os.sched_getaffinity(0)))
 
 
 def collect(rings: RingSegment) -> dict[int, list[bytes]]:
