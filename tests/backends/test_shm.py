@@ -79,6 +79,49 @@ def test_snapshots_round_trip_grow_and_delete(stem):
     assert leftovers(stem + "~") == []
 
 
+def test_a_deleted_names_includes_survive_index_compaction_until_forgotten(stem):
+    """restart() skips the ring entries a deleted name's tombstone includes:
+    a compaction of the index must keep it (else a write before the delete,
+    still in a ring, is replayed and the name comes back), until the rings
+    have settled past the delete."""
+    control = Segment.create(stem + "~control", _control.SIZE)
+    _control.init_header(control.buf, os.getpid())
+    writer = SnapshotWriter(control, stem)
+    reader = SnapshotReader(Segment.attach(stem + "~control"), stem)
+    try:
+        writer.includes = 1
+        writer.write("x", pickle.dumps(1))
+        writer.includes = 2
+        writer.delete("x")  # committed, then deleted
+        writer.includes = 5
+        writer.delete("never")  # created and deleted between two commits
+        gen = load(control.buf, _control.INDEX_GEN)
+        for i in range(300):
+            writer.includes = 0
+            writer.write(f"name-{i}", pickle.dumps(i))
+        assert load(control.buf, _control.INDEX_GEN) > gen  # compacted
+        found, lost, includes = reader.salvage()
+        assert lost == []
+        assert "x" not in found and "never" not in found
+        assert includes["x"] == 2 and includes["never"] == 5
+        assert pickle.loads(found["name-299"]) == 299
+        # Re-created: its snapshot says what it includes, the tombstone goes.
+        writer.includes = 7
+        writer.write("x", pickle.dumps(3))
+        assert "x" not in writer.deleted
+        # Once settled, tombstones are left out of the next compaction.
+        writer.forget_deleted(float("inf"))
+        for i in range(300, 600):
+            writer.write(f"name-{i}", pickle.dumps(i))
+        reader = SnapshotReader(Segment.attach(stem + "~control"), stem)
+        found, lost, includes = reader.salvage()
+        assert "never" not in includes
+        assert includes["x"] == 7 and pickle.loads(found["x"]) == 3
+    finally:
+        writer.close()
+        control.unlink()
+
+
 def test_a_record_being_rewritten_reads_as_the_old_or_the_new_never_as_none():
     # restart() rewrites the share's record while other processes follow
     # it: an empty file in between read as "closed" (ShareClosed in a

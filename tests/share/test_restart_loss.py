@@ -119,6 +119,73 @@ def test_a_coordinator_dead_between_apply_and_commit_loses_nothing_and_replays_o
         share.close()
 
 
+def _delete_then_make_names(share):
+    del share.x
+    for i in range(300):  # enough new names to compact the snapshot index
+        share[f"n{i}"] = i
+    share.flush()
+    # Wait until this process's ring has settled: its delete is committed
+    # and will not be replayed (only the tombstone's count tells restart()
+    # to skip the write before it, in the other ring).
+    _wait_ring_settled(share)
+
+
+@pytest.mark.timeout(120)
+def test_a_name_deleted_before_a_restart_stays_deleted_after_index_compaction(ctx, monkeypatch):
+    """A write to x still in one ring (its client's commands never settle,
+    as when its queue is blocked), x deleted by another process, whose ring
+    settles; the index is compacted: restart() must not replay the write
+    and bring x back."""
+    monkeypatch.setenv("ACCORD_TEST_HOLD_RING", "0")  # this process's ring
+    share = Share()
+    monkeypatch.delenv("ACCORD_TEST_HOLD_RING")
+    try:
+        share.x = 1
+        share.flush()
+        process = ctx.Process(target=_delete_then_make_names, args=(share,))
+        process.start()
+        process.join(90)
+        assert process.exitcode == 0
+        os.kill(share.coordinator_pid, signal.SIGKILL)
+        share._link.client.owner_process.wait(10)
+        with pytest.raises(CoordinatorLost):
+            share.flush()
+        assert share.restart() == []
+        assert "x" not in share
+        assert share.n299 == 299
+    finally:
+        share.close()
+
+
+def _wait_ring_settled(share):
+    producer = share._link.client._producer
+    _wait_until(lambda: producer.state()[0] == producer.state()[1])
+
+
+@pytest.mark.timeout(120)
+def test_tombstones_are_dropped_once_every_ring_has_settled_past_them():
+    """The tombstones kept for restart() do not pile up in the index: once
+    no ring holds a write from before a delete, compactions leave it out."""
+    share = Share()
+    try:
+        for i in range(100):
+            share[f"gone{i}"] = i
+        share.flush()
+        for i in range(100):
+            del share[f"gone{i}"]
+        share.flush()
+        _wait_ring_settled(share)
+        for i in range(300):  # compacts the index, more than once
+            share[f"kept{i}"] = i
+        share.flush()
+        _found, lost, includes = share._link.client.snapshots.salvage()
+        assert lost == []
+        assert not [name for name in includes if name.startswith("gone")]
+        assert includes["kept299"] >= 1
+    finally:
+        share.close()
+
+
 def _late_writer(share, ready, go, done):
     share.lst.append("early")
     share.flush()

@@ -20,11 +20,11 @@ from typing import Any
 
 from .._core import _protocol as P
 from .._core._errors import (
+    AccordError,
     CoordinatorLost,
     ShareClosed,
     Unconfirmed,
     UnshareableError,
-    WritesLost,
 )
 from .._core._fastread import Reader
 from .._core._protocol import describe
@@ -57,15 +57,37 @@ def _settle_client(client) -> list[BaseException]:
     after every earlier command of this process ran, and their errors
     before it)."""
     errors = client.replies.take_deferred()
-    if _unsettled.pop(id(client), None) is not None and client.lost is None:
+    if _unsettled.pop(id(client), None) is not None:
         try:
+            if client.lost is not None:
+                raise CoordinatorLost
             client.send(P.BARRIER, (), reply=True)
         except CoordinatorLost:
-            pass  # nobody can confirm them now; every later use says why
+            # Its coordinator died.  If the owner restarted the share, the
+            # new one replayed our queued commands: it has their errors.
+            # Else nobody can confirm them now; every later use says why.
+            errors += _settle_restarted(client)
         except Exception as exc:  # the backend is unreachable (redis down...)
             errors.append(_unconfirmed(client, f"({type(exc).__name__}: {exc})"))
         errors += client.replies.take_deferred()
     return errors
+
+
+def _settle_restarted(client) -> list[BaseException]:
+    """The errors the coordinator that replaced `client`'s (a restart) has
+    kept for this process: those of its replayed commands."""
+    old = getattr(client, "info", None)
+    if old is None or isinstance(client.lost, ShareClosed):
+        return []
+    try:
+        info = old.reload()
+        if info is None or info.pid == old.pid:
+            return []
+        successor = info.client()
+        successor.send(P.BARRIER, (), reply=True)
+    except (AccordError, OSError):  # gone again, closed: nobody can tell now
+        return []
+    return successor.replies.take_deferred()
 
 
 def _queued(client) -> None:
@@ -140,19 +162,6 @@ def settle_all() -> None:
     for client in list(_unsettled.values()):
         errors += _settle_client(client)
     raise_all(errors)
-
-
-def _writes_lost(share_name: str, names: list[str]) -> WritesLost:
-    shown = sorted(set(names))
-    listed = ", ".join(f"share.{n}" for n in shown[:5]) + (", ..." if len(shown) > 5 else "")
-    return WritesLost(
-        f"the coordinator of share {share_name!r} died before committing {len(names)} "
-        f"write(s) this process sent (to {listed}); the restarted share does not have "
-        "them. Re-read those objects and redo what is needed. (This operation was not "
-        "performed.)",
-        tuple(shown),
-        len(names),
-    )
 
 
 _MEMO_LIMIT = 10_000
@@ -286,11 +295,6 @@ class Link:
                     raise
                 client = self._client = self.info.client()
             self.reader.arm(getattr(client, "fast", None))
-            take = getattr(client, "take_lost_writes", None)
-            if take is not None:
-                lost = take()
-                if lost:
-                    raise _writes_lost(self.info.name, lost)
         return client
 
     def rebind(self, info: BackendInfo) -> None:
@@ -380,6 +384,12 @@ class Link:
             return
         self.request(P.BARRIER, (), reads=slots)
 
+    def names(self) -> list[str]:
+        """The names in the share, sorted, including every name whose write
+        was queued (by any process) before this call, as a read would."""
+        pending = getattr(self.client, "pending_slots", None)  # ordered backends need none
+        return self.request(P.NAMES, (), reads=pending() if pending is not None else ())
+
     # -- commands --------------------------------------------------------------
 
     def send(self, op: int, fields: tuple, writes: tuple = ()) -> None:
@@ -394,6 +404,11 @@ class Link:
             client.send(op, fields, writes)  # to the restarted coordinator
         if id(client) not in _unsettled:
             _queued(client)
+        sender = getattr(client, "sender", None)
+        if sender is not None and sender.registry is None:
+            # The C paths (see `_arm`) send only while this client is
+            # unsettled: once settled, its next write comes here first.
+            sender.registry = (_unsettled, id(client))
 
     def request(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = ()):
         try:
@@ -633,6 +648,43 @@ class Link:
         if slots is None:
             slots = self.place_slots(place)
         self.send(P.AUGMENT, (place, op, packed), slots)
+        if len(place) == 1 and type(operand) in PLAIN:
+            self._arm_augment(place, op, slots)
+
+    # -- the writer's C paths (_core/_fastread.c) -------------------------------
+
+    def _arm_augment(self, place: tuple, op: str, slots: tuple) -> None:
+        """Let the share's attribute hook send the next ``share.name op= v``
+        (v plain) in C: the template of the AUGMENT just sent, but its value.
+        The command is the one this method sends; its flags, `slots`, depend
+        on the name alone."""
+        client = self._client
+        fast = getattr(client, "fast", None)
+        if fast is None or fast.send is None:
+            return
+        augments = fast.augments
+        templates = augments.get(place[0])
+        if templates is None:
+            if len(augments) >= _MEMO_LIMIT:
+                augments.clear()  # names written once each, without end
+            templates = augments[place[0]] = {}
+        if op not in templates:
+            made = client.template(P.AUGMENT, (place, op), slots)  # pyright: ignore[reportOptionalMemberAccess, reportAttributeAccessIssue]  (shm)
+            if made is not None:
+                templates[op] = made
+
+    def _arm_method(self, method: BoundMethod) -> None:
+        """Let `method` send its next call with one plain argument in C (see
+        MethodBase): the template of the CALL just sent, but its argument."""
+        sender = getattr(self._client, "sender", None)
+        if sender is None or not sender.open:
+            return
+        made = method._accord_template
+        if made is None:
+            made = self._client.template(P.CALL, (method.path, method.name), method.slots)  # pyright: ignore[reportOptionalMemberAccess, reportAttributeAccessIssue]  (shm)
+            if made is None:
+                return
+        method._accord_arm(sender.send, made)
 
     def call(self, method: BoundMethod, args: tuple, kwargs: dict):
         path, name, kind = method.path, method.name, method.kind
@@ -641,6 +693,7 @@ class Link:
             # below (plain arguments travel as they are, see pack_call).
             # Through send(): one that restart() turned away is sent again.
             self.send(P.CALL, (path, name, args), method.slots)
+            self._arm_method(method)
             return None
         if kind == LOCAL:
             self.wait_for(method.slots)

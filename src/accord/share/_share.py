@@ -215,7 +215,7 @@ class Share(ShareBase):
 
     def __iter__(self):
         """The names in the share, sorted."""
-        return iter(self._link.request(P.NAMES, ()))
+        return iter(self._link.names())
 
     def __repr__(self) -> str:
         info = self._link.info
@@ -241,8 +241,13 @@ class Share(ShareBase):
             link.request(P.FLUSH, ())
         finally:
             # The flush's reply came after every earlier command ran, and
-            # the errors of those that failed before it.
+            # the errors of those that failed before it -- to the client of
+            # the restarted share if the request followed a restart (the new
+            # coordinator hands over those of the commands it replayed).
             errors += client.replies.take_deferred()
+            current = link._client
+            if current is not None and current is not client:
+                errors += current.replies.take_deferred()
             raise_all(errors)
 
     def get(self, name, default=_MISSING, *, copy: bool = True):

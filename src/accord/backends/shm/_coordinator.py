@@ -24,12 +24,13 @@ from collections import deque
 
 from ..._core import _coordinator as core
 from ..._core import _protocol as P
-from ..._core._atomic import store
+from ..._core._atomic import load, store
 from ..._core._coordinator import HEARTBEAT_S, SPIN_S, Coordinator, Stop
+from ..._core._remote import pack_error
 from ..._core._slots import WHOLE, slot_of
 from .._process import coordinator_main
 from . import _client
-from ._rings import SPIN_PAYS, spinning_pays
+from ._rings import IDENTITY, SPIN_PAYS, spinning_pays
 from ._server import Peer, ShmServer
 
 log = logging.getLogger("accord.backends.shm")
@@ -42,6 +43,9 @@ _EXIT_AFTER_APPLIED = int(_EXIT_AT[0])
 _EXIT_COMMITTED = _EXIT_AT[1:] == ["committed"]
 # Tests only: a coordinator started by restart() exits before it is ready.
 _RESTART_FAILS = os.environ.get("ACCORD_TEST_RESTART_FAILS") == "1"
+# Tests only: the ring of this client id never settles (as a client's whose
+# queue never empties, blocked on a wait): all it sent stays to replay.
+_HOLD_RING = int(os.environ.get("ACCORD_TEST_HOLD_RING", "-1"))
 
 
 class ShmCoordinator(Coordinator):
@@ -51,6 +55,16 @@ class ShmCoordinator(Coordinator):
     every ring is empty, and beats."""
 
     server: ShmServer
+
+    def __init__(self, server: ShmServer, owner_pid: int, window: float) -> None:
+        super().__init__(server, owner_pid, window)
+        # peer id -> the time of its last checkpoint committed to its ring (`settle`)
+        self.settled_at: dict[int, float] = {}
+        # (identity, pid) of a dead predecessor's client -> the errors of its
+        # replayed writes, until it connects (`adopt_orphans`) or is gone.
+        self.orphans: dict[tuple[int, int], list] = {}
+        self.orphans_dropped: dict[tuple[int, int], int] = {}  # beyond HELD_ERRORS
+        self._identified: set[int] = set()  # peers `adopt_orphans` has looked at
 
     def run(self) -> None:
         last_beat = 0.0
@@ -87,6 +101,8 @@ class ShmCoordinator(Coordinator):
             for peer in left:
                 self.take(peer)  # what it appended before it died is applied
                 self.peer_left(peer)
+            if self.orphans:
+                self.adopt_orphans()  # before their next reply is sent
             replied = self.replied
             self.process()
             if self.replied != replied:
@@ -108,6 +124,8 @@ class ShmCoordinator(Coordinator):
                 # delay whoever would run instead (see _rings.Inbox.sleep).
                 spare = spinning_pays()
                 store(server.rings.buf, SPIN_PAYS, int(spare))
+                if self.orphans:
+                    self.log_orphans(alive_only=True)
                 if os.getppid() != self.owner_pid:
                     break  # the owner died without closing: nobody can close now
         self.print_held()
@@ -132,6 +150,8 @@ class ShmCoordinator(Coordinator):
         oldest = next(iter(self.dirty.values()), None)
         for peers in (server.peers, server.retiring):
             for peer in list(peers.values()):
+                if peer.id == _HOLD_RING:
+                    continue
                 checkpoints = peer.checkpoints
                 batches = peer.batches
                 queue = queues.get(peer.id)
@@ -158,9 +178,28 @@ class ShmCoordinator(Coordinator):
                     oldest = None
                 position = None
                 while checkpoints and (oldest is None or oldest > checkpoints[0][0]):
-                    position = checkpoints.popleft()[1]
+                    when, position = checkpoints.popleft()
+                    self.settled_at[peer.id] = when
                 if position is not None:
                     server.commit(peer, position)
+        if server.snapshots.deleted:
+            server.snapshots.forget_deleted(self._settled(applied))
+
+    def _settled(self, now: float) -> float:
+        """A time before which every applied command is in its ring's
+        committed part (so a restart replays none of them).
+
+        Every command of a peer beyond its last settled checkpoint was
+        applied after that checkpoint's time (it was drained later); a
+        peer with nothing unsettled holds nothing back.  (A recycled id
+        inherits an earlier time: that only holds back more.)"""
+        server = self.server
+        settled = now
+        for peers in (server.peers, server.retiring):
+            for peer in peers.values():
+                if peer.checkpoints or peer.committed != peer.drained or peer.id in self.queues:
+                    settled = min(settled, self.settled_at.get(peer.id, 0.0))
+        return settled
 
     def commit(self, name: str) -> None:
         # The snapshot records the writes to `name` it includes (a count of
@@ -168,9 +207,19 @@ class ShmCoordinator(Coordinator):
         self.server.snapshots.includes = self.received[slot_of(name, WHOLE)]
         super().commit(name)
 
-    def replay(self, rings: dict[int, list[bytes]], includes: dict[str, int]) -> int:
+    def replay(
+        self,
+        rings: dict[int, list[bytes]],
+        includes: dict[str, int],
+        writers: dict[int, tuple[int, int]] | None = None,
+    ) -> int:
         """Apply the writes a dead predecessor's rings held that its last
         commits do not include, each once; commit them.  Returns how many.
+
+        The error of one that fails is kept for the process that wrote it
+        (`writers`: {ring: (identity, pid)}, see _rings.IDENTITY), which is
+        told at its next sync point once it connects (`adopt_orphans`), as
+        the dead coordinator would have told it; logged if it is gone.
 
         A write's ticket (the pending count of its object's WHOLE slot it
         took, the last of its waits) orders it: a snapshot of that name
@@ -183,6 +232,7 @@ class ShmCoordinator(Coordinator):
         queues: list[deque] = []
         tickets: dict[int, list[int]] = {}
         for index in sorted(rings):
+            writer = (writers or {}).get(index, (0, 0))
             queue: deque = deque()
             for payload in rings[index]:
                 try:
@@ -197,7 +247,7 @@ class ShmCoordinator(Coordinator):
                 ticket = waits[-1] if len(waits) >= 2 and waits[-2] == writes[0] else None
                 if ticket is not None and ticket < includes.get(name, 0):
                     continue  # in its last commit already
-                queue.append((writes[0], ticket, command))
+                queue.append((writes[0], ticket, command, writer))
                 if ticket is not None:
                     tickets.setdefault(writes[0], []).append(ticket)
             if queue:
@@ -208,28 +258,29 @@ class ShmCoordinator(Coordinator):
             progress = False
             for queue in queues:
                 while queue:
-                    slot, ticket, command = queue[0]
+                    slot, ticket, command, writer = queue[0]
                     if ticket is not None:
                         if order[slot][0] != ticket:
                             break
                         order[slot].popleft()
                     queue.popleft()
-                    self._replay_one(command)
+                    self._replay_one(command, writer)
                     count += 1
                     progress = True
             queues = [queue for queue in queues if queue]
             if queues and not progress:  # cannot happen (see above); never hang on it
                 log.warning("restart: replayed writes out of their ticket order")
-                slot, ticket, command = queues[0].popleft()
+                slot, ticket, command, writer = queues[0].popleft()
                 if ticket is not None:
                     order[slot].remove(ticket)
-                self._replay_one(command)
+                self._replay_one(command, writer)
                 count += 1
         for name in list(self.dirty):
             self.commit(name)
+        self.log_orphans(alive_only=True)
         return count
 
-    def _replay_one(self, command: P.Command) -> None:
+    def _replay_one(self, command: P.Command, writer: tuple[int, int]) -> None:
         # As execute() does, but without crediting flags: the flags of this
         # incarnation start at zero, and no client waits for these writes.
         self._changed = core._UNKNOWN
@@ -238,8 +289,15 @@ class ShmCoordinator(Coordinator):
             self.handlers[command.op](_REPLAYED, command)
         except Stop:
             raise
-        except BaseException:
-            log.exception("restart: a replayed command on share.%s failed", command.name)
+        except BaseException as exc:
+            if command.reply_id:  # its caller was told CoordinatorLost (queued): result lost
+                log.exception("restart: a replayed call on share.%s failed", command.name)
+            else:  # a fire-and-forget write: its process is told
+                errors = self.orphans.setdefault(writer, [])
+                if len(errors) < core.HELD_ERRORS:
+                    errors.append(pack_error(exc))
+                else:  # counted, as `report` does
+                    self.orphans_dropped[writer] = self.orphans_dropped.get(writer, 0) + 1
             self._changed = core._UNKNOWN
             self._entry = None
         name = command.name
@@ -248,6 +306,53 @@ class ShmCoordinator(Coordinator):
         if name not in self.dirty:
             self.dirty[name] = time.monotonic()
             self.dirty_slots[name] = set()
+
+    def adopt_orphans(self) -> None:
+        """Hand the errors of replayed writes to their processes as they
+        connect: each is sent ahead of that process's next reply (flush, a
+        blocking call, the barrier at its exit), as `report` does."""
+        server = self.server
+        buf = server.rings.buf
+        for peer in server.peers.values():
+            if peer.id in self._identified:
+                continue
+            identity = load(buf, server.rings.base(peer.id) + IDENTITY)
+            if not identity:
+                continue  # not said yet: it says so before its first command
+            self._identified.add(peer.id)
+            # The pid the kernel gives for its socket, not one it wrote.
+            errors = self.orphans.pop((identity, peer.pid), None)
+            if errors:
+                for error in errors:
+                    self.report(peer, error)
+                dropped = self.orphans_dropped.pop((identity, peer.pid), 0)
+                if dropped:
+                    self.held_dropped[peer.id] = self.held_dropped.get(peer.id, 0) + dropped
+
+    def log_orphans(self, alive_only: bool = False) -> None:
+        """Log the errors of replayed writes whose process is gone (all of
+        them unless `alive_only`: the share closes), as `report` does for a
+        process that leaves without reading its errors."""
+        for (identity, pid), errors in list(self.orphans.items()):
+            if alive_only and identity and _client._pid_alive(pid, None):
+                continue
+            del self.orphans[(identity, pid)]
+            dropped = self.orphans_dropped.pop((identity, pid), 0)
+            why = "is gone" if alive_only else "did not connect again before the share closed"
+            for error in errors:
+                log.error(
+                    "restart: a replayed fire-and-forget command of process %d failed, "
+                    "and that process %s, so it never read the error:\n%s",
+                    pid,
+                    why,
+                    error[1],
+                )
+            if dropped:
+                log.error("restart: %s", core._dropped_message(dropped))
+
+    def print_held(self) -> None:
+        self.log_orphans()
+        super().print_held()
 
     def _exit_if_applied(self, count: int) -> None:
         server = self.server
@@ -274,6 +379,7 @@ class ShmCoordinator(Coordinator):
         return True
 
     def peer_left(self, peer: Peer) -> None:
+        self._identified.discard(peer.id)  # its id may be handed out again
         self.peers[peer.id] = peer  # to be dropped once its queue is done
         super().peer_left(peer)
 
@@ -294,7 +400,9 @@ def serve(config: dict, extra: bytes, ready) -> None:
     # After a restart, the owner sends what our predecessor left behind the
     # configuration: its last committed state (pickled snapshots), the
     # writes each includes, and the entries of its rings.
-    restored, includes, rings = pickle.loads(extra) if config.get("restore") else ({}, {}, {})
+    restored, includes, rings, writers = (
+        pickle.loads(extra) if config.get("restore") else ({}, {}, {}, {})
+    )
     server = ShmServer(config["stem"], config["socket_path"], bytes.fromhex(config["key"]))
     coordinator = ShmCoordinator(server, config["owner_pid"], config["window"])
     try:
@@ -302,7 +410,7 @@ def serve(config: dict, extra: bytes, ready) -> None:
             os._exit(70)
         coordinator.restore(restored)
         if rings:
-            replayed = coordinator.replay(rings, includes)
+            replayed = coordinator.replay(rings, includes, writers)
             if replayed:
                 log.info("restart: %d write(s) replayed from the rings", replayed)
         ready()  # only now may anyone read or connect

@@ -21,7 +21,7 @@ from ._client import (
     load_record,
     save_record,
 )
-from ._rings import RingSegment, collect
+from ._rings import RingSegment, collect, owners
 from ._server import remove_leftovers
 
 if TYPE_CHECKING:
@@ -61,10 +61,11 @@ class ShmBackend:
         try:
             rings = RingSegment.attach(f"{info.stem}~rings")
         except FileNotFoundError:
-            entries = {}
+            entries, writers = {}, {}
         else:
             try:
                 entries = collect(rings)
+                writers = owners(rings, entries)  # told of replayed writes that fail
             finally:
                 rings.close()
         restored, lost, includes = client.snapshots.salvage()
@@ -78,7 +79,7 @@ class ShmBackend:
         # ready.  The dead one's segments go only then: if the new one fails
         # to start, restart() may be called again and finds them all.
         new, process = _start_coordinator(
-            info.name, window, (restored, includes, entries), spare=info.stem
+            info.name, window, (restored, includes, entries, writers), spare=info.stem
         )
         remove_leftovers(info.stem, None)
         return new, process, lost

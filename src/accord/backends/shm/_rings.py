@@ -32,6 +32,7 @@ Segment layout::
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +41,7 @@ from ..._core._atomic import load
 from ..._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from ..._core._segment import Segment, unlink
 from ._ring import (
+    Sender,
     bell_arm,
     bell_disarm,
     bell_sleep,
@@ -61,6 +63,13 @@ SPIN_PAYS = 72
 # consumer that sleeps on that one ring (a client waiting for its replies).
 WAKE = 224
 FIRST_RING = 4096
+# In each ring's header, words _ring.c leaves alone (zeroed when the ring is
+# handed out): who writes to it -- a random identity of the producing
+# interpreter (several interpreters share a pid) and its pid, written by the
+# producer before its first append.  restart() hands a replayed write's
+# failure to that interpreter when it connects to the new coordinator.
+IDENTITY = 32
+OWNER_PID = 40
 ROOM_BELL = 192  # in each ring's header: a producer waiting for room (see _ring.c)
 RING_SIZE = 1 << 16  # 64 KiB each: pages are only used once written
 SPILL = 1  # entry flag: the payload is the name of a spill segment
@@ -71,6 +80,7 @@ WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
 FULL_TIMEOUT_S = 600.0
 
 _HEADER = struct.Struct("<3Q")
+dumps = pickle.dumps
 
 # Producer.write: the placeholder pickled where the command's wait goes (an
 # 8-byte LONG1 the C call overwrites), and 1/(the fraction of a ring that
@@ -85,6 +95,34 @@ LAZY_DIVISOR = 8
 # needs cost about that again on each side (measured: a call's round trip
 # 75-83 us without, 28-32 us with, on the 2-core machine).
 SPIN_S = 0.00005
+# `template`: the placeholder pickled where a Sender puts the value it sends.
+VALUE_MARK = 0x3FACC0DE5EED0002
+_VALUE_MARK_BYTES = b"\x8a\x08" + VALUE_MARK.to_bytes(8, "little")  # (LONG1, 8 bytes)
+# What pickle writes after a command's last value: TUPLE1, MEMOIZE (the
+# value's tuple), TUPLE, MEMOIZE (the command), STOP.  Nothing refers back.
+_TEMPLATE_SUFFIX = b"\x85\x94t\x94."
+
+
+def template(op: int, fields: tuple, writes: tuple) -> tuple | None:
+    """The `Sender.send` template of the fire-and-forget command
+    ``(op, 0, (writes[0], WAIT_MARK), writes, *fields, (value,))`` whatever
+    the value: (prefix, suffix, patch_at, writes), or None where its pickle
+    does not have the expected shape (the Python path then sends it).
+
+    The prefix is the pickle up to the value, without its FRAME (optional in
+    protocol 5, and its length would change with the value); the ticket
+    goes at `patch_at`.  See /WIRE.md of the notes, and _ring.c's Sender."""
+    data = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields, (VALUE_MARK,)), 5)
+    if data[2:3] == b"\x95":  # FRAME and its 8-byte length
+        data = data[:2] + data[11:]
+    at = data.find(_VALUE_MARK_BYTES)
+    if at < 0 or data[at + len(_VALUE_MARK_BYTES) :] != _TEMPLATE_SUFFIX:
+        return None
+    prefix = data[:at]
+    patch_at = prefix.find(WAIT_MARK_BYTES)
+    if patch_at < 0 or prefix.count(WAIT_MARK_BYTES) != 1 or prefix.count(_VALUE_MARK_BYTES):
+        return None
+    return (prefix, _TEMPLATE_SUFFIX, patch_at, writes)
 
 
 class RingClosed(Exception):
@@ -243,6 +281,29 @@ class Producer:
             self._bell,
             self._lazy,
             stop,
+        )
+
+    def sender(
+        self, control, intent: int, pending: int, closed: int, replaced: int, lock, deferred, wake
+    ) -> Sender:
+        """A `Sender` of this producer's fire-and-forget writes of one plain
+        value (`control`: the intent record at `intent`, flags at `pending`,
+        the closed and replaced words; it takes the Python path while `lock`
+        is held or `deferred` is not empty).  Close it before the buffers
+        are unmapped."""
+        return Sender(
+            control,
+            intent,
+            pending,
+            closed,
+            replaced,
+            self._buf,
+            self._base,
+            self._bell,
+            self._lazy,
+            lock,
+            deferred,
+            wake,
         )
 
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
@@ -462,6 +523,16 @@ def spinning_pays() -> bool:
     except OSError:
         return True
     return spare_cores(text, len(os.sched_getaffinity(0)))
+
+
+def owners(rings: RingSegment, indexes: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """{ring index: (identity, pid)} of the producers of rings `indexes`
+    (see IDENTITY; (0, 0) if one never said)."""
+    buf = rings.buf
+    return {
+        i: (load(buf, rings.base(i) + IDENTITY), load(buf, rings.base(i) + OWNER_PID))
+        for i in indexes
+    }
 
 
 def collect(rings: RingSegment) -> dict[int, list[bytes]]:

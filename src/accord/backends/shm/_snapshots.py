@@ -59,7 +59,11 @@ _LENGTH_AT, _EPOCH, _USED, _INCLUDES = 8, 16, 24, 32  # their offsets
 # took, see ShmClient.send), so the snapshot holds exactly the writes to this
 # name with a ticket below it: after a crash, restart() replays from the
 # rings only the writes above it (ShmCoordinator.replay).  A deleted name
-# keeps it in its index record (as the type generation) for the same use.
+# keeps it in its index record (a tombstone, the count as the type
+# generation) for the same use -- across index compactions too, until every
+# ring has settled past the delete (SnapshotWriter.forget_deleted): until
+# then a write before the delete may still be in a ring, and replaying it
+# would bring the name back.
 HEADER = 40
 LOG_MIN = 1 << 16  # a log may grow to this or the base's size, whichever is larger
 MIN_SIZE = 4096
@@ -284,6 +288,9 @@ class SnapshotWriter:
         self._index_end = HEADER
         store(self._index.buf, INDEX_END, HEADER)
         self._live = 0  # bytes of the records a compaction keeps
+        # name -> (includes, when committed) of each deleted name whose
+        # tombstone a restart may still need (see HEADER): kept by compactions.
+        self.deleted: dict[str, tuple[int, float]] = {}
         self.buffers = BufferWriter(stem)
         # What the next write, append or delete records as the writes it
         # includes (see HEADER): set by the coordinator before each commit.
@@ -329,6 +336,8 @@ class SnapshotWriter:
         else:
             self.buffers.drop(name)
         slot = self._slots.get(name)
+        if slot is None and name in self.deleted:
+            self._forget_tombstone(name)  # the live record below supersedes it
         if slot is None or HEADER + len(data) > slot.size:
             new = self._new_segment(max(MIN_SIZE, 2 * (HEADER + len(data))))
             _write(new, data, self.includes)
@@ -382,14 +391,33 @@ class SnapshotWriter:
         slot = self._slots.pop(name, None)
         if slot is not None:
             self._drop(name, slot)
-            self._append(name, None, Kind(self.includes, False))  # a tombstone (see HEADER)
+        # A tombstone (see HEADER), even for a name never committed: a write
+        # that created it may still be in a ring, the delete no longer.
+        if slot is not None or (self.includes and self.deleted.get(name, (0,))[0] != self.includes):
+            if name in self.deleted:
+                self._forget_tombstone(name)
+            self.deleted[name] = (self.includes, time.monotonic())
+            self._append(name, None, Kind(self.includes, False))
+        if slot is not None:
             _unlink(slot.name)
         self._committed()
 
+    def forget_deleted(self, settled: float) -> None:
+        """Drop (from the next compaction on) the tombstones of deletes
+        committed before `settled`: every ring has committed everything
+        that was applied before then, so no write before those deletes is
+        left to replay."""
+        for name, (_includes, when) in list(self.deleted.items()):
+            if when < settled:
+                self._forget_tombstone(name)
+
+    def _forget_tombstone(self, name: str) -> None:
+        includes, _when = self.deleted.pop(name)
+        self._live -= len(_record(name, None, Kind(includes, False)))
+
     def _append(self, name: str, segname: str | None, kind: Kind) -> None:
         record = _record(name, segname, kind)
-        if segname is not None:
-            self._live += len(record)
+        self._live += len(record)  # live: a segment's, or a tombstone in `deleted`
         end = self._index_end
         if end + len(record) > self._index.size:
             self._compact(2 * (HEADER + self._live) + len(record))
@@ -411,6 +439,7 @@ class SnapshotWriter:
                 if attempt == _SQUAT_TRIES - 1:
                     raise
         data = b"".join(_record(n, s.name, s.kind) for n, s in self._slots.items())
+        data += b"".join(_record(n, None, Kind(i, False)) for n, (i, _) in self.deleted.items())
         self._index.buf[HEADER : HEADER + len(data)] = data
         self._index_end = HEADER + len(data)
         self._live = len(data)
