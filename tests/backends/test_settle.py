@@ -25,6 +25,7 @@ class _Server:
         self.retiring: dict = {}
         self.committed: list = []
         self.crowded: set = set()
+        self.snapshots = SimpleNamespace(deleted={})
 
     def wants_room(self, peer) -> bool:
         return peer.id in self.crowded
@@ -40,11 +41,11 @@ def _peer(peer_id: int) -> SimpleNamespace:
     )
 
 
-def _drained(peer, count: int, position: int) -> None:
+def _drained(peer, count: int, position: int, when: float = 0.0) -> None:
     # as ShmServer.drain records a drain
     peer.received += count
     peer.drained = position
-    peer.batches.append((peer.received, position))
+    peer.batches.append((peer.received, position, when))
 
 
 def _coordinator(server) -> ShmCoordinator:
@@ -59,8 +60,8 @@ def test_a_queue_that_never_empties_still_lets_its_ring_reuse_what_is_applied():
     peer = _peer(0)
     server = _Server(peer)
     coordinator = _coordinator(server)
-    _drained(peer, 10, 800)
-    _drained(peer, 5, 1200)
+    _drained(peer, 10, 800, when=0.5)
+    _drained(peer, 5, 1200, when=1.5)
     coordinator.queues[0] = deque(range(3))  # 12 applied: the first drain wholly
     coordinator.dirty["counter"] = 1.0
     coordinator.settle(applied=2.0)
@@ -68,6 +69,11 @@ def test_a_queue_that_never_empties_still_lets_its_ring_reuse_what_is_applied():
     coordinator.dirty.clear()  # committed since
     coordinator.settle(applied=3.0)
     assert server.committed == [(0, 800)]  # not 1200: 3 of that drain are not applied
+    # What follows 800 may have been applied before 2.0 (2 of the second
+    # drain were): only since that drain (1.5) is everything committed, so
+    # a delete committed before then keeps its tombstone (see _settled).
+    assert coordinator.settled_at[0] == 1.5
+    assert coordinator._settled(10.0) == 1.5
     coordinator.queues[0].clear()
     del coordinator.queues[0]
     coordinator.settle(applied=4.0)

@@ -157,16 +157,19 @@ class ShmCoordinator(Coordinator):
                 queue = queues.get(peer.id)
                 if queue is None:
                     batches.clear()
-                    done = peer.drained
+                    done, after = peer.drained, applied
                 else:
                     applied_count = peer.received - len(queue)
                     done = None
                     while batches and batches[0][0] <= applied_count:
                         done = batches.popleft()[1]
+                    # What follows `done` was drained (so applied) no
+                    # earlier than the next drain (see _settled).
+                    after = batches[0][2] if batches else applied
                 if done is not None:
                     last = checkpoints[-1][1] if checkpoints else peer.committed
                     if done != last:
-                        checkpoints.append((applied, done))
+                        checkpoints.append((applied, done, after))
                 if (
                     checkpoints
                     and oldest is not None
@@ -178,8 +181,8 @@ class ShmCoordinator(Coordinator):
                     oldest = None
                 position = None
                 while checkpoints and (oldest is None or oldest > checkpoints[0][0]):
-                    when, position = checkpoints.popleft()
-                    self.settled_at[peer.id] = when
+                    _when, position, after = checkpoints.popleft()
+                    self.settled_at[peer.id] = after
                 if position is not None:
                     server.commit(peer, position)
         if server.snapshots.deleted:
@@ -190,8 +193,9 @@ class ShmCoordinator(Coordinator):
         committed part (so a restart replays none of them).
 
         Every command of a peer beyond its last settled checkpoint was
-        applied after that checkpoint's time (it was drained later); a
-        peer with nothing unsettled holds nothing back.  (A recycled id
+        applied no earlier than that checkpoint's `after` (the time of the
+        drain that brought it, or a later one); a peer with nothing
+        unsettled holds nothing back.  (A recycled id
         inherits an earlier time: that only holds back more.)"""
         server = self.server
         settled = now

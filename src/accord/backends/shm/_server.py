@@ -65,12 +65,14 @@ class Peer:
         self.received = 0  # commands drained from its ring
         self.drained = 0  # ring position drained to
         self.committed = 0  # ring position whose commands are all in committed snapshots
-        # (when, position): every command before `position` was applied at
-        # `when`; committed once every name dirty then is (ShmCoordinator.settle).
-        self.checkpoints: deque[tuple[float, int]] = deque()
-        # (received, position) after each drain not yet wholly applied: once
-        # `received` of its commands are, the ring up to `position` is.
-        self.batches: deque[tuple[int, int]] = deque()
+        # (when, position, settled): every command before `position` was
+        # applied by `when`, and committed once every name dirty then is;
+        # none after it was applied before `settled` (ShmCoordinator.settle).
+        self.checkpoints: deque[tuple[float, int, float]] = deque()
+        # (received, position, when) after each drain not yet wholly
+        # applied: once `received` of its commands are, the ring up to
+        # `position` is; none of them was applied before `when`.
+        self.batches: deque[tuple[int, int, float]] = deque()
         self.broken = False  # wrote garbage to its ring: being cut off
         self.pid = _peer_pid(sock)  # 0: unknown
 
@@ -210,7 +212,7 @@ class ShmServer:
         if entries:
             peer.received += len(entries)
             peer.drained = position
-            peer.batches.append((peer.received, position))
+            peer.batches.append((peer.received, position, time.monotonic()))
         return entries
 
     def wants_room(self, peer: Peer) -> bool:
