@@ -376,3 +376,40 @@ def test_a_held_read_raises_after_close_and_once_the_coordinator_is_dead():
         share.close()
     with pytest.raises(ShareClosed):
         d["k"]
+
+
+def test_a_method_found_before_is_handed_out_in_c_until_a_commit(share, monkeypatch):
+    share.lst = []
+    share.flush()
+    lst = share.lst
+    lst.append(0)  # the method made (Python), then found in the memo and held
+    lst.append(1)
+    slow = _CountingSlowPaths(monkeypatch)
+    for i in range(2, 100):
+        lst.append(i)
+    # In C -- but for a commit of the list meanwhile (every few ms as the
+    # appends arrive) or a stale heartbeat: each sends one lookup to Python.
+    assert slow.attrs < 60
+    assert share.lst == list(range(100))
+    share.lst = {"k": 1}  # another type: the held method is not handed out
+    share.flush()
+    with pytest.raises(AttributeError):
+        share.lst.append(100)
+    assert share.lst == {"k": 1}
+
+
+def test_a_containers_proxy_is_handed_out_in_c_while_writes_to_it_are_pending(share, monkeypatch):
+    share.lst = []
+    share.flush()
+    share.lst.append(0)  # `share.lst` read (and its proxy remembered) by Python
+    share.lst.append(1)
+    calls = []
+    original = Share._accord_slow
+    monkeypatch.setattr(
+        Share, "_accord_slow", lambda s, name: calls.append(name) or original(s, name)
+    )
+    for i in range(2, 100):
+        share.lst.append(i)  # each leaves a write pending: no flag is checked for a proxy
+    # In C -- but for a commit of the list meanwhile, or a stale heartbeat.
+    assert len(calls) < 60
+    assert share.lst == list(range(100))

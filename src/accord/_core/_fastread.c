@@ -506,8 +506,8 @@ mark_of(Control *control, PyObject *mark, uint64_t *commits)
 static PyObject *
 reader_remember(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "remember(name, obj, mark, slot)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "remember(name, proxy, mark)");
         return NULL;
     }
     Control *control = reader_control(self);
@@ -518,9 +518,28 @@ reader_remember(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *count = PyLong_FromUnsignedLongLong((unsigned long long)commits);
     if (count == NULL)
         return NULL;
-    PyObject *forwarded[4] = {args[0], args[1], count, args[3]};
-    PyObject *result = control_remember(control, forwarded, 4);
+    PyObject *slot = PyLong_FromLong(0);
+    PyObject *forwarded[4] = {args[0], args[1], count, slot};
+    PyObject *result = slot == NULL ? NULL : control_remember(control, forwarded, 4);
     Py_DECREF(count);
+    Py_XDECREF(slot);
+    if (result == NULL)
+        return NULL;
+    /* No flag to check: the Python path hands a container's proxy out
+     * whatever is pending (the proxy waits when it is used), and its type
+     * changes only by a commit.  Both offsets on one word: the flag check
+     * then always passes (or, should a write raise it between the two
+     * loads, sends that one read to Python). */
+    State *state = PyType_GetModuleState(Py_TYPE(control));
+    PyObject *found = state == NULL ? NULL : PyDict_GetItemWithError(control->entries, args[0]);
+    /* (Only if it is still this proxy's: the old object remember() let go of
+     * may have had a finalizer that stored something else since.) */
+    if (found != NULL && Py_IS_TYPE(found, state->entry_type) && ((Entry *)found)->obj == args[1])
+        ((Entry *)found)->pending = ((Entry *)found)->applied;
+    else if (PyErr_Occurred()) {
+        Py_DECREF(result);
+        return NULL;
+    }
     return result;
 }
 
@@ -529,9 +548,9 @@ static PyMethodDef reader_methods[] = {
      "mark(): (the armed Control's epoch, its commit count now), None if unarmed. Taken "
      "before a read, it says what the read is at least as recent as."},
     {"remember", (PyCFunction)(void (*)(void))reader_remember, METH_FASTCALL,
-     "remember(name, obj, mark, slot): Control.remember(name, obj, commits of mark, slot), "
-     "if the Control armed at mark() is still armed; for `share.name` of a container, obj "
-     "is its proxy."},
+     "remember(name, proxy, mark): `share.name` of a container is `proxy` while nothing is "
+     "committed since mark() (if the Control armed then is still armed): no flag checked, as "
+     "the Python path checks none to hand a container's proxy out."},
     {"arm", (PyCFunction)reader_arm, METH_O,
      "arm(control): serve reads from this Control (None: serve none)."},
     {NULL, NULL, 0, NULL},
@@ -1085,14 +1104,21 @@ static PyType_Spec method_spec = {
  *     EXTENDED_ARG, never the first step of `proxy[k] += x` (share/_augmented.py).
  *
  * What is held is an immutable value or the proxy of a mutable item (which
- * reads afresh when used): never a mutable object itself. */
+ * reads afresh when used): never a mutable object itself.
+ *
+ * And `proxy.method` (`share.lst.append`): the BoundMethod the Python path
+ * found in its memo for the object's type (Link.known_method), held with no
+ * flag slot, is served while the epoch, heartbeat and commit count agree --
+ * whatever the instruction (LOAD_METHOD on 3.11), as the Python path hands
+ * a method out before its `+=` check: the type, and so the method, can only
+ * change by a commit. */
 
 typedef struct {
     PyObject_HEAD
     PyObject *obj;
     uint64_t epoch;   /* the Control's, at the mark */
     uint64_t commits; /* the commit count the read is at least as recent as */
-    int nslots;       /* 1 or 2 flag slots waited on */
+    int nslots;       /* 1 or 2 flag slots waited on; 0: a bound method (below) */
     Py_ssize_t pending[2], applied[2];
 } Held;
 
@@ -1286,7 +1312,7 @@ serve(ProxyBase *self, PyObject *held, PyObject *key, int item)
         State *state = PyType_GetModuleState(Py_TYPE(reader));
         if (state == NULL)
             PyErr_Clear();
-        else if (plain_read(state, item))
+        else if (entry->nslots == 0 || plain_read(state, item))
             result = Py_NewRef(entry->obj);
     }
     Py_DECREF(entry);
@@ -1379,8 +1405,9 @@ proxy_hold(ProxyBase *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "held keys are str (or int, for items)");
         return NULL;
     }
-    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) < 1 || PyTuple_GET_SIZE(slots) > 2) {
-        PyErr_SetString(PyExc_ValueError, "one or two flag slots");
+    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) > 2 ||
+        (PyTuple_GET_SIZE(slots) == 0 && !attribute)) {
+        PyErr_SetString(PyExc_ValueError, "one or two flag slots (none: a method)");
         return NULL;
     }
     Control *control = self->reader == NULL ? NULL : reader_control(self->reader);
@@ -1455,7 +1482,7 @@ static PyMethodDef proxy_methods[] = {
      "_accord_hold(key, obj, mark, slots, attribute): serve self[key] (self.key with "
      "`attribute`) as obj while the flags of `slots` are clear and nothing is committed "
      "since `mark` (Reader.mark(), taken before the read). obj: an immutable value or a "
-     "proxy."},
+     "proxy; or, with no slots, the BoundMethod self.key (served at any instruction)."},
     {"_accord_held", (PyCFunction)proxy_held, METH_NOARGS,
      "_accord_held(): how many (items, attributes) are held."},
     {NULL, NULL, 0, NULL},

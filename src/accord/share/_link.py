@@ -522,7 +522,7 @@ class Link:
                 # A container: its proxy's own += is atomic; no bytecode check.
                 proxy = self.proxy(path)
                 if mark is not None:  # the next `share.name`: in C while nothing changes
-                    self.reader.remember(name, proxy, mark, slots[0])
+                    self.reader.remember(name, proxy, mark)
                 return proxy
             if is_augmented(_depth):
                 # `share.name += x`: one AUGMENT whatever the value is now

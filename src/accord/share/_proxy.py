@@ -69,8 +69,12 @@ class Proxy(ProxyBase):
     def _accord_getattr(self, attr: str):
         link = _get(self, "_accord_link")
         path = _get(self, "_accord_path")
+        # (Before the type known_method reads: it is at least this recent.)
+        mark = link.reader.mark() if len(path) == 1 else None
         method = link.known_method(path, attr)
         if method is not None:
+            if mark is not None:  # the next `proxy.attr`: in C while nothing is committed
+                self._accord_hold(attr, method, mark, (), True)
             return method  # (a method is never the target of `x.attr += y`)
         if is_augmented():
             place = (*path, P.ATTR, attr)
