@@ -238,6 +238,60 @@ def bench_counter(n: int) -> None:
         table.print()
 
 
+def _accord_fixed(share, n, queue):
+    start = time.perf_counter()
+    share.counter += 1  # connects: socket, handshake, ring
+    first = time.perf_counter()
+    for _ in range(n - 1):
+        share.counter += 1
+    before = time.perf_counter()
+    share.flush()
+    queue.put((first - start, time.perf_counter() - before))
+
+
+def _nothing():
+    pass
+
+
+def bench_fixed(n: int) -> None:
+    """What a worker process pays once, whatever its n: `run_counter` times
+    start to join, so 10 ms per process is 2 µs per op of 5,000."""
+    table = Table(f"Fixed costs of one of 4 worker processes (accord, fork), {n} `+=` each")
+    rounds = 5
+    firsts, flushes = [], []
+    with Share() as share:
+        share.counter = 0
+        for _ in range(rounds):
+            queue = CTX.Queue()
+            procs = [CTX.Process(target=_accord_fixed, args=(share, n, queue)) for _ in range(4)]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                first, flush = queue.get(timeout=120)
+                firsts.append(first)
+                flushes.append(flush)
+            for p in procs:
+                p.join()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        procs = [CTX.Process(target=_nothing) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    empty = (time.perf_counter() - start) / rounds
+    firsts.sort()
+    flushes.sort()
+    table.add(
+        "first `share.counter += 1` (connects), median",
+        firsts[len(firsts) // 2] * 1e6,
+        "µs once per process",
+    )
+    table.add("final `share.flush()`, median", flushes[len(flushes) // 2] * 1e6)
+    table.add("start and join 4 processes that do nothing", empty * 1e6)
+    table.print()
+
+
 def bench_big_append(n: int) -> None:
     table = Table("Append onto a list that already holds 0 / 10k / 200k items")
     for size in (0, 10_000, 200_000):
@@ -339,6 +393,7 @@ def main() -> None:
         "append": (bench_append, 50_000),
         "call": (bench_call, 2_000),
         "counter": (bench_counter, 5_000),
+        "fixed": (bench_fixed, 5_000),
         "big": (bench_big_append, 50_000),
     }
     parser.add_argument(

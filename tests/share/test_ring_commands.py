@@ -42,11 +42,16 @@ def test_more_writers_than_cores_stay_exact(share, ctx, processes):
     assert share.counter == processes * n
 
 
-def _append_then_die_mid_append(share, count, stop):
+def _append_then_die_mid_append(share, count, stop, path="python"):
     for i in range(count):
         share.lst.append(i)
     # The next command stops half-appended, and the process dies right there.
     client = share._link.client
+    if path == "c":  # the C path of `lst.append(value)` (_ring.c's Sender)
+        client.sender.stop = stop
+        share.lst.append("half")
+        os.kill(os.getpid(), signal.SIGKILL)
+    client.sender.close()  # the Python path, whatever the argument
     client._producer = _DiesMidAppend(client._producer, client._id, stop)
     share.lst.append("half")
 
@@ -67,10 +72,13 @@ class _DiesMidAppend:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.parametrize("path", ["python", "c"])
 @pytest.mark.parametrize("stop", [_ring.STOP_AFTER_PAYLOAD, _ring.STOP_AFTER_HEADER])
-def test_a_writer_killed_mid_append_leaves_no_half_command(share, ctx, separate_processes, stop):
+def test_a_writer_killed_mid_append_leaves_no_half_command(
+    share, ctx, separate_processes, stop, path
+):
     share.lst = []
-    process = ctx.Process(target=_append_then_die_mid_append, args=(share, 50, stop))
+    process = ctx.Process(target=_append_then_die_mid_append, args=(share, 50, stop, path))
     process.start()
     process.join(60)
     assert process.exitcode == -signal.SIGKILL
@@ -80,7 +88,7 @@ def test_a_writer_killed_mid_append_leaves_no_half_command(share, ctx, separate_
     assert share.lst == list(range(50))
     assert time.monotonic() - started < 1.5
     # Its ring is recycled for the next client; nothing is stuck.
-    again = ctx.Process(target=_append_then_die_mid_append, args=(share, 5, stop))
+    again = ctx.Process(target=_append_then_die_mid_append, args=(share, 5, stop, path))
     again.start()
     again.join(60)
     assert share.lst == list(range(50)) + list(range(5))

@@ -41,15 +41,29 @@
 #define Py_READONLY READONLY
 #endif
 
+#define N_INPLACE 13
+
 typedef struct {
     PyTypeObject *control_type;
     PyTypeObject *entry_type;
     PyTypeObject *reader_type;
     PyTypeObject *share_type;
+    PyTypeObject *method_type;
+    PyTypeObject *augmenting_type;
     PyObject *slow_name; /* "_accord_slow": the Python slow path */
+    PyObject *call_name; /* "_accord_call": a method's Python path */
+    PyObject *augment_name; /* "augment": Link.augment, the Python path of `+=` */
+    PyObject *inplace[N_INPLACE]; /* "iadd", ...: _core/_protocol.INPLACE_OPERATORS */
     int configured;      /* opcodes known (the running Python's bytecode is recognised) */
     int load_attr, copy, extended_arg;
+    PyObject *verdicts; /* share/_augmented's {(code, offset): is the read a `+=`} */
+    PyObject *done;     /* share/_augmented.DONE */
 } State;
+
+static const char *inplace_names[N_INPLACE] = {
+    "iadd", "isub", "imul", "imatmul", "itruediv", "ifloordiv", "imod",
+    "ipow", "ilshift", "irshift", "iand", "ixor", "ior",
+};
 
 static struct PyModuleDef module_def;
 
@@ -115,6 +129,8 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view; /* view.obj NULL once closed */
     PyObject *entries; /* name -> Entry */
+    PyObject *send;     /* NULL, or a Sender's send: `share.name += x` in C (see below) */
+    PyObject *augments; /* name -> {op name: Sender template} */
     Py_ssize_t heartbeat, commits, pending, applied, nslots;
     Py_ssize_t limit; /* entries kept before starting afresh */
     int64_t stale_ns;
@@ -130,6 +146,8 @@ static int
 control_traverse(Control *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->entries);
+    Py_VISIT(self->send);
+    Py_VISIT(self->augments);
     Py_VISIT(self->view.obj);
     Py_VISIT(Py_TYPE(self));
     return 0;
@@ -147,6 +165,8 @@ control_clear(Control *self)
 {
     control_release(self);
     Py_CLEAR(self->entries);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->augments);
     return 0;
 }
 
@@ -176,7 +196,8 @@ control_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL)
         return NULL;
     self->entries = PyDict_New();
-    if (self->entries == NULL) {
+    self->augments = PyDict_New();
+    if (self->entries == NULL || self->augments == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -271,6 +292,8 @@ static PyObject *
 control_forget(Control *self, PyObject *unused)
 {
     PyDict_Clear(self->entries);
+    PyDict_Clear(self->augments);
+    Py_CLEAR(self->send);
     Py_RETURN_NONE;
 }
 
@@ -278,8 +301,32 @@ static PyObject *
 control_close(Control *self, PyObject *unused)
 {
     control_release(self);
-    PyDict_Clear(self->entries);
-    Py_RETURN_NONE;
+    return control_forget(self, NULL);
+}
+
+static PyObject *
+control_get_send(Control *self, void *unused)
+{
+    return Py_NewRef(self->send != NULL ? self->send : Py_None);
+}
+
+static int
+control_set_send(Control *self, PyObject *value, void *unused)
+{
+    if (value == Py_None)
+        value = NULL;
+    if (value != NULL && !PyCallable_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "send: a Sender's send, or None");
+        return -1;
+    }
+    Py_XSETREF(self->send, Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *
+control_get_augments(Control *self, void *unused)
+{
+    return Py_NewRef(self->augments);
 }
 
 static PyObject *
@@ -298,7 +345,8 @@ static PyMethodDef control_methods[] = {
     {"remember", (PyCFunction)(void (*)(void))control_remember, METH_FASTCALL,
      "remember(name, obj, commits, slot): obj (immutable) is `name` as committed at commit "
      "count `commits`; `slot` is its WHOLE flag."},
-    {"forget", (PyCFunction)control_forget, METH_NOARGS, "Forget every remembered value."},
+    {"forget", (PyCFunction)control_forget, METH_NOARGS,
+     "Forget every remembered value and augment template, and the sender."},
     {"close", (PyCFunction)control_close, METH_NOARGS,
      "Stop serving reads and release the buffer (before it is unmapped)."},
     {NULL, NULL, 0, NULL},
@@ -306,6 +354,10 @@ static PyMethodDef control_methods[] = {
 
 static PyGetSetDef control_getset[] = {
     {"open", (getter)control_get_open, NULL, "Whether reads may be served.", NULL},
+    {"send", (getter)control_get_send, (setter)control_set_send,
+     "None, or the client's Sender.send: `share.name op= value` is sent in C.", NULL},
+    {"augments", (getter)control_get_augments, NULL,
+     "{name: {op name (iadd...): Sender template}}: the `+=` sent in C.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -489,6 +541,209 @@ maybe_augmented(State *state)
     return maybe;
 }
 
+/* -- the writer's C paths: `share.name op= value` and `proxy.method(value)` --
+ *
+ * Both end in a Sender's `send(template, value)` (backends/shm/_ring.c): one
+ * C call that records the intent, raises the flags and appends the command,
+ * or returns None, and then the Python path runs, as it would have without
+ * this.  The templates are made by the Python path (share/_link.py) the
+ * first time it sends the same command; they hold the command's bytes but
+ * the value's, and its write flags.
+ *
+ * `share.name op= value`: the attribute hook serves the read that starts it
+ * (a LOAD_ATTR that share/_augmented.py's detector has found to be one, its
+ * verdict cached per code object and offset) with an Augmenting marker when
+ * the client is connected, the coordinator's heartbeat fresh and the Python
+ * path has sent `op=` on that name before.  Its in-place operator sends the
+ * AUGMENT (or calls Link.augment, the Python path), and returns DONE, which
+ * the store that ends the statement ignores: the same command, in the same
+ * order, as share/_augmented.Augmenting sends. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *link;  /* the Python path: link.augment((name,), op, value) */
+    PyObject *name;
+    PyObject *templates; /* {op name: template} */
+    PyObject *send;
+} Augmenting;
+
+static int
+augmenting_traverse(Augmenting *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->link);
+    Py_VISIT(self->name);
+    Py_VISIT(self->templates);
+    Py_VISIT(self->send);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+augmenting_clear(Augmenting *self)
+{
+    Py_CLEAR(self->link);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->templates);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void
+augmenting_dealloc(Augmenting *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    augmenting_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static State *
+state_of_type(PyTypeObject *type)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &module_def);
+    return module == NULL ? NULL : PyModule_GetState(module);
+}
+
+static PyObject *
+augmenting_apply(PyObject *obj, int op, PyObject *value)
+{
+    Augmenting *self = (Augmenting *)obj;
+    State *state = state_of_type(Py_TYPE(obj));
+    if (state == NULL)
+        return NULL;
+    PyObject *opname = state->inplace[op];
+    PyObject *template = PyDict_GetItemWithError(self->templates, opname); /* borrowed */
+    if (template != NULL) {
+        PyObject *argv[2] = {template, value};
+        Py_INCREF(template); /* (send may run the wake-up, Python code) */
+        PyObject *sent = PyObject_Vectorcall(self->send, argv, 2, NULL);
+        Py_DECREF(template);
+        if (sent == NULL)
+            return NULL;
+        int done = sent != Py_None;
+        Py_DECREF(sent);
+        if (done)
+            return Py_NewRef(state->done);
+    }
+    else if (PyErr_Occurred())
+        return NULL;
+    PyObject *place = PyTuple_Pack(1, self->name);
+    if (place == NULL)
+        return NULL;
+    PyObject *argv[4] = {self->link, place, opname, value};
+    PyObject *result = PyObject_VectorcallMethod(state->augment_name, argv,
+                                                 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(place);
+    if (result == NULL)
+        return NULL;
+    Py_DECREF(result);
+    return Py_NewRef(state->done);
+}
+
+#define INPLACE(fn, index)                                                                     \
+    static PyObject *fn(PyObject *self, PyObject *value)                                       \
+    {                                                                                          \
+        return augmenting_apply(self, index, value);                                           \
+    }
+INPLACE(aug_iadd, 0)
+INPLACE(aug_isub, 1)
+INPLACE(aug_imul, 2)
+INPLACE(aug_imatmul, 3)
+INPLACE(aug_itruediv, 4)
+INPLACE(aug_ifloordiv, 5)
+INPLACE(aug_imod, 6)
+INPLACE(aug_ilshift, 8)
+INPLACE(aug_irshift, 9)
+INPLACE(aug_iand, 10)
+INPLACE(aug_ixor, 11)
+INPLACE(aug_ior, 12)
+
+static PyObject *
+aug_ipow(PyObject *self, PyObject *value, PyObject *modulo)
+{
+    return augmenting_apply(self, 7, value);
+}
+
+static PyType_Slot augmenting_slots[] = {
+    {Py_tp_dealloc, augmenting_dealloc},
+    {Py_tp_traverse, augmenting_traverse},
+    {Py_tp_clear, augmenting_clear},
+    {Py_nb_inplace_add, aug_iadd},
+    {Py_nb_inplace_subtract, aug_isub},
+    {Py_nb_inplace_multiply, aug_imul},
+    {Py_nb_inplace_matrix_multiply, aug_imatmul},
+    {Py_nb_inplace_true_divide, aug_itruediv},
+    {Py_nb_inplace_floor_divide, aug_ifloordiv},
+    {Py_nb_inplace_remainder, aug_imod},
+    {Py_nb_inplace_power, aug_ipow},
+    {Py_nb_inplace_lshift, aug_ilshift},
+    {Py_nb_inplace_rshift, aug_irshift},
+    {Py_nb_inplace_and, aug_iand},
+    {Py_nb_inplace_xor, aug_ixor},
+    {Py_nb_inplace_or, aug_ior},
+    {Py_tp_doc, "What the read that starts `share.name op= value` returns (see above)."},
+    {0, NULL},
+};
+
+static PyType_Spec augmenting_spec = {
+    "accord._core._fastread.Augmenting",
+    sizeof(Augmenting),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    augmenting_slots,
+};
+
+/* The marker for `share.name op= value` (new reference), if the C path
+ * serves this read; NULL without an exception if not; NULL with one on error. */
+static PyObject *
+augmenting_for(ShareBase *share, State *state, Control *control, PyObject *name)
+{
+    if (control->send == NULL || state->verdicts == NULL)
+        return NULL;
+    /* The Share's own API (share.close, ...): the Python path answers it. */
+    if (_PyType_Lookup(Py_TYPE(share), name) != NULL)
+        return NULL;
+    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
+    if (frame == NULL)
+        return NULL;
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    PyObject *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
+    PyObject *key = lasti == NULL ? NULL : PyTuple_Pack(2, code, lasti);
+    Py_DECREF(code);
+    Py_XDECREF(lasti);
+    if (key == NULL)
+        return NULL;
+    PyObject *verdict = PyDict_GetItemWithError(state->verdicts, key); /* borrowed */
+    Py_DECREF(key);
+    if (verdict != Py_True)
+        return NULL; /* (unknown yet: the Python detector decides and caches it) */
+    const char *base = control->view.buf;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if ((int64_t)(now - load64(base, control->heartbeat)) >= control->stale_ns)
+        return NULL; /* the Python path checks that the coordinator lives */
+    PyObject *templates = PyDict_GetItemWithError(control->augments, name);
+    if (templates == NULL || control->send == NULL)
+        return NULL;
+    /* Held before anything that may run a finalizer (which may change them). */
+    PyObject *send = Py_NewRef(control->send);
+    Py_INCREF(templates);
+    Augmenting *marker = PyObject_GC_New(Augmenting, state->augmenting_type);
+    if (marker == NULL) {
+        Py_DECREF(send);
+        Py_DECREF(templates);
+        return NULL;
+    }
+    marker->link = Py_NewRef(share->link);
+    marker->name = Py_NewRef(name);
+    marker->templates = templates;
+    marker->send = send;
+    PyObject_GC_Track(marker);
+    return (PyObject *)marker;
+}
+
 static PyObject *
 share_getattro(ShareBase *self, PyObject *name)
 {
@@ -525,6 +780,15 @@ share_getattro(ShareBase *self, PyObject *name)
         }
         else if (PyErr_Occurred())
             return NULL;
+        if (control->send != NULL) {
+            if (state == NULL)
+                state = PyType_GetModuleState(Py_TYPE(reader));
+            if (state == NULL)
+                return NULL;
+            PyObject *marker = augmenting_for(self, state, control, name);
+            if (marker != NULL || PyErr_Occurred())
+                return marker;
+        }
     }
     if (state == NULL) {
         PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &module_def);
@@ -587,6 +851,135 @@ static PyType_Spec share_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, share_slots,
 };
 
+/* -- MethodBase: the base of share/_proxy.BoundMethod ------------------------
+ *
+ * `proxy.append(3)`: calling a bound method whose Python path has armed it
+ * (`_accord_arm(send, template)`: a fire-and-forget method, one plain
+ * argument) sends the command in C; anything else, and any None from send,
+ * goes to the subclass's `_accord_call(args, kwargs)`, the Python path. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *send;     /* NULL, or a Sender's send */
+    PyObject *template; /* NULL, or its template for this method's command */
+} MethodBase;
+
+static int
+method_traverse(MethodBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send);
+    Py_VISIT(self->template);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+method_clear(MethodBase *self)
+{
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->template);
+    return 0;
+}
+
+static void
+method_dealloc(MethodBase *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    method_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+method_call(MethodBase *self, PyObject *args, PyObject *kwargs)
+{
+    if (self->send != NULL && PyTuple_GET_SIZE(args) == 1 &&
+        (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
+        PyObject *send = Py_NewRef(self->send), *template = Py_NewRef(self->template);
+        PyObject *argv[2] = {template, PyTuple_GET_ITEM(args, 0)};
+        PyObject *sent = PyObject_Vectorcall(send, argv, 2, NULL);
+        Py_DECREF(send);
+        Py_DECREF(template);
+        if (sent == NULL)
+            return NULL;
+        int done = sent != Py_None;
+        Py_DECREF(sent);
+        if (done)
+            Py_RETURN_NONE; /* (what a fire-and-forget call returns) */
+    }
+    State *state = state_of_type(Py_TYPE(self));
+    if (state == NULL)
+        return NULL;
+    PyObject *empty = NULL;
+    if (kwargs == NULL && (kwargs = empty = PyDict_New()) == NULL)
+        return NULL;
+    PyObject *argv[3] = {(PyObject *)self, args, kwargs};
+    PyObject *result = PyObject_VectorcallMethod(state->call_name, argv,
+                                                 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(empty);
+    return result;
+}
+
+static PyObject *
+method_arm(MethodBase *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || (args[0] == Py_None) != (args[1] == Py_None) ||
+        (args[0] != Py_None && !PyCallable_Check(args[0]))) {
+        PyErr_SetString(PyExc_TypeError, "_accord_arm(send, template), or (None, None)");
+        return NULL;
+    }
+    PyObject *send = args[0] == Py_None ? NULL : Py_NewRef(args[0]);
+    PyObject *template = args[1] == Py_None ? NULL : Py_NewRef(args[1]);
+    PyObject *old_send = self->send, *old_template = self->template;
+    self->send = send;
+    self->template = template;
+    Py_XDECREF(old_send);
+    Py_XDECREF(old_template);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+method_get_template(MethodBase *self, void *unused)
+{
+    return Py_NewRef(self->template != NULL ? self->template : Py_None);
+}
+
+static PyObject *
+method_get_send(MethodBase *self, void *unused)
+{
+    return Py_NewRef(self->send != NULL ? self->send : Py_None);
+}
+
+static PyMethodDef method_methods[] = {
+    {"_accord_arm", (PyCFunction)(void (*)(void))method_arm, METH_FASTCALL,
+     "_accord_arm(send, template): calls with one argument go to send(template, arg) first; "
+     "(None, None): none do."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef method_getset[] = {
+    {"_accord_template", (getter)method_get_template, NULL, "The armed template, or None.", NULL},
+    {"_accord_send", (getter)method_get_send, NULL, "The armed send, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot method_slots[] = {
+    {Py_tp_dealloc, method_dealloc},
+    {Py_tp_traverse, method_traverse},
+    {Py_tp_clear, method_clear},
+    {Py_tp_call, method_call},
+    {Py_tp_methods, method_methods},
+    {Py_tp_getset, method_getset},
+    {Py_tp_doc, "Base of BoundMethod: an armed call is sent in C (see _accord_arm)."},
+    {0, NULL},
+};
+
+static PyType_Spec method_spec = {
+    "accord._core._fastread.MethodBase", sizeof(MethodBase), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, method_slots,
+};
+
 /* -- the module ------------------------------------------------------------ */
 
 static PyObject *
@@ -595,10 +988,13 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     State *state = PyModule_GetState(module);
     if (nargs == 1 && args[0] == Py_None) {
         state->configured = 0;
+        Py_CLEAR(state->verdicts);
+        Py_CLEAR(state->done);
         Py_RETURN_NONE;
     }
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "configure(load_attr, copy, extended_arg) or (None)");
+    if (nargs != 5 || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(load_attr, copy, extended_arg, verdicts, done) or (None)");
         return NULL;
     }
     int ops[3];
@@ -615,6 +1011,8 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     state->load_attr = ops[0];
     state->copy = ops[1];
     state->extended_arg = ops[2];
+    Py_XSETREF(state->verdicts, Py_NewRef(args[3]));
+    Py_XSETREF(state->done, Py_NewRef(args[4]));
     state->configured = 1;
     Py_RETURN_NONE;
 }
@@ -636,12 +1034,19 @@ exec_module(PyObject *module)
     State *state = PyModule_GetState(module);
     state->configured = 0;
     state->slow_name = PyUnicode_InternFromString("_accord_slow");
-    if (state->slow_name == NULL)
+    state->call_name = PyUnicode_InternFromString("_accord_call");
+    state->augment_name = PyUnicode_InternFromString("augment");
+    if (state->slow_name == NULL || state->call_name == NULL || state->augment_name == NULL)
         return -1;
+    for (int i = 0; i < N_INPLACE; i++)
+        if ((state->inplace[i] = PyUnicode_InternFromString(inplace_names[i])) == NULL)
+            return -1;
     if (add_type(module, &entry_spec, NULL, &state->entry_type) < 0 ||
         add_type(module, &control_spec, NULL, &state->control_type) < 0 ||
         add_type(module, &reader_spec, NULL, &state->reader_type) < 0 ||
-        add_type(module, &share_spec, NULL, &state->share_type) < 0)
+        add_type(module, &share_spec, NULL, &state->share_type) < 0 ||
+        add_type(module, &method_spec, NULL, &state->method_type) < 0 ||
+        add_type(module, &augmenting_spec, NULL, &state->augmenting_type) < 0)
         return -1;
     return 0;
 }
@@ -654,7 +1059,15 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->entry_type);
     Py_VISIT(state->reader_type);
     Py_VISIT(state->share_type);
+    Py_VISIT(state->method_type);
+    Py_VISIT(state->augmenting_type);
     Py_VISIT(state->slow_name);
+    Py_VISIT(state->call_name);
+    Py_VISIT(state->augment_name);
+    for (int i = 0; i < N_INPLACE; i++)
+        Py_VISIT(state->inplace[i]);
+    Py_VISIT(state->verdicts);
+    Py_VISIT(state->done);
     return 0;
 }
 
@@ -666,7 +1079,15 @@ module_clear(PyObject *module)
     Py_CLEAR(state->entry_type);
     Py_CLEAR(state->reader_type);
     Py_CLEAR(state->share_type);
+    Py_CLEAR(state->method_type);
+    Py_CLEAR(state->augmenting_type);
     Py_CLEAR(state->slow_name);
+    Py_CLEAR(state->call_name);
+    Py_CLEAR(state->augment_name);
+    for (int i = 0; i < N_INPLACE; i++)
+        Py_CLEAR(state->inplace[i]);
+    Py_CLEAR(state->verdicts);
+    Py_CLEAR(state->done);
     return 0;
 }
 
@@ -678,9 +1099,10 @@ module_free(void *module)
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(load_attr, copy, extended_arg): the running Python's opcodes, which tell a "
-     "plain attribute read from the start of an augmented assignment; configure(None): "
-     "send every read to the slow path's detector."},
+     "configure(load_attr, copy, extended_arg, verdicts, done): the running Python's opcodes, "
+     "which tell a plain attribute read from the start of an augmented assignment, the "
+     "detector's cache of verdicts and the marker of an applied one; configure(None): send "
+     "every read to the slow path's detector."},
     {NULL, NULL, 0, NULL},
 };
 

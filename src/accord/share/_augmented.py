@@ -243,8 +243,14 @@ if not RECOGNISED:
     _analyser = _refuse
 # The fast read path (C) serves `share.x` only at a LOAD_ATTR not preceded by
 # COPY or EXTENDED_ARG, which `_analyse` never takes for an augmented read;
-# everything else comes here.  Unrecognised bytecode: everything comes here.
+# its `share.x op= y` path only where `_verdicts` holds True for the read
+# (this module's verdict, cached), returning its own marker that sends the
+# same command, then DONE.  Unrecognised bytecode: everything comes here.
 if RECOGNISED:
     _fastread.configure(
-        opcode.opmap["LOAD_ATTR"], opcode.opmap["COPY"], opcode.opmap["EXTENDED_ARG"]
+        opcode.opmap["LOAD_ATTR"],
+        opcode.opmap["COPY"],
+        opcode.opmap["EXTENDED_ARG"],
+        _verdicts,
+        DONE,
     )

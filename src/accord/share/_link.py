@@ -404,6 +404,11 @@ class Link:
             client.send(op, fields, writes)  # to the restarted coordinator
         if id(client) not in _unsettled:
             _queued(client)
+        sender = getattr(client, "sender", None)
+        if sender is not None and sender.registry is None:
+            # The C paths (see `_arm`) send only while this client is
+            # unsettled: once settled, its next write comes here first.
+            sender.registry = (_unsettled, id(client))
 
     def request(self, op: int, fields: tuple, writes: tuple = (), reads: tuple = ()):
         try:
@@ -643,6 +648,43 @@ class Link:
         if slots is None:
             slots = self.place_slots(place)
         self.send(P.AUGMENT, (place, op, packed), slots)
+        if len(place) == 1 and type(operand) in PLAIN:
+            self._arm_augment(place, op, slots)
+
+    # -- the writer's C paths (_core/_fastread.c) -------------------------------
+
+    def _arm_augment(self, place: tuple, op: str, slots: tuple) -> None:
+        """Let the share's attribute hook send the next ``share.name op= v``
+        (v plain) in C: the template of the AUGMENT just sent, but its value.
+        The command is the one this method sends; its flags, `slots`, depend
+        on the name alone."""
+        client = self._client
+        fast = getattr(client, "fast", None)
+        if fast is None or fast.send is None:
+            return
+        augments = fast.augments
+        templates = augments.get(place[0])
+        if templates is None:
+            if len(augments) >= _MEMO_LIMIT:
+                augments.clear()  # names written once each, without end
+            templates = augments[place[0]] = {}
+        if op not in templates:
+            made = client.template(P.AUGMENT, (place, op), slots)  # pyright: ignore[reportOptionalMemberAccess, reportAttributeAccessIssue]  (shm)
+            if made is not None:
+                templates[op] = made
+
+    def _arm_method(self, method: BoundMethod) -> None:
+        """Let `method` send its next call with one plain argument in C (see
+        MethodBase): the template of the CALL just sent, but its argument."""
+        sender = getattr(self._client, "sender", None)
+        if sender is None or not sender.open:
+            return
+        made = method._accord_template
+        if made is None:
+            made = self._client.template(P.CALL, (method.path, method.name), method.slots)  # pyright: ignore[reportOptionalMemberAccess, reportAttributeAccessIssue]  (shm)
+            if made is None:
+                return
+        method._accord_arm(sender.send, made)
 
     def call(self, method: BoundMethod, args: tuple, kwargs: dict):
         path, name, kind = method.path, method.name, method.kind
@@ -651,6 +693,7 @@ class Link:
             # below (plain arguments travel as they are, see pack_call).
             # Through send(): one that restart() turned away is sent again.
             self.send(P.CALL, (path, name, args), method.slots)
+            self._arm_method(method)
             return None
         if kind == LOCAL:
             self.wait_for(method.slots)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core import _protocol as P
+from .._core._fastread import MethodBase
 from .._core._protocol import describe
 from .._core._values import private
 from ._augmented import DONE, Augmenting, is_augmented
@@ -230,10 +231,15 @@ for _inplace in P.INPLACE_OPERATORS.values():
     setattr(Proxy, f"__r{_binary}__", _reflected(_op))
 
 
-class BoundMethod:
+class BoundMethod(MethodBase):
     """``share.lst.append``: calling it runs the method where its kind says
     (LOCAL, QUEUE or CALL, see `_methods`), with the flag slots it reads
-    (LOCAL) or writes (QUEUE, CALL) worked out once."""
+    (LOCAL) or writes (QUEUE, CALL) worked out once.
+
+    A call is `_accord_call`, unless `Link.call` has armed the method (a
+    fire-and-forget one, called with one plain argument): MethodBase (C)
+    then sends a call with one argument itself, and calls `_accord_call`
+    when it cannot (see _core/_fastread.c)."""
 
     __slots__ = ("kind", "link", "name", "path", "slots")
 
@@ -244,7 +250,7 @@ class BoundMethod:
         self.kind = kind
         self.slots = slots
 
-    def __call__(self, *args, **kwargs):
+    def _accord_call(self, args: tuple, kwargs: dict):
         return self.link.call(self, args, kwargs)
 
     def __repr__(self) -> str:

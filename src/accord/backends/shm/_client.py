@@ -28,6 +28,7 @@ from ..._core._values import is_value
 from .._clients import Clients
 from .._replies import Replies
 from . import _control, _transport
+from ._ring import Sender
 from ._rings import (
     IDENTITY,
     OWNER_PID,
@@ -37,6 +38,7 @@ from ._rings import (
     Producer,
     RingClosed,
     RingSegment,
+    template,
 )
 from ._snapshots import SnapshotReader
 
@@ -179,7 +181,10 @@ class ShmClient:
         self._producer: Producer | None = None
         self._id = -1
         self._intent = 0
-        self._seq = 0
+        # The C path of this client's fire-and-forget writes of one plain
+        # value (see _ring.c's Sender), made with the connection; its `seq`
+        # numbers this client's commands (intent records), both paths'.
+        self.sender: Sender | None = None
         self._next_reply = 0
         self._last_verified = 0
         # Set once (by _lose or close), with the fast read path closed.
@@ -220,8 +225,31 @@ class ShmClient:
             raise self._lose("its command rings are gone", undelivered=True) from None
         self._sock, self._id = sock, client_id
         self._intent = _control.intent_offset(client_id)
-        self._seq = 0
+        self._close_sender()
+        self.sender = sender = self._producer.sender(
+            self.ctrl,
+            self._intent,
+            PENDING,
+            _control.CLOSED,
+            _control.REPLACED,
+            self._send_lock,
+            self.replies.deferred,
+            self._wake,
+        )
+        self.fast.send = sender.send  # `share.name += x` in C (see _fastread.c)
         return sock
+
+    def _close_sender(self) -> None:
+        self.fast.send = None
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            sender.close()  # its views go before the segments are unmapped
+
+    @staticmethod
+    def template(op: int, fields: tuple, writes: tuple) -> tuple | None:
+        """The `Sender.send` template of a fire-and-forget command whose last
+        field is a 1-tuple holding a plain value (see `_rings.template`)."""
+        return template(op, fields, writes)
 
     def _ring_alive(self) -> None:
         """Raise if the coordinator is gone (a client waiting for room in
@@ -245,6 +273,8 @@ class ShmClient:
                 f"the coordinator of share {self.info.name!r} (pid {self.info.pid}) is gone: {why}"
             )
         self.fast.close()  # every read now goes through the checks in Python
+        if self.sender is not None:
+            self.sender.close()  # and every write (its seq stays for the Python path)
         error = type(self.lost)(*self.lost.args)
         error.undelivered = undelivered
         return error
@@ -308,16 +338,16 @@ class ShmClient:
             with self._send_lock:
                 if self._sock is None:
                     self._connect()
-                producer = self._producer
-                assert producer is not None  # set by _connect
-                seq = self._seq + 1
+                producer, sender = self._producer, self.sender
+                assert producer is not None and sender is not None  # set by _connect
+                seq = sender.seq + 1
                 done = producer.write(buf, self._intent, PENDING, seq, writes, payload)
                 if done == RING_CLOSED:
                     # restart() closed the rings after we passed the check
                     # above: not queued, so it may go to the new coordinator.
                     raise self._lose("replaced by restart()", undelivered=True)
                 if done >= 0:
-                    self._seq = seq
+                    sender.seq = seq
                     if done & 3 == 2:
                         self._wake()
                     return None
@@ -326,11 +356,13 @@ class ShmClient:
         with self._send_lock:
             if self._sock is None:
                 self._connect()
+            sender = self.sender
+            assert sender is not None  # set by _connect
             waits = []
             for s in reads:
                 waits.append(s)
                 waits.append(load(buf, PENDING + 8 * s))
-            seq = self._seq + 1
+            seq = sender.seq + 1
             if writes:
                 # Record the intent before raising each flag: if this process
                 # dies before the send, the coordinator credits the flags the
@@ -362,7 +394,7 @@ class ShmClient:
                 # restart() closed the rings after we passed the check above:
                 # not queued, so it may be sent to the new coordinator.
                 raise self._lose("replaced by restart()", undelivered=True) from None
-            self._seq = seq
+            sender.seq = seq
             if wake:  # the coordinator sleeps in select(): wake it there
                 self._wake()
         if reply:
@@ -509,6 +541,7 @@ class ShmClient:
     # -- lifetime ------------------------------------------------------------
 
     def disconnect(self) -> None:
+        self._close_sender()
         sock, self._sock = self._sock, None
         self._producer = None
         self._inbox = None
@@ -533,7 +566,8 @@ class ShmClient:
         self.control.close()
 
     def _after_fork(self) -> None:
-        # The parent's socket and client slot stay the parent's.
+        # The parent's socket, client slot and ring stay the parent's.
+        self._close_sender()
         if self._sock is not None:
             self._sock.close()
             self._sock = None

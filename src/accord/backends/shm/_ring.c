@@ -360,6 +360,42 @@ no_bell:
  * smaller; the intent record has room for that many). */
 #define MAX_WRITES 64
 
+/* The body of ring_send and Sender.send, arguments checked: record the
+ * intent at `record` (seq, mask, count, slots), raise each flag after its
+ * mask bit, publish `data` with the first flag's old count patched in at
+ * `patch_at`, ring the consumer's bell unless `lazy` says not yet.
+ * Returns -1 (no room: nothing done), -2 (closed: nothing published), or
+ * old * 4 + how (how: 1, or 2 when the consumer sleeps in select()). */
+static long long
+send_entry(Ring *r, uint64_t *record, const Py_ssize_t *slots, uint64_t **flags, Py_ssize_t count,
+           uint64_t seq, const char *data, uint64_t len, Py_ssize_t patch_at, uint32_t *bell,
+           Py_ssize_t lazy, long stop)
+{
+    uint64_t head, skip, need;
+    int room = has_room(r, len, &head, &skip, &need), stopped;
+    if (room <= 0)
+        return room < 0 ? -2 : -1;
+    /* The intent before each flag (see ShmClient.send for why this order). */
+    __atomic_store_n(&record[0], seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&record[1], 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&record[2], (uint64_t)count, __ATOMIC_RELAXED);
+    for (Py_ssize_t i = 0; i < count; i++)
+        __atomic_store_n(&record[3 + i], (uint64_t)slots[i], __ATOMIC_RELAXED);
+    uint64_t old = __atomic_fetch_add(flags[0], 1, __ATOMIC_SEQ_CST);
+    for (Py_ssize_t i = 1; i < count; i++) {
+        __atomic_store_n(&record[1], ((uint64_t)2 << i) - 1, __ATOMIC_SEQ_CST);
+        __atomic_fetch_add(flags[i], 1, __ATOMIC_SEQ_CST);
+    }
+    uint64_t end = publish(r, data, len, 0, patch_at, old, head, skip, need, stop, &stopped);
+    if (!end && !stopped)
+        return -2; /* closed meanwhile: not published */
+    int how = 1;
+    uint64_t drained = __atomic_load_n((uint64_t *)(r->ring + OFF_DRAINED), __ATOMIC_SEQ_CST);
+    if (end && !(lazy > 0 && end - drained < (uint64_t)lazy))
+        how = ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1;
+    return (long long)(old * 4 + (uint64_t)how);
+}
+
 /* ring_send(control, intent, pending, seq, writes, payload, patch_at,
  *           buffer, base, bell_buffer, bell_offset, lazy[, stop]) -> int
  *
@@ -439,34 +475,9 @@ ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                      data.len, patch_at);
         goto done;
     }
-    uint64_t head, skip, need;
-    int room = has_room(&r, (uint64_t)data.len, &head, &skip, &need), stopped;
-    if (room <= 0) {
-        result = PyLong_FromLong(room < 0 ? -2 : -1);
-        goto done;
-    }
-    /* The intent before each flag (see ShmClient.send for why this order). */
-    __atomic_store_n(&record[0], (uint64_t)seq, __ATOMIC_RELAXED);
-    __atomic_store_n(&record[1], 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&record[2], (uint64_t)count, __ATOMIC_RELAXED);
-    for (Py_ssize_t i = 0; i < count; i++)
-        __atomic_store_n(&record[3 + i], (uint64_t)slots[i], __ATOMIC_RELAXED);
-    uint64_t old = __atomic_fetch_add(flags[0], 1, __ATOMIC_SEQ_CST);
-    for (Py_ssize_t i = 1; i < count; i++) {
-        __atomic_store_n(&record[1], ((uint64_t)2 << i) - 1, __ATOMIC_SEQ_CST);
-        __atomic_fetch_add(flags[i], 1, __ATOMIC_SEQ_CST);
-    }
-    uint64_t end = publish(&r, data.buf, (uint64_t)data.len, 0, patch_at, old, head, skip, need,
-                           stop, &stopped);
-    if (!end && !stopped) {
-        result = PyLong_FromLong(-2); /* closed meanwhile: not published */
-        goto done;
-    }
-    int how = 1;
-    uint64_t drained = __atomic_load_n((uint64_t *)(r.ring + OFF_DRAINED), __ATOMIC_SEQ_CST);
-    if (end && !(lazy > 0 && end - drained < (uint64_t)lazy))
-        how = ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1;
-    result = PyLong_FromUnsignedLongLong(old * 4 + (uint64_t)how);
+    long long sent = send_entry(&r, record, slots, flags, count, seq, data.buf, (uint64_t)data.len,
+                                patch_at, bell, lazy, stop);
+    result = PyLong_FromLongLong(sent);
 done:
     PyBuffer_Release(&bell_view);
 no_bell:
@@ -790,6 +801,435 @@ bell_disarm(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return on_bell(args, nargs, "bell_disarm(bell_buffer, bell_offset)", 1);
 }
 
+
+/* -- Sender: a client's fire-and-forget writes of one plain value, whole --
+ *
+ * `share.counter += 1` and `proxy.append(3)` are the commonest writes: one
+ * command whose only varying part is one plain value.  A Sender holds the
+ * views, offsets and counters `ring_send` takes as arguments, so that such a
+ * write is one C call from the share's C code (_core/_fastread.c) with no
+ * Python frame: `send(template, value)` encodes `value` as pickle opcodes
+ * between the template's prefix and suffix (see `encode_value`), then does
+ * what ring_send does.  It returns None -- nothing done, the caller takes the
+ * Python path, which waits, spills, follows a restart or raises -- whenever
+ * anything is not the common case: the sender closed, a gate closed (another
+ * thread inside the client's send lock, errors waiting to be raised, the
+ * client not registered as unsettled: `registry`, None until the share layer
+ * sets it), the share closed or replaced, the ring
+ * full, a value it does not encode.
+ *
+ * A template is (prefix, suffix, patch_at, writes): the pickle of the
+ * command (op, 0, (writes[0], WAIT_MARK), writes, *fields, (VALUE,)) split
+ * around VALUE's opcodes, without FRAME (optional in protocol 5); WAIT_MARK's
+ * 8 bytes at `patch_at` get the ticket (see ring_send).  The entry is thus
+ * the pickle the Python path sends, with the value encoded as pickle would
+ * (no memo entry for it: nothing after it refers back).  WIRE.md: the layout.
+ */
+
+#define MAX_ENTRY 2048 /* larger: the Python path */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer control; /* obj NULL once closed */
+    Py_buffer rings;
+    Ring r;
+    uint64_t *record;
+    Py_ssize_t pending, closed, replaced, lazy;
+    uint32_t *bell;
+    uint64_t seq;
+    long stop;          /* tests: STOP_AFTER_PAYLOAD or STOP_AFTER_HEADER, as ring_send's */
+    PyObject *locked;   /* the send lock's `locked` method: busy, take the Python path */
+    PyObject *deferred; /* a list: errors to raise first, take the Python path */
+    PyObject *registry; /* None, or (dict, key): only while key is in dict */
+    PyObject *wake;     /* called when the consumer sleeps in select() */
+} Sender;
+
+static int
+sender_is_open(Sender *self)
+{
+    return self->control.obj != NULL;
+}
+
+static void
+sender_release(Sender *self)
+{
+    if (self->control.obj != NULL) {
+        PyBuffer_Release(&self->control);
+        PyBuffer_Release(&self->rings);
+    }
+}
+
+static int
+sender_traverse(Sender *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->locked);
+    Py_VISIT(self->deferred);
+    Py_VISIT(self->registry);
+    Py_VISIT(self->wake);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+sender_clear(Sender *self)
+{
+    Py_CLEAR(self->locked);
+    Py_CLEAR(self->deferred);
+    Py_CLEAR(self->registry);
+    Py_CLEAR(self->wake);
+    return 0;
+}
+
+static void
+sender_dealloc(Sender *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    sender_release(self);
+    sender_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+sender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"control", "intent", "pending", "closed", "replaced", "buffer",
+                            "base", "bell", "lazy", "lock", "deferred", "wake", NULL};
+    PyObject *control, *buffer, *base, *lock, *deferred, *wake;
+    Py_ssize_t intent, pending, closed, replaced, bell, lazy;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnnnOOnnOO!O:Sender", names, &control,
+                                     &intent, &pending, &closed, &replaced, &buffer, &base, &bell,
+                                     &lazy, &lock, &PyList_Type, &deferred, &wake))
+        return NULL;
+    Sender *self = (Sender *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->locked = PyObject_GetAttrString(lock, "locked");
+    if (self->locked == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->deferred = Py_NewRef(deferred);
+    self->registry = Py_NewRef(Py_None);
+    self->wake = Py_NewRef(wake);
+    if (writable_view(control, &self->control) < 0) {
+        self->control.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (!ring_open(&self->r, buffer, base)) {
+        PyBuffer_Release(&self->control);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->rings = self->r.view;
+    Py_ssize_t words[] = {intent, closed, replaced, bell};
+    Py_buffer *views[] = {&self->control, &self->control, &self->control, &self->rings};
+    for (int i = 0; i < 4; i++) {
+        if (word_in(views[i], words[i]) == NULL) {
+            sender_release(self);
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    if (intent + 8 * (3 + MAX_WRITES) > self->control.len || pending < 0 || pending % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "the intent record or the flags do not fit");
+        sender_release(self);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->record = (uint64_t *)((char *)self->control.buf + intent);
+    self->pending = pending;
+    self->closed = closed;
+    self->replaced = replaced;
+    self->bell = (uint32_t *)((char *)self->rings.buf + bell);
+    self->lazy = lazy;
+    return (PyObject *)self;
+}
+
+/* Append the pickle opcodes of `value` (exact None, bool, int of 64 bits,
+ * float, str, bytes) at out: the bytes written, or -1 for a value this
+ * does not encode (no exception set). */
+static Py_ssize_t
+encode_value(PyObject *value, char *out, Py_ssize_t room)
+{
+    if (room < 16)
+        return -1;
+    if (value == Py_None) {
+        out[0] = 'N';
+        return 1;
+    }
+    if (value == Py_True || value == Py_False) {
+        out[0] = value == Py_True ? '\x88' : '\x89';
+        return 1;
+    }
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        if (v >= 0 && v < 256) {
+            out[0] = 'K'; /* BININT1 */
+            out[1] = (char)v;
+            return 2;
+        }
+        if (v >= INT32_MIN && v <= INT32_MAX) {
+            out[0] = 'J'; /* BININT, little-endian signed */
+            uint32_t u = (uint32_t)(int32_t)v;
+            for (int i = 0; i < 4; i++)
+                out[1 + i] = (char)(u >> (8 * i));
+            return 5;
+        }
+        out[0] = '\x8a'; /* LONG1: 8 bytes, two's complement, little-endian */
+        out[1] = 8;
+        uint64_t u = (uint64_t)v;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (char)(u >> (8 * i));
+        return 10;
+    }
+    if (PyFloat_CheckExact(value)) {
+        out[0] = 'G'; /* BINFLOAT: big-endian double */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), out + 1, 0) < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+        return 9;
+    }
+    const char *data;
+    Py_ssize_t len;
+    char op_short, op_long;
+    if (PyUnicode_CheckExact(value)) {
+        data = PyUnicode_AsUTF8AndSize(value, &len);
+        if (data == NULL) { /* lone surrogates: pickle escapes them, the Python path */
+            PyErr_Clear();
+            return -1;
+        }
+        op_short = '\x8c'; /* SHORT_BINUNICODE */
+        op_long = 'X';     /* BINUNICODE */
+    }
+    else if (PyBytes_CheckExact(value)) {
+        data = PyBytes_AS_STRING(value);
+        len = PyBytes_GET_SIZE(value);
+        op_short = 'C'; /* SHORT_BINBYTES */
+        op_long = 'B';  /* BINBYTES */
+    }
+    else
+        return -1;
+    if (len + 5 > room)
+        return -1;
+    if (len < 256) {
+        out[0] = op_short;
+        out[1] = (char)len;
+        memcpy(out + 2, data, (size_t)len);
+        return 2 + len;
+    }
+    out[0] = op_long;
+    for (int i = 0; i < 4; i++)
+        out[1 + i] = (char)((uint32_t)len >> (8 * i));
+    memcpy(out + 5, data, (size_t)len);
+    return 5 + len;
+}
+
+/* Sender.send(template, value) -> None (nothing done: take the Python
+ * path), or old * 4 + how as ring_send returns. */
+static PyObject *
+sender_send(Sender *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(template, value)");
+        return NULL;
+    }
+    if (!sender_is_open(self) || PyList_GET_SIZE(self->deferred) != 0)
+        Py_RETURN_NONE;
+    const char *ctrl = self->control.buf;
+    if (__atomic_load_n((uint64_t *)(ctrl + self->closed), __ATOMIC_SEQ_CST) ||
+        __atomic_load_n((uint64_t *)(ctrl + self->replaced), __ATOMIC_SEQ_CST))
+        Py_RETURN_NONE; /* the Python path says why */
+    if (self->registry == Py_None)
+        Py_RETURN_NONE; /* not armed yet */
+    int in = PyDict_Contains(PyTuple_GET_ITEM(self->registry, 0),
+                             PyTuple_GET_ITEM(self->registry, 1));
+    if (in <= 0)
+        return in < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *template = args[0];
+    if (!PyTuple_CheckExact(template) || PyTuple_GET_SIZE(template) != 4) {
+        PyErr_SetString(PyExc_TypeError, "template: (prefix, suffix, patch_at, writes)");
+        return NULL;
+    }
+    PyObject *prefix = PyTuple_GET_ITEM(template, 0), *suffix = PyTuple_GET_ITEM(template, 1);
+    PyObject *writes = PyTuple_GET_ITEM(template, 3);
+    if (!PyBytes_CheckExact(prefix) || !PyBytes_CheckExact(suffix) || !PyTuple_CheckExact(writes) ||
+        PyTuple_GET_SIZE(writes) < 1 || PyTuple_GET_SIZE(writes) > MAX_WRITES) {
+        PyErr_SetString(PyExc_TypeError, "template: (bytes, bytes, int, tuple of 1-64 slots)");
+        return NULL;
+    }
+    Py_ssize_t patch_at = PyLong_AsSsize_t(PyTuple_GET_ITEM(template, 2));
+    if (patch_at == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t plen = PyBytes_GET_SIZE(prefix), slen = PyBytes_GET_SIZE(suffix);
+    if (patch_at < 0 || patch_at + 8 > plen) {
+        PyErr_SetString(PyExc_ValueError, "template: the ticket is not in the prefix");
+        return NULL;
+    }
+    char entry[MAX_ENTRY];
+    if (plen + slen >= MAX_ENTRY)
+        Py_RETURN_NONE;
+    memcpy(entry, PyBytes_AS_STRING(prefix), (size_t)plen);
+    Py_ssize_t vlen = encode_value(args[1], entry + plen, MAX_ENTRY - plen - slen);
+    if (vlen < 0)
+        Py_RETURN_NONE;
+    memcpy(entry + plen + vlen, PyBytes_AS_STRING(suffix), (size_t)slen);
+    Py_ssize_t len = plen + vlen + slen;
+    if ((uint64_t)len > self->r.cap / 2 - 8)
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyTuple_GET_SIZE(writes);
+    Py_ssize_t slots[MAX_WRITES];
+    uint64_t *flags[MAX_WRITES];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        slots[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(writes, i));
+        if (slots[i] == -1 && PyErr_Occurred())
+            return NULL;
+        if (slots[i] < 0 || (flags[i] = word_in(&self->control, self->pending + 8 * slots[i])) == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_IndexError, "no flag slot %zd", slots[i]);
+            return NULL;
+        }
+    }
+    /* Last, as it calls Python code: nothing after it may run any. */
+    PyObject *busy = PyObject_CallNoArgs(self->locked);
+    if (busy == NULL)
+        return NULL;
+    int is_busy = PyObject_IsTrue(busy);
+    Py_DECREF(busy);
+    if (is_busy)
+        return is_busy < 0 ? NULL : Py_NewRef(Py_None);
+    long long sent = send_entry(&self->r, self->record, slots, flags, count, self->seq + 1, entry,
+                                (uint64_t)len, patch_at, self->bell, self->lazy, self->stop);
+    if (sent < 0)
+        Py_RETURN_NONE; /* full or closed: nothing published, the Python path */
+    self->seq += 1;
+    if ((sent & 3) == 2) {
+        PyObject *done = PyObject_CallNoArgs(self->wake);
+        if (done == NULL)
+            return NULL;
+        Py_DECREF(done);
+    }
+    return PyLong_FromLongLong(sent);
+}
+
+static PyObject *
+sender_close(Sender *self, PyObject *unused)
+{
+    sender_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sender_get_open(Sender *self, void *unused)
+{
+    return PyBool_FromLong(sender_is_open(self));
+}
+
+static PyObject *
+sender_get_seq(Sender *self, void *unused)
+{
+    return PyLong_FromUnsignedLongLong(self->seq);
+}
+
+static int
+sender_set_seq(Sender *self, PyObject *value, void *unused)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "seq cannot be deleted");
+        return -1;
+    }
+    unsigned long long seq = PyLong_AsUnsignedLongLong(value);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    self->seq = seq;
+    return 0;
+}
+
+static PyObject *
+sender_get_stop(Sender *self, void *unused)
+{
+    return PyLong_FromLong(self->stop);
+}
+
+static int
+sender_set_stop(Sender *self, PyObject *value, void *unused)
+{
+    long stop = value == NULL ? -1 : PyLong_AsLong(value);
+    if (stop < STOP_NONE || stop > STOP_AFTER_HEADER) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "stop: STOP_AFTER_PAYLOAD or STOP_AFTER_HEADER");
+        return -1;
+    }
+    self->stop = stop;
+    return 0;
+}
+
+static PyObject *
+sender_get_registry(Sender *self, void *unused)
+{
+    return Py_NewRef(self->registry);
+}
+
+static int
+sender_set_registry(Sender *self, PyObject *value, void *unused)
+{
+    if (value == NULL)
+        value = Py_None;
+    if (value != Py_None && !(PyTuple_CheckExact(value) && PyTuple_GET_SIZE(value) == 2 &&
+                              PyDict_Check(PyTuple_GET_ITEM(value, 0)))) {
+        PyErr_SetString(PyExc_TypeError, "registry: None or (dict, key)");
+        return -1;
+    }
+    Py_XSETREF(self->registry, Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef sender_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))sender_send, METH_FASTCALL,
+     "send(template, value) -> None (take the Python path), or old flag count * 4 + how."},
+    {"close", (PyCFunction)sender_close, METH_NOARGS,
+     "Send nothing more, and release the buffers (before they are unmapped)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sender_getset[] = {
+    {"open", (getter)sender_get_open, NULL, "Whether send may append.", NULL},
+    {"seq", (getter)sender_get_seq, (setter)sender_set_seq,
+     "The sequence number of the client's last command (its intent records).", NULL},
+    {"stop", (getter)sender_get_stop, (setter)sender_set_stop,
+     "Tests: leave every entry unpublished at this point, as a producer killed there would.",
+     NULL},
+    {"registry", (getter)sender_get_registry, (setter)sender_set_registry,
+     "None (send appends nothing), or (dict, key): send appends only while key is in dict.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot sender_slots[] = {
+    {Py_tp_new, sender_new},
+    {Py_tp_dealloc, sender_dealloc},
+    {Py_tp_traverse, sender_traverse},
+    {Py_tp_clear, sender_clear},
+    {Py_tp_methods, sender_methods},
+    {Py_tp_getset, sender_getset},
+    {Py_tp_doc,
+     "Sender(control, intent, pending, closed, replaced, buffer, base, bell, lazy, lock, "
+     "deferred, wake): one client's fire-and-forget writes of one plain value (see send)."},
+    {0, NULL},
+};
+
+static PyType_Spec sender_spec = {
+    "accord.backends.shm._ring.Sender", sizeof(Sender), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, sender_slots,
+};
+
 static PyMethodDef methods[] = {
     {"ring_init", (PyCFunction)(void (*)(void))ring_init, METH_FASTCALL,
      "ring_init(buffer, base, size): an empty ring of size bytes at base."},
@@ -832,7 +1272,12 @@ exec_module(PyObject *module)
         return -1;
     if (PyModule_AddIntConstant(module, "STOP_AFTER_HEADER", STOP_AFTER_HEADER) < 0)
         return -1;
-    return 0;
+    PyObject *sender = PyType_FromModuleAndSpec(module, &sender_spec, NULL);
+    if (sender == NULL)
+        return -1;
+    int failed = PyModule_AddObjectRef(module, "Sender", sender);
+    Py_DECREF(sender);
+    return failed;
 }
 
 static PyModuleDef_Slot slots[] = {

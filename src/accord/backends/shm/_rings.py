@@ -30,6 +30,7 @@ Segment layout::
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from ..._core._atomic import load
 from ..._core._errors import AccordError, CoordinatorStalled, ForeignSegment, SegmentCorrupt
 from ..._core._segment import Segment, unlink
 from ._ring import (
+    Sender,
     bell_arm,
     bell_disarm,
     bell_sleep,
@@ -75,6 +77,7 @@ WAIT_STEP_S = 0.05  # a producer waiting for room checks the consumer this often
 FULL_TIMEOUT_S = 600.0
 
 _HEADER = struct.Struct("<3Q")
+dumps = pickle.dumps
 
 # Producer.write: the placeholder pickled where the command's wait goes (an
 # 8-byte LONG1 the C call overwrites), and 1/(the fraction of a ring that
@@ -83,6 +86,34 @@ WAIT_MARK = 0x3FACC0DE5EED0001
 RING_CLOSED = -2  # Producer.write: the ring is closed
 WAIT_MARK_BYTES = WAIT_MARK.to_bytes(8, "little")
 LAZY_DIVISOR = 8
+# `template`: the placeholder pickled where a Sender puts the value it sends.
+VALUE_MARK = 0x3FACC0DE5EED0002
+_VALUE_MARK_BYTES = b"\x8a\x08" + VALUE_MARK.to_bytes(8, "little")  # (LONG1, 8 bytes)
+# What pickle writes after a command's last value: TUPLE1, MEMOIZE (the
+# value's tuple), TUPLE, MEMOIZE (the command), STOP.  Nothing refers back.
+_TEMPLATE_SUFFIX = b"\x85\x94t\x94."
+
+
+def template(op: int, fields: tuple, writes: tuple) -> tuple | None:
+    """The `Sender.send` template of the fire-and-forget command
+    ``(op, 0, (writes[0], WAIT_MARK), writes, *fields, (value,))`` whatever
+    the value: (prefix, suffix, patch_at, writes), or None where its pickle
+    does not have the expected shape (the Python path then sends it).
+
+    The prefix is the pickle up to the value, without its FRAME (optional in
+    protocol 5, and its length would change with the value); the ticket
+    goes at `patch_at`.  See /WIRE.md of the notes, and _ring.c's Sender."""
+    data = dumps((op, 0, (writes[0], WAIT_MARK), writes, *fields, (VALUE_MARK,)), 5)
+    if data[2:3] == b"\x95":  # FRAME and its 8-byte length
+        data = data[:2] + data[11:]
+    at = data.find(_VALUE_MARK_BYTES)
+    if at < 0 or data[at + len(_VALUE_MARK_BYTES) :] != _TEMPLATE_SUFFIX:
+        return None
+    prefix = data[:at]
+    patch_at = prefix.find(WAIT_MARK_BYTES)
+    if patch_at < 0 or prefix.count(WAIT_MARK_BYTES) != 1 or prefix.count(_VALUE_MARK_BYTES):
+        return None
+    return (prefix, _TEMPLATE_SUFFIX, patch_at, writes)
 
 
 class RingClosed(Exception):
@@ -241,6 +272,29 @@ class Producer:
             self._bell,
             self._lazy,
             stop,
+        )
+
+    def sender(
+        self, control, intent: int, pending: int, closed: int, replaced: int, lock, deferred, wake
+    ) -> Sender:
+        """A `Sender` of this producer's fire-and-forget writes of one plain
+        value (`control`: the intent record at `intent`, flags at `pending`,
+        the closed and replaced words; it takes the Python path while `lock`
+        is held or `deferred` is not empty).  Close it before the buffers
+        are unmapped."""
+        return Sender(
+            control,
+            intent,
+            pending,
+            closed,
+            replaced,
+            self._buf,
+            self._base,
+            self._bell,
+            self._lazy,
+            lock,
+            deferred,
+            wake,
         )
 
     def _wait(self, payload: bytes, flag: int, timeout: float) -> int:
