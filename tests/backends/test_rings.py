@@ -361,6 +361,61 @@ def test_an_inbox_sleeps_on_its_own_ring_until_its_producer_appends(rings):
     assert head == tail
 
 
+def test_an_inbox_polls_for_a_reply_only_while_its_producer_is_awake(rings, monkeypatch):
+    """Before it sleeps, an inbox polls (without the GIL) while the
+    coordinator's doorbell says it is awake: a reply appended meanwhile is
+    taken without a futex sleep.  Bounded, and never while the coordinator
+    sleeps (it then has nothing coming)."""
+    from accord.backends.shm import _rings
+
+    segment = rings(2, 1024)
+    commands = rings(1, 1024)  # its doorbell says whether the coordinator is awake
+    inbox = Inbox(segment, 1, producer=commands)
+    producer = Producer(segment, 1, segment.segment.name, _nothing, own_bell=True)
+    monkeypatch.setattr(_rings, "SPIN_S", 60.0)
+    # No core to spare (the coordinator says so): no poll at all.
+    started = time.monotonic()
+    assert inbox.sleep(0.0) is False
+    assert time.monotonic() - started < 30
+    struct.pack_into("<Q", commands.buf, _rings.SPIN_PAYS, 1)
+    # Awake: a reply that comes while it polls is taken (the futex sleep
+    # that follows a poll would time out at once here: 0 s).
+    polling = threading.Event()
+
+    def reply():
+        polling.wait(30)
+        time.sleep(0.05)  # lands while the caller polls (or before: True too)
+        producer.append(b"reply")
+
+    thread = threading.Thread(target=reply)
+    thread.start()
+    polling.set()
+    started = time.monotonic()
+    assert inbox.sleep(0.0) is True
+    assert time.monotonic() - started < 30  # the reply ended the poll
+    thread.join(30)
+    assert inbox.take() == [b"reply"]
+    # Asleep in select(): no poll at all, the sleep times out as usual.
+    struct.pack_into("<I", commands.buf, BELL, 2)  # SLEEPS_ON_SELECT
+    started = time.monotonic()
+    assert inbox.sleep(0.01) is False
+    assert time.monotonic() - started < 30
+    # Awake but nothing comes: the poll is bounded by SPIN_S.
+    struct.pack_into("<I", commands.buf, BELL, 0)
+    monkeypatch.setattr(_rings, "SPIN_S", 0.02)
+    assert inbox.sleep(0.0) is False
+
+
+def test_polling_pays_only_with_a_core_to_spare():
+    from accord.backends.shm._rings import spare_cores, spinning_pays
+
+    assert spare_cores("0.52 0.58 0.59 2/789 12345\n", 2)  # ourselves and one other
+    assert not spare_cores("21.75 20.1 15.2 3/1234 5678\n", 2)
+    assert spare_cores("9.0 9.0 9.0 3/1234 5678\n", 4)
+    assert spare_cores("garbage", 2)  # not Linux's format: as before
+    assert spinning_pays() in (True, False)
+
+
 # -- ring_send: a fire-and-forget write whole (intent, flags, patched entry) --
 
 _INTENT_AT, _PENDING_AT = 64, 1024  # in a scratch "control" buffer of ours

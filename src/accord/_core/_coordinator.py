@@ -14,6 +14,7 @@ through.
 
 from __future__ import annotations
 
+import collections
 import logging
 import operator
 import pickle
@@ -99,6 +100,8 @@ class Coordinator:
         self._entry = None  # the replayable form of the command being run
         self.unreadable: set[str] = set()  # names last committed as Unreadable
         self.replied = 0  # replies sent so far
+        # peer id -> the shape of its last `share.x += k` (see run_augments)
+        self.runs: dict[int, _AugmentRun | _AppendRun] = {}
         self.handlers = {
             P.ASSIGN: self.op_assign,
             P.DELETE: self.op_delete,
@@ -135,13 +138,27 @@ class Coordinator:
         """Run every queued command whose waits are met, per client in order."""
         received = self.received
         queued = self.run_queued
+        runs = self.runs
         progress = True
         while progress:
             progress = False
             for peer_id, queue in list(self.queues.items()):
                 while queue:
                     message = queue[0]
+                    if type(message) is bytes:
+                        run = runs.get(peer_id)
+                        if run is not None and (
+                            self.run_augments(run, queue)
+                            if isinstance(run, _AugmentRun)
+                            else self.run_appends(run, queue)
+                        ):
+                            if self.blocked_since:
+                                self.blocked_since.pop(peer_id, None)
+                            progress = True
+                            continue
+                        message = queue[0]  # (run_appends may have decoded it)
                     if type(message) is not tuple and type(message) is not P.Command:
+                        raw = message
                         try:
                             message = queue[0] = _decoded(message)
                         except Stop:
@@ -153,6 +170,25 @@ class Coordinator:
                             queue.clear()
                             self.peer_left(self.peers[peer_id])
                             break
+                        if type(message) is tuple:
+                            if message[0] == P.AUGMENT:
+                                run = runs.get(peer_id)
+                                if type(run) is not _AugmentRun or not run.matches(raw):
+                                    run = _AugmentRun.of(raw, message)
+                                    if run is not None:
+                                        runs[peer_id] = run
+                            elif (
+                                message[0] == P.CALL
+                                and type(message[5]) is str
+                                and message[5] in _APPENDS
+                                and len(message[4]) == 1
+                                and type(message[4][0]) is str
+                                and type(message[2]) is tuple
+                                and len(message[2]) == 2
+                            ):
+                                run = runs.get(peer_id)
+                                if type(run) is not _AppendRun or not run.matches(message):
+                                    runs[peer_id] = _AppendRun(message)
                     waits = message[2]
                     if waits and (
                         received[waits[0]] < waits[1]
@@ -236,6 +272,136 @@ class Coordinator:
                         uncommitted[s] = {name}
                     else:
                         names.add(name)
+
+    def run_augments(self, run: _AugmentRun, queue: deque) -> int:
+        """Apply, as one, the `share.x += k` commands at the head of `queue`
+        that are the bytes of `run`'s but for their ticket, and whose
+        tickets are met -- the same state `run_queued` would leave after
+        each (the operator applied once per command, in order, each write
+        credited), without decoding or bookkeeping per command.  A run of
+        one process's `+=` on one name is what a busy counter's queue
+        mostly holds.  Returns how many (0: the head is not one)."""
+        name = run.name
+        mirror = self.mirror
+        if name not in mirror:
+            return 0  # run_queued raises the error
+        value = mirror[name]
+        prefix, suffix, size, at = run.prefix, run.suffix, run.size, run.at
+        fn, operand = run.fn, run.operand
+        received = self.received
+        reached = received[run.slot]
+        count = 0
+        for message in queue:
+            if (
+                type(message) is not bytes
+                or len(message) != size
+                or not message.startswith(prefix)
+                or not message.endswith(suffix)
+                or int.from_bytes(message[at : at + 8], "little", signed=True) > reached
+            ):
+                break
+            if type(value) not in _NUMBERS:
+                break  # a user's __iadd__ could do anything: run_queued runs it
+            try:
+                value = fn(value, operand)
+            except Exception:  # no side effect on a number: run_queued reports it
+                break
+            count += 1
+            reached += 1
+        if not count:
+            return 0
+        for _ in range(count):
+            queue.popleft()
+        mirror[name] = value
+        self.touched[name] = None
+        self.changes[name] = None
+        writes = run.writes
+        for s in writes:
+            received[s] += count
+        slots = self.dirty_slots.get(name)
+        if slots is None:
+            self.dirty[name] = time.monotonic()
+            slots = self.dirty_slots[name] = set()
+        if not slots.issuperset(writes):
+            uncommitted = self.uncommitted
+            for s in writes:
+                if s not in slots:
+                    slots.add(s)
+                    uncommitted.setdefault(s, set()).add(name)
+        return count
+
+    def run_appends(self, run: _AppendRun, queue: deque) -> int:
+        """Apply, as one, the `proxy.append(x)` commands at the head of
+        `queue` on `run`'s name (a list or deque there) whose tickets are
+        met -- each decoded, appended and logged for readers as run_queued
+        would, with the bookkeeping once.  Returns how many; a command that
+        is not one is left decoded at the head."""
+        name = run.name
+        obj = self.mirror.get(name)
+        if type(obj) not in _APPENDABLE:
+            return 0
+        method = run.method
+        append = getattr(obj, method)
+        replayable = method in _changes.REPLAYABLE[type(obj)]
+        log: list | None = self.changes.get(name, [])
+        writes, place, slot = run.writes, run.place, run.slot
+        received = self.received
+        reached = received[slot]
+        count = 0
+        while queue:
+            raw = queue[0]
+            if type(raw) is not bytes:
+                break
+            try:
+                message = pickle.loads(raw)
+            except Exception:
+                break  # _decoded cuts the client off
+            if (
+                type(message) is not tuple
+                or len(message) != 7
+                or message[0] != P.CALL
+                or message[1]
+                or message[3] != writes
+                or message[4] != place
+                or message[5] != method
+                or type(message[6]) is not tuple
+                or len(message[6]) != 1
+                or type(message[2]) is not tuple
+                or len(message[2]) != 2
+                or message[2][0] != slot
+                or type(message[2][1]) is not int
+            ):
+                break  # another command: decoded (again) on the general path
+            if message[2][1] > reached:
+                queue[0] = message  # waits for another process's write
+                break
+            queue.popleft()
+            args = message[6]
+            append(args[0])
+            if log is not None:
+                if replayable and len(log) < 4096:
+                    log.append((_changes.CALL, method, args))
+                else:
+                    log = self.changes[name] = None
+            count += 1
+            reached += 1
+        if not count:
+            return 0
+        self.changes[name] = log
+        self.touched[name] = None
+        for s in writes:
+            received[s] += count
+        slots = self.dirty_slots.get(name)
+        if slots is None:
+            self.dirty[name] = time.monotonic()
+            slots = self.dirty_slots[name] = set()
+        if not slots.issuperset(writes):
+            uncommitted = self.uncommitted
+            for s in writes:
+                if s not in slots:
+                    slots.add(s)
+                    uncommitted.setdefault(s, set()).add(name)
+        return count
 
     def note_blocked(self, peer_id: int, waits) -> None:
         """Look for dead processes when a command's waits have not moved for
@@ -498,6 +664,7 @@ class Coordinator:
         lost = self.departed.pop(peer_id, ())
         if lost:
             self.credit(None, lost)
+        self.runs.pop(peer_id, None)
         held = self.held.pop(peer_id, None)
         if held:
             _print_lost(peer_id, held, self.held_dropped.pop(peer_id, 0))
@@ -717,6 +884,113 @@ def _decoded(message) -> tuple | P.Command:
     ):
         return message
     return P.as_command(message)
+
+
+# A command's ticket (the count its wait is for) as the shm writer pickles
+# it: an 8-byte LONG1 (ring_send patches those 8 bytes; see _rings.WAIT_MARK).
+_LONG1_8 = b"\x8a\x08"
+# Operands a run of augments may share: immutable numbers, so one object
+# serves all (and the only other ones a number takes raise at once).
+_SHAREABLE = (int, float, complex, bool)
+# Values a run of augments applies to: builtin numbers, whose operators run
+# no user code and change nothing when they raise.
+_NUMBERS = (int, float, complex)
+
+
+class _AugmentRun:
+    """The bytes of one fire-and-forget `share.x op= operand` but for its
+    ticket: a received command whose bytes are `prefix + 8 bytes + suffix`
+    unpickles as this one with the ticket those 8 bytes say (pickle is
+    deterministic in its input; only a LONG1's payload differs), so it is
+    applied without unpickling (see Coordinator.run_augments)."""
+
+    __slots__ = ("at", "fn", "name", "operand", "prefix", "size", "slot", "suffix", "writes")
+
+    @classmethod
+    def of(cls, raw: object, message: tuple) -> _AugmentRun | None:
+        """The run `message` (decoded from `raw` by _decoded) starts, if it
+        is a `share.x op= plain immutable value` with its ticket where the
+        shm writer puts it; else None."""
+        _op, _reply, waits, writes, place, opname, operand = message
+        fn = _INPLACE.get(opname) if type(opname) is str else None
+        if (
+            type(raw) is not bytes
+            or fn is None
+            or type(waits) is not tuple
+            or len(waits) != 2
+            or type(waits[1]) is not int
+            or not 0 <= waits[1] < 1 << 62
+            or type(writes) is not tuple
+            or any(type(s) is not int for s in writes)
+            or waits[0] != writes[0]
+            or len(set(writes)) != len(writes)
+            or len(place) != 1
+            or type(place[0]) is not str
+            or type(operand) is not tuple
+            or len(operand) != 1
+            or type(operand[0]) not in _SHAREABLE
+        ):
+            return None
+        ticket = _LONG1_8 + waits[1].to_bytes(8, "little", signed=True)
+        at = raw.find(ticket)
+        if at < 0 or raw.find(ticket, at + 1) >= 0:
+            return None  # not where the writer puts it, or ambiguous
+        at += len(_LONG1_8)
+        prefix, suffix = raw[:at], raw[at + 8 :]
+        # Those 8 bytes must be the ticket's and nothing else's (not, say,
+        # the inside of a bytes operand): another value there changes the
+        # ticket alone.
+        other = waits[1] ^ 1
+        try:
+            probe = pickle.loads(prefix + other.to_bytes(8, "little", signed=True) + suffix)
+        except Exception:
+            return None
+        if probe != (*message[:2], (waits[0], other), *message[3:]):
+            return None
+        run = cls()
+        run.at = at
+        run.prefix = prefix
+        run.suffix = suffix
+        run.size = len(raw)
+        run.slot = waits[0]
+        run.writes = writes
+        run.name = place[0]
+        run.fn = fn
+        run.operand = operand[0]
+        return run
+
+    def matches(self, raw) -> bool:
+        """Is `raw` a command of this run (its ticket aside)?"""
+        return (
+            type(raw) is bytes
+            and len(raw) == self.size
+            and raw.startswith(self.prefix)
+            and raw.endswith(self.suffix)
+        )
+
+
+# Containers whose one-argument append a run applies (run_appends): builtin,
+# so appending runs no user code.
+_APPENDABLE = (list, collections.deque)
+_APPENDS = frozenset({"append"})
+
+
+class _AppendRun:
+    """The shape of a fire-and-forget `proxy.append(x)` on a name: its
+    flags, place and method; later commands of that shape are applied
+    together (see Coordinator.run_appends)."""
+
+    __slots__ = ("method", "name", "place", "slot", "writes")
+
+    def __init__(self, message: tuple) -> None:
+        self.writes = message[3]
+        self.place = message[4]
+        self.name = message[4][0]
+        self.method = message[5]
+        self.slot = message[3][0]
+
+    def matches(self, message: tuple) -> bool:
+        return message[3] == self.writes and message[4] == self.place and message[5] == self.method
 
 
 _missing = object()

@@ -219,7 +219,7 @@ class ShmClient:
             base = self._rings.base(client_id)
             store(self._rings.buf, base + IDENTITY, _identity)
             store(self._rings.buf, base + OWNER_PID, os.getpid())
-            self._inbox = Inbox(self._reply_rings, client_id)
+            self._inbox = Inbox(self._reply_rings, client_id, producer=self._rings)
         except FileNotFoundError:
             sock.close()
             raise self._lose("its command rings are gone", undelivered=True) from None
@@ -481,10 +481,11 @@ class ShmClient:
         that waits on them (`send(..., reads=...)`) runs after every write
         queued, by any process, before this call -- what `list(share)`
         needs, since the coordinator drains the rings in no causal order.
-        Both counter arrays are copied first (64 KiB each): the slots that
-        differ there are then read again, one atomic load each.  A write
-        queued before this call changed its counter before the copy, so
-        only a write concurrent with the call can escape it."""
+        Both counter arrays are copied first (64 KiB each; the copy reads
+        each aligned word whole on x86-64 and arm64, as their loads are):
+        the slots that differ there are then read again, one atomic load
+        each.  A write queued before this call raised its counter before
+        the copy, so only a write concurrent with the call can be missed."""
         buf = self.ctrl
         size = 8 * SLOTS
         raised = bytes(buf[PENDING : PENDING + size])

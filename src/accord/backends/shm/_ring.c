@@ -52,6 +52,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -725,20 +726,108 @@ watch_pending(Watch *w)
     return 0;
 }
 
-/* bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> bool
+/* The most rings a spin watches (a client's replies: one). */
+#define SPIN_RINGS 8
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline double
+monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Before sleeping: poll the watched rings for at most `seconds`, without
+ * the GIL, while the doorbell `other` (the producer's own, if given) says
+ * its owner is awake -- a reply from a running coordinator usually comes
+ * within tens of microseconds, about what a futex sleep and wake-up cost.
+ * Bounded: the caller sleeps with its deadline and liveness checks after.
+ * 1 if a ring has input, 0 if not (spun out, the other side sleeps, or
+ * more rings than a spin watches), -1 with an exception. */
+static int
+watch_spin(Watch *w, double seconds, uint32_t *other)
+{
+    char *rings[SPIN_RINGS];
+    uint64_t positions[SPIN_RINGS];
+    int count = 0;
+    PyObject *key, *value;
+    Py_ssize_t i = 0;
+    if (seconds <= 0 || PyDict_GET_SIZE(w->positions) > SPIN_RINGS)
+        return 0;
+    while (PyDict_Next(w->positions, &i, &key, &value)) {
+        Py_ssize_t base = PyLong_AsSsize_t(key);
+        unsigned long long pos = PyLong_AsUnsignedLongLong(value);
+        uint64_t cap;
+        if (PyErr_Occurred())
+            return -1;
+        char *ring = ring_at(&w->view, base, &cap);
+        if (ring == NULL)
+            return -1;
+        rings[count] = ring;
+        positions[count++] = pos;
+    }
+    int found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    double deadline = monotonic_s() + seconds;
+    for (unsigned spins = 0;; spins++) {
+        for (int k = 0; k < count && !found; k++)
+            found = head_at(rings[k], __ATOMIC_ACQUIRE) != positions[k];
+        if (found || (other != NULL && __atomic_load_n(&other[0], __ATOMIC_ACQUIRE) != AWAKE))
+            break;
+        if (spins % 16 == 15 && monotonic_s() >= deadline)
+            break;
+        /* The producer may wait for this very CPU (a loaded machine): let it
+         * have it.  With nothing else runnable here this returns at once. */
+        sched_yield();
+    }
+    Py_END_ALLOW_THREADS
+    return found;
+}
+
+/* bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds
+ *            [, spin, other_buffer, other_offset]) -> bool
  * The consumer's sleep.  `positions` maps the base of every ring in buffer
  * to the position the consumer has drained it to.  Raises `sleeping`, then
  * sleeps at most `seconds` only if no ring has an entry beyond that
- * position.  Returns True if there may be input, False on timeout. */
+ * position.  Returns True if there may be input, False on timeout.
+ * `spin` > 0: first poll for input that long at most, while the doorbell
+ * at other_offset of other_buffer says the producer is awake (see
+ * watch_spin). */
 static PyObject *
 bell_sleep(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Watch w;
-    if (!nargs_ok(nargs, 5, -1, "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds)"))
+    Py_buffer other_view;
+    uint32_t *other = NULL;
+    if (!nargs_ok(nargs, 5, 8, "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds)"))
         return NULL;
     double seconds = PyFloat_AsDouble(args[4]);
+    double spin = nargs == 8 ? PyFloat_AsDouble(args[5]) : 0.0;
     if (PyErr_Occurred() || !watch_open(&w, args))
         return NULL;
+    if (spin > 0) {
+        other = (uint32_t *)open_word(args[6], args[7], &other_view);
+        if (other == NULL) {
+            watch_close(&w);
+            return NULL;
+        }
+        int found = watch_spin(&w, spin, other);
+        PyBuffer_Release(&other_view);
+        if (found != 0) {
+            watch_close(&w);
+            return found < 0 ? NULL : PyBool_FromLong(1);
+        }
+    }
     uint32_t ticket = __atomic_load_n(&w.bell[1], __ATOMIC_SEQ_CST);
     __atomic_store_n(&w.bell[0], SLEEPS_ON_FUTEX, __ATOMIC_SEQ_CST);
     int pending = watch_pending(&w);
@@ -1253,7 +1342,8 @@ static PyMethodDef methods[] = {
     {"ring_wait_space", (PyCFunction)(void (*)(void))ring_wait_space, METH_FASTCALL,
      "ring_wait_space(buffer, base, size, seconds) -> whether size bytes fit now."},
     {"bell_sleep", (PyCFunction)(void (*)(void))bell_sleep, METH_FASTCALL,
-     "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds) -> may have input."},
+     "bell_sleep(bell_buffer, bell_offset, buffer, positions, seconds[, spin, other_buffer, "
+     "other_offset]) -> may have input."},
     {"bell_ring", (PyCFunction)(void (*)(void))bell_ring, METH_FASTCALL,
      "bell_ring(bell_buffer, bell_offset): wake the consumer if it sleeps."},
     {"bell_arm", (PyCFunction)(void (*)(void))bell_arm, METH_FASTCALL,

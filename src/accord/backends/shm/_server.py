@@ -45,6 +45,7 @@ class Peer:
     """One connected client process, as the coordinator sees it."""
 
     __slots__ = (
+        "batches",
         "broken",
         "checkpoints",
         "committed",
@@ -64,9 +65,14 @@ class Peer:
         self.received = 0  # commands drained from its ring
         self.drained = 0  # ring position drained to
         self.committed = 0  # ring position whose commands are all in committed snapshots
-        # (when, position): every command before `position` was applied at
-        # `when`; committed once every name dirty then is (ShmCoordinator.settle).
-        self.checkpoints: deque[tuple[float, int]] = deque()
+        # (when, position, settled): every command before `position` was
+        # applied by `when`, and committed once every name dirty then is;
+        # none after it was applied before `settled` (ShmCoordinator.settle).
+        self.checkpoints: deque[tuple[float, int, float]] = deque()
+        # (received, position, when) after each drain not yet wholly
+        # applied: once `received` of its commands are, the ring up to
+        # `position` is; none of them was applied before `when`.
+        self.batches: deque[tuple[int, int, float]] = deque()
         self.broken = False  # wrote garbage to its ring: being cut off
         self.pid = _peer_pid(sock)  # 0: unknown
 
@@ -129,6 +135,9 @@ class ShmServer:
             self.control.unlink()
             raise
         self.consumer = Consumer(self.rings)
+        # Commit before a busy producer finds its ring full and sleeps: once
+        # this many of its bytes wait for a commit (see ShmCoordinator.settle).
+        self._crowded = self.rings.ring_size // 2
         self.listener = _transport.listen(self.socket_path)
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -203,11 +212,15 @@ class ShmServer:
         if entries:
             peer.received += len(entries)
             peer.drained = position
+            peer.batches.append((peer.received, position, time.monotonic()))
         return entries
 
     def wants_room(self, peer: Peer) -> bool:
-        """Is `peer`'s producer waiting for room in its command ring?"""
-        return self.consumer.producer_waits(peer.id)
+        """Is `peer`'s producer waiting for room in its command ring, or
+        about to (half of it holds applied commands not yet committed)?"""
+        return peer.drained - peer.committed >= self._crowded or self.consumer.producer_waits(
+            peer.id
+        )
 
     def commit(self, peer: Peer, position: int) -> None:
         """Every command of `peer` before `position` is in a committed
