@@ -38,6 +38,12 @@ class Stack:
         return len(self.items)
 
 
+class Point:
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+
+
 class StackManager(multiprocessing.managers.BaseManager):
     pass
 
@@ -89,10 +95,16 @@ def bench_read(n: int) -> None:
     with Share() as share:
         share.x = 42
         share.d = {f"k{i}": i for i in range(50)}
+        share.lst = list(range(50))
+        share.obj = Point(3, 4)
         share.flush()
         share.x  # noqa: B018  (warm the snapshot cache)
         table.add("accord `share.x`", per_op(lambda: share.x, n))
         table.add("accord `share.d['k7']`", per_op(lambda: share.d["k7"], n))
+        proxy = share.d
+        table.add("accord `proxy['k7']` (proxy = share.d)", per_op(lambda: proxy["k7"], n))
+        table.add("accord `share.lst[3]`", per_op(lambda: share.lst[3], n))
+        table.add("accord `share.obj.x`", per_op(lambda: share.obj.x, n))
     with multiprocessing.Manager() as manager:
         md = manager.dict({"x": 42})
         table.add("Manager dict get", per_op(lambda: md["x"], n // 20))

@@ -23,7 +23,9 @@
  *     (see share/_augmented.py; anything else goes to the Python detector).
  *
  * Only immutable values are remembered (`Control.remember`, by the slow path
- * after a read), so handing the cached object out is as safe as before.
+ * after a read), so handing the cached object out is as safe as before -- and
+ * the proxies of containers (`Reader.remember`), which read afresh when used.
+ * Items and attributes of containers: see ProxyBase below.
  *
  * Multi-phase initialisation with per-module state and heap types only:
  * importable in sub-interpreters, including those with their own GIL.
@@ -58,6 +60,12 @@ typedef struct {
     int load_attr, copy, extended_arg;
     PyObject *verdicts; /* share/_augmented's {(code, offset): is the read a `+=`} */
     PyObject *done;     /* share/_augmented.DONE */
+    int binary_subscr;       /* -1 until configure_items(): every proxy[key] to Python */
+    PyTypeObject *held_type; /* reads of items and attributes (ProxyBase) */
+    PyTypeObject *proxy_type;
+    PyObject *getitem_name; /* "_accord_getitem", "_accord_getattr": ProxyBase's slow paths */
+    PyObject *getattr_name;
+    PyObject *own_prefix; /* "_accord_" */
 } State;
 
 static const char *inplace_names[N_INPLACE] = {
@@ -134,7 +142,17 @@ typedef struct {
     Py_ssize_t heartbeat, commits, pending, applied, nslots;
     Py_ssize_t limit; /* entries kept before starting afresh */
     int64_t stale_ns;
+    uint64_t epoch; /* unique; renewed by forget() and close(): ends ProxyBase's Held reads */
 } Control;
+
+/* Epochs of every Control of the process, never reused (see Held). */
+static uint64_t last_epoch;
+
+static uint64_t
+new_epoch(void)
+{
+    return __atomic_add_fetch(&last_epoch, 1, __ATOMIC_RELAXED);
+}
 
 static int
 control_is_open(Control *self)
@@ -227,6 +245,7 @@ control_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->nslots = nslots;
     self->limit = limit < 1 ? 1 : limit;
     self->stale_ns = stale_ns;
+    self->epoch = new_epoch();
     return (PyObject *)self;
 }
 
@@ -291,6 +310,7 @@ control_remember(Control *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 control_forget(Control *self, PyObject *unused)
 {
+    self->epoch = new_epoch(); /* (close() comes here too) */
     PyDict_Clear(self->entries);
     PyDict_Clear(self->augments);
     Py_CLEAR(self->send);
@@ -447,7 +467,71 @@ reader_get_armed(Reader *self, void *unused)
     return PyBool_FromLong(self->control != NULL && control_is_open(self->control));
 }
 
+/* The Control reads are served from, if it is open, else NULL. */
+static Control *
+reader_control(Reader *self)
+{
+    Control *control = self->control;
+    return control != NULL && control_is_open(control) ? control : NULL;
+}
+
+static PyObject *
+reader_mark(Reader *self, PyObject *unused)
+{
+    Control *control = reader_control(self);
+    if (control == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)control->epoch,
+                         (unsigned long long)load64(control->view.buf, control->commits));
+}
+
+/* Reads the commit count of `mark` (a Reader.mark()) into *commits: 1 if the
+ * mark was made while `control` was armed (and not forgotten since), 0 if
+ * not, -1 on an error. */
+static int
+mark_of(Control *control, PyObject *mark, uint64_t *commits)
+{
+    if (!PyTuple_Check(mark) || PyTuple_GET_SIZE(mark) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a mark is what Reader.mark() returned");
+        return -1;
+    }
+    unsigned long long epoch = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(mark, 0));
+    unsigned long long count = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(mark, 1));
+    if (PyErr_Occurred())
+        return -1;
+    *commits = (uint64_t)count;
+    return control != NULL && epoch == control->epoch;
+}
+
+static PyObject *
+reader_remember(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "remember(name, obj, mark, slot)");
+        return NULL;
+    }
+    Control *control = reader_control(self);
+    uint64_t commits;
+    int same = mark_of(control, args[2], &commits);
+    if (same <= 0)
+        return same < 0 ? NULL : Py_NewRef(Py_None); /* re-armed since the mark */
+    PyObject *count = PyLong_FromUnsignedLongLong((unsigned long long)commits);
+    if (count == NULL)
+        return NULL;
+    PyObject *forwarded[4] = {args[0], args[1], count, args[3]};
+    PyObject *result = control_remember(control, forwarded, 4);
+    Py_DECREF(count);
+    return result;
+}
+
 static PyMethodDef reader_methods[] = {
+    {"mark", (PyCFunction)reader_mark, METH_NOARGS,
+     "mark(): (the armed Control's epoch, its commit count now), None if unarmed. Taken "
+     "before a read, it says what the read is at least as recent as."},
+    {"remember", (PyCFunction)(void (*)(void))reader_remember, METH_FASTCALL,
+     "remember(name, obj, mark, slot): Control.remember(name, obj, commits of mark, slot), "
+     "if the Control armed at mark() is still armed; for `share.name` of a container, obj "
+     "is its proxy."},
     {"arm", (PyCFunction)reader_arm, METH_O,
      "arm(control): serve reads from this Control (None: serve none)."},
     {NULL, NULL, 0, NULL},
@@ -980,6 +1064,424 @@ static PyType_Spec method_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, method_slots,
 };
 
+/* -- ProxyBase: `proxy[key]` and `proxy.attr` of a shared object ---------- *
+ *
+ * `share.d["k"]`, `share.lst[3]`, `share.obj.attr`, `share.cfg["m"]["lr"]`:
+ * the proxy's slow path (Python: Proxy._accord_getitem/_accord_getattr, then
+ * Link.item/attribute) reads the item after the writes queued before it and,
+ * when the read is one that may be repeated as it is (a str or int key of a
+ * dict/list/tuple, an instance attribute of a plain object; see
+ * Link._read_held), hands it here with the flag slots it waited on and the
+ * commit count taken before it read (Reader.mark).  The next read of the same
+ * key is served from here when, as for `share.name`:
+ *
+ *   - the mark's Control is still the armed, open one, not forgotten since
+ *     (its epoch: a fork, a restart, a lost coordinator each end it);
+ *   - the coordinator's heartbeat is fresh;
+ *   - applied >= pending on every slot the slow path waited on;
+ *   - the commit counter is the mark's (flags first, then the counter);
+ *   - the caller's instruction is a plain read: BINARY_SUBSCR (for items)
+ *     or LOAD_ATTR (attributes) whose previous code unit is neither COPY nor
+ *     EXTENDED_ARG, never the first step of `proxy[k] += x` (share/_augmented.py).
+ *
+ * What is held is an immutable value or the proxy of a mutable item (which
+ * reads afresh when used): never a mutable object itself. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *obj;
+    uint64_t epoch;   /* the Control's, at the mark */
+    uint64_t commits; /* the commit count the read is at least as recent as */
+    int nslots;       /* 1 or 2 flag slots waited on */
+    Py_ssize_t pending[2], applied[2];
+} Held;
+
+static int
+held_traverse(Held *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->obj);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+held_clear(Held *self)
+{
+    Py_CLEAR(self->obj);
+    return 0;
+}
+
+static void
+held_dealloc(Held *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    held_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot held_slots[] = {
+    {Py_tp_dealloc, held_dealloc},
+    {Py_tp_traverse, held_traverse},
+    {Py_tp_clear, held_clear},
+    {0, NULL},
+};
+
+static PyType_Spec held_spec = {
+    "accord._core._fastread.Held",
+    sizeof(Held),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    held_slots,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *link;
+    PyObject *path;
+    Reader *reader;  /* the link's Reader; NULL: every read goes to Python */
+    PyObject *items; /* key -> Held, NULL until the first */
+    PyObject *attrs; /* attribute name -> Held */
+} ProxyBase;
+
+static int
+proxy_traverse(ProxyBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->link);
+    Py_VISIT(self->path);
+    Py_VISIT(self->reader);
+    Py_VISIT(self->items);
+    Py_VISIT(self->attrs);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+proxy_clear(ProxyBase *self)
+{
+    Py_CLEAR(self->link);
+    Py_CLEAR(self->path);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->items);
+    Py_CLEAR(self->attrs);
+    return 0;
+}
+
+static void
+proxy_dealloc(ProxyBase *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    proxy_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+proxy_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *link, *path;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "Proxy(link, path) takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Proxy", 2, 2, &link, &path))
+        return NULL;
+    if (!PyTuple_Check(path)) {
+        PyErr_SetString(PyExc_TypeError, "Proxy(link, path): path is a tuple");
+        return NULL;
+    }
+    State *state = state_of_type(type);
+    if (state == NULL)
+        return NULL;
+    PyObject *reader = PyObject_GetAttrString(link, "reader");
+    if (reader == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+    }
+    if (reader != NULL && !PyObject_TypeCheck(reader, state->reader_type))
+        Py_CLEAR(reader); /* (not a Link: no fast path) */
+    ProxyBase *self = (ProxyBase *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_XDECREF(reader);
+        return NULL;
+    }
+    self->link = Py_NewRef(link);
+    self->path = Py_NewRef(path);
+    self->reader = (Reader *)reader;
+    return (PyObject *)self;
+}
+
+/* Is the Held read still what the slow path would return (all but the
+ * caller's instruction, see plain_read)? */
+static int
+held_current(Held *held, Control *control)
+{
+    if (held->epoch != control->epoch)
+        return 0;
+    const char *base = control->view.buf;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of time.monotonic_ns */
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if ((int64_t)(now - load64(base, control->heartbeat)) >= control->stale_ns)
+        return 0;
+    /* The order matters: the flags, then the commit counter. */
+    for (int i = 0; i < held->nslots; i++)
+        if (load64(base, held->applied[i]) < load64(base, held->pending[i]))
+            return 0;
+    return load64(base, control->commits) == held->commits;
+}
+
+/* Is the running instruction a plain read of an item (`item`) or attribute,
+ * never the first step of an augmented assignment?  Anything unsure: no. */
+static int
+plain_read(State *state, int item)
+{
+    int expected = item ? state->binary_subscr : state->load_attr;
+    if (!state->configured || expected < 0)
+        return 0;
+    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
+    if (frame == NULL)
+        return 0;
+    int lasti = PyFrame_GetLasti(frame);
+    if (lasti < 2)
+        return 0;
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    PyObject *bytes = PyCode_GetCode(code); /* de-specialised; cached by CPython */
+    Py_DECREF(code);
+    if (bytes == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int plain = 0;
+    if (PyBytes_Check(bytes) && lasti + 1 < PyBytes_GET_SIZE(bytes)) {
+        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
+        int before = ops[lasti - 2];
+        plain = ops[lasti] == expected && before != state->copy &&
+                before != state->extended_arg;
+    }
+    Py_DECREF(bytes);
+    return plain;
+}
+
+/* The held object for `key` in `held` (a dict or NULL), if it may be served
+ * now; NULL without an error otherwise. */
+static PyObject *
+serve(ProxyBase *self, PyObject *held, PyObject *key, int item)
+{
+    Reader *reader = self->reader;
+    Control *control;
+    if (held == NULL || reader == NULL || (control = reader_control(reader)) == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(held, key);
+    if (found == NULL)
+        return NULL; /* (an error, if any, stays set) */
+    /* Held: the frame lookup below may allocate, run the GC, and a finalizer
+     * replace the entry. */
+    Held *entry = (Held *)Py_NewRef(found);
+    PyObject *result = NULL;
+    if (held_current(entry, control)) {
+        State *state = PyType_GetModuleState(Py_TYPE(reader));
+        if (state == NULL)
+            PyErr_Clear();
+        else if (plain_read(state, item))
+            result = Py_NewRef(entry->obj);
+    }
+    Py_DECREF(entry);
+    return result;
+}
+
+/* self.<name>(arg): the Python slow path, looked up as any attribute of
+ * the proxy's own (its class's method). */
+static PyObject *
+proxy_slow(ProxyBase *self, PyObject *name, PyObject *arg)
+{
+    PyObject *method = PyObject_GenericGetAttr((PyObject *)self, name);
+    if (method == NULL)
+        return NULL;
+    PyObject *result = PyObject_CallOneArg(method, arg);
+    Py_DECREF(method);
+    return result;
+}
+
+static PyObject *
+proxy_subscript(ProxyBase *self, PyObject *key)
+{
+    if (PyUnicode_CheckExact(key) || PyLong_CheckExact(key)) {
+        PyObject *result = serve(self, self->items, key, 1);
+        if (result != NULL || PyErr_Occurred())
+            return result;
+    }
+    State *state = state_of_type(Py_TYPE(self));
+    if (state == NULL)
+        return NULL;
+    return proxy_slow(self, state->getitem_name, key);
+}
+
+static PyObject *
+proxy_getattro(ProxyBase *self, PyObject *name)
+{
+    /* The proxy's own names ("_accord_..." and dunders) are the proxy's;
+     * every other name is the shared object's. */
+    if (!PyUnicode_Check(name) || (PyUnicode_GET_LENGTH(name) > 0 &&
+                                   PyUnicode_READ_CHAR(name, 0) == '_')) {
+        if (!PyUnicode_Check(name) || (PyUnicode_GET_LENGTH(name) > 1 &&
+                                       PyUnicode_READ_CHAR(name, 1) == '_'))
+            return PyObject_GenericGetAttr((PyObject *)self, name);
+        State *state = state_of_type(Py_TYPE(self));
+        if (state == NULL)
+            return NULL;
+        Py_ssize_t own = PyUnicode_Tailmatch(name, state->own_prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (own < 0)
+            return NULL;
+        if (own)
+            return PyObject_GenericGetAttr((PyObject *)self, name);
+        return proxy_slow(self, state->getattr_name, name);
+    }
+    if (PyUnicode_CheckExact(name)) {
+        PyObject *result = serve(self, self->attrs, name, 0);
+        if (result != NULL || PyErr_Occurred())
+            return result;
+    }
+    State *state = state_of_type(Py_TYPE(self));
+    if (state == NULL)
+        return NULL;
+    return proxy_slow(self, state->getattr_name, name);
+}
+
+static void
+held_set(Held *held, Control *control, uint64_t commits, int nslots, const Py_ssize_t *index)
+{
+    held->epoch = control->epoch;
+    held->commits = commits;
+    held->nslots = nslots;
+    for (int i = 0; i < nslots; i++) {
+        held->pending[i] = control->pending + 8 * index[i];
+        held->applied[i] = control->applied + 8 * index[i];
+    }
+}
+
+static PyObject *
+proxy_hold(ProxyBase *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_accord_hold(key, obj, mark, slots, attribute)");
+        return NULL;
+    }
+    PyObject *key = args[0], *slots = args[3];
+    int attribute = PyObject_IsTrue(args[4]);
+    if (attribute < 0)
+        return NULL;
+    if (attribute ? !PyUnicode_CheckExact(key)
+                  : !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key))) {
+        PyErr_SetString(PyExc_TypeError, "held keys are str (or int, for items)");
+        return NULL;
+    }
+    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) < 1 || PyTuple_GET_SIZE(slots) > 2) {
+        PyErr_SetString(PyExc_ValueError, "one or two flag slots");
+        return NULL;
+    }
+    Control *control = self->reader == NULL ? NULL : reader_control(self->reader);
+    uint64_t commits;
+    int same = mark_of(control, args[2], &commits);
+    if (same <= 0)
+        return same < 0 ? NULL : Py_NewRef(Py_None); /* re-armed since the mark */
+    Py_ssize_t index[2];
+    int nslots = (int)PyTuple_GET_SIZE(slots);
+    for (int i = 0; i < nslots; i++) {
+        index[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(slots, i));
+        if (index[i] == -1 && PyErr_Occurred())
+            return NULL;
+        if (index[i] < 0 || index[i] >= control->nslots) {
+            PyErr_Format(PyExc_IndexError, "slot %zd out of range", index[i]);
+            return NULL;
+        }
+    }
+    State *state = state_of_type(Py_TYPE(self));
+    if (state == NULL)
+        return NULL;
+    PyObject **where = attribute ? &self->attrs : &self->items;
+    if (*where == NULL && (*where = PyDict_New()) == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(*where, key);
+    if (found == NULL && PyErr_Occurred())
+        return NULL;
+    if (found != NULL && Py_IS_TYPE(found, state->held_type)) {
+        /* Updated in place (a read after every commit comes here), every
+         * field before the old object goes: its finalizer, if any, may read
+         * through this proxy and must see an object and fields that agree. */
+        Held *held = (Held *)found;
+        PyObject *old = held->obj;
+        held->obj = Py_NewRef(args[1]);
+        held_set(held, control, commits, nslots, index);
+        Py_XDECREF(old);
+        Py_RETURN_NONE;
+    }
+    if (PyDict_GET_SIZE(*where) >= control->limit)
+        PyDict_Clear(*where); /* keys read once each, without end */
+    Held *held = PyObject_GC_New(Held, state->held_type);
+    if (held == NULL)
+        return NULL;
+    held->obj = Py_NewRef(args[1]);
+    held_set(held, control, commits, nslots, index);
+    PyObject_GC_Track(held);
+    int failed = PyDict_SetItem(*where, key, (PyObject *)held);
+    Py_DECREF(held);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proxy_held(ProxyBase *self, PyObject *unused)
+{
+    Py_ssize_t items = self->items == NULL ? 0 : PyDict_GET_SIZE(self->items);
+    Py_ssize_t attrs = self->attrs == NULL ? 0 : PyDict_GET_SIZE(self->attrs);
+    return Py_BuildValue("(nn)", items, attrs);
+}
+
+static PyMemberDef proxy_members[] = {
+    {"_accord_link", Py_T_OBJECT_EX, offsetof(ProxyBase, link), Py_READONLY,
+     "The share's Link."},
+    {"_accord_path", Py_T_OBJECT_EX, offsetof(ProxyBase, path), Py_READONLY,
+     "The path of the object in the share: (name, ATTR|ITEM, key, ...)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef proxy_methods[] = {
+    {"_accord_hold", (PyCFunction)(void (*)(void))proxy_hold, METH_FASTCALL,
+     "_accord_hold(key, obj, mark, slots, attribute): serve self[key] (self.key with "
+     "`attribute`) as obj while the flags of `slots` are clear and nothing is committed "
+     "since `mark` (Reader.mark(), taken before the read). obj: an immutable value or a "
+     "proxy."},
+    {"_accord_held", (PyCFunction)proxy_held, METH_NOARGS,
+     "_accord_held(): how many (items, attributes) are held."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot proxy_slots[] = {
+    {Py_tp_new, proxy_new},
+    {Py_tp_dealloc, proxy_dealloc},
+    {Py_tp_traverse, proxy_traverse},
+    {Py_tp_clear, proxy_clear},
+    {Py_tp_getattro, proxy_getattro},
+    {Py_mp_subscript, proxy_subscript},
+    {Py_tp_members, proxy_members},
+    {Py_tp_methods, proxy_methods},
+    {Py_tp_doc,
+     "ProxyBase(link, path): base of Proxy. `proxy[key]` and `proxy.attr` served from what "
+     "the slow path held when nothing changed, else by the subclass's "
+     "`_accord_getitem(key)` / `_accord_getattr(name)`."},
+    {0, NULL},
+};
+
+static PyType_Spec proxy_spec = {
+    "accord._core._fastread.ProxyBase", sizeof(ProxyBase), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, proxy_slots,
+};
+
 /* -- the module ------------------------------------------------------------ */
 
 static PyObject *
@@ -1017,6 +1519,25 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+configure_items(PyObject *module, PyObject *arg)
+{
+    State *state = PyModule_GetState(module);
+    if (arg == Py_None) {
+        state->binary_subscr = -1;
+        Py_RETURN_NONE;
+    }
+    long op = PyLong_AsLong(arg);
+    if (op == -1 && PyErr_Occurred())
+        return NULL;
+    if (op < 0 || op > 255) {
+        PyErr_Format(PyExc_ValueError, "opcode %ld out of range", op);
+        return NULL;
+    }
+    state->binary_subscr = (int)op;
+    Py_RETURN_NONE;
+}
+
 static int
 add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out)
 {
@@ -1033,6 +1554,7 @@ exec_module(PyObject *module)
 {
     State *state = PyModule_GetState(module);
     state->configured = 0;
+    state->binary_subscr = -1;
     state->slow_name = PyUnicode_InternFromString("_accord_slow");
     state->call_name = PyUnicode_InternFromString("_accord_call");
     state->augment_name = PyUnicode_InternFromString("augment");
@@ -1041,12 +1563,18 @@ exec_module(PyObject *module)
     for (int i = 0; i < N_INPLACE; i++)
         if ((state->inplace[i] = PyUnicode_InternFromString(inplace_names[i])) == NULL)
             return -1;
+    if ((state->getitem_name = PyUnicode_InternFromString("_accord_getitem")) == NULL ||
+        (state->getattr_name = PyUnicode_InternFromString("_accord_getattr")) == NULL ||
+        (state->own_prefix = PyUnicode_InternFromString("_accord_")) == NULL)
+        return -1;
     if (add_type(module, &entry_spec, NULL, &state->entry_type) < 0 ||
         add_type(module, &control_spec, NULL, &state->control_type) < 0 ||
         add_type(module, &reader_spec, NULL, &state->reader_type) < 0 ||
         add_type(module, &share_spec, NULL, &state->share_type) < 0 ||
         add_type(module, &method_spec, NULL, &state->method_type) < 0 ||
-        add_type(module, &augmenting_spec, NULL, &state->augmenting_type) < 0)
+        add_type(module, &augmenting_spec, NULL, &state->augmenting_type) < 0 ||
+        add_type(module, &held_spec, NULL, &state->held_type) < 0 ||
+        add_type(module, &proxy_spec, NULL, &state->proxy_type) < 0)
         return -1;
     return 0;
 }
@@ -1068,6 +1596,11 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
         Py_VISIT(state->inplace[i]);
     Py_VISIT(state->verdicts);
     Py_VISIT(state->done);
+    Py_VISIT(state->held_type);
+    Py_VISIT(state->proxy_type);
+    Py_VISIT(state->getitem_name);
+    Py_VISIT(state->getattr_name);
+    Py_VISIT(state->own_prefix);
     return 0;
 }
 
@@ -1088,6 +1621,11 @@ module_clear(PyObject *module)
         Py_CLEAR(state->inplace[i]);
     Py_CLEAR(state->verdicts);
     Py_CLEAR(state->done);
+    Py_CLEAR(state->held_type);
+    Py_CLEAR(state->proxy_type);
+    Py_CLEAR(state->getitem_name);
+    Py_CLEAR(state->getattr_name);
+    Py_CLEAR(state->own_prefix);
     return 0;
 }
 
@@ -1103,6 +1641,9 @@ static PyMethodDef methods[] = {
      "which tell a plain attribute read from the start of an augmented assignment, the "
      "detector's cache of verdicts and the marker of an applied one; configure(None): send "
      "every read to the slow path's detector."},
+    {"configure_items", (PyCFunction)configure_items, METH_O,
+     "configure_items(binary_subscr): the running Python's opcode of `x[k]`, for the reads "
+     "of proxy items (with configure's); configure_items(None): every proxy[key] to Python."},
     {NULL, NULL, 0, NULL},
 };
 

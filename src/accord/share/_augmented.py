@@ -254,3 +254,6 @@ if RECOGNISED:
         _verdicts,
         DONE,
     )
+    # Reads of proxy items (`share.d[k]`): at a BINARY_SUBSCR not preceded by
+    # COPY, which `_analyse` never takes for the read that starts `d[k] += x`.
+    _fastread.configure_items(opcode.opmap["BINARY_SUBSCR"])

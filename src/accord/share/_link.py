@@ -240,6 +240,29 @@ def _attr_of(path: tuple) -> str | None:
 INDEXERS = frozenset({"loc", "iloc", "at", "iat"})
 
 
+# Containers whose `c[key]` only reads (a defaultdict's missing keys never
+# come this far: see Link.item).
+_HELD_CONTAINERS = frozenset({dict, list, tuple, collections.defaultdict, collections.OrderedDict})
+_ABSENT = object()
+
+
+def _holdable(container, step: int, key) -> bool:
+    """May the read of `key` (an item or attribute) of `container` be
+    served again, as it is, while nothing is committed?  Only where reading
+    runs no user code: a str or int key of a builtin container, or an
+    instance attribute of an object whose class neither defines the name
+    nor customises attribute reads."""
+    if step == P.ITEM:
+        return type(container) in _HELD_CONTAINERS and type(key) in (str, int)
+    cls = type(container)
+    return (
+        type(key) is str
+        and cls.__getattribute__ is object.__getattribute__
+        and key in getattr(container, "__dict__", ())
+        and getattr(cls, key, _ABSENT) is _ABSENT
+    )
+
+
 def _is_pandas(obj) -> bool:
     return type(obj).__module__.startswith("pandas")
 
@@ -488,6 +511,7 @@ class Link:
         path, slots = named
         if not client.remote:
             # Local snapshots: the kind is a few loads away.
+            mark = self.reader.mark()  # (before the kind: it is at least this recent)
             try:
                 typed = client.kind(name)  # (and a check that the coordinator lives)
             except CoordinatorLost:
@@ -496,7 +520,10 @@ class Link:
                 return self.get_name(name, _depth + 1)  # of the restarted coordinator
             if typed is not MISSING and not typed.kind.is_value:
                 # A container: its proxy's own += is atomic; no bytecode check.
-                return self.proxy(path)
+                proxy = self.proxy(path)
+                if mark is not None:  # the next `share.name`: in C while nothing changes
+                    self.reader.remember(name, proxy, mark, slots[0])
+                return proxy
             if is_augmented(_depth):
                 # `share.name += x`: one AUGMENT whatever the value is now
                 # (none yet: the coordinator reports it).  Nothing to wait
@@ -564,8 +591,9 @@ class Link:
         # else mutable as a proxy, so that writes through it are shared.
         return copy.deepcopy(obj) if isinstance(obj, tuple) else self.proxy(path)
 
-    def attribute(self, path: tuple, attr: str):
-        """``proxy.attr``: a bound method, a property's value, or get()."""
+    def attribute(self, path: tuple, attr: str, holder: Proxy | None = None):
+        """``proxy.attr``: a bound method, a property's value, or get()
+        (`holder`: the proxy, told about a read it may serve again)."""
         typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
         if typed is not MISSING:
             cls = typed.cls
@@ -599,13 +627,16 @@ class Link:
                 self.wait_for(self.read_slots(path, prop))
                 return private(getattr(self.value_at(path), attr))
             return self.request(P.CALL, (path, "__getattribute__", (attr,)), self.write_slots(path))
+        if holder is not None and self.reader.armed:
+            return self._read_held(path, P.ATTR, attr, holder)
         return self.get((*path, P.ATTR, attr))
 
-    def item(self, path: tuple, key):
+    def item(self, path: tuple, key, holder: Proxy | None = None):
         """``proxy[key]``: a value or a proxy.  For a selector (a slice, a
         mask, an index array: an unhashable key), a copy; a numpy array
         copy is read-only, so that a write meant for the share (locally a
-        view would take it) raises instead of changing the copy alone."""
+        view would take it) raises instead of changing the copy alone.
+        (`holder`: the proxy, told about a read it may serve again.)"""
         if is_selector(key):
             return _selection(self.value(path)[key])
         typed: Any = self._read(path[0], kind=True) if len(path) == 1 else MISSING
@@ -615,7 +646,30 @@ class Link:
             packed = pack_call((key,), {}, lambda: f"key of {describe(path)}")
             value = self.request(P.CALL, (path, "__getitem__", packed), self.write_slots(path))
             return value if is_value(value) else self.proxy((*path, P.ITEM, key))
+        if holder is not None and self.reader.armed:
+            return self._read_held(path, P.ITEM, key, holder)
         return self.get((*path, P.ITEM, key))
+
+    def _read_held(self, path: tuple, step: int, key, holder: Proxy):
+        """``get((*path, step, key))``, and `holder` (the proxy at `path`)
+        told about the read when it is one its C hook may serve again while
+        nothing changes (see _core/_fastread.c, ProxyBase): a str or int key
+        of a builtin dict, list or tuple, or an instance attribute of a
+        plain object; what is held is an immutable value or the proxy of a
+        mutable item, never a mutable object."""
+        place = (*path, step, key)
+        slots = self.read_slots(place)
+        self.wait_for(slots)
+        mark = self.reader.mark()  # before the read: it is at least this recent
+        container = self.value_at(path)
+        obj = getattr(container, key) if step == P.ATTR else container[key]
+        if not is_value(obj):
+            obj = self._not_value(place, obj)
+            if type(obj) is not Proxy:
+                return obj  # a private copy: made afresh for every read
+        if mark is not None and _holdable(container, step, key) and len(slots) <= 2:
+            holder._accord_hold(key, obj, mark, slots, step == P.ATTR)
+        return obj
 
     # -- writing ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core import _protocol as P
-from .._core._fastread import MethodBase
+from .._core._fastread import MethodBase, ProxyBase
 from .._core._protocol import describe
 from .._core._values import private
 from ._augmented import DONE, Augmenting, is_augmented
@@ -44,7 +44,7 @@ def _augment(proxy: Proxy, op: str, other):
     return proxy
 
 
-class Proxy:
+class Proxy(ProxyBase):
     """A live handle on a mutable object inside a share (see module doc).
 
     >>> from accord import Share
@@ -56,19 +56,17 @@ class Proxy:
     {'model': {'lr': 0.1}}
     """
 
-    __slots__ = ("_accord_link", "_accord_path")
-
-    def __init__(self, link, path: tuple) -> None:
-        object.__setattr__(self, "_accord_link", link)
-        object.__setattr__(self, "_accord_path", path)
+    # `_accord_link` and `_accord_path` are ProxyBase's (C), set by
+    # Proxy(link, path).
+    __slots__ = ()
 
     # -- attributes and items ------------------------------------------------
 
-    def __getattribute__(self, attr: str):
-        # __getattribute__, not __getattr__: the fallback after a failed
-        # normal lookup costs an exception, and this is the hot path.
-        if attr.startswith(_OWN):  # the proxy's own slots, and dunders
-            return _get(self, attr)
+    # `proxy.attr` and `proxy[key]`: ProxyBase's hooks (C) answer the proxy's
+    # own names ("_accord_...", dunders) as any object does, and a read
+    # this proxy made before when nothing it could miss happened since (see
+    # accord/_core/_fastread.c, Link._read_held); everything else comes here.
+    def _accord_getattr(self, attr: str):
         link = _get(self, "_accord_link")
         path = _get(self, "_accord_path")
         method = link.known_method(path, attr)
@@ -77,7 +75,7 @@ class Proxy:
         if is_augmented():
             place = (*path, P.ATTR, attr)
             return Augmenting(link, place)
-        return link.attribute(path, attr)
+        return link.attribute(path, attr, self)
 
     def __setattr__(self, attr: str, value) -> None:
         if value is DONE:
@@ -89,12 +87,12 @@ class Proxy:
     def __delattr__(self, attr: str) -> None:
         _get(self, "_accord_link").delete((*_get(self, "_accord_path"), P.ATTR, attr))
 
-    def __getitem__(self, key):
+    def _accord_getitem(self, key):
         link, path = _get(self, "_accord_link"), _get(self, "_accord_path")
         if is_augmented():
             place = (*path, P.ITEM, key)
             return Augmenting(link, place)
-        return link.item(path, key)
+        return link.item(path, key, self)
 
     def __setitem__(self, key, value) -> None:
         if value is DONE:
