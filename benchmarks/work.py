@@ -23,7 +23,9 @@ rates are compared, not times.  The PostgreSQL server is one this script starts
 Scaling on SQLite: 1, 4 and 16 workers on 10,000 and on 100,000 trivial
 items, in rounds (1, 4, 16, then again), three of them: the median of each
 and its ratio to one worker, the aim of issue 15 being 4 workers >= 1 and
-16 workers >= 0.8x (a single run on a shared machine scatters by +-30%).
+16 workers >= 0.8x (a single run on a shared machine scatters by +-30%);
+and, apart, how long each worker's first item took from the start signal
+(it joins, connects and claims: the start-up inside the measured time).
 
 Scheduling overhead: one worker runs a task graph of 100 / 1,000 / 5,000
 trivial tasks (each depends on up to two earlier ones); µs per task include
@@ -132,6 +134,11 @@ def _pgqueuer_worker(url: str, work_s: float) -> None:
 # -- measuring --------------------------------------------------------------------
 
 
+# The latest run's time each worker's first item took, from the start signal
+# (joining, connecting and the first claim), in ms: see _scaling.
+first_items: list[float] = []
+
+
 def throughput(impl: str, db: str, workers: int, n: int, work_s: float) -> tuple[float, float]:
     """Items per second, and the p99 claim latency in ms, for ``workers`` processes."""
     with tempfile.TemporaryDirectory() as tmp, open(f"{tmp}/stderr", "w+") as errors:
@@ -171,6 +178,7 @@ def throughput(impl: str, db: str, workers: int, n: int, work_s: float) -> tuple
         assert "unavailable" not in logged, logged[-2000:]
     done = sum(r["done"] for r in results)
     assert done == n, f"{impl}: {done} items done of {n}"
+    first_items[:] = [r["latencies"][0] * 1e3 for r in results if r["latencies"]]
     latencies = sorted(x for r in results for x in r["latencies"])
     p99 = latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else float("nan")
     return n / (max(r["end"] for r in results) - start), p99
@@ -357,12 +365,19 @@ def _scaling(tmp: str, n: int, runs, counts=(1, 4, 16), rounds: int = 3) -> dict
     """Median items/s of each worker count over interleaved rounds (SQLite, trivial)."""
     print(f"\nsqlite, {n:,} trivial items, {rounds} rounds: items/s (load {_load()})")
     rates: dict[int, list[float]] = {w: [] for w in counts}
+    starts: dict[int, list[float]] = {w: [] for w in counts}
     for _ in range(rounds):
         for workers in counts:
             db = _fresh_sqlite(tmp, next(runs))
             rates[workers].append(throughput("accord", db, workers, n, 0.0)[0])
+            starts[workers].append(statistics.median(first_items))
             Path(db.removeprefix("sqlite:///")).unlink()
         print("  " + "  ".join(f"{w:>2}: {rates[w][-1]:>7.0f}" for w in counts), flush=True)
+    # Start-up apart: a worker's first item (it joins, connects and claims).
+    print(
+        "  first item after (ms, median of the workers, of the rounds): "
+        + "  ".join(f"{w}: {statistics.median(s):.1f}" for w, s in starts.items())
+    )
     median = {w: statistics.median(r) for w, r in rates.items()}
     one = median[counts[0]]
     print(

@@ -103,7 +103,7 @@ def _run(commands: list, short: bool, runs: bool = True, peers: list | None = No
     for peer_id in set(peers):
         coordinator.peers[peer_id] = _Numbered(peer_id)
     errors: list = []
-    coordinator.report = lambda peer, error: errors.append(error[1].splitlines()[-1])
+    coordinator.report = lambda peer, error, name=None: errors.append(error[1].splitlines()[-1])
     if not short:  # every command through `execute`, as a Command
         coordinator.run_queued = lambda peer, m: coordinator.execute(peer, P.as_command(m))
     if not short or not runs:

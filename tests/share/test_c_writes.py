@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import pickle
+import struct
 import threading
 
 import pytest
@@ -107,16 +108,22 @@ COMMANDS = st.sampled_from(
 
 
 @settings(max_examples=300, deadline=None)
-@given(command=COMMANDS, values=st.lists(PLAIN_VALUES, min_size=1, max_size=8))
-def test_the_c_path_appends_what_the_python_path_appends(command, values):
+@given(
+    command=COMMANDS,
+    values=st.lists(PLAIN_VALUES, min_size=1, max_size=8),
+    before=st.integers(0, 2**61),  # (old * 4 + how fits 64 bits below 2**62)
+)
+def test_the_c_path_appends_what_the_python_path_appends(command, values, before):
     op, fields, writes = command
     made = template(op, fields, writes)
     assert made is not None
     c, python = _Setup(), _Setup()
+    for setup in (c, python):  # the count the first flag had: the command's wait
+        struct.pack_into("<Q", setup.control, PENDING + 8 * writes[0], before)
     sender = c.sender()
     for seq, value in enumerate(values, 1):
         sent = sender.send(made, value)
-        assert sent is not None
+        assert sent is not None and sent >> 2 == before + seq - 1  # the wait: the old count
         expected = python.python_send(seq, (op, 0, None, writes, *fields, (value,)), writes)
         assert sent == expected
         # The same intent record and flags, word for word.

@@ -106,3 +106,59 @@ def test_a_replayed_write_that_fails_is_logged_when_its_process_is_gone(ctx, mon
         time.sleep(0.05)
     assert REPLAYED in err
     assert "TypeError" in err
+
+
+def _settled_dead_share(monkeypatch):
+    # 2 set-up commands, then the writer's one: the coordinator exits once
+    # it is applied, committed and its ring's tail has passed it, so that
+    # restart() replays nothing -- only the dead coordinator knew the error.
+    monkeypatch.setenv("ACCORD_TEST_EXIT_AFTER_APPLIED", "3:settled")
+    share = Share()
+    monkeypatch.delenv("ACCORD_TEST_EXIT_AFTER_APPLIED")
+    share.d = {}
+    share.flush()
+    return share
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sync", ["flush", "settle"])
+def test_a_committed_write_that_failed_is_raised_after_restart_at_its_next_sync_point(
+    ctx, monkeypatch, capfd, sync
+):
+    share = _settled_dead_share(monkeypatch)
+    try:
+        failed, go, outcome = ctx.Event(), ctx.Event(), ctx.Queue()
+        process = ctx.Process(target=_fail_then_sync, args=(share, sync, failed, go, outcome))
+        process.start()
+        assert failed.wait(120)
+        _restart(share)
+        go.set()
+        kind, notes = outcome.get(timeout=120)
+        process.join(60)
+        assert process.exitcode == 0
+        assert kind == "TypeError", notes
+        assert "fire-and-forget" in notes
+        share.flush()  # the owner wrote nothing that failed: nothing for it
+        assert share.d == {}
+    finally:
+        share.close()
+    err = capfd.readouterr().err
+    assert "replayed" not in err  # committed before the death: not replayed
+    assert "never read the error" not in err  # raised, so not logged
+
+
+@pytest.mark.timeout(180)
+def test_the_owners_committed_write_that_failed_is_raised_after_restart(monkeypatch, capfd):
+    share = _settled_dead_share(monkeypatch)
+    try:
+        share.d.update(5)  # the owner's own: fails, is committed, then the coordinator dies
+        assert share._link.client.owner_process.wait(120) == 70
+        assert share.restart() == []  # without noticing the death first
+        with pytest.raises(TypeError) as info:
+            share.flush()
+        assert "fire-and-forget" in "".join(info.value.__notes__)
+        share.flush()  # raised once
+        assert share.d == {}
+    finally:
+        share.close()
+    assert "replayed" not in capfd.readouterr().err

@@ -38,7 +38,8 @@ def test_short_items_are_claimed_and_recorded_in_batches(db):
 
 def test_the_batch_size_follows_the_measured_item_time():
     size = _BatchSize(None)
-    assert size.next() == 1  # nothing measured yet
+    # Nothing measured yet: a first batch, if the queue is large enough.
+    assert (size.next(), size.unless_fewer()) == (100, 2000)
     for _ in range(20):
         size.measured(0.010)
     assert [size.next() for _ in range(3)] == [10, 10, 10]  # 0.1 s of 10 ms items
@@ -267,4 +268,52 @@ def test_a_batch_with_items_taken_away_records_only_the_others(db, caplog):
     assert [h.status for h in queue.history(0)] == ["running", "completed"]
     assert [h.status for h in queue.history(2)] == ["running", "running", "completed"]
     assert "went back to the queue while this worker ran it" in caplog.text
+    queue.dispose()
+
+
+@pytest.mark.parametrize("n", [1999, 2000])
+def test_a_first_batch_is_a_hundred_items_only_on_a_queue_of_thousands(db, n):
+    # Before any item is timed a worker cannot tell trivial items from
+    # hour-long ones: on a small queue it takes one (its next claims
+    # follow the time it measured), on one of 20 x 100 ready items a
+    # hundred (they are not the last ones: others are not left idle).
+    queue = WorkQueue(range(n), db=db, name="q", progress=False)
+    items = iter(queue)
+    assert next(items) == 0
+    assert queue.counts()["running"] == (100 if n >= 2000 else 1)
+    items.close()
+    queue.dispose()
+
+
+def test_items_handed_out_again_after_a_death_are_claimed_alone(db):
+    # One of them may be what killed the worker (and kills each worker
+    # that runs it): in a batch it would take the others to max_retries.
+    from sqlalchemy import update
+
+    from accord.work._db import open_engine
+    from accord.work._schema import workers
+    from accord.work._store import COMPLETED, DONE, Entry, Store
+
+    engine = open_engine(db)
+    try:
+        store = Store(engine, "q", "queue")
+        store.register([Entry(str(i), i) for i in range(8)])
+        dead = store.add_worker("dead", "host", 1, (), 60.0, None)
+        with store.connect() as conn:
+            assert [c.key for c in store.claim(conn, dead, want=4)] == ["0", "1", "2", "3"]
+        with engine.begin() as c:  # its heartbeat long stale
+            c.execute(update(workers).where(workers.c.id == dead).values(heartbeat_at=0.0))
+        other = Store(engine, "q", "queue")  # reaps at its first claim
+        other.max_retries = 2
+        worker = other.add_worker("other", "host", 2, (), 60.0, None)
+        seen, finished = [], []
+        with other.connect() as conn:
+            while (claimed := other.claim(conn, worker, finished, want=4)) != DONE:
+                seen.append([c.key for c in claimed])
+                finished = [(c, COMPLETED, None) for c in claimed]
+        assert seen == [["0"], ["1"], ["2"], ["3"], ["4", "5", "6", "7"]]
+    finally:
+        engine.dispose()
+    queue = WorkQueue(range(8), db=db, name="q", progress=False)
+    assert [h.status for h in queue.history(2)] == ["running", "killed", "running", "completed"]
     queue.dispose()

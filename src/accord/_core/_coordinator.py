@@ -244,7 +244,7 @@ class Coordinator:
             raise
         except BaseException as exc:
             changed = entry = None
-            self.report(peer, pack_error(exc))
+            self.report(peer, pack_error(exc), name)
         if changed is _UNKNOWN or changed is None:
             self.touched[name] = None
         else:
@@ -461,7 +461,7 @@ class Coordinator:
         if reply_id and result is not _no_reply:
             self.reply(peer, reply_id, status, result)
         elif status == P.ERROR:
-            self.report(peer, result)
+            self.report(peer, result, command.name if writes else None)
 
     def note_change(self, name: str, changed) -> None:
         ranges = self.touched.setdefault(name, [])
@@ -520,8 +520,9 @@ class Coordinator:
             payload = cloudpickle.dumps((reply_id, P.ERROR, *result), 5)
         self.server.send(peer, payload)
 
-    def report(self, peer: _Peer, error: tuple[Any, ...]) -> None:
-        """Keep the error of a fire-and-forget command for its process.
+    def report(self, peer: _Peer, error: tuple[Any, ...], name: str | None = None) -> None:
+        """Keep the error of a fire-and-forget command (a write to `name`)
+        for its process.
 
         It goes out ahead of the next reply to that process (`send_held`):
         a process that never waits would not read it, and sending to a

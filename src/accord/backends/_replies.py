@@ -58,6 +58,27 @@ class Replies:
                 self.reading = False
                 self.ready.notify_all()
 
+    def collect(self, take: Callable[[], Iterable[Sequence[Any]]]) -> None:
+        """Sort the messages `take()` returns without waiting, as `wait`
+        does; nothing if a thread is receiving (it sorts what it takes)."""
+        with self.ready:
+            if self.reading:
+                return
+            self.reading = True
+        messages: Iterable[Sequence[Any]] = ()
+        try:
+            messages = take()
+        finally:
+            with self.ready:
+                for message in messages:
+                    reply = as_reply(message)
+                    if reply.reply_id == 0:
+                        self.deferred.append(reply)
+                    else:
+                        self.pending[reply.reply_id] = reply
+                self.reading = False
+                self.ready.notify_all()
+
     def take_deferred(self) -> list[BaseException]:
         """The errors of earlier fire-and-forget commands received so far,
         rebuilt (and forgotten here: the caller raises or reports them)."""

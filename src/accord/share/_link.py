@@ -90,6 +90,16 @@ def _settle_restarted(client) -> list[BaseException]:
     return successor.replies.take_deferred()
 
 
+def _carry_deferred(old, new) -> None:
+    """Errors a lost client took from its coordinator (see
+    ShmClient.salvage) are raised at the next sync point of the client
+    that follows the restart, ahead of that one's own."""
+    with old.replies.ready:
+        moved, old.replies.deferred[:] = list(old.replies.deferred), []
+    with new.replies.ready:
+        new.replies.deferred[:0] = moved
+
+
 def _queued(client) -> None:
     global _exit_hook
     _unsettled[id(client)] = client
@@ -274,6 +284,7 @@ class Link:
         "_names",
         "_proxies",
         "_read_slots",
+        "_replaced",
         "_write_slots",
         "closed",
         "info",
@@ -283,6 +294,7 @@ class Link:
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._client: BackendClient | None = None
+        self._replaced: BackendClient | None = None  # the client of before a restart
         self.closed = False
         # Memos of pure functions of a path (and the object's class).
         self._read_slots: dict = {}
@@ -306,6 +318,8 @@ class Link:
             raise ShareClosed("this share handle was closed")
         client = self._client
         if client is None or client.lost is not None:
+            old = client or self._replaced
+            self._replaced = None
             if client is not None:
                 self._follow_restart()
             try:
@@ -317,12 +331,16 @@ class Link:
                 if not self._follow_restart():
                     raise
                 client = self._client = self.info.client()
+            if old is not None and old is not client and old.replies.deferred:
+                _carry_deferred(old, client)
             self.reader.arm(getattr(client, "fast", None))
         return client
 
     def rebind(self, info: BackendInfo) -> None:
         """Point at a new incarnation of the share (after a restart)."""
         self.info = info
+        if self._client is not None:
+            self._replaced = self._client
         self._client = None
         self.reader.arm(None)
         self._methods.clear()

@@ -320,6 +320,7 @@ class Store:
                     select(func.pg_advisory_xact_lock(advisory_key("workers", self.queue_id)))
                 )
             self._reap(conn, now)
+            self._next_reap = now + self.reap_interval  # not again in the first claim
             if cap is not None:
                 active = conn.execute(
                     select(func.count())
@@ -501,10 +502,14 @@ class Store:
         want: int = 1,
         release: Sequence[Claimed] = (),
         recovering: bool = False,
+        unless_fewer: int = 0,
     ) -> list[Claimed] | Stopped | str:
         """Record outcomes, hand back items, and claim up to ``want`` more, in one transaction.
 
-        ``finished``: (item, status, error) of items this worker ran;
+        ``unless_fewer``: claim ``want`` only if at least that many items
+        are ready, else one (a first batch, before any item was timed).
+        An item handed out again after a death or a failure (``kills``) is
+        claimed alone.  ``finished``: (item, status, error) of items this worker ran;
         ``release``: items it claimed but will not run (back to the queue
         as they were).  ``recovering``: the last claim's transaction may have
         committed without this worker learning it (the connection broke):
@@ -537,6 +542,8 @@ class Store:
                 ).all()
                 if failures:
                     return Stopped([tuple(f) for f in failures])
+            if want > 1 and unless_fewer and not self._at_least(conn, unless_fewer):
+                want = 1
             taken = self._take(conn, worker_id, want, now)
             if not taken:
                 if self.postgres:
@@ -574,6 +581,14 @@ class Store:
                 _skip(conn, [r.id for r in rows if r not in taken])
             if not taken:
                 continue
+            # An item given out again after its worker died (or, with
+            # retry_failed, after it failed) goes alone: one that kills
+            # every worker that runs it must not take the rest of a batch
+            # with it to `max_retries`.
+            for i, r in enumerate(taken):
+                if r.kills:
+                    del taken[max(i, 1) :]
+                    break
             if sql.revive(conn, b_worker=worker_id, b_now=now).rowcount:
                 # Others had given this worker up (it was suspended, or
                 # declared itself dead in a claim after a freeze).  It
@@ -591,6 +606,10 @@ class Store:
                 sql.events_of(conn, ids, RUNNING, worker_id, now)
             return taken
         return []
+
+    def _at_least(self, conn: Connection, n: int) -> bool:
+        """Whether ``n`` items are ready (of any worker's: a guess, in one index scan)."""
+        return self._sql.beyond(conn, b_queue=self.queue_id, b_skip=n - 1).first() is not None
 
     def peek(self, conn: Connection) -> bool:
         """Whether a claim may find an item now, or the end: read without the write lock.
@@ -688,6 +707,7 @@ class Store:
                 items.c.requirements,
                 items.c.fingerprint,
                 items.c.position,
+                items.c.kills,
             )
             .where(self._mine(), self._ready(conn))
             .order_by(items.c.position)
@@ -969,6 +989,7 @@ class _Statements:
     """The statements of the claim loop, compiled for one database."""
 
     def __init__(self, dialect, postgres: bool) -> None:
+        ready = and_(items.c.queue_id == bindparam("b_queue"), is_(PENDING), items.c.unmet == 0)
         upcoming = (
             select(
                 items.c.id,
@@ -976,14 +997,23 @@ class _Statements:
                 items.c.requirements,
                 items.c.fingerprint,
                 items.c.position,
+                items.c.kills,
             )
-            .where(items.c.queue_id == bindparam("b_queue"), is_(PENDING), items.c.unmet == 0)
+            .where(ready)
             .order_by(items.c.position)
             .limit(bindparam("b_limit", type_=Integer))
         )
         if postgres:
             upcoming = upcoming.with_for_update(skip_locked=True)
         self.next = Prepared(upcoming, dialect)
+        self.beyond = Prepared(
+            select(items.c.id)
+            .where(ready)
+            .order_by(items.c.position)
+            .limit(1)
+            .offset(bindparam("b_skip", type_=Integer)),
+            dialect,
+        )
 
         def take(which):
             return Prepared(

@@ -187,10 +187,10 @@ class RedisCoordinator(OrderedCoordinator):
                 return
         super().execute(peer, command)
 
-    def report(self, peer, error: tuple[Any, ...]) -> None:
+    def report(self, peer, error: tuple[Any, ...], name: str | None = None) -> None:
         # With the command's sequence number: the client raises each error
         # of a queued command once, and refuses an old one copied back.
-        super().report(peer, (*error, self.sequence))
+        super().report(peer, (*error, self.sequence), name)
 
     def quarantine(self, peer, command: P.Command, deaths: int) -> None:
         """Skip a command that killed `deaths` coordinators: its sender gets

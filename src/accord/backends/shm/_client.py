@@ -275,9 +275,34 @@ class ShmClient:
         self.fast.close()  # every read now goes through the checks in Python
         if self.sender is not None:
             self.sender.close()  # and every write (its seq stays for the Python path)
+        self.salvage()
         error = type(self.lost)(*self.lost.args)
         error.undelivered = undelivered
         return error
+
+    def salvage(self) -> None:
+        """Keep what the reply ring still holds, once the coordinator is
+        gone: the errors of fire-and-forget commands it posted there, which
+        the next sync point raises -- after a restart too (that command may
+        be in the committed state, so the new coordinator does not replay
+        it and cannot know its error)."""
+        inbox = self._inbox
+        if inbox is None:
+            return
+
+        def take() -> list[tuple]:
+            found: list[tuple] = []
+            for _ in range(64):  # bounded: the coordinator appends no more
+                try:
+                    entries = inbox.take()
+                    found += [pickle.loads(data) for data in entries]
+                except Exception:  # a spilled reply removed by restart(), ...: what came before
+                    break
+                if not entries:
+                    break
+            return found
+
+        self.replies.collect(take)
 
     def _check_lost(self) -> None:
         if self.lost is not None:

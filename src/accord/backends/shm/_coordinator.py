@@ -22,6 +22,8 @@ import signal
 import time
 from collections import deque
 
+import cloudpickle
+
 from ..._core import _coordinator as core
 from ..._core import _protocol as P
 from ..._core._atomic import load, store
@@ -37,10 +39,12 @@ log = logging.getLogger("accord.backends.shm")
 
 # Tests only: "N" exits (status 70, nothing cleaned up, as a SIGKILL would)
 # as soon as N commands are applied, before they are committed; "N:committed"
-# once they are committed, before the rings learn it (see `settle`).
+# once they are committed, before the rings learn it (see `settle`);
+# "N:settled" once the rings learn it too (a restart replays none of them).
 _EXIT_AT = os.environ.get("ACCORD_TEST_EXIT_AFTER_APPLIED", "0").split(":")
 _EXIT_AFTER_APPLIED = int(_EXIT_AT[0])
 _EXIT_COMMITTED = _EXIT_AT[1:] == ["committed"]
+_EXIT_SETTLED = _EXIT_AT[1:] == ["settled"]
 # Tests only: a coordinator started by restart() exits before it is ready.
 _RESTART_FAILS = os.environ.get("ACCORD_TEST_RESTART_FAILS") == "1"
 # Tests only: the ring of this client id never settles (as a client's whose
@@ -65,6 +69,9 @@ class ShmCoordinator(Coordinator):
         self.orphans: dict[tuple[int, int], list] = {}
         self.orphans_dropped: dict[tuple[int, int], int] = {}  # beyond HELD_ERRORS
         self._identified: set[int] = set()  # peers `adopt_orphans` has looked at
+        # name -> (peer id, error) of fire-and-forget writes to it that
+        # failed, held until it is next committed (see `report`).
+        self.unposted: dict[str, list[tuple[int, tuple]]] = {}
 
     def run(self) -> None:
         last_beat = 0.0
@@ -108,13 +115,15 @@ class ShmCoordinator(Coordinator):
             if self.replied != replied:
                 last_input = time.monotonic()
             applied = time.monotonic()
-            if _EXIT_AFTER_APPLIED and not _EXIT_COMMITTED:
+            if _EXIT_AFTER_APPLIED and not (_EXIT_COMMITTED or _EXIT_SETTLED):
                 self._exit_if_applied(_EXIT_AFTER_APPLIED)
             now = time.monotonic()
             self.commit_due(now)
             if _EXIT_AFTER_APPLIED and _EXIT_COMMITTED and not self.dirty:
                 self._exit_if_applied(_EXIT_AFTER_APPLIED)
             self.settle(applied)
+            if _EXIT_SETTLED:
+                self._exit_if_settled(_EXIT_AFTER_APPLIED)
             self.expire_lock_waits(now)
             if now - last_beat >= HEARTBEAT_S / 2:
                 last_beat = now
@@ -209,6 +218,11 @@ class ShmCoordinator(Coordinator):
         # The snapshot records the writes to `name` it includes (a count of
         # its WHOLE slot), under the same version as its data.
         self.server.snapshots.includes = self.received[slot_of(name, WHOLE)]
+        if self.unposted:
+            # Before the commit: a death between the two has the error
+            # told twice (posted, and by the replay), never lost.
+            for peer_id, error in self.unposted.pop(name, ()):
+                self._post(peer_id, error)
         super().commit(name)
 
     def replay(
@@ -354,9 +368,58 @@ class ShmCoordinator(Coordinator):
             if dropped:
                 log.error("restart: %s", core._dropped_message(dropped))
 
+    def report(self, peer, error: tuple, name: str | None = None) -> None:
+        """Keep the error of a fire-and-forget command where it outlives us:
+        in its process's reply ring, which the process reads at its next
+        sync point -- after a restart() too (see ShmClient.salvage).
+
+        Posted there once restart() would no longer replay the command
+        (the replay reports its own error): at the next commit of the
+        object it wrote (`commit`), or at once for a command that writes
+        none (never replayed).  Until then, and while the ring is half
+        full, held here as the core does (sent ahead of the next reply)."""
+        super().report(peer, error, name)
+        held = self.held.get(peer.id)
+        if not held or held[-1] is not error:
+            return  # printed: the peer has left
+        if name is None:
+            self._post(peer.id, error)
+        else:
+            self.unposted.setdefault(name, []).append((peer.id, error))
+
+    def _post(self, peer_id: int, error: tuple) -> None:
+        """Move a held error to its peer's reply ring, if there is room."""
+        held = self.held.get(peer_id)
+        peer = self.server.peers.get(peer_id)
+        if not held or peer is None:
+            return
+        for i, found in enumerate(held):
+            if found is error:
+                if self.server.post(peer, cloudpickle.dumps((0, P.ERROR, *error), 5)):
+                    del held[i]
+                    if not held and not self.held_dropped.get(peer_id):
+                        del self.held[peer_id]
+                return
+
+    def finish_departure(self, peer_id: int) -> None:
+        # Its errors still in its reply ring (older than those held here):
+        # nobody will read them now.
+        peer = self.peers.get(peer_id)
+        if isinstance(peer, Peer):
+            errors = self.server.unread_errors(peer)
+            if errors:
+                core._print_lost(peer_id, errors, 0)
+        super().finish_departure(peer_id)
+
     def print_held(self) -> None:
         self.log_orphans()
         super().print_held()
+
+    def _exit_if_settled(self, count: int) -> None:
+        # Every command committed, and every ring's tail past it.
+        peers = self.server.peers.values()
+        if not (self.dirty or self.queues) and all(p.committed == p.drained for p in peers):
+            self._exit_if_applied(count)
 
     def _exit_if_applied(self, count: int) -> None:
         server = self.server

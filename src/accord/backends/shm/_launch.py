@@ -58,6 +58,7 @@ class ShmBackend:
         # cannot append any more (it is told, and sends to the new one), so
         # what they hold now is all that was ever queued.
         client.retire()
+        client.salvage()  # errors posted to this process, raised after the restart
         try:
             rings = RingSegment.attach(f"{info.stem}~rings")
         except FileNotFoundError:

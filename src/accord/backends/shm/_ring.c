@@ -365,12 +365,13 @@ no_bell:
  * intent at `record` (seq, mask, count, slots), raise each flag after its
  * mask bit, publish `data` with the first flag's old count patched in at
  * `patch_at`, ring the consumer's bell unless `lazy` says not yet.
- * Returns -1 (no room: nothing done), -2 (closed: nothing published), or
- * old * 4 + how (how: 1, or 2 when the consumer sleeps in select()). */
-static long long
+ * Returns -1 (no room: nothing done), -2 (closed: nothing published), or 0
+ * with *sent = old * 4 + how (how: 1, or 2 when the consumer sleeps in
+ * select()). */
+static int
 send_entry(Ring *r, uint64_t *record, const Py_ssize_t *slots, uint64_t **flags, Py_ssize_t count,
            uint64_t seq, const char *data, uint64_t len, Py_ssize_t patch_at, uint32_t *bell,
-           Py_ssize_t lazy, long stop)
+           Py_ssize_t lazy, long stop, uint64_t *sent)
 {
     uint64_t head, skip, need;
     int room = has_room(r, len, &head, &skip, &need), stopped;
@@ -394,7 +395,8 @@ send_entry(Ring *r, uint64_t *record, const Py_ssize_t *slots, uint64_t **flags,
     uint64_t drained = __atomic_load_n((uint64_t *)(r->ring + OFF_DRAINED), __ATOMIC_SEQ_CST);
     if (end && !(lazy > 0 && end - drained < (uint64_t)lazy))
         how = ring_bell(bell) == SLEEPS_ON_SELECT ? 2 : 1;
-    return (long long)(old * 4 + (uint64_t)how);
+    *sent = old * 4 + (uint64_t)how;
+    return 0;
 }
 
 /* ring_send(control, intent, pending, seq, writes, payload, patch_at,
@@ -476,9 +478,10 @@ ring_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                      data.len, patch_at);
         goto done;
     }
-    long long sent = send_entry(&r, record, slots, flags, count, seq, data.buf, (uint64_t)data.len,
-                                patch_at, bell, lazy, stop);
-    result = PyLong_FromLongLong(sent);
+    uint64_t sent = 0;
+    int status = send_entry(&r, record, slots, flags, count, seq, data.buf, (uint64_t)data.len,
+                            patch_at, bell, lazy, stop, &sent);
+    result = status < 0 ? PyLong_FromLong(status) : PyLong_FromUnsignedLongLong(sent);
 done:
     PyBuffer_Release(&bell_view);
 no_bell:
@@ -1195,9 +1198,9 @@ sender_send(Sender *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(busy);
     if (is_busy)
         return is_busy < 0 ? NULL : Py_NewRef(Py_None);
-    long long sent = send_entry(&self->r, self->record, slots, flags, count, self->seq + 1, entry,
-                                (uint64_t)len, patch_at, self->bell, self->lazy, self->stop);
-    if (sent < 0)
+    uint64_t sent = 0;
+    if (send_entry(&self->r, self->record, slots, flags, count, self->seq + 1, entry,
+                   (uint64_t)len, patch_at, self->bell, self->lazy, self->stop, &sent) < 0)
         Py_RETURN_NONE; /* full or closed: nothing published, the Python path */
     self->seq += 1;
     if ((sent & 3) == 2) {
@@ -1206,7 +1209,7 @@ sender_send(Sender *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         Py_DECREF(done);
     }
-    return PyLong_FromLongLong(sent);
+    return PyLong_FromUnsignedLongLong(sent);
 }
 
 static PyObject *

@@ -239,6 +239,18 @@ class Producer:
             unlink(name)  # never referenced: nobody else would remove it
             raise
 
+    def offer(self, payload: bytes, most: int) -> bool:
+        """Append one entry now if the ring then holds at most `most`
+        bytes (never waits, never spills); whether it was appended.  A
+        consumer sleeping in `Consumer.sleep` or `Inbox.sleep` is woken."""
+        buf = self._buf
+        if len(payload) > self._limit:
+            return False
+        head, tail, _capacity = ring_state(buf, self._base)
+        if head - tail + len(payload) > most:
+            return False
+        return ring_append(buf, self._base, payload, 0, buf, self._bell) > 0
+
     def write(
         self,
         control,

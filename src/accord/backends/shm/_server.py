@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import selectors
 import socket
 import struct
@@ -24,6 +25,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..._core import _protocol as P
 from ..._core._atomic import store
 from ..._core._errors import AccordError
 from ..._core._segment import Segment, leftovers, unlink
@@ -261,6 +263,38 @@ class ShmServer:
             peer.outbox.append(payload, REPLY_TIMEOUT_S)
         except (AccordError, OSError) as exc:
             log.warning("a reply to client %d was not delivered: %s", peer.id, exc)
+
+    def post(self, peer: Peer, payload: bytes) -> bool:
+        """Put an unsolicited message (a fire-and-forget command's error) in
+        the peer's reply ring now, if that leaves at least half of the ring
+        free for replies; never waits.  Whether it was put there."""
+        try:
+            return peer.outbox.offer(payload, self.replies.ring_size // 2)
+        except (AccordError, OSError, ValueError):
+            return False
+
+    def unread_errors(self, peer: Peer) -> list[tuple]:
+        """The errors posted to a departed peer that it never took from its
+        reply ring (its process is gone: nobody else reads that ring)."""
+        errors: list[tuple] = []
+        try:
+            consumer = Consumer(self.replies, resume=True, indexes=(peer.id,))
+            for _ in range(64):  # bounded, as the ring is (nobody appends now)
+                entries, position = consumer.drain(peer.id)
+                if not entries:
+                    break
+                consumer.commit(peer.id, position)
+                for data in entries:
+                    # Written by us (an error: ints, bytes and str).
+                    try:
+                        reply_id, status, *error = pickle.loads(data)
+                    except Exception:  # a reply it did not wait for: not ours to read
+                        continue
+                    if reply_id == 0 and status == P.ERROR:
+                        errors.append(tuple(error))
+        except Exception as exc:  # garbled by its process: what came before
+            log.warning("client %d's reply ring: %s", peer.id, exc)
+        return errors
 
     def disconnect(self, peer: Peer) -> None:
         """End `peer`'s connection; `poll` then reports it left."""
